@@ -1,0 +1,263 @@
+"""Experiment configuration: compose parts, validate, hash, label and place runs.
+
+A run's config is an ``ml_collections.ConfigDict`` composed from named parts kept under
+``configs/`` (each module there has a ``PRESETS`` dict)::
+
+    compose("dataset=MELD--E,encoders=T+A+V,loss=focal,fusion=DF-1.0+attn")
+
+Parts not named take their default (``DEFAULT_PARTS``). Any field can then be overridden
+(``--config.seed=114`` on the command line, or ``cfg.seed = 114`` in a notebook);
+``validate`` checks the result before any work starts, naming the key at fault.
+"""
+from __future__ import annotations
+
+import copy
+import hashlib
+import importlib
+import json
+import pathlib
+from typing import Any, Mapping
+
+import ml_collections
+
+from emojax.data.types import MODALITIES
+
+
+class ConfigError(ValueError):
+    """A config is unknown, mistyped or impossible; the message names the key."""
+
+
+# part key -> (module under configs/, default preset)
+PARTS: dict[str, tuple[str, str]] = {
+    "dataset": ("configs.datasets", "demo"),
+    "encoders": ("configs.encoders", "T+A+V"),
+    "fusion": ("configs.fusion", "vallina"),
+    "loss": ("configs.losses", "ce"),
+    "experts": ("configs.experts", "1xE"),
+    "mode": ("configs.modes", "frozen"),
+    "dropout": ("configs.dropout", "none"),
+}
+DEFAULT_PARTS = {key: default for key, (_, default) in PARTS.items()}
+
+# Fields that say where or how often, not what is trained: they stay out of the hash.
+_UNHASHED = ("seed", "dataset.path", "cache", "progress", "workdir")
+
+CATEGORIES = ("training", "distillation")
+
+
+def presets(part: str) -> dict[str, dict]:
+    """The ``PRESETS`` dict of a config part (``dataset``, ``fusion``, ...)."""
+    if part not in PARTS:
+        raise ConfigError(f"unknown config part {part!r}; known parts: {', '.join(PARTS)}")
+    module = importlib.import_module(PARTS[part][0])
+    return module.PRESETS
+
+
+def parse_parts(arg: str | None) -> dict[str, str]:
+    """``"dataset=MELD--E,loss=focal"`` -> ``{"dataset": "MELD--E", "loss": "focal"}``."""
+    chosen: dict[str, str] = {}
+    for item in filter(None, (arg or "").split(",")):
+        key, sep, value = item.partition("=")
+        key, value = key.strip(), value.strip()
+        if not sep or not value:
+            raise ConfigError(f"config part {item!r} is not of the form key=value "
+                              f"(keys: {', '.join(PARTS)})")
+        if key not in PARTS:
+            raise ConfigError(f"unknown config part {key!r} in {arg!r}; known parts: {', '.join(PARTS)}")
+        if key in chosen:
+            raise ConfigError(f"config part {key!r} is given twice in {arg!r}")
+        chosen[key] = value
+    return chosen
+
+
+def _resolve(part: str, value: str) -> dict:
+    """A preset, or for ``fusion``/``loss`` a ``base+overlay+...`` combination."""
+    table = presets(part)
+    if value in table:
+        return copy.deepcopy(table[value])
+    if part in ("fusion", "loss") and "+" in value:
+        names = value.split("+")
+        base, extras = names[0], names[1:]
+        if base not in table:
+            raise ConfigError(f"unknown {part} {base!r} (in {part}={value}); choices: {', '.join(sorted(table))}")
+        merged = copy.deepcopy(table[base])
+        for extra in extras:
+            key = extra if extra in table else f"+{extra}"
+            if key not in table:
+                raise ConfigError(f"unknown {part} part {extra!r} (in {part}={value}); "
+                                  f"choices: {', '.join(sorted(table))}")
+            _merge(merged, copy.deepcopy(table[key]))
+        return merged
+    raise ConfigError(f"unknown {part} {value!r}; choices: {', '.join(sorted(table))}")
+
+
+def _merge(into: dict, overlay: Mapping) -> dict:
+    for key, value in overlay.items():
+        if isinstance(value, Mapping) and isinstance(into.get(key), dict):
+            _merge(into[key], value)
+        else:
+            into[key] = value
+    return into
+
+
+def compose(arg: str | None = None) -> ml_collections.ConfigDict:
+    """Build a full run config from ``key=value`` parts (see the module docstring)."""
+    chosen = {**DEFAULT_PARTS, **parse_parts(arg)}
+    dataset = _resolve("dataset", chosen["dataset"])
+    encoders = _resolve("encoders", chosen["encoders"])
+    mode = _resolve("mode", chosen["mode"])
+    loss = _resolve("loss", chosen["loss"])
+    loss.setdefault("classification", "ce")
+    loss.setdefault("extras", {})
+    text = dataset.pop("text")
+    if "T" in encoders:
+        if mode["mode"] != "frozen":
+            # Fine-tuned encoders learn to read the suite's prompt at the mask position.
+            text.update(pooling="mask", context_turns=-1, prompt=True, max_length=128)
+        encoders["T"].update(text)
+    for spec in encoders.values():
+        spec.setdefault("pooling", "default")
+    cfg = {
+        "parts": chosen,
+        "seed": 0,
+        "dataset": {"name": chosen["dataset"], **dataset},
+        "modalities": chosen["encoders"],
+        "encoders": encoders,
+        "mode": mode.pop("mode"),
+        "encoder": {"lr": mode.pop("encoder_lr", 0.0), "lora": mode.pop("lora", {
+            "rank": 64, "alpha": 128.0, "dropout": 0.1, "targets": "query,key,value,dense"})},
+        "fusion": {"preset": chosen["fusion"], **_resolve("fusion", chosen["fusion"])},
+        "classifier": {"preset": chosen["experts"], **_resolve("experts", chosen["experts"])},
+        "loss": {"preset": chosen["loss"], **loss},
+        "modality_dropout": float(_resolve("dropout", chosen["dropout"])["p"]),
+        "model": {"hidden_dim": 256, "dropout": 0.2},
+        "train": {
+            "batch_size": 32,
+            "epochs": 30,
+            "lr": 1e-3,
+            "weight_decay": 0.01,
+            "warmup_ratio": 0.1,
+            "clip_norm": 1.0,
+            "patience": 8,
+            "select_metric": "weighted_f1",
+            "keep_epochs": 2,
+            "eval_batch_size": 256,
+        },
+        "precision": "float32",
+        "cache": {"dir": "", "host_bytes": 8 << 30, "device_bytes": 4 << 30},
+        "progress": True,
+    }
+    return ml_collections.ConfigDict(cfg)
+
+
+def modalities(cfg) -> tuple[str, ...]:
+    mods = tuple(cfg.modalities.split("+"))
+    return tuple(m for m in MODALITIES if m in mods)
+
+
+def validate(cfg) -> None:
+    """Raise ``ConfigError`` naming the key for an impossible or inconsistent config."""
+    mods = cfg.modalities.split("+")
+    bad = [m for m in mods if m not in MODALITIES]
+    if bad or len(set(mods)) != len(mods):
+        raise ConfigError(f"modalities: {cfg.modalities!r} must be distinct members of {MODALITIES} joined by '+'")
+    missing = [m for m in mods if m not in cfg.encoders]
+    if missing:
+        raise ConfigError(f"encoders: no encoder configured for modality {missing[0]!r} "
+                          f"(set encoders.{missing[0]} or choose encoders={cfg.modalities})")
+    extra = [m for m in cfg.encoders if m not in mods]
+    if extra:
+        raise ConfigError(f"encoders.{extra[0]}: modality {extra[0]!r} is not in modalities={cfg.modalities!r}")
+    fusion_min = int(cfg.fusion.get("min_modalities", 1))
+    if len(mods) < fusion_min:
+        raise ConfigError(f"fusion: {cfg.fusion.preset!r} fuses at least {fusion_min} modalities, "
+                          f"but encoders={cfg.modalities!r} has {len(mods)}")
+    if cfg.mode not in ("frozen", "trainable", "lora"):
+        raise ConfigError(f"mode: {cfg.mode!r} is not one of frozen, trainable, lora")
+    if not 0.0 <= cfg.modality_dropout < 0.5:
+        raise ConfigError(f"modality_dropout: {cfg.modality_dropout} must lie in [0, 0.5)")
+    if cfg.loss.classification not in ("ce", "weighted", "focal"):
+        raise ConfigError(f"loss.classification: {cfg.loss.classification!r} is not one of ce, weighted, focal")
+    if cfg.precision not in ("float32", "bfloat16"):
+        raise ConfigError(f"precision: {cfg.precision!r} is not float32 or bfloat16")
+    if cfg.dataset.target not in ("emotion", "sentiment"):
+        raise ConfigError(f"dataset.target: {cfg.dataset.target!r} is not emotion or sentiment")
+    if cfg.train.select_metric not in ("accuracy", "weighted_f1"):
+        raise ConfigError(f"train.select_metric: {cfg.train.select_metric!r} is not accuracy or weighted_f1")
+    for key in ("batch_size", "epochs", "eval_batch_size", "keep_epochs"):
+        if int(cfg.train[key]) < 1:
+            raise ConfigError(f"train.{key}: must be at least 1, got {cfg.train[key]}")
+    if cfg.train.lr <= 0:
+        raise ConfigError(f"train.lr: must be positive, got {cfg.train.lr}")
+    if "T" in cfg.encoders:
+        text = cfg.encoders.T
+        if text.pooling not in ("mask", "mean", "cls"):
+            raise ConfigError(f"encoders.T.pooling: {text.pooling!r} is not one of mask, mean, cls")
+        if text.pooling == "mask" and not text.prompt:
+            raise ConfigError("encoders.T.pooling: 'mask' pools at the prompt's mask token; "
+                              "set encoders.T.prompt=True or choose pooling mean/cls")
+        if text.context_turns < -1:
+            raise ConfigError(f"encoders.T.context_turns: {text.context_turns} must be -1 (all) or >= 0")
+    if cfg.mode != "frozen":
+        trainable = [m for m in mods if cfg.encoders[m].family in ("classic-audio", "classic-video")]
+        if trainable:
+            raise ConfigError(f"encoders.{trainable[0]}.family: {cfg.encoders[trainable[0]].family!r} has no "
+                              f"trainable weights, so mode={cfg.mode!r} cannot train it; choose a neural "
+                              "encoder for that modality or mode=frozen")
+
+
+def _plain(cfg) -> Any:
+    return cfg.to_dict() if isinstance(cfg, ml_collections.ConfigDict) else cfg
+
+
+def _drop(tree: dict, dotted: str) -> None:
+    *path, last = dotted.split(".")
+    for key in path:
+        tree = tree.get(key, {})
+    tree.pop(last, None)
+
+
+def config_hash(cfg) -> str:
+    """Stable 8-hex-digit hash of everything that changes what is trained (not seed or paths)."""
+    tree = copy.deepcopy(_plain(cfg))
+    for dotted in _UNHASHED:
+        _drop(tree, dotted)
+    blob = json.dumps(tree, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:8]
+
+
+def loss_label(cfg) -> str:
+    names = [cfg.loss.classification] + sorted(cfg.loss.extras.keys())
+    return "+".join(names)
+
+
+def num_experts(cfg) -> int:
+    return int(cfg.classifier.get("experts", 1))
+
+
+def run_label(cfg) -> str:
+    """Human-readable one-line description of a run."""
+    return (f"{cfg.dataset.name} {cfg.modalities} {cfg.fusion.preset} {loss_label(cfg)} "
+            f"{cfg.classifier.preset} {cfg.mode} seed={cfg.seed}")
+
+
+def run_dir(cfg, workdir: str | pathlib.Path, category: str = "training") -> pathlib.Path:
+    """``{workdir}/checkpoints/{category}/{dataset}/{mode}--{batch}--{losses}/{N}xE--{modalities}/{hash}--{seed}``."""
+    if category not in CATEGORIES:
+        raise ConfigError(f"run category {category!r} is not one of {CATEGORIES}")
+    return (pathlib.Path(workdir) / "checkpoints" / category / cfg.dataset.name
+            / f"{cfg.mode}--{cfg.train.batch_size}--{loss_label(cfg)}"
+            / f"{num_experts(cfg)}xE--{cfg.modalities}"
+            / f"{config_hash(cfg)}--{cfg.seed}")
+
+
+def save_config(cfg, path: str | pathlib.Path) -> None:
+    pathlib.Path(path).write_text(json.dumps(_plain(cfg), indent=2, sort_keys=True, default=str))
+
+
+def load_config(path: str | pathlib.Path) -> ml_collections.ConfigDict:
+    path = pathlib.Path(path)
+    try:
+        return ml_collections.ConfigDict(json.loads(path.read_text()))
+    except (OSError, json.JSONDecodeError) as err:
+        raise ConfigError(f"{path}: cannot read the run config ({err})") from err

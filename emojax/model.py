@@ -1,0 +1,87 @@
+"""The recognition head: per-modality features -> placeholders -> fusion -> classifier -> logits.
+
+``EmotionModel`` is a Flax module, so ``model.init(rngs, ...)`` gives its parameter pytree and
+``model.apply(params, ...)`` is a pure function of parameters, inputs and RNG keys.
+
+RNG streams used in training (``deterministic=False``): ``dropout`` (feature and fusion
+dropout), ``router`` (noise of noisy routers) and ``modality`` (modality dropout).
+"""
+from __future__ import annotations
+
+from typing import Mapping
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from emojax import classifier as classifier_lib
+from emojax import fusion as fusion_lib
+
+
+def _options(config: Mapping) -> dict:
+    return {k: v for k, v in dict(config).items() if k not in ("name", "preset", "min_modalities")}
+
+
+class EmotionModel(nn.Module):
+    """Fusion + classifier over ``features[m]: (batch, input_dims[m])`` for ``m`` in ``modalities``.
+
+    A sample whose modality is absent (``present[m] == False``) gets the learned placeholder
+    vector of that modality in place of its features. In training, modality dropout replaces,
+    for the whole batch, audio with probability ``p``, else video with probability ``p``.
+    """
+
+    modalities: tuple[str, ...]
+    input_dims: tuple[tuple[str, int], ...]
+    num_classes: int
+    fusion: Mapping
+    classifier: Mapping
+    hidden_dim: int = 256
+    dropout: float = 0.1
+    modality_dropout: float = 0.0
+    dtype: jnp.dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, features: Mapping[str, jax.Array], present: Mapping[str, jax.Array], *,
+                 deterministic: bool = True):
+        """Returns ``(logits (batch, classes) float32, aux_loss scalar, fused (batch, F))``."""
+        dims = dict(self.input_dims)
+        keep = {m: present[m].astype(bool) for m in self.modalities}
+        if not deterministic and self.modality_dropout > 0:
+            u = jax.random.uniform(self.make_rng("modality"))
+            p = self.modality_dropout
+            if "A" in keep:
+                keep["A"] = keep["A"] & (u >= p)
+            if "V" in keep:
+                drop_v = (u >= p) & (u < p + (1 - p) * p)
+                keep["V"] = keep["V"] & ~drop_v
+        inputs = {}
+        for m in self.modalities:
+            placeholder = self.param(f"placeholder_{m}", nn.initializers.normal(0.02), (dims[m],))
+            x = jnp.asarray(features[m], jnp.float32)
+            inputs[m] = jnp.where(keep[m][:, None], x, placeholder[None, :]).astype(self.dtype)
+        fusion = fusion_lib.build_fusion(self.fusion["name"], modalities=self.modalities, input_dims=dims,
+                                         output_dim=self.hidden_dim, **_options(self.fusion))
+        fused, aux = fusion(inputs, deterministic=deterministic)
+        hidden = nn.Dropout(self.dropout)(fused, deterministic=deterministic)
+        classifier = classifier_lib.build_classifier(self.classifier["name"], num_classes=self.num_classes,
+                                                     **_options(self.classifier))
+        logits, aux_classifier = classifier(hidden, deterministic=deterministic)
+        return logits.astype(jnp.float32), (aux + aux_classifier).astype(jnp.float32), fused
+
+
+def build_model(cfg, input_dims: Mapping[str, int], num_classes: int) -> EmotionModel:
+    """The ``EmotionModel`` a run config describes."""
+    from emojax.config import modalities
+
+    mods = modalities(cfg)
+    return EmotionModel(
+        modalities=mods,
+        input_dims=tuple((m, int(input_dims[m])) for m in mods),
+        num_classes=int(num_classes),
+        fusion=cfg.fusion.to_dict(),
+        classifier=cfg.classifier.to_dict(),
+        hidden_dim=int(cfg.model.hidden_dim),
+        dropout=float(cfg.model.dropout),
+        modality_dropout=float(cfg.modality_dropout),
+        dtype=jnp.bfloat16 if cfg.precision == "bfloat16" else jnp.float32,
+    )

@@ -1,0 +1,419 @@
+"""Training and evaluation: jit-compiled pure steps and the loop that owns them.
+
+Read top to bottom, ``fit`` is the recipe: data -> features -> model -> optimizer -> resume ->
+epochs (train, score dev, checkpoint, early stop) -> best epoch -> dev and test scored once.
+
+``train_step(state, batch) -> (state, logs)`` and ``eval_step(params, features, present) -> logits``
+are plain functions of their inputs; ``state`` carries parameters, optimizer state, step, RNG
+and the loss state, so nothing lives outside it.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import pathlib
+import time
+from typing import Any, Callable, Iterator, Optional
+
+import flax
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from tqdm.auto import tqdm
+
+from emojax import checkpoint as ckpt_lib
+from emojax import config as config_lib
+from emojax import losses as losses_lib
+from emojax import metrics as metrics_lib
+from emojax.features import FeatureSet, Featurizer
+from emojax.model import EmotionModel, build_model
+
+log = logging.getLogger(__name__)
+
+
+# ---------------------------------------------------------------------------------------------
+# State and steps
+# ---------------------------------------------------------------------------------------------
+@flax.struct.dataclass
+class TrainState:
+    step: jax.Array
+    params: Any
+    opt_state: Any
+    rng: jax.Array
+    loss_state: Any
+
+
+def learning_rate_schedule(cfg, total_steps: int) -> optax.Schedule:
+    """Linear warm-up over ``warmup_ratio`` of the steps, then linear decay to zero."""
+    warmup = max(1, int(round(cfg.train.warmup_ratio * total_steps)))
+    return optax.join_schedules(
+        [optax.linear_schedule(0.0, cfg.train.lr, warmup),
+         optax.linear_schedule(cfg.train.lr, 0.0, max(1, total_steps - warmup))],
+        [warmup])
+
+
+def make_optimizer(cfg, total_steps: int) -> optax.GradientTransformation:
+    """AdamW with warm-up + linear decay and global-norm gradient clipping."""
+    return optax.chain(
+        optax.clip_by_global_norm(cfg.train.clip_norm),
+        optax.adamw(learning_rate_schedule(cfg, total_steps), weight_decay=cfg.train.weight_decay),
+    )
+
+
+def make_train_step(model: EmotionModel, optimizer: optax.GradientTransformation, *,
+                    loss_kind: str, class_weights: Optional[np.ndarray], extras: dict) -> Callable:
+    """``train_step(state, batch) -> (state, logs)``; ``batch`` has features, present, labels."""
+    weights = None if class_weights is None else jnp.asarray(class_weights)
+    modalities = model.modalities
+
+    def train_step(state: TrainState, batch: dict):
+        rng, dropout_rng, router_rng, modality_rng, loss_rng = jax.random.split(state.rng, 5)
+        rngs = {"dropout": dropout_rng, "router": router_rng, "modality": modality_rng}
+
+        def loss_fn(params):
+            logits, aux, fused = model.apply({"params": params}, batch["features"], batch["present"],
+                                             deterministic=False, rngs=rngs)
+            classification = losses_lib.classification_loss(loss_kind, logits, batch["labels"], weights)
+            total = classification + aux
+            logs = {"classification": classification, "auxiliary": aux}
+            loss_state = state.loss_state
+            if extras:
+                extra, loss_state, extra_logs = losses_lib.extra_losses(
+                    extras, state.loss_state, embeddings=fused, labels=batch["labels"],
+                    features=batch["features"], fused=fused, logits=logits, rng=loss_rng,
+                    present_modalities=modalities)
+                total = total + extra
+                logs.update(extra_logs)
+            return total, (logs, loss_state)
+
+        (loss, (logs, loss_state)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+        updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
+        params = optax.apply_updates(state.params, updates)
+        logs = {"loss": loss, **logs}
+        new_state = state.replace(step=state.step + 1, params=params, opt_state=opt_state, rng=rng,
+                                  loss_state=loss_state)
+        return new_state, logs
+
+    return train_step
+
+
+def make_eval_step(model: EmotionModel) -> Callable:
+    """``eval_step(params, features, present) -> logits (batch, classes)``."""
+
+    def eval_step(params, features, present):
+        logits, _, _ = model.apply({"params": params}, features, present, deterministic=True)
+        return logits
+
+    return eval_step
+
+
+# ---------------------------------------------------------------------------------------------
+# Batches
+# ---------------------------------------------------------------------------------------------
+def epoch_order(seed: int, epoch: int, n: int) -> np.ndarray:
+    """The sample order of an epoch: a pure function of seed and epoch, so a resumed run replays it."""
+    return np.random.default_rng([seed, epoch]).permutation(n)
+
+
+def batch_of(data: FeatureSet, index: np.ndarray) -> dict:
+    return {
+        "features": {m: data.features[m][index] for m in data.features},
+        "present": {m: data.present[m][index] for m in data.present},
+        "labels": data.labels[index],
+    }
+
+
+def train_batches(data: FeatureSet, batch_size: int, seed: int, epoch: int) -> Iterator[dict]:
+    order = epoch_order(seed, epoch, len(data))
+    # The last short batch is dropped in training (one compiled shape); every sample is still
+    # seen across epochs because the order changes.
+    for start in range(0, len(order) - batch_size + 1, batch_size):
+        yield batch_of(data, order[start:start + batch_size])
+
+
+def predict_proba(eval_step: Callable, params, data: FeatureSet, batch_size: int) -> np.ndarray:
+    """Class probabilities ``(n, classes)`` for every sample, padding the last batch."""
+    n = len(data)
+    out = []
+    for start in range(0, n, batch_size):
+        index = np.arange(start, min(start + batch_size, n))
+        pad = batch_size - len(index) if n > batch_size else 0
+        padded = np.concatenate([index, np.full(pad, index[-1])]) if pad else index
+        batch = batch_of(data, padded)
+        logits = eval_step(params, batch["features"], batch["present"])
+        out.append(np.asarray(jax.nn.softmax(logits, axis=-1))[:len(index)])
+    return np.concatenate(out) if out else np.zeros((0, 0), np.float32)
+
+
+def score(eval_step: Callable, params, data: FeatureSet, num_classes: int, batch_size: int) -> dict:
+    probs = predict_proba(eval_step, params, data, batch_size)
+    return metrics_lib.classification_scores(data.labels, probs.argmax(-1), num_classes)
+
+
+# ---------------------------------------------------------------------------------------------
+# The run
+# ---------------------------------------------------------------------------------------------
+@dataclasses.dataclass
+class Prepared:
+    """Everything a run needs besides its parameters: data, features, model, steps."""
+
+    cfg: Any
+    run_dir: pathlib.Path
+    class_names: tuple[str, ...]
+    features: dict[str, FeatureSet]
+    not_scored: tuple[str, ...]
+    featurizer: Featurizer
+    model: EmotionModel
+    feature_seconds: float
+
+
+def load_data(cfg):
+    from emojax.data import load_dataset
+
+    path = pathlib.Path(cfg.dataset.path)
+    if cfg.dataset.generate:
+        from emojax.data.demo import generate_demo
+
+        generate_demo(path, seed=0)
+    if not path.exists():
+        raise FileNotFoundError(f"dataset.path: {path} does not exist (dataset {cfg.dataset.name}); "
+                                f"set --config.dataset.path to the dataset folder")
+    return load_dataset(cfg.dataset.kind, str(path), target=cfg.dataset.target)
+
+
+def feature_cache(cfg, workdir: pathlib.Path):
+    from emojax.cache import FeatureCache
+
+    root = pathlib.Path(cfg.cache.dir) if cfg.cache.dir else pathlib.Path(workdir) / "cache" / "features"
+    return FeatureCache(root, host_bytes=int(cfg.cache.host_bytes), device_bytes=int(cfg.cache.device_bytes))
+
+
+def prepare(cfg, workdir: str | pathlib.Path, category: str = "training") -> Prepared:
+    """Validate, load the dataset, compute (or read cached) features and build the model."""
+    from emojax.data.context import all_speaker_tokens
+
+    config_lib.validate(cfg)
+    workdir = pathlib.Path(workdir)
+    run_dir = config_lib.run_dir(cfg, workdir, category)
+    dataset = load_data(cfg)
+    cache = feature_cache(cfg, workdir)
+    start = time.perf_counter()
+    featurizer = Featurizer(cfg, all_speaker_tokens(dataset), cache=cache)
+    features = {name: featurizer.split_features(split) for name, split in dataset.splits.items()}
+    feature_seconds = time.perf_counter() - start
+    for name, split in dataset.splits.items():
+        missing = {m: int((~features[name].present[m]).sum()) for m in featurizer.modalities if m != "T"}
+        if any(missing.values()):
+            log.info("%s: samples without %s", name,
+                     ", ".join(f"{m}: {c}/{len(split)}" for m, c in missing.items() if c))
+    model = build_model(cfg, featurizer.dims, dataset.num_classes)
+    return Prepared(cfg, run_dir, dataset.class_names, features, tuple(dataset.not_scored), featurizer,
+                    model, feature_seconds)
+
+
+def init_state(prep: Prepared, optimizer: optax.GradientTransformation) -> TrainState:
+    cfg = prep.cfg
+    rng = jax.random.PRNGKey(int(cfg.seed))
+    init_rng, state_rng, loss_rng = jax.random.split(rng, 3)
+    sample = batch_of(prep.features["train"], np.arange(min(2, len(prep.features["train"]))))
+    params = prep.model.init({"params": init_rng}, sample["features"], sample["present"],
+                             deterministic=True)["params"]
+    loss_state = {}
+    if cfg.loss.extras:
+        loss_state = losses_lib.init_loss_state(cfg.loss.extras.to_dict(), num_classes=len(prep.class_names),
+                                                embed_dim=int(prep.model.hidden_dim), rng=loss_rng)
+    return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=optimizer.init(params),
+                      rng=state_rng, loss_state=loss_state)
+
+
+def _scores_summary(scores: dict) -> dict:
+    return {k: scores[k] for k in ("accuracy", "weighted_f1", "macro_f1")}
+
+
+def fit(cfg, workdir: str | pathlib.Path, *, category: str = "training", max_epochs: Optional[int] = None) -> pathlib.Path:
+    """Train (or resume) the run ``cfg`` describes under ``workdir``; returns its run directory.
+
+    ``max_epochs`` stops after that many epochs of this call without finishing the run (used
+    to exercise resuming); the run then continues when ``fit`` is called again.
+    """
+    # -- data, features, model ------------------------------------------------------------
+    prep = prepare(cfg, workdir, category)
+    run_dir = prep.run_dir
+    run_dir.mkdir(parents=True, exist_ok=True)
+    _check_same_config(cfg, run_dir)
+    config_lib.save_config(cfg, run_dir / "config.json")
+    _write_meta(prep)
+    train_data, dev_data = prep.features["train"], prep.features.get("dev")
+    if dev_data is None:
+        raise ValueError(f"{cfg.dataset.path}: no dev split; model selection needs one")
+
+    # -- optimizer and state --------------------------------------------------------------
+    batch_size = min(int(cfg.train.batch_size), len(train_data))
+    steps_per_epoch = max(1, len(train_data) // batch_size)
+    total_steps = steps_per_epoch * int(cfg.train.epochs)
+    optimizer = make_optimizer(cfg, total_steps)
+    state = init_state(prep, optimizer)
+    class_weights = None
+    if cfg.loss.classification == "weighted":
+        from emojax.data.types import inverse_frequency_weights
+
+        class_weights = inverse_frequency_weights(train_data.labels, len(prep.class_names))
+    extras = _usable_extras(cfg, prep.model.modalities)
+    train_step = jax.jit(make_train_step(prep.model, optimizer, loss_kind=cfg.loss.classification,
+                                         class_weights=class_weights, extras=extras), donate_argnums=0)
+    eval_step = jax.jit(make_eval_step(prep.model))
+    eval_batch = int(cfg.train.eval_batch_size)
+    metric = cfg.train.select_metric
+
+    # -- resume ---------------------------------------------------------------------------
+    checkpoints = ckpt_lib.RunCheckpoints(run_dir, keep_epochs=int(cfg.train.keep_epochs))
+    progress = checkpoints.progress() or {"epoch": 0, "history": [], "best_epoch": 0, "best_score": -1.0,
+                                          "bad_epochs": 0, "finished": False}
+    if progress["epoch"] > 0:
+        state = checkpoints.restore_state(progress["epoch"], state)
+        log.info("resuming %s after epoch %d", run_dir, progress["epoch"])
+
+    # -- epochs ---------------------------------------------------------------------------
+    epochs_run = 0
+    total_epochs = int(cfg.train.epochs)
+    while not progress["finished"] and progress["epoch"] < total_epochs:
+        if max_epochs is not None and epochs_run >= max_epochs:
+            break
+        epoch = progress["epoch"] + 1
+        start = time.perf_counter()
+        losses = []
+        last_dev = progress["history"][-1]["dev"] if progress["history"] else None
+        bar = tqdm(train_batches(train_data, batch_size, int(cfg.seed), epoch), total=steps_per_epoch,
+                   desc=f"epoch {epoch}/{total_epochs}", disable=not cfg.progress, leave=False)
+        for batch in bar:
+            state, logs = train_step(state, batch)
+            losses.append(logs["loss"])
+            if len(losses) % 10 == 0 or len(losses) == steps_per_epoch:
+                postfix = {"loss": f"{float(np.mean(jax.device_get(losses[-10:]))):.4f}"}
+                if last_dev:
+                    postfix.update(dev_acc=f"{100 * last_dev['accuracy']:.2f}",
+                                   dev_wf1=f"{100 * last_dev['weighted_f1']:.2f}")
+                bar.set_postfix(postfix)
+        train_loss = float(np.mean(jax.device_get(losses))) if losses else float("nan")
+        if not np.isfinite(train_loss):
+            raise FloatingPointError(f"epoch {epoch}: training loss is {train_loss}; lower train.lr "
+                                     f"(now {cfg.train.lr}) or check the features")
+        dev_scores = score(eval_step, state.params, dev_data, len(prep.class_names), eval_batch)
+        seconds = time.perf_counter() - start
+        row = {"epoch": epoch, "train_loss": train_loss, "dev": _scores_summary(dev_scores),
+               "seconds": seconds, "steps": int(state.step)}
+        if epoch == 1 and progress["epoch"] == 0:
+            row["feature_seconds"] = prep.feature_seconds
+        improved = dev_scores[metric] > progress["best_score"]
+        progress.update(epoch=epoch, history=progress["history"] + [row])
+        if improved:
+            progress.update(best_epoch=epoch, best_score=dev_scores[metric], bad_epochs=0)
+        else:
+            progress["bad_epochs"] += 1
+        if progress["bad_epochs"] >= int(cfg.train.patience) or epoch >= total_epochs:
+            progress["finished"] = True
+        if cfg.progress:
+            tqdm.write(f"epoch {epoch}: loss {train_loss:.4f}  dev acc {100 * dev_scores['accuracy']:.2f}  "
+                       f"dev wF1 {100 * dev_scores['weighted_f1']:.2f}  ({seconds:.1f}s)"
+                       + ("  *" if improved else ""))
+        checkpoints.save_epoch(epoch, state, progress, best_params=state.params if improved else None)
+        epochs_run += 1
+
+    if not progress["finished"]:
+        checkpoints.close()
+        return run_dir
+
+    # -- the selected epoch, scored once on dev and test -----------------------------------
+    best_params = checkpoints.restore_best(state.params, progress["best_epoch"])
+    checkpoints.close()
+    write_results(prep, eval_step, best_params, progress)
+    return run_dir
+
+
+def _usable_extras(cfg, modalities) -> dict:
+    extras = cfg.loss.extras.to_dict() if cfg.loss.extras else {}
+    if not extras:
+        return {}
+    needs_many = getattr(losses_lib, "MULTIMODAL_LOSSES", ())
+    usable = {}
+    for name, options in extras.items():
+        if name in needs_many and len(modalities) < 2:
+            log.warning("loss %s needs several modalities; skipped on this %s run", name, "+".join(modalities))
+            continue
+        usable[name] = options
+    return usable
+
+
+def _check_same_config(cfg, run_dir: pathlib.Path) -> None:
+    path = run_dir / "config.json"
+    if path.exists():
+        old = config_lib.load_config(path)
+        if config_lib.config_hash(old) != config_lib.config_hash(cfg):
+            raise ckpt_lib.CheckpointError(f"{path}: this run directory holds a run of another config "
+                                           f"(hash {config_lib.config_hash(old)}, not {config_lib.config_hash(cfg)})")
+
+
+def _write_meta(prep: Prepared) -> None:
+    meta = {"class_names": list(prep.class_names), "input_dims": prep.featurizer.dims,
+            "label": config_lib.run_label(prep.cfg), "hash": config_lib.config_hash(prep.cfg)}
+    text = prep.featurizer.encoders.get("T")
+    if text is not None:
+        meta["speaker_tokens"] = list(getattr(text, "speaker_tokens", []))
+        text.encoder.save_preprocessing(prep.run_dir / "preprocessing" / "T")
+    ckpt_lib.write_json_atomic(prep.run_dir / "meta.json", meta)
+
+
+def write_results(prep: Prepared, eval_step: Callable, params, progress: dict) -> dict:
+    """Score dev and test with ``params``; write results.json, history, tables and plots."""
+    cfg, run_dir, names = prep.cfg, prep.run_dir, prep.class_names
+    results: dict = {"best_epoch": progress["best_epoch"], "label": config_lib.run_label(cfg),
+                     "hash": config_lib.config_hash(cfg), "seed": int(cfg.seed), "class_names": list(names)}
+    report = [f"# {results['label']}", "", f"selected epoch (dev {cfg.train.select_metric}): {progress['best_epoch']}", ""]
+    for split in ("dev", "test"):
+        if split not in prep.features:
+            results[split] = {"scored": False, "reason": f"no {split} split in {cfg.dataset.path}"}
+            report += [f"### {split}", "", f"not scored: no {split} split in {cfg.dataset.path}", ""]
+            continue
+        scores = score(eval_step, params, prep.features[split], len(names), int(cfg.train.eval_batch_size))
+        scores["class_names"] = list(names)
+        results[split] = {"scored": True, **scores}
+        metrics_lib.plot_confusion(scores["confusion"], names, run_dir / f"confusion_{split}.png",
+                                   title=f"{split}: acc {100 * scores['accuracy']:.2f}, "
+                                         f"wF1 {100 * scores['weighted_f1']:.2f}")
+        report += [metrics_lib.format_table(scores, names, title=split), "",
+                   metrics_lib.format_confusion(scores["confusion"], names), ""]
+    ckpt_lib.write_json_atomic(run_dir / "results.json", results)
+    ckpt_lib.write_json_atomic(run_dir / "history.json", progress["history"])
+    metrics_lib.plot_history(progress["history"], run_dir / "history.png", cfg.train.select_metric)
+    (run_dir / "metrics.md").write_text("\n".join(report))
+    return results
+
+
+def load_run(run_dir: str | pathlib.Path, workdir: Optional[str | pathlib.Path] = None):
+    """Rebuild a finished run: ``(prep, eval_step, best_params)``."""
+    run_dir = pathlib.Path(run_dir)
+    cfg = config_lib.load_config(run_dir / "config.json")
+    cfg.progress = False
+    workdir = pathlib.Path(workdir) if workdir else _workdir_of(run_dir)
+    prep = prepare(cfg, workdir)
+    prep.run_dir = run_dir
+    eval_step = jax.jit(make_eval_step(prep.model))
+    optimizer = make_optimizer(cfg, 1)
+    state = init_state(prep, optimizer)
+    checkpoints = ckpt_lib.RunCheckpoints(run_dir, keep_epochs=int(cfg.train.keep_epochs))
+    progress = checkpoints.progress()
+    if not progress:
+        raise ckpt_lib.CheckpointError(f"{run_dir}: no progress.json; is this a run directory?")
+    params = checkpoints.restore_best(state.params, progress["best_epoch"])
+    checkpoints.close()
+    return prep, eval_step, params, progress
+
+
+def _workdir_of(run_dir: pathlib.Path) -> pathlib.Path:
+    """``{workdir}/checkpoints/{category}/...`` -> ``workdir`` (six levels up)."""
+    parts = run_dir.resolve().parts
+    if "checkpoints" in parts:
+        return pathlib.Path(*parts[:len(parts) - 1 - parts[::-1].index("checkpoints")])
+    return run_dir.parent

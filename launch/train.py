@@ -1,0 +1,41 @@
+r"""Train and evaluate one run.
+
+    python -m launch.train \
+      --config=configs/train.py:dataset=MELD--E,encoders=T+A+V,loss=focal \
+      --config.seed=114 --config.dataset.path=datasets/MELD --workdir=runs
+
+Prints the dev and test metrics of the epoch selected on dev; the last line printed is the run
+directory. Started again with the same config, a killed run resumes from its last epoch.
+"""
+import logging as std_logging
+
+from absl import app, flags, logging
+from ml_collections import config_flags
+
+from emojax import config as config_lib
+from emojax.train import fit
+
+_CONFIG = config_flags.DEFINE_config_file(
+    "config", "configs/train.py", "Run config: configs/train.py:key=value,... (see configs/train.py).",
+    lock_config=True)
+_WORKDIR = flags.DEFINE_string("workdir", "runs", "Folder for checkpoints and the feature cache.")
+
+
+def main(argv):
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    std_logging.getLogger("absl").setLevel(std_logging.WARNING)
+    cfg = _CONFIG.value
+    try:
+        config_lib.validate(cfg)
+    except config_lib.ConfigError as err:
+        raise app.UsageError(f"config: {err}") from None
+    logging.info("run: %s", config_lib.run_label(cfg))
+    run_dir = fit(cfg, _WORKDIR.value)
+    print((run_dir / "metrics.md").read_text() if (run_dir / "metrics.md").exists()
+          else "training stopped before the run finished; start the same command again to resume")
+    print(run_dir)
+
+
+if __name__ == "__main__":
+    app.run(main)
