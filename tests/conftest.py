@@ -1,0 +1,108 @@
+"""Shared fixtures: a tiny random BERT in the Hugging Face layout and a tiny MELD-format dataset."""
+import json
+import pathlib
+
+import numpy as np
+import pandas as pd
+import pytest
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+SHARED = ROOT.parent / "shared"
+
+WORDS = {
+    "neutral": ["okay", "fine", "table", "chair", "paper"],
+    "joy": ["happy", "great", "wonderful", "love", "fun"],
+    "surprise": ["wow", "really", "unbelievable", "whoa", "what"],
+    "anger": ["angry", "hate", "furious", "stupid", "shut"],
+    "sadness": ["sad", "sorry", "cry", "miss", "lonely"],
+    "disgust": ["gross", "ew", "disgusting", "yuck", "nasty"],
+    "fear": ["scared", "afraid", "help", "terrified", "nervous"],
+}
+SENTIMENT = {"neutral": "neutral", "joy": "positive", "surprise": "positive", "anger": "negative",
+             "sadness": "negative", "disgust": "negative", "fear": "negative"}
+
+
+def shared_path(*parts) -> pathlib.Path:
+    path = SHARED.joinpath(*parts)
+    if not path.exists():
+        pytest.skip(f"{path} is absent: the reference data lives in a 'shared' folder beside the repository")
+    return path
+
+
+def write_tiny_bert(folder: pathlib.Path, *, hidden=32, layers=2, heads=4, intermediate=64, seed=0) -> pathlib.Path:
+    """A random BERT saved as config.json + model.safetensors (PyTorch names) + vocab.txt."""
+    from safetensors.numpy import save_file
+
+    folder.mkdir(parents=True, exist_ok=True)
+    specials = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+    vocab = specials + sorted({w for ws in WORDS.values() for w in ws} | {"i", "am", "so", "the", "is", ":", "now",
+                                                                         "feels", "<", ">", "s", "0", "1", "2"})
+    (folder / "vocab.txt").write_text("\n".join(vocab) + "\n")
+    config = {"architectures": ["BertModel"], "model_type": "bert", "vocab_size": len(vocab), "hidden_size": hidden,
+              "num_hidden_layers": layers, "num_attention_heads": heads, "intermediate_size": intermediate,
+              "hidden_act": "gelu", "max_position_embeddings": 128, "type_vocab_size": 2,
+              "layer_norm_eps": 1e-12, "pad_token_id": 0, "hidden_dropout_prob": 0.1,
+              "attention_probs_dropout_prob": 0.1, "initializer_range": 0.02}
+    (folder / "config.json").write_text(json.dumps(config))
+    (folder / "tokenizer_config.json").write_text(json.dumps({"do_lower_case": True, "model_max_length": 128,
+                                                              "tokenizer_class": "BertTokenizer"}))
+    rng = np.random.default_rng(seed)
+
+    def w(*shape):
+        return (rng.normal(size=shape) * 0.2).astype(np.float32)
+
+    tensors = {
+        "embeddings.word_embeddings.weight": w(len(vocab), hidden),
+        "embeddings.position_embeddings.weight": w(128, hidden),
+        "embeddings.token_type_embeddings.weight": w(2, hidden),
+        "embeddings.LayerNorm.weight": np.ones(hidden, np.float32),
+        "embeddings.LayerNorm.bias": np.zeros(hidden, np.float32),
+        "pooler.dense.weight": w(hidden, hidden), "pooler.dense.bias": w(hidden),
+    }
+    for i in range(layers):
+        p = f"encoder.layer.{i}."
+        for name in ("query", "key", "value"):
+            tensors[p + f"attention.self.{name}.weight"] = w(hidden, hidden)
+            tensors[p + f"attention.self.{name}.bias"] = w(hidden)
+        tensors[p + "attention.output.dense.weight"] = w(hidden, hidden)
+        tensors[p + "attention.output.dense.bias"] = w(hidden)
+        tensors[p + "attention.output.LayerNorm.weight"] = np.ones(hidden, np.float32)
+        tensors[p + "attention.output.LayerNorm.bias"] = np.zeros(hidden, np.float32)
+        tensors[p + "intermediate.dense.weight"] = w(intermediate, hidden)
+        tensors[p + "intermediate.dense.bias"] = w(intermediate)
+        tensors[p + "output.dense.weight"] = w(hidden, intermediate)
+        tensors[p + "output.dense.bias"] = w(hidden)
+        tensors[p + "output.LayerNorm.weight"] = np.ones(hidden, np.float32)
+        tensors[p + "output.LayerNorm.bias"] = np.zeros(hidden, np.float32)
+    save_file(tensors, str(folder / "model.safetensors"))
+    return folder
+
+
+def write_text_meld(folder: pathlib.Path, *, per_split=(140, 42, 42), seed=0) -> pathlib.Path:
+    """A text-only MELD-format dataset whose utterances carry class words (no media files)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    names = list(WORDS)
+    for split, n in zip(("train", "dev", "test"), per_split):
+        rows = []
+        for i in range(n):
+            label = names[i % len(names)] if i < len(names) else names[rng.integers(len(names))]
+            words = list(rng.choice(WORDS[label], size=2)) + list(rng.choice(["i", "am", "so", "the", "is"], size=2))
+            rng.shuffle(words)
+            dialogue, utt = divmod(i, 4)
+            rows.append({"Sr No.": i + 1, "Utterance": " ".join(words), "Speaker": ["Ross", "Monica"][utt % 2],
+                         "Emotion": label, "Sentiment": SENTIMENT[label], "Dialogue_ID": dialogue,
+                         "Utterance_ID": utt, "Season": 1, "Episode": 1, "StartTime": "00:00:01,000",
+                         "EndTime": "00:00:02,000"})
+        pd.DataFrame(rows).to_csv(folder / f"{split}_sent_emo.csv", index=False)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def tiny_bert(tmp_path_factory) -> pathlib.Path:
+    return write_tiny_bert(tmp_path_factory.mktemp("tiny-bert"))
+
+
+@pytest.fixture(scope="session")
+def text_meld(tmp_path_factory) -> pathlib.Path:
+    return write_text_meld(tmp_path_factory.mktemp("text-meld"))
