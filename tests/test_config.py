@@ -31,9 +31,13 @@ def test_config_unknown_part_and_preset_named():
 
 
 def test_config_fusion_needs_several_modalities():
-    cfg = config_lib.compose("encoders=T,fusion=DF-1.0")
-    with pytest.raises(config_lib.ConfigError, match="fusion"):
-        config_lib.validate(cfg)
+    multi = [name for name, p in config_lib.presets("fusion").items() if p.get("min_modalities", 1) > 1]
+    assert "tensor" in multi and "low-rank" in multi
+    for name in multi:
+        cfg = config_lib.compose(f"encoders=T,fusion={name}")
+        with pytest.raises(config_lib.ConfigError, match="fusion"):
+            config_lib.validate(cfg)
+        config_lib.validate(config_lib.compose(f"encoders=T+A,fusion={name}"))
 
 
 def test_config_validation_names_key():
