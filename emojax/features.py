@@ -61,6 +61,28 @@ class FeatureSet:
         return len(self.uids)
 
 
+def feature_stats(data: FeatureSet) -> dict[str, dict[str, list[float]]]:
+    """Per-modality mean and standard deviation over the samples that have the modality."""
+    stats = {}
+    for m, matrix in data.features.items():
+        rows = matrix[data.present[m]]
+        if len(rows) == 0:
+            rows = np.zeros((1, matrix.shape[1]), np.float32)
+        std = rows.std(axis=0)
+        stats[m] = {"mean": rows.mean(axis=0).tolist(), "std": np.where(std > 1e-6, std, 1.0).tolist()}
+    return stats
+
+
+def standardize(data: FeatureSet, stats: dict) -> FeatureSet:
+    """Features scaled by the training split's statistics (absent samples stay zero)."""
+    features = {}
+    for m, matrix in data.features.items():
+        mean = np.asarray(stats[m]["mean"], np.float32)
+        std = np.asarray(stats[m]["std"], np.float32)
+        features[m] = np.where(data.present[m][:, None], (matrix - mean) / std, 0.0).astype(np.float32)
+    return dataclasses.replace(data, features=features)
+
+
 def _digest(*parts) -> str:
     blob = json.dumps(parts, sort_keys=True, default=str).encode()
     return hashlib.sha256(blob).hexdigest()
@@ -136,6 +158,7 @@ class Featurizer:
             spec = cfg.encoders[modality]
             if modality == "T":
                 self.encoders[modality] = _TextFeatures(spec, speaker_tokens, dtype)
+                self.encoders[modality].encoder.name = spec.model
             elif spec.family in ("classic-audio", "classic-video"):
                 self.encoders[modality] = _MediaFeatures(modality, spec)
             else:

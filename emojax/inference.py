@@ -16,7 +16,7 @@ import numpy as np
 from emojax import checkpoint as ckpt_lib
 from emojax import config as config_lib
 from emojax.data.types import Sample
-from emojax.features import Featurizer
+from emojax.features import Featurizer, standardize
 from emojax.model import build_model
 from emojax.train import make_eval_step, predict_proba
 
@@ -33,6 +33,7 @@ class Estimator:
         self.cfg.progress = False
         meta = json.loads(meta_path.read_text())
         self.class_names = tuple(meta["class_names"])
+        self.feature_stats = meta["feature_stats"]
         self.featurizer = Featurizer(self.cfg, meta.get("speaker_tokens", []), cache=None)
         self.model = build_model(self.cfg, meta["input_dims"], len(self.class_names))
         dims = meta["input_dims"]
@@ -67,6 +68,7 @@ class Estimator:
         data = self.featurizer.sample_features([sample])
         for m in self.modalities:
             data.present[m] = data.present[m] & given[m]
+        data = standardize(data, self.feature_stats)
         probs = predict_proba(self._eval_step, self.params, data, batch_size=1)[0]
         return {"probabilities": {name: float(p) for name, p in zip(self.class_names, probs)},
                 "predicted": self.class_names[int(np.argmax(probs))]}

@@ -27,7 +27,7 @@ from emojax import checkpoint as ckpt_lib
 from emojax import config as config_lib
 from emojax import losses as losses_lib
 from emojax import metrics as metrics_lib
-from emojax.features import FeatureSet, Featurizer
+from emojax.features import FeatureSet, Featurizer, feature_stats, standardize
 from emojax.model import EmotionModel, build_model
 
 log = logging.getLogger(__name__)
@@ -167,6 +167,7 @@ class Prepared:
     featurizer: Featurizer
     model: EmotionModel
     feature_seconds: float
+    feature_stats: dict  # modality -> {"mean", "std"} of the training split
 
 
 def load_data(cfg):
@@ -201,8 +202,10 @@ def prepare(cfg, workdir: str | pathlib.Path, category: str = "training") -> Pre
     cache = feature_cache(cfg, workdir)
     start = time.perf_counter()
     featurizer = Featurizer(cfg, all_speaker_tokens(dataset), cache=cache)
-    features = {name: featurizer.split_features(split) for name, split in dataset.splits.items()}
+    raw = {name: featurizer.split_features(split) for name, split in dataset.splits.items()}
     feature_seconds = time.perf_counter() - start
+    stats = feature_stats(raw["train"])
+    features = {name: standardize(data, stats) for name, data in raw.items()}
     for name, split in dataset.splits.items():
         missing = {m: int((~features[name].present[m]).sum()) for m in featurizer.modalities if m != "T"}
         if any(missing.values()):
@@ -210,7 +213,7 @@ def prepare(cfg, workdir: str | pathlib.Path, category: str = "training") -> Pre
                      ", ".join(f"{m}: {c}/{len(split)}" for m, c in missing.items() if c))
     model = build_model(cfg, featurizer.dims, dataset.num_classes)
     return Prepared(cfg, run_dir, dataset.class_names, features, tuple(dataset.not_scored), featurizer,
-                    model, feature_seconds)
+                    model, feature_seconds, stats)
 
 
 def init_state(prep: Prepared, optimizer: optax.GradientTransformation) -> TrainState:
@@ -357,7 +360,8 @@ def _check_same_config(cfg, run_dir: pathlib.Path) -> None:
 
 def _write_meta(prep: Prepared) -> None:
     meta = {"class_names": list(prep.class_names), "input_dims": prep.featurizer.dims,
-            "label": config_lib.run_label(prep.cfg), "hash": config_lib.config_hash(prep.cfg)}
+            "label": config_lib.run_label(prep.cfg), "hash": config_lib.config_hash(prep.cfg),
+            "feature_stats": prep.feature_stats}
     text = prep.featurizer.encoders.get("T")
     if text is not None:
         meta["speaker_tokens"] = list(getattr(text, "speaker_tokens", []))
