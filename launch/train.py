@@ -8,12 +8,19 @@ Prints the dev and test metrics of the epoch selected on dev; the last line prin
 directory. Started again with the same config, a killed run resumes from its last epoch.
 """
 import logging as std_logging
+import sys
 
 from absl import app, flags, logging
 from ml_collections import config_flags
 
 from emojax import config as config_lib
+from emojax.checkpoint import CheckpointError
+from emojax.data.types import DatasetError
+from emojax.encoders.hub import WeightError
 from emojax.train import fit
+
+# Errors about the user's input: reported as one line, not a traceback.
+USER_ERRORS = (config_lib.ConfigError, DatasetError, CheckpointError, WeightError, FileNotFoundError)
 
 _CONFIG = config_flags.DEFINE_config_file(
     "config", "configs/train.py", "Run config: configs/train.py:key=value,... (see configs/train.py).",
@@ -31,7 +38,10 @@ def main(argv):
     except config_lib.ConfigError as err:
         raise app.UsageError(f"config: {err}") from None
     logging.info("run: %s", config_lib.run_label(cfg))
-    run_dir = fit(cfg, _WORKDIR.value)
+    try:
+        run_dir = fit(cfg, _WORKDIR.value)
+    except USER_ERRORS as err:
+        sys.exit(f"error: {err}")
     print((run_dir / "metrics.md").read_text() if (run_dir / "metrics.md").exists()
           else "training stopped before the run finished; start the same command again to resume")
     print(run_dir)
