@@ -199,11 +199,10 @@ def validate(cfg) -> None:
         if text.context_turns < -1:
             raise ConfigError(f"encoders.T.context_turns: {text.context_turns} must be -1 (all) or >= 0")
     if cfg.mode != "frozen":
-        trainable = [m for m in mods if cfg.encoders[m].family in ("classic-audio", "classic-video")]
-        if trainable:
-            raise ConfigError(f"encoders.{trainable[0]}.family: {cfg.encoders[trainable[0]].family!r} has no "
-                              f"trainable weights, so mode={cfg.mode!r} cannot train it; choose a neural "
-                              "encoder for that modality or mode=frozen")
+        # Fine-tuning runs the encoders inside the train step; the loop in emojax.train trains
+        # heads on cached frozen features only, so refuse rather than silently freeze.
+        raise ConfigError(f"mode: {cfg.mode!r} (encoder fine-tuning) is not supported by this version's "
+                          "training loop, which trains on frozen-encoder features; use mode=frozen")
 
 
 def _plain(cfg) -> Any:

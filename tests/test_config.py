@@ -45,9 +45,10 @@ def test_config_validation_names_key():
     cfg.encoders.T.pooling = "max"
     with pytest.raises(config_lib.ConfigError, match=r"encoders\.T\.pooling"):
         config_lib.validate(cfg)
-    cfg = config_lib.compose("dataset=MELD--E,encoders=A,mode=trainable")
-    with pytest.raises(config_lib.ConfigError, match=r"encoders\.A\.family"):
+    cfg = config_lib.compose("dataset=MELD--E,encoders=T,mode=trainable")
+    with pytest.raises(config_lib.ConfigError, match=r"mode: 'trainable'"):
         config_lib.validate(cfg)
+    assert cfg.encoders.T.pooling == "mask" and cfg.encoders.T.prompt  # the suite's fine-tuning text path
     cfg = config_lib.compose("dataset=MELD--E")
     cfg.train.batch_size = 0
     with pytest.raises(config_lib.ConfigError, match=r"train\.batch_size"):
