@@ -226,3 +226,51 @@ def uncertainty_weighted(losses, sigmas):
     """``sum_i 0.5 / sigma_i * L_i + sum_i log sigma_i`` (learned ``sigmas``, one per loss)."""
     losses = jnp.asarray(losses, jnp.float32)
     return (0.5 / sigmas) @ losses + jnp.log(sigmas).sum()
+
+
+# ---------------------------------------------------------------------------------------------
+# Extra losses in a training run: state in, state out
+# ---------------------------------------------------------------------------------------------
+# Losses that compare modalities with each other; skipped (with a logged note) on unimodal runs.
+MULTIMODAL_LOSSES = ("cmcl",)
+EXTRA_LOSSES = ("spcl", "apcl")
+
+
+def init_loss_state(extras: Mapping, *, num_classes: int, embed_dim: int, rng) -> dict:
+    """Initial state of the configured extra losses (``{"spcl": ..., "apcl": ...}``)."""
+    state = {}
+    for name, options in extras.items():
+        rng, key = jax.random.split(rng)
+        if name == "spcl":
+            state[name] = spcl_init(key, num_classes=num_classes, dim=embed_dim,
+                                    pool_size=int(options.get("pool_size", 512)))
+        elif name == "apcl":
+            state[name] = apcl_init(key, num_classes=num_classes, dim=embed_dim)
+        else:
+            raise ValueError(f"loss.extras.{name}: unknown extra loss; choose from {', '.join(EXTRA_LOSSES)}")
+    return state
+
+
+def extra_losses(extras: Mapping, state: dict, *, embeddings, labels, rng, **unused) -> tuple:
+    """Weighted sum of the extra losses on the fused ``embeddings``; returns
+    ``(total, new_state, logs)``."""
+    total = jnp.zeros((), jnp.float32)
+    new_state, logs = dict(state), {}
+    for name, options in extras.items():
+        rng, key = jax.random.split(rng)
+        weight = float(options.get("weight", 1.0))
+        if name == "spcl":
+            value, new_state[name] = spcl_loss(state[name], embeddings, labels, key,
+                                               temperature=float(options.get("temperature", 0.08)),
+                                               support=int(options.get("support_set_size", 64)),
+                                               decoupled=bool(options.get("decoupled", False)))
+        elif name == "apcl":
+            value, new_state[name] = apcl_loss(state[name], embeddings, labels,
+                                               temperature=float(options.get("temperature", 0.08)),
+                                               alpha=float(options.get("alpha", 0.5)),
+                                               gamma=float(options.get("gamma", 0.99)))
+        else:
+            raise ValueError(f"loss.extras.{name}: unknown extra loss; choose from {', '.join(EXTRA_LOSSES)}")
+        logs[name] = value
+        total = total + weight * value
+    return total, new_state, logs

@@ -19,7 +19,7 @@ from emojax import fusion as fusion_lib
 
 
 def _options(config: Mapping) -> dict:
-    return {k: v for k, v in dict(config).items() if k not in ("name", "preset", "min_modalities")}
+    return {k: v for k, v in dict(config).items() if k not in ("name", "preset", "min_modalities", "project_inputs")}
 
 
 class EmotionModel(nn.Module):
@@ -55,10 +55,17 @@ class EmotionModel(nn.Module):
                 drop_v = (u >= p) & (u < p + (1 - p) * p)
                 keep["V"] = keep["V"] & ~drop_v
         inputs = {}
+        project = int(self.fusion.get("project_inputs", 0) or 0)
         for m in self.modalities:
             placeholder = self.param(f"placeholder_{m}", nn.initializers.normal(0.02), (dims[m],))
             x = jnp.asarray(features[m], jnp.float32)
-            inputs[m] = jnp.where(keep[m][:, None], x, placeholder[None, :]).astype(self.dtype)
+            x = jnp.where(keep[m][:, None], x, placeholder[None, :]).astype(self.dtype)
+            if project:
+                # Attention fusions need every modality at one size divisible by their heads.
+                x = nn.Dense(project, dtype=self.dtype, name=f"input_projection_{m}")(x)
+            inputs[m] = x
+        if project:
+            dims = {m: project for m in self.modalities}
         fusion = fusion_lib.build_fusion(self.fusion["name"], modalities=self.modalities, input_dims=dims,
                                          output_dim=self.hidden_dim, **_options(self.fusion))
         fused, aux = fusion(inputs, deterministic=deterministic)

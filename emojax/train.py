@@ -225,8 +225,9 @@ def init_state(prep: Prepared, optimizer: optax.GradientTransformation) -> Train
                              deterministic=True)["params"]
     loss_state = {}
     if cfg.loss.extras:
+        _, _, fused = prep.model.apply({"params": params}, sample["features"], sample["present"], deterministic=True)
         loss_state = losses_lib.init_loss_state(cfg.loss.extras.to_dict(), num_classes=len(prep.class_names),
-                                                embed_dim=int(prep.model.hidden_dim), rng=loss_rng)
+                                                embed_dim=int(fused.shape[-1]), rng=loss_rng)
     return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=optimizer.init(params),
                       rng=state_rng, loss_state=loss_state)
 

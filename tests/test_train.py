@@ -10,8 +10,8 @@ from emojax import config as config_lib
 from emojax import train as train_lib
 
 
-def text_config(data, bert, epochs=4):
-    cfg = config_lib.compose("dataset=MELD--E,encoders=T,loss=ce")
+def text_config(data, bert, epochs=4, loss="ce"):
+    cfg = config_lib.compose(f"dataset=MELD--E,encoders=T,loss={loss}")
     cfg.dataset.path = str(data)
     cfg.encoders.T.model = str(bert)
     cfg.train.epochs = epochs
@@ -64,8 +64,10 @@ def test_train_text_run_end_to_end(tmp_path, text_meld, tiny_bert, monkeypatch):
     assert calls == []
 
 
-def test_resume_reproduces_uninterrupted_run(tmp_path, text_meld, tiny_bert):
-    cfg = text_config(text_meld, tiny_bert, epochs=4)
+@pytest.mark.parametrize("loss", ["ce", "focal+spcl"])
+def test_resume_reproduces_uninterrupted_run(tmp_path, text_meld, tiny_bert, loss):
+    """Parameters, optimizer, RNG, the SPCL pools and the data order survive a restart."""
+    cfg = text_config(text_meld, tiny_bert, epochs=4, loss=loss)
     cfg.train.patience = 100
     whole = train_lib.fit(cfg, tmp_path / "a")
     interrupted = train_lib.fit(cfg, tmp_path / "b", max_epochs=2)

@@ -1,4 +1,10 @@
-"""Reading audio and video files into arrays, with errors that name the file."""
+"""Reading audio and video files into arrays, with errors that name the file.
+
+``read_audio`` returns mono float32 samples at the requested rate; ``read_video_frames`` returns a
+fixed number of RGB frames spread over the clip, chosen the way the PyTorch suite chooses them
+(``sample_frame_indices``): ``floor(i * n / F)`` for ``i < F`` when the clip has at least ``F``
+frames, otherwise every frame with the last one repeated up to ``F``.
+"""
 from __future__ import annotations
 
 import os
@@ -7,68 +13,143 @@ from typing import Optional
 
 import numpy as np
 
+# Containers libsndfile decodes itself; anything else goes through librosa (and audioread).
+_SOUNDFILE_SUFFIXES = {".wav", ".flac", ".ogg", ".oga", ".aiff", ".aif", ".au", ".mp3", ".opus", ".caf", ".w64"}
+
 
 class MediaError(RuntimeError):
-    """A media file is missing, unreadable or empty; the message names it."""
+    """A media file is missing, empty or cannot be decoded; the message starts with its path."""
+
+    def __init__(self, path: str | os.PathLike, reason: str):
+        self.path = str(path)
+        self.reason = reason
+        super().__init__(f"{self.path}: {reason}")
+
+
+def _check_file(path: pathlib.Path, kind: str) -> None:
+    if not path.exists():
+        raise MediaError(path, f"{kind} file not found; check the dataset folder or drop this sample")
+    if not path.is_file():
+        raise MediaError(path, f"expected a {kind} file, found a directory or special file")
+    if path.stat().st_size == 0:
+        raise MediaError(path, f"{kind} file is empty (0 bytes); re-extract or re-download it")
 
 
 def read_audio(path: str | os.PathLike, sample_rate: int = 16000) -> np.ndarray:
-    """Mono float32 samples ``(n,)`` at ``sample_rate`` (soundfile; librosa for other formats)."""
+    """Decode an audio file (or the audio track of a video) to mono float32 ``(samples,)``.
+
+    WAV / FLAC / OGG go through soundfile; other containers (``.mp4``, ``.m4a``) through
+    ``librosa.load``, which needs an audioread backend such as the ``ffmpeg`` program. Channels
+    are averaged; the signal is resampled to ``sample_rate`` with librosa when it differs.
+    Raises ``MediaError`` for a missing, empty or undecodable file, or one without samples.
+    """
     path = pathlib.Path(path)
-    if not path.is_file():
-        raise MediaError(f"{path}: audio file not found")
+    _check_file(path, "audio")
     import librosa
     import soundfile as sf
 
-    try:
-        data, rate = sf.read(str(path), dtype="float32", always_2d=True)
-        data = data.mean(axis=1)
-    except (sf.LibsndfileError, RuntimeError, TypeError, ValueError):
+    data, rate, failures = None, None, []
+    if path.suffix.lower() in _SOUNDFILE_SUFFIXES:
+        try:
+            stereo, rate = sf.read(str(path), dtype="float32", always_2d=True)
+            data = stereo.mean(axis=1)
+        except Exception as err:  # libsndfile reports format problems as several types
+            failures.append(f"soundfile: {err}")
+    if data is None:
         try:
             data, rate = librosa.load(str(path), sr=None, mono=True)
-        except Exception as err:  # audioread raises several unrelated types
-            raise MediaError(f"{path}: unreadable audio ({type(err).__name__}: {err})") from None
+        except Exception as err:  # soundfile and audioread raise unrelated exception types
+            failures.append(f"librosa/audioread: {type(err).__name__}: {err}".rstrip(": "))
+            hint = ("install the ffmpeg program so audioread can decode it, or extract the audio to WAV/FLAC"
+                    if path.suffix.lower() not in _SOUNDFILE_SUFFIXES else "the file is corrupt or not audio")
+            raise MediaError(path, f"cannot decode audio ({'; '.join(failures)}); {hint}") from None
+    data = np.asarray(data, dtype=np.float32)
     if data.size == 0:
-        raise MediaError(f"{path}: audio file holds no samples")
-    if rate != sample_rate:
-        data = librosa.resample(data, orig_sr=rate, target_sr=sample_rate)
+        raise MediaError(path, "audio file holds no samples")
+    if not np.isfinite(data).all():
+        raise MediaError(path, "audio holds NaN or infinite samples; re-encode the file")
+    if int(rate) != int(sample_rate):
+        data = librosa.resample(data, orig_sr=int(rate), target_sr=int(sample_rate))
     return np.ascontiguousarray(data, dtype=np.float32)
 
 
 def frame_indices(frame_count: int, num_frames: int) -> np.ndarray:
-    """``num_frames`` indices spread evenly over ``frame_count`` frames (repeats when fewer)."""
-    return np.linspace(0, frame_count - 1, num_frames).round().astype(np.int64)
+    """Indices of the ``num_frames`` frames taken from a clip of ``frame_count`` frames: ``(num_frames,)``.
+
+    ``floor(linspace(0, frame_count, num_frames, endpoint=False))`` when the clip is long enough;
+    a shorter clip gives every frame once and then its last frame again.
+    """
+    if frame_count <= 0 or num_frames <= 0:
+        raise ValueError(f"frame_count ({frame_count}) and num_frames ({num_frames}) must be positive")
+    if frame_count <= num_frames:
+        return np.concatenate([np.arange(frame_count), np.full(num_frames - frame_count, frame_count - 1)]
+                              ).astype(np.int64)
+    return np.floor(np.linspace(0, frame_count, num_frames, endpoint=False)).astype(np.int64)
+
+
+def _decode(capture, wanted: set[int]) -> tuple[dict[int, np.ndarray], int]:
+    """Read the clip through once, keeping the BGR frames whose index is in ``wanted``."""
+    kept, index = {}, 0
+    while True:
+        if index in wanted:
+            ok, frame = capture.read()
+            if not ok:
+                break
+            kept[index] = frame
+        elif not capture.grab():
+            break
+        index += 1
+    return kept, index
 
 
 def read_video_frames(path: str | os.PathLike, num_frames: int = 16,
                       size: Optional[tuple[int, int]] = None) -> np.ndarray:
-    """``num_frames`` RGB frames ``(F, H, W, 3)`` uint8 sampled evenly over the clip.
+    """``num_frames`` RGB frames of a video, spread over the clip: ``(num_frames, H, W, 3)`` uint8.
 
-    ``size`` is ``(width, height)`` to resize to; ``None`` keeps the clip's size.
+    ``size`` is ``(height, width)`` to resize every frame to (area interpolation), or ``None`` to
+    keep the clip's size. Frames are chosen by :func:`frame_indices` over the frames actually
+    decoded (the container's frame count is only a first guess). Raises ``MediaError`` for a
+    missing, empty or undecodable file, or one without frames.
     """
     path = pathlib.Path(path)
-    if not path.is_file():
-        raise MediaError(f"{path}: video file not found")
+    _check_file(path, "video")
     import cv2
 
-    capture = cv2.VideoCapture(str(path))
-    if not capture.isOpened():
-        raise MediaError(f"{path}: OpenCV cannot open this video")
-    frames = []
+    def open_capture():
+        capture = cv2.VideoCapture(str(path))
+        if not capture.isOpened():
+            capture.release()
+            raise MediaError(path, "OpenCV cannot open this video (corrupt file or unsupported codec); "
+                                   "re-encode it to H.264 or MPEG-4 in an .mp4 container")
+        return capture
+
+    capture = open_capture()
     try:
-        while True:
-            ok, frame = capture.read()
-            if not ok:
-                break
-            frames.append(frame)
+        reported = int(capture.get(cv2.CAP_PROP_FRAME_COUNT) or 0)
+        wanted = frame_indices(reported, num_frames) if reported > 0 else np.arange(0)
+        kept, decoded = _decode(capture, set(wanted.tolist()) if reported > 0 else set())
     finally:
         capture.release()
-    if not frames:
-        raise MediaError(f"{path}: video has no readable frames")
-    picked = []
-    for i in frame_indices(len(frames), num_frames):
-        frame = cv2.cvtColor(frames[i], cv2.COLOR_BGR2RGB)
+    if decoded == 0:
+        raise MediaError(path, "video has no decodable frames; re-encode it")
+    indices = frame_indices(decoded, num_frames)
+    if not set(indices.tolist()) <= kept.keys():
+        # The container's frame count was wrong: read again, now that the true count is known.
+        capture = open_capture()
+        try:
+            kept, _ = _decode(capture, set(indices.tolist()))
+        finally:
+            capture.release()
+        if not set(indices.tolist()) <= kept.keys():
+            raise MediaError(path, "video decodes differently on a second read; re-encode it")
+    frames = []
+    for i in indices:
+        frame = cv2.cvtColor(kept[int(i)], cv2.COLOR_BGR2RGB)
         if size is not None:
-            frame = cv2.resize(frame, tuple(size), interpolation=cv2.INTER_AREA)
-        picked.append(frame)
-    return np.stack(picked)
+            height, width = int(size[0]), int(size[1])
+            frame = cv2.resize(frame, (width, height), interpolation=cv2.INTER_AREA)
+        frames.append(frame)
+    return np.stack(frames).astype(np.uint8, copy=False)
+
+
+__all__ = ["MediaError", "frame_indices", "read_audio", "read_video_frames"]

@@ -1,12 +1,39 @@
 """Classic audio (librosa) and video (OpenCV) features: no download, real signal.
 
-Audio (``AUDIO_DIM`` values): log-mel band means and deviations, MFCCs and their deltas, pitch
-statistics (YIN over voiced frames), energy, zero-crossing rate, spectral shape and duration.
+Every value has a name (``AUDIO_FEATURE_NAMES`` / ``VIDEO_FEATURE_NAMES``); ``audio_index`` and
+``video_index`` find one by name, ``AUDIO_BLOCKS`` / ``VIDEO_BLOCKS`` give each group's slice.
 
-Video (``VIDEO_DIM`` values), over 16 frames sampled evenly as the suite does: face statistics
-(OpenCV's bundled frontal-face Haar cascade), colour (HSV histograms, RGB moments, the colour of
-the face region), texture (Laplacian variance, gradient energy, edge density) and motion (frame
-differences, Farneback optical flow).
+Audio, at 16 kHz (frames of 32 ms every 10 ms), ``AUDIO_DIM`` values:
+
+- ``logmel``: mean and standard deviation over time of 40 log-mel bands (dB);
+- ``mfcc``: mean and deviation of 20 MFCCs and of their deltas;
+- ``pitch``: YIN fundamental frequency over voiced frames, as log2(Hz): mean, deviation, min,
+  max, and the voiced fraction. A frame is voiced when it is loud enough and its normalised
+  autocorrelation at the YIN period exceeds 0.5;
+- ``energy``: RMS in dB: mean, deviation, max, 10th percentile;
+- ``zcr`` and ``spectral`` (centroid, bandwidth, roll-off as fractions of the sample rate,
+  flatness): mean and deviation;
+- ``rhythm``: onsets per second and mean onset strength (a speech-rate cue);
+- ``duration`` in seconds.
+
+Video, over 16 frames sampled evenly (``read_video_frames``) and scaled to at most 192 pixels,
+``VIDEO_DIM`` values:
+
+- ``face``: OpenCV's bundled frontal-face Haar cascade: share of frames with a face, mean count,
+  size of the largest face (fraction of the frame, mean and deviation), its centre (mean and
+  deviation of x and y, fractions of the frame);
+- ``colour`` and ``face_colour``: HSV histograms (hue 12, saturation 4, value 4 bins) and RGB
+  channel means and deviations (0..1), over the whole frame and over the largest face (zeros
+  where no face is found);
+- ``texture``: log Laplacian variance, Sobel gradient magnitude, Canny edge density, and a
+  10-bin rotation-invariant uniform local-binary-pattern histogram;
+- ``motion``: mean absolute difference of consecutive frames (mean, deviation), Farneback optical
+  flow magnitude (mean, deviation, max; fractions of the frame width per sampled step), the mean
+  flow vector (x, y), its coherence (length of the mean vector over the mean length), and a
+  magnitude-weighted histogram of the flow direction (right, down, left, up).
+
+All outputs are finite (silence, flat frames and still clips give zeros where a statistic has
+nothing to measure). ``FEATURE_VERSION`` changes whenever a value changes meaning; caches key on it.
 """
 from __future__ import annotations
 
@@ -18,145 +45,310 @@ import numpy as np
 
 from emojax.data.media import MediaError, read_audio, read_video_frames
 
-FEATURE_VERSION = "classic-v1"
+FEATURE_VERSION = "classic-v2"
+
 SAMPLE_RATE = 16000
-N_MELS = 40
-N_MFCC = 20
-AUDIO_DIM = 2 * N_MELS + 4 * N_MFCC + 5 + 3 + 2 + 8 + 1
+N_FFT, HOP = 512, 160
+N_MELS, N_MFCC = 40, 20
+PITCH_RANGE = (60.0, 800.0)
+_YIN_FRAME = 1024
+
 VIDEO_FRAMES = 16
-_HSV_BINS = (12, 4, 4)
-VIDEO_DIM = 5 + sum(_HSV_BINS) + 6 + 3 + 3 + 2 + 4
+MAX_SIDE = 192
+FLOW_SIDE = 96
+HSV_BINS = (12, 4, 4)
+LBP_BINS = 10
 
 
-def _stats(values: np.ndarray, axis: int = -1) -> tuple[np.ndarray, np.ndarray]:
-    return values.mean(axis=axis), values.std(axis=axis)
+def _named(prefix: str, names) -> list[str]:
+    return [f"{prefix}_{n}" for n in names]
+
+
+def _layout(blocks: list[tuple[str, list[str]]]) -> tuple[tuple[str, ...], dict[str, slice]]:
+    names, slices, start = [], {}, 0
+    for block, block_names in blocks:
+        names += block_names
+        slices[block] = slice(start, start + len(block_names))
+        start += len(block_names)
+    if len(set(names)) != len(names):
+        raise AssertionError("duplicate feature names")
+    return tuple(names), slices
+
+
+_STAT2 = ("mean", "std")
+AUDIO_FEATURE_NAMES, AUDIO_BLOCKS = _layout([
+    ("logmel", _named("logmel_mean", range(N_MELS)) + _named("logmel_std", range(N_MELS))),
+    ("mfcc", _named("mfcc_mean", range(N_MFCC)) + _named("mfcc_std", range(N_MFCC))
+     + _named("mfcc_delta_mean", range(N_MFCC)) + _named("mfcc_delta_std", range(N_MFCC))),
+    ("pitch", _named("pitch_log2hz", ("mean", "std", "min", "max")) + ["voiced_fraction"]),
+    ("energy", _named("rms_db", ("mean", "std", "max", "p10"))),
+    ("zcr", _named("zcr", _STAT2)),
+    ("spectral", [f"{f}_{s}" for f in ("centroid", "bandwidth", "rolloff", "flatness") for s in _STAT2]),
+    ("rhythm", ["onset_rate", "onset_strength_mean"]),
+    ("duration", ["duration_s"]),
+])
+AUDIO_DIM = len(AUDIO_FEATURE_NAMES)
+
+
+def _colour_names(prefix: str) -> list[str]:
+    return (_named(f"{prefix}_hue_hist", range(HSV_BINS[0])) + _named(f"{prefix}_sat_hist", range(HSV_BINS[1]))
+            + _named(f"{prefix}_val_hist", range(HSV_BINS[2]))
+            + [f"{prefix}_{c}_{s}" for s in _STAT2 for c in ("red", "green", "blue")])
+
+
+VIDEO_FEATURE_NAMES, VIDEO_BLOCKS = _layout([
+    ("face", ["face_rate", "face_count", "face_area_mean", "face_area_std", "face_x_mean", "face_y_mean",
+              "face_x_std", "face_y_std"]),
+    ("colour", _colour_names("frame")),
+    ("face_colour", _colour_names("face")),
+    ("texture", ["laplacian_log_var", "gradient_mean", "edge_density"] + _named("lbp_hist", range(LBP_BINS))),
+    ("motion", ["frame_diff_mean", "frame_diff_std", "flow_mag_mean", "flow_mag_std", "flow_mag_max",
+                "flow_dx_mean", "flow_dy_mean", "flow_coherence"]
+     + _named("flow_dir_hist", ("right", "down", "left", "up"))),
+])
+VIDEO_DIM = len(VIDEO_FEATURE_NAMES)
+
+
+def audio_index(name: str) -> int:
+    """Position of the audio feature called ``name`` (see ``AUDIO_FEATURE_NAMES``)."""
+    return AUDIO_FEATURE_NAMES.index(name)
+
+
+def video_index(name: str) -> int:
+    """Position of the video feature called ``name`` (see ``VIDEO_FEATURE_NAMES``)."""
+    return VIDEO_FEATURE_NAMES.index(name)
+
+
+def _mean_std(values: np.ndarray) -> list[float]:
+    values = np.asarray(values, np.float64)
+    if values.size == 0:
+        return [0.0, 0.0]
+    return [float(values.mean()), float(values.std())]
+
+
+def _finish(parts, dim: int) -> np.ndarray:
+    out = np.concatenate([np.ravel(np.asarray(p, np.float64)) for p in parts])
+    if out.shape != (dim,):
+        raise AssertionError(f"feature layout mismatch: {out.shape} != ({dim},)")
+    return np.nan_to_num(out, nan=0.0, posinf=0.0, neginf=0.0).astype(np.float32)
+
+
+# -- audio ---------------------------------------------------------------------------------------
+
+def voiced_pitch(y: np.ndarray, sr: int = SAMPLE_RATE) -> tuple[np.ndarray, np.ndarray]:
+    """YIN f0 per frame ``(frames,)`` in Hz and a voiced mask ``(frames,)`` bool.
+
+    Frames are ``_YIN_FRAME`` samples every ``HOP``, centred like librosa's. Voiced: RMS above
+    both 1e-3 and a tenth of the loudest frame, and normalised autocorrelation at the YIN period
+    above 0.5 (noise and silence have no stable period).
+    """
+    import librosa
+
+    y = np.asarray(y, np.float32)
+    if len(y) < _YIN_FRAME:
+        y = np.pad(y, (0, _YIN_FRAME - len(y)))
+    fmin, fmax = PITCH_RANGE
+    f0 = librosa.yin(y, fmin=fmin, fmax=fmax, sr=sr, frame_length=_YIN_FRAME, hop_length=HOP)
+    padded = np.pad(y, _YIN_FRAME // 2)
+    frames = librosa.util.frame(padded, frame_length=_YIN_FRAME, hop_length=HOP).T[: len(f0)].astype(np.float64)
+    f0 = f0[: len(frames)]
+    rms = np.sqrt((frames ** 2).mean(axis=1))
+    max_lag = int(np.ceil(sr / fmin))
+    window = _YIN_FRAME - max_lag
+    lags = np.clip(np.round(sr / np.maximum(f0, 1e-3)).astype(np.int64), 1, max_lag)
+    head = frames[:, :window]
+    tail = np.take_along_axis(frames, lags[:, None] + np.arange(window)[None, :], axis=1)
+    corr = (head * tail).sum(1) / np.sqrt((head ** 2).sum(1) * (tail ** 2).sum(1) + 1e-12)
+    voiced = (rms > max(1e-3, 0.1 * rms.max(initial=0.0))) & (corr > 0.5) & np.isfinite(f0)
+    return f0, voiced
 
 
 def audio_features_from_samples(y: np.ndarray, sr: int = SAMPLE_RATE) -> np.ndarray:
-    """Features of mono samples ``y`` ``(n,)``: ``(AUDIO_DIM,)`` float32."""
+    """Features of mono samples ``y`` ``(samples,)`` at ``sr`` Hz: ``(AUDIO_DIM,)`` float32."""
     import librosa
 
-    duration = len(y) / sr
-    if len(y) < 2048:
-        y = np.pad(y, (0, 2048 - len(y)))
-    n_fft, hop = 512, 160
-    power = np.abs(librosa.stft(y, n_fft=n_fft, hop_length=hop)) ** 2
-    mel = librosa.feature.melspectrogram(S=power, sr=sr, n_mels=N_MELS)
-    log_mel = librosa.power_to_db(mel + 1e-10, ref=1.0, top_db=100.0)
+    y = np.asarray(y, np.float32).ravel()
+    if sr != SAMPLE_RATE:
+        y = librosa.resample(y, orig_sr=sr, target_sr=SAMPLE_RATE)
+    duration = len(y) / SAMPLE_RATE
+    if len(y) < _YIN_FRAME:
+        y = np.pad(y, (0, _YIN_FRAME - len(y)))
+    magnitude = np.abs(librosa.stft(y, n_fft=N_FFT, hop_length=HOP))
+    power = magnitude ** 2
+    mel = librosa.feature.melspectrogram(S=power, sr=SAMPLE_RATE, n_mels=N_MELS)
+    log_mel = librosa.power_to_db(mel, ref=1.0, amin=1e-10, top_db=None)
+    log_mel = np.maximum(log_mel, -100.0)  # silence floors at -100 dB instead of -inf
     mfcc = librosa.feature.mfcc(S=log_mel, n_mfcc=N_MFCC)
-    delta = librosa.feature.delta(mfcc, width=min(9, mfcc.shape[1] - (1 - mfcc.shape[1] % 2))) \
-        if mfcc.shape[1] >= 3 else np.zeros_like(mfcc)
-    rms = librosa.feature.rms(S=np.sqrt(power), frame_length=n_fft)[0]
-    f0 = librosa.yin(y, fmin=60.0, fmax=800.0, sr=sr, frame_length=1024, hop_length=hop)
-    frames = min(len(f0), len(rms))
-    voiced = rms[:frames] > max(1e-4, 0.1 * rms.max())
-    log_f0 = np.log(f0[:frames][voiced]) if voiced.any() else np.zeros(1)
-    pitch = [log_f0.mean(), log_f0.std(), log_f0.min(), log_f0.max(), voiced.mean()]
-    rms_db = 20 * np.log10(rms + 1e-6)
-    energy = [rms_db.mean(), rms_db.std(), rms_db.max()]
-    zcr = librosa.feature.zero_crossing_rate(y, frame_length=n_fft, hop_length=hop)[0]
+    width = min(9, mfcc.shape[1] if mfcc.shape[1] % 2 else mfcc.shape[1] - 1)
+    delta = librosa.feature.delta(mfcc, width=width) if width >= 3 else np.zeros_like(mfcc)
+
+    f0, voiced = voiced_pitch(y, SAMPLE_RATE)
+    if voiced.any():
+        log_f0 = np.log2(f0[voiced])
+        pitch = [log_f0.mean(), log_f0.std(), log_f0.min(), log_f0.max(), voiced.mean()]
+    else:
+        pitch = [0.0, 0.0, 0.0, 0.0, 0.0]
+
+    rms = librosa.feature.rms(S=magnitude, frame_length=N_FFT)[0]
+    rms_db = 20.0 * np.log10(rms + 1e-5)  # -100 dB floor
+    energy = [rms_db.mean(), rms_db.std(), rms_db.max(), np.percentile(rms_db, 10)]
+    zcr = librosa.feature.zero_crossing_rate(y, frame_length=N_FFT, hop_length=HOP)[0]
     spectral = []
-    for feature in (librosa.feature.spectral_centroid(S=np.sqrt(power), sr=sr)[0] / sr,
-                    librosa.feature.spectral_bandwidth(S=np.sqrt(power), sr=sr)[0] / sr,
-                    librosa.feature.spectral_rolloff(S=np.sqrt(power), sr=sr)[0] / sr,
-                    librosa.feature.spectral_flatness(S=np.sqrt(power))[0]):
-        spectral += list(_stats(feature))
-    parts = [*_stats(log_mel), *_stats(mfcc), *_stats(delta), pitch, energy, list(_stats(zcr)), spectral,
-             [duration]]
-    out = np.concatenate([np.ravel(np.asarray(p, np.float64)) for p in parts]).astype(np.float32)
-    assert out.shape == (AUDIO_DIM,), out.shape
-    return np.nan_to_num(out, nan=0.0, posinf=0.0, neginf=0.0)
+    loud = rms > 1e-4  # spectral shape of silence is undefined; measure it where there is sound
+    for values in (librosa.feature.spectral_centroid(S=magnitude, sr=SAMPLE_RATE)[0] / SAMPLE_RATE,
+                   librosa.feature.spectral_bandwidth(S=magnitude, sr=SAMPLE_RATE)[0] / SAMPLE_RATE,
+                   librosa.feature.spectral_rolloff(S=magnitude, sr=SAMPLE_RATE)[0] / SAMPLE_RATE,
+                   librosa.feature.spectral_flatness(S=magnitude)[0]):
+        spectral += _mean_std(values[loud[: len(values)]])
+    strength = librosa.onset.onset_strength(S=log_mel, sr=SAMPLE_RATE)
+    # Unnormalised envelope with a 2 dB threshold: a steady tone has no onsets, a syllable has one.
+    onsets = librosa.onset.onset_detect(onset_envelope=strength, sr=SAMPLE_RATE, hop_length=HOP,
+                                        normalize=False, delta=2.0) if loud.any() else np.zeros(0)
+    rhythm = [len(onsets) / max(duration, 1e-3), strength.mean() if loud.any() else 0.0]
+    return _finish([log_mel.mean(1), log_mel.std(1), mfcc.mean(1), mfcc.std(1), delta.mean(1), delta.std(1),
+                    pitch, energy, _mean_std(zcr), spectral, rhythm, [duration]], AUDIO_DIM)
 
 
 def audio_features(path: str | os.PathLike) -> np.ndarray:
-    """``(AUDIO_DIM,)`` float32 features of an audio file (raises ``MediaError`` if unreadable)."""
+    """``(AUDIO_DIM,)`` float32 features of an audio file; ``MediaError`` when it cannot be read."""
     return audio_features_from_samples(read_audio(path, SAMPLE_RATE), SAMPLE_RATE)
 
 
+# -- video ---------------------------------------------------------------------------------------
+
 @functools.lru_cache(maxsize=1)
 def face_detector():
-    """OpenCV's bundled frontal-face Haar cascade."""
+    """OpenCV's bundled frontal-face Haar cascade (``cv2.CascadeClassifier``)."""
     import cv2
 
+    name = "haarcascade_frontalface_default.xml"
     candidates = []
-    if hasattr(cv2, "data"):
-        candidates.append(pathlib.Path(cv2.data.haarcascades) / "haarcascade_frontalface_default.xml")
-    candidates += list(pathlib.Path(cv2.__file__).parent.rglob("haarcascade_frontalface_default.xml"))
+    data = getattr(cv2, "data", None)
+    if data is not None and getattr(data, "haarcascades", None):
+        candidates.append(pathlib.Path(data.haarcascades) / name)
+    candidates += sorted(pathlib.Path(cv2.__file__).resolve().parent.rglob(name))
     for path in candidates:
         if path.is_file():
             detector = cv2.CascadeClassifier(str(path))
             if not detector.empty():
                 return detector
-    raise RuntimeError("OpenCV's haarcascade_frontalface_default.xml was not found in the cv2 package; "
-                       "reinstall opencv-python-headless")
+    raise RuntimeError(f"OpenCV's {name} was not found in the cv2 package at "
+                       f"{pathlib.Path(cv2.__file__).parent}; reinstall opencv-python-headless, which bundles it")
+
+
+def _colour(rgb: np.ndarray, hsv: np.ndarray) -> list[float]:
+    """HSV histograms and RGB moments of pixels ``(..., 3)`` (no pixels: zeros)."""
+    rgb = rgb.reshape(-1, 3)
+    hsv = hsv.reshape(-1, 3)
+    if len(rgb) == 0:
+        return [0.0] * (sum(HSV_BINS) + 6)
+    out = []
+    for channel, (bins, top) in enumerate(zip(HSV_BINS, (180, 256, 256))):
+        counts = np.bincount((hsv[:, channel].astype(np.int64) * bins) // top, minlength=bins)[:bins]
+        out += list(counts / len(hsv))
+    pixels = rgb.astype(np.float64) / 255.0
+    return out + list(pixels.mean(0)) + list(pixels.std(0))
+
+
+def _lbp_histogram(gray: np.ndarray) -> np.ndarray:
+    """Rotation-invariant uniform LBP (8 neighbours, radius 1) histogram of ``(F, H, W)`` uint8 frames."""
+    g = gray.astype(np.int16)
+    centre = g[:, 1:-1, 1:-1]
+    h, w = centre.shape[1:]
+    ring = [(0, 0), (0, 1), (0, 2), (1, 2), (2, 2), (2, 1), (2, 0), (1, 0)]  # clockwise neighbours
+    bits = np.stack([g[:, dy:dy + h, dx:dx + w] >= centre for dy, dx in ring]).astype(np.int8)
+    ones = bits.sum(0)
+    transitions = np.abs(np.diff(np.concatenate([bits, bits[:1]]), axis=0)).sum(0)
+    codes = np.where(transitions <= 2, ones, LBP_BINS - 1)  # uniform: number of ones (0..8); else 9
+    counts = np.bincount(codes.ravel(), minlength=LBP_BINS)
+    return counts / max(codes.size, 1)
+
+
+def _faces(gray: np.ndarray, rgb: np.ndarray, hsv: np.ndarray) -> tuple[list[float], list[float]]:
+    import cv2
+
+    detector = face_detector()
+    height, width = gray.shape[1:]
+    min_side = max(20, int(0.1 * min(height, width)))
+    counts, areas, xs, ys, face_rgb, face_hsv = [], [], [], [], [], []
+    for g, c, h in zip(gray, rgb, hsv):
+        found = detector.detectMultiScale(cv2.equalizeHist(g), scaleFactor=1.1, minNeighbors=5,
+                                          minSize=(min_side, min_side))
+        counts.append(len(found))
+        if len(found):
+            x, y, w, hh = (int(v) for v in max(found, key=lambda r: r[2] * r[3]))
+            areas.append(w * hh / (height * width))
+            xs.append((x + w / 2) / width)
+            ys.append((y + hh / 2) / height)
+            face_rgb.append(c[y:y + hh, x:x + w].reshape(-1, 3))
+            face_hsv.append(h[y:y + hh, x:x + w].reshape(-1, 3))
+    rate = float(np.mean(np.asarray(counts) > 0))
+    face = [rate, float(np.mean(counts)), *_mean_std(areas)]
+    face += [np.mean(xs), np.mean(ys), np.std(xs), np.std(ys)] if xs else [0.0] * 4
+    colour = _colour(np.concatenate(face_rgb), np.concatenate(face_hsv)) if face_rgb else _colour(
+        np.zeros((0, 3)), np.zeros((0, 3)))
+    return face, colour
+
+
+def _motion(gray: np.ndarray) -> list[float]:
+    import cv2
+
+    height, width = gray.shape[1:]
+    scale = min(1.0, FLOW_SIDE / max(height, width))
+    size = (max(8, round(width * scale)), max(8, round(height * scale)))
+    small = np.stack([cv2.resize(g, size, interpolation=cv2.INTER_AREA) for g in gray])
+    if len(small) < 2:
+        return [0.0] * 12
+    diffs = np.abs(np.diff(small.astype(np.float64), axis=0)).mean(axis=(1, 2)) / 255.0
+    magnitudes, vectors, direction = [], [], np.zeros(4)
+    for a, b in zip(small[:-1], small[1:]):
+        flow = cv2.calcOpticalFlowFarneback(a, b, None, pyr_scale=0.5, levels=2, winsize=9, iterations=2,
+                                            poly_n=5, poly_sigma=1.1, flags=0) / size[0]
+        length = np.hypot(flow[..., 0], flow[..., 1])
+        magnitudes.append(length.mean())
+        vectors.append(flow.reshape(-1, 2).mean(0))
+        angle = np.arctan2(flow[..., 1], flow[..., 0])  # image y points down
+        sector = np.round(angle / (np.pi / 2)).astype(np.int64) % 4  # 0 right, 1 down, 2 left, 3 up
+        direction += np.bincount(sector.ravel(), weights=length.ravel(), minlength=4)
+    magnitudes, vectors = np.asarray(magnitudes), np.asarray(vectors)
+    mean_vector = vectors.mean(0)
+    coherence = np.hypot(*mean_vector) / magnitudes.mean() if magnitudes.mean() > 1e-6 else 0.0
+    direction = direction / direction.sum() if direction.sum() > 1e-9 else direction
+    return [*_mean_std(diffs), magnitudes.mean(), magnitudes.std(), magnitudes.max(), *mean_vector, coherence,
+            *direction]
 
 
 def video_features_from_frames(frames: np.ndarray) -> np.ndarray:
     """Features of RGB frames ``(F, H, W, 3)`` uint8: ``(VIDEO_DIM,)`` float32."""
     import cv2
 
-    frames = np.asarray(frames, np.uint8)
+    frames = np.asarray(frames)
+    if frames.ndim != 4 or frames.shape[-1] != 3 or len(frames) == 0:
+        raise ValueError(f"frames: expected (frames, height, width, 3) RGB, got shape {frames.shape}")
+    frames = frames.astype(np.uint8, copy=False)
     height, width = frames.shape[1:3]
-    scale = min(1.0, 160.0 / max(height, width))
+    scale = min(1.0, MAX_SIDE / max(height, width))
     if scale < 1.0:
-        frames = np.stack([cv2.resize(f, (int(width * scale), int(height * scale)), interpolation=cv2.INTER_AREA)
-                           for f in frames])
-        height, width = frames.shape[1:3]
-    area = float(height * width)
+        size = (max(1, round(width * scale)), max(1, round(height * scale)))
+        frames = np.stack([cv2.resize(f, size, interpolation=cv2.INTER_AREA) for f in frames])
     gray = np.stack([cv2.cvtColor(f, cv2.COLOR_RGB2GRAY) for f in frames])
     hsv = np.stack([cv2.cvtColor(f, cv2.COLOR_RGB2HSV) for f in frames])
 
-    detector = face_detector()
-    counts, sizes, centres, face_hsv = [], [], [], []
-    min_side = max(12, int(0.12 * min(height, width)))
-    for g, h in zip(gray, hsv):
-        faces = detector.detectMultiScale(g, scaleFactor=1.1, minNeighbors=4, minSize=(min_side, min_side))
-        counts.append(len(faces))
-        if len(faces):
-            x, y, w, hgt = max(faces, key=lambda r: r[2] * r[3])
-            sizes.append(w * hgt / area)
-            centres.append(((x + w / 2) / width, (y + hgt / 2) / height))
-            face_hsv.append(h[y:y + hgt, x:x + w].reshape(-1, 3).mean(0) / 255.0)
-    face = [np.mean(np.asarray(counts) > 0), np.mean(counts), np.mean(sizes) if sizes else 0.0,
-            *(np.mean(centres, axis=0) if centres else (0.5, 0.5))]
-    face_colour = np.mean(face_hsv, axis=0) if face_hsv else np.zeros(3)
-
-    histograms = []
-    for channel, (bins, top) in enumerate(zip(_HSV_BINS, (180, 256, 256))):
-        counts_c = np.histogram(hsv[..., channel], bins=bins, range=(0, top))[0].astype(np.float64)
-        histograms.append(counts_c / counts_c.sum())
-    rgb = frames.reshape(-1, 3).astype(np.float64) / 255.0
-    moments = np.concatenate([rgb.mean(0), rgb.std(0)])
-
-    laplacian = np.mean([np.log1p(cv2.Laplacian(g, cv2.CV_64F).var()) for g in gray])
-    gradient = np.mean([np.hypot(cv2.Sobel(g, cv2.CV_64F, 1, 0), cv2.Sobel(g, cv2.CV_64F, 0, 1)).mean() / 255.0
-                        for g in gray])
-    edges = np.mean([(cv2.Canny(g, 100, 200) > 0).mean() for g in gray])
-
-    small = [cv2.resize(g, (64, 64), interpolation=cv2.INTER_AREA) for g in gray]
-    diffs = np.array([np.abs(a.astype(np.float64) - b).mean() / 255.0 for a, b in zip(small[:-1], small[1:])]) \
-        if len(small) > 1 else np.zeros(1)
-    magnitudes, cosines, sines = [], [], []
-    for a, b in zip(small[:-1], small[1:]):
-        flow = cv2.calcOpticalFlowFarneback(a, b, None, 0.5, 2, 9, 2, 5, 1.1, 0)
-        dx, dy = flow[..., 0].mean(), flow[..., 1].mean()
-        magnitudes.append(np.hypot(flow[..., 0], flow[..., 1]).mean())
-        norm = np.hypot(dx, dy) + 1e-8
-        cosines.append(dx / norm)
-        sines.append(dy / norm)
-    motion = [diffs.mean(), diffs.std(), np.mean(magnitudes) if magnitudes else 0.0,
-              np.std(magnitudes) if magnitudes else 0.0]
-    direction = [np.mean(cosines) if cosines else 0.0, np.mean(sines) if sines else 0.0]
-    parts = [face, *histograms, moments, face_colour, [laplacian, gradient, edges], direction, motion]
-    out = np.concatenate([np.ravel(np.asarray(p, np.float64)) for p in parts]).astype(np.float32)
-    assert out.shape == (VIDEO_DIM,), out.shape
-    return np.nan_to_num(out, nan=0.0, posinf=0.0, neginf=0.0)
+    face, face_colour = _faces(gray, frames, hsv)
+    texture = [np.mean([np.log1p(cv2.Laplacian(g, cv2.CV_64F).var()) for g in gray]),
+               np.mean([np.hypot(cv2.Sobel(g, cv2.CV_64F, 1, 0), cv2.Sobel(g, cv2.CV_64F, 0, 1)).mean() / 255.0
+                        for g in gray]),
+               np.mean([(cv2.Canny(g, 100, 200) > 0).mean() for g in gray]),
+               *_lbp_histogram(gray)]
+    return _finish([face, _colour(frames, hsv), face_colour, texture, _motion(gray)], VIDEO_DIM)
 
 
 def video_features(path: str | os.PathLike) -> np.ndarray:
-    """``(VIDEO_DIM,)`` float32 features of a video file (raises ``MediaError`` if unreadable)."""
+    """``(VIDEO_DIM,)`` float32 features of a video file; ``MediaError`` when it cannot be read."""
     return video_features_from_frames(read_video_frames(path, VIDEO_FRAMES))
 
 
-__all__ = ["AUDIO_DIM", "VIDEO_DIM", "FEATURE_VERSION", "MediaError", "audio_features", "video_features",
-           "audio_features_from_samples", "video_features_from_frames", "face_detector"]
+__all__ = ["AUDIO_DIM", "VIDEO_DIM", "FEATURE_VERSION", "AUDIO_FEATURE_NAMES", "VIDEO_FEATURE_NAMES",
+           "AUDIO_BLOCKS", "VIDEO_BLOCKS", "MediaError", "audio_features", "video_features", "audio_index",
+           "video_index", "audio_features_from_samples", "video_features_from_frames", "voiced_pitch",
+           "face_detector"]
