@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from typing import Mapping, Optional
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import optax
@@ -274,3 +275,35 @@ def extra_losses(extras: Mapping, state: dict, *, embeddings, labels, rng, **unu
         logs[name] = value
         total = total + weight * value
     return total, new_state, logs
+
+
+# ---------------------------------------------------------------------------------------------
+# Feature reconstruction (FRL): SimSiam between fused features and the modality features
+# ---------------------------------------------------------------------------------------------
+class SimSiamReconstruction(nn.Module):
+    """SimSiam between the fused features ``a`` ``(batch, F)`` and the stop-gradient concatenation
+    of the modality features ``b`` ``(batch, sum D_m)``: projectors map both to ``F + sum D_m``,
+    predictors cross over, and the loss is ``alpha * sign * (cos(p_b, sg(h_b)) + cos(p_a, sg(h_a)))``.
+
+    ``sign="simsiam"`` (default) minimises ``-cos`` as SimSiam does; ``sign="suite"`` keeps the
+    PyTorch suite's ``+cos``, which pushes the pairs apart.
+    """
+
+    alpha: float = 1.0
+    sign: str = "simsiam"
+
+    @nn.compact
+    def __call__(self, fused, modality_features):
+        from emojax.layers import Projector
+
+        b = jax.lax.stop_gradient(modality_features)
+        hidden = fused.shape[-1] + b.shape[-1]
+        h_a = Projector(hidden, name="projector_a")(fused)
+        h_b = Projector(hidden, name="projector_b")(b)
+        p_b = Projector(hidden, name="predictor_a")(h_a)
+        p_a = Projector(hidden, name="predictor_b")(h_b)
+        similarity = (_cosine(p_b, jax.lax.stop_gradient(h_b)).mean()
+                      + _cosine(p_a, jax.lax.stop_gradient(h_a)).mean())
+        if self.sign not in ("simsiam", "suite"):
+            raise ValueError(f"sign {self.sign!r} is not 'simsiam' or 'suite'")
+        return self.alpha * (-similarity if self.sign == "simsiam" else similarity)

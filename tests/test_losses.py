@@ -119,3 +119,25 @@ def test_weighted_cross_entropy_matches_numpy():
     np.testing.assert_allclose(losses.cross_entropy(logits, labels), nll.mean(), rtol=1e-5)
     p_t = np.exp(-nll)
     np.testing.assert_allclose(losses.focal_loss(logits, labels), ((1 - p_t) ** 2 * nll).mean(), rtol=1e-5)
+
+
+def test_frl_simsiam_loss_golden_and_sign():
+    folder = shared_path("fixtures", "suite-golden", "loss-frl-simsiam")
+    from safetensors.numpy import load_file
+
+    inputs, outputs, state = np.load(folder / "inputs.npz"), np.load(folder / "outputs.npz"), load_file(
+        str(folder / "params.safetensors"))
+    names = {"projectors.0": "projector_a", "projectors.1": "projector_b", "predictors.0": "predictor_a",
+             "predictors.1": "predictor_b"}
+    params = {ours: {"linear_0": {"kernel": jnp.asarray(state[f"loss_fn.{theirs}.proj.0.weight"].T),
+                                  "bias": jnp.asarray(state[f"loss_fn.{theirs}.proj.0.bias"])}}
+              for theirs, ours in names.items()}
+    concat = jnp.concatenate([jnp.asarray(inputs["T"]), jnp.asarray(inputs["A"])], axis=1)
+    fused = jnp.asarray(inputs["fused_features"])
+    suite = losses.SimSiamReconstruction(alpha=1.0, sign="suite").apply({"params": params}, fused, concat)
+    np.testing.assert_allclose(float(suite), float(outputs["loss"].reshape(())), rtol=1e-5, atol=1e-6)
+    simsiam = losses.SimSiamReconstruction(alpha=1.0).apply({"params": params}, fused, concat)
+    assert float(simsiam) == pytest.approx(-float(suite), rel=1e-6)
+    # Gradients reach the fused features but never the (stop-gradient) modality features.
+    grad_b = jax.grad(lambda b: losses.SimSiamReconstruction().apply({"params": params}, fused, b))(concat)
+    assert float(jnp.abs(grad_b).max()) == 0.0
