@@ -38,6 +38,7 @@ import pathlib
 import shutil
 import tempfile
 import time
+from typing import Mapping, Optional
 
 import numpy as np
 
@@ -263,26 +264,30 @@ def _write_split(folder: pathlib.Path, split: int, name: str, size: int, seed: i
     pd.DataFrame(rows, columns=list(COLUMNS)).to_csv(folder / f"{name}_sent_emo.csv", index=False)
 
 
-def _stamp(seed: int) -> dict:
-    return {"format": "emojax-demo", "version": VERSION, "seed": int(seed), "sizes": SPLIT_SIZES}
+def _stamp(seed: int, sizes: dict) -> dict:
+    return {"format": "emojax-demo", "version": VERSION, "seed": int(seed), "sizes": sizes}
 
 
 def _read_marker(root: pathlib.Path):
+    """The demo marker's content, or ``None`` when absent or not a demo marker."""
     try:
-        return json.loads((root / MARKER).read_text())
+        marker = json.loads((root / MARKER).read_text())
     except (OSError, ValueError):
         return None
+    return marker if isinstance(marker, dict) and "version" in marker else None
 
 
 def _owned_entries(root: pathlib.Path) -> list[pathlib.Path]:
     return [root / "audios", root / "videos", *(root / f"{s}_sent_emo.csv" for s in SPLIT_SIZES), root / MARKER]
 
 
-def generate_demo(root: str | os.PathLike, *, seed: int = 0, force: bool = False) -> pathlib.Path:
+def generate_demo(root: str | os.PathLike, *, seed: int = 0, force: bool = False,
+                  sizes: Optional[Mapping[str, int]] = None) -> pathlib.Path:
     """Write the demo dataset to ``root`` and return ``root`` as a ``Path``.
 
     A folder already holding this version's demo for ``seed`` (its ``demo.json`` marker says so)
-    is reused unless ``force``. The set is built in a temporary sibling folder and moved into
+    is reused unless ``force``. ``sizes`` maps each split to its number of utterances (default
+    ``SPLIT_SIZES``; at least 3 each). The set is built in a temporary sibling folder and moved into
     place when complete, so an interrupted run never leaves a half-written dataset behind. A
     non-empty ``root`` without the marker is refused (``DemoError``): only a folder the demo made
     is ever replaced.
@@ -290,7 +295,11 @@ def generate_demo(root: str | os.PathLike, *, seed: int = 0, force: bool = False
     from tqdm.auto import tqdm
 
     root = pathlib.Path(root)
-    stamp = _stamp(seed)
+    sizes = dict(SPLIT_SIZES if sizes is None else sizes)
+    if set(sizes) != set(SPLIT_SIZES) or any(int(n) < 3 for n in sizes.values()):
+        raise ValueError(f"sizes: expected at least 3 utterances for each of {tuple(SPLIT_SIZES)}, got {sizes}")
+    sizes = {name: int(sizes[name]) for name in SPLIT_SIZES}
+    stamp = _stamp(seed, sizes)
     marker = _read_marker(root) if root.is_dir() else None
     if marker == stamp and not force:
         return root
@@ -303,8 +312,8 @@ def generate_demo(root: str | os.PathLike, *, seed: int = 0, force: bool = False
     start = time.perf_counter()
     work = pathlib.Path(tempfile.mkdtemp(prefix=f".{root.name}.partial-", dir=root.parent))
     try:
-        with tqdm(total=sum(SPLIT_SIZES.values()), desc="generating demo dataset", leave=False) as progress:
-            for index, (name, size) in enumerate(SPLIT_SIZES.items()):
+        with tqdm(total=sum(sizes.values()), desc="generating demo dataset", leave=False) as progress:
+            for index, (name, size) in enumerate(sizes.items()):
                 _write_split(work, index, name, size, seed, progress)
         (work / MARKER).write_text(json.dumps(stamp, indent=1) + "\n")
         _install(work, root, stamp, force)

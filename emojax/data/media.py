@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import pathlib
+import warnings
 from typing import Optional
 
 import numpy as np
@@ -57,7 +58,11 @@ def read_audio(path: str | os.PathLike, sample_rate: int = 16000) -> np.ndarray:
             failures.append(f"soundfile: {err}")
     if data is None:
         try:
-            data, rate = librosa.load(str(path), sr=None, mono=True)
+            with warnings.catch_warnings():  # librosa warns before falling back to audioread; we report
+                warnings.simplefilter("ignore", UserWarning)
+                warnings.simplefilter("ignore", FutureWarning)
+                warnings.simplefilter("ignore", DeprecationWarning)
+                data, rate = librosa.load(str(path), sr=None, mono=True)
         except Exception as err:  # soundfile and audioread raise unrelated exception types
             failures.append(f"librosa/audioread: {type(err).__name__}: {err}".rstrip(": "))
             hint = ("install the ffmpeg program so audioread can decode it, or extract the audio to WAV/FLAC"
