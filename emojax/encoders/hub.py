@@ -1,10 +1,14 @@
 """Finding and reading Hugging Face checkpoints without PyTorch.
 
-``resolve_model`` turns a local folder or a hub id into a folder; ``load_state_dict`` reads
-``model.safetensors`` (PyTorch names), a sharded ``model.safetensors.index.json``, or
-``flax_model.msgpack`` (Flax names, converted to the PyTorch names) into one flat dict of NumPy
-arrays, so every encoder family maps a single naming into its parameter pytree.
-``StateReader`` hands tensors out by name and shape, with errors that name both.
+    folder = resolve_model("sentence-transformers/all-MiniLM-L6-v2")   # or a local folder
+    state = load_state_dict(folder)           # {"encoder.layer.0.attention.self.query.weight": array, ...}
+    reader = StateReader(state, str(folder), prefixes=("", "bert."))
+    kernel = reader.take("encoder.layer.0.attention.self.query.weight", (384, 384))
+
+``load_state_dict`` reads ``model.safetensors`` (PyTorch names, or Flax names when the file was
+written by a Flax model), a sharded ``model.safetensors.index.json``, ``flax_model.msgpack`` or a
+sharded ``flax_model.msgpack.index.json``, and always returns the PyTorch names and layouts, so every
+encoder family maps a single naming into its parameter pytree. Floating tensors come back float32.
 """
 from __future__ import annotations
 
@@ -12,38 +16,84 @@ import json
 import logging
 import os
 import pathlib
-from typing import Iterable, Optional, Sequence
+from typing import Iterable, Mapping, Optional, Sequence
 
 import numpy as np
 
 log = logging.getLogger(__name__)
 
-WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "flax_model.msgpack")
+SAFETENSORS = "model.safetensors"
+SAFETENSORS_INDEX = "model.safetensors.index.json"
+MSGPACK = "flax_model.msgpack"
+MSGPACK_INDEX = "flax_model.msgpack.index.json"
+WEIGHT_FILES = (SAFETENSORS, SAFETENSORS_INDEX, MSGPACK, MSGPACK_INDEX)
+# What a hub snapshot needs for an encoder: config, tokenizer / preprocessor files, weights.
+HUB_PATTERNS = ("*.json", "*.txt", "*.model", "*.safetensors", "flax_model.msgpack*", "vocab.*", "merges.txt")
 
 
 class WeightError(ValueError):
-    """A checkpoint file or tensor is missing or has the wrong shape; the message names it."""
+    """A checkpoint folder, file or tensor is missing or malformed; the message names it."""
 
 
-def resolve_model(name_or_path: str | os.PathLike) -> pathlib.Path:
-    """A local folder as is; a hub id through the local hub cache, downloading when online."""
+# -- locating a checkpoint ---------------------------------------------------------------------
+
+def _offline() -> bool:
+    from huggingface_hub import constants
+
+    flag = os.environ.get("HF_HUB_OFFLINE", "").strip().upper()
+    return bool(constants.HF_HUB_OFFLINE) or flag in ("1", "ON", "YES", "TRUE")
+
+
+def _has_weights(folder: pathlib.Path) -> bool:
+    return any((folder / name).exists() for name in WEIGHT_FILES)
+
+
+def resolve_model(name_or_path: str | os.PathLike, *, revision: Optional[str] = None,
+                  cache_dir: Optional[str | os.PathLike] = None) -> pathlib.Path:
+    """The folder of a checkpoint: a local folder as is, else a hub id through the hub cache.
+
+    A hub id is looked up in the local Hugging Face cache first; when it is not there (or the
+    cached snapshot has no weights) it is downloaded, unless ``HF_HUB_OFFLINE`` is set.
+    Raises :class:`WeightError` naming the id when it can be neither found nor downloaded.
+    """
     path = pathlib.Path(name_or_path).expanduser()
     if path.is_dir():
         return path
     name = str(name_or_path)
-    if path.suffix or name.startswith((".", "/", "~")):
-        raise WeightError(f"{name}: no such model folder")
+    if path.exists():
+        raise WeightError(f"{name}: is a file; pass the folder holding config.json and the weights")
     from huggingface_hub import snapshot_download
-    from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
+    from huggingface_hub.errors import (GatedRepoError, HFValidationError, LocalEntryNotFoundError,
+                                        RepositoryNotFoundError, RevisionNotFoundError)
+    from huggingface_hub.utils import validate_repo_id
 
-    patterns = ["*.json", "*.txt", "*.model", "*.safetensors", "flax_model.msgpack", "merges.txt", "vocab.*"]
     try:
-        return pathlib.Path(snapshot_download(name, local_files_only=True, allow_patterns=patterns))
-    except (LocalEntryNotFoundError, FileNotFoundError, ValueError):
+        validate_repo_id(name)
+    except HFValidationError:
+        raise WeightError(f"{name}: no such model folder, and not a Hugging Face hub id "
+                          "('name' or 'namespace/name'); check the path") from None
+    kwargs = dict(revision=revision, cache_dir=cache_dir, allow_patterns=list(HUB_PATTERNS))
+    try:
+        folder = pathlib.Path(snapshot_download(name, local_files_only=True, **kwargs))
+        if _has_weights(folder):
+            return folder
+    except (LocalEntryNotFoundError, FileNotFoundError):
         pass
+    if _offline():
+        raise WeightError(f"{name}: not a local folder and not in the Hugging Face cache, and HF_HUB_OFFLINE "
+                          f"is set so the hub cannot be reached. Download it where there is network "
+                          f"(huggingface-cli download {name}) or pass the path of a local copy")
     try:
-        return pathlib.Path(snapshot_download(name, allow_patterns=patterns))
-    except (LocalEntryNotFoundError, HfHubHTTPError, OSError, ValueError) as err:
+        return pathlib.Path(snapshot_download(name, **kwargs))
+    except GatedRepoError:
+        raise WeightError(f"{name}: the hub repository is gated; accept its terms on the hub and log in "
+                          "(huggingface-cli login), or pass a local copy") from None
+    except RepositoryNotFoundError:
+        raise WeightError(f"{name}: no such repository on the Hugging Face hub (or it is private); "
+                          "check the id or pass a local folder") from None
+    except RevisionNotFoundError:
+        raise WeightError(f"{name}: revision {revision!r} does not exist on the hub") from None
+    except (LocalEntryNotFoundError, OSError, ValueError) as err:
         raise WeightError(
             f"{name}: not a local folder, not in the Hugging Face cache, and the hub could not be reached "
             f"({type(err).__name__}). Download it where there is network (huggingface-cli download {name}) "
@@ -51,124 +101,175 @@ def resolve_model(name_or_path: str | os.PathLike) -> pathlib.Path:
 
 
 def load_config(folder: str | os.PathLike) -> dict:
+    """``config.json`` of a checkpoint folder as a dict."""
     path = pathlib.Path(folder) / "config.json"
     if not path.exists():
         raise WeightError(f"{path}: missing; a Hugging Face model folder needs its config.json")
-    return json.loads(path.read_text())
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as err:
+        raise WeightError(f"{path}: not valid JSON ({err})") from None
 
 
-def _flax_to_torch_names(flat: dict[tuple, np.ndarray]) -> dict[str, np.ndarray]:
-    """Flax parameter names and layouts -> the PyTorch ones transformers saves."""
+# -- reading tensors ---------------------------------------------------------------------------
+
+def _as_float32(value: np.ndarray) -> np.ndarray:
+    import jax.numpy as jnp
+
+    value = np.asarray(value)
+    if value.dtype != np.float32 and jnp.issubdtype(value.dtype, jnp.floating):  # bfloat16 included
+        return value.astype(np.float32)
+    return value
+
+
+def flax_to_torch_state(tree: Mapping) -> dict[str, np.ndarray]:
+    """A nested (or ``.``-flattened) Flax parameter dict -> PyTorch names and layouts.
+
+    ``kernel`` -> ``weight`` (Dense ``(in, out)`` -> ``(out, in)``; convolutions
+    ``(*window, in, out)`` -> ``(out, in, *window)``), ``embedding`` / ``scale`` -> ``weight``,
+    batch-norm ``mean`` / ``var`` -> ``running_mean`` / ``running_var``; other names as they are
+    (weight-norm ``weight_g`` / ``weight_v`` keep the older PyTorch names). Top-level ``params`` /
+    ``batch_stats`` collections are unwrapped.
+    """
+    from flax.traverse_util import flatten_dict
+
+    collections = {"params", "batch_stats"}
+    if tree and set(tree) <= collections and all(isinstance(v, Mapping) for v in tree.values()):
+        flat = {}
+        for collection in tree.values():  # variables of a linen module: drop the collection level
+            flat.update(flatten_dict(dict(collection)))
+    elif any(isinstance(v, Mapping) for v in tree.values()):
+        flat = flatten_dict(dict(tree))
+    else:  # already flattened with "." (Flax-format SafeTensors)
+        flat = {tuple(k.split(".")): v for k, v in tree.items()}
     out = {}
     for key, value in flat.items():
         *path, leaf = [str(k) for k in key]
+        if path and path[0] in collections:
+            path = path[1:]
         value = np.asarray(value)
         if leaf == "kernel":
             leaf = "weight"
             if value.ndim == 2:
-                value = value.T  # Dense: (in, out) -> (out, in)
-            elif value.ndim == 3:
-                value = value.transpose(2, 1, 0)  # Conv1D: (width, in, out) -> (out, in, width)
-            elif value.ndim == 5:
-                value = value.transpose(4, 3, 0, 1, 2)  # Conv3D
-            elif value.ndim == 4:
-                value = value.transpose(3, 2, 0, 1)  # Conv2D
+                value = value.T
+            elif value.ndim >= 3:
+                window = tuple(range(value.ndim - 2))
+                value = value.transpose((value.ndim - 1, value.ndim - 2) + window)
         elif leaf in ("embedding", "scale"):
             leaf = "weight"
+        elif leaf == "mean":
+            leaf = "running_mean"
+        elif leaf == "var":
+            leaf = "running_var"
         out[".".join(path + [leaf])] = np.ascontiguousarray(value)
     return out
 
 
-def load_state_dict(folder: str | os.PathLike) -> dict[str, np.ndarray]:
-    """All tensors of a checkpoint folder under their PyTorch names (float arrays as float32)."""
-    folder = pathlib.Path(folder)
-    single, index, msgpack = (folder / name for name in WEIGHT_FILES)
-    if single.exists():
-        state = _read_safetensors(single)
-    elif index.exists():
-        shards = sorted(set(json.loads(index.read_text())["weight_map"].values()))
-        state = {}
-        for shard in shards:
-            if not (folder / shard).exists():
-                raise WeightError(f"{folder / shard}: shard named in {index} is missing")
-            state.update(_read_safetensors(folder / shard))
-    elif msgpack.exists():
-        from flax import serialization
-        from flax.traverse_util import flatten_dict
-
-        tree = serialization.msgpack_restore(msgpack.read_bytes())
-        state = _flax_to_torch_names(flatten_dict(tree))
-    else:
-        raise WeightError(f"{folder}: no weights found (looked for {', '.join(WEIGHT_FILES)})")
-    return {k: (v.astype(np.float32) if v.dtype.kind == "f" else v) for k, v in state.items()}
-
-
 def _read_safetensors(path: pathlib.Path) -> dict[str, np.ndarray]:
-    from safetensors import SafetensorError
-    from safetensors.numpy import load_file
+    from safetensors import SafetensorError, safe_open
 
     try:
-        return load_file(str(path))
-    except (SafetensorError, OSError, ValueError) as err:
-        if "bfloat16" in str(err).lower() or "bf16" in str(err).lower():
-            return _read_safetensors_bf16(path)
-        raise WeightError(f"{path}: unreadable SafeTensors file ({err})") from err
+        with safe_open(str(path), framework="numpy") as f:
+            metadata = f.metadata() or {}
+            state = {k: f.get_tensor(k) for k in f.keys()}
+    except (SafetensorError, OSError, ValueError, TypeError) as err:
+        raise WeightError(f"{path}: unreadable SafeTensors file ({err}); download it again") from None
+    if metadata.get("format") == "flax":  # written by a transformers Flax model: Flax names
+        return flax_to_torch_state(state)
+    if metadata.get("format") == "tf":
+        raise WeightError(f"{path}: TensorFlow-format SafeTensors are not supported; use the PyTorch or Flax "
+                          "weights of this model")
+    return state
 
 
-def _read_safetensors_bf16(path: pathlib.Path) -> dict[str, np.ndarray]:
-    """NumPy has no bfloat16: read such tensors through ml_dtypes and widen them to float32."""
-    import ml_dtypes
-    import struct
+def _read_msgpack(path: pathlib.Path) -> dict[str, np.ndarray]:
+    from flax import serialization
 
-    raw = path.read_bytes()
-    (length,) = struct.unpack("<Q", raw[:8])
-    header = json.loads(raw[8:8 + length])
-    base = 8 + length
-    dtypes = {"F32": np.float32, "F16": np.float16, "BF16": ml_dtypes.bfloat16, "I64": np.int64, "I32": np.int32,
-              "F64": np.float64, "U8": np.uint8, "BOOL": np.bool_}
-    out = {}
-    for name, info in header.items():
-        if name == "__metadata__":
-            continue
-        start, end = info["data_offsets"]
-        array = np.frombuffer(raw[base + start:base + end], dtype=dtypes[info["dtype"]]).reshape(info["shape"])
-        out[name] = array.astype(np.float32) if info["dtype"] in ("BF16", "F16") else array.copy()
-    return out
+    try:
+        tree = serialization.msgpack_restore(path.read_bytes())
+    except Exception as err:  # msgpack raises several unrelated types on a damaged file
+        raise WeightError(f"{path}: unreadable Flax msgpack file ({type(err).__name__}: {err}); "
+                          "download it again") from None
+    return flax_to_torch_state(tree)
+
+
+def _read_index(folder: pathlib.Path, index: pathlib.Path, read) -> dict[str, np.ndarray]:
+    try:
+        shards = sorted(set(json.loads(index.read_text())["weight_map"].values()))
+    except (json.JSONDecodeError, KeyError, AttributeError) as err:
+        raise WeightError(f"{index}: not a shard index (needs a 'weight_map'): {err}") from None
+    state: dict[str, np.ndarray] = {}
+    for shard in shards:
+        if not (folder / shard).exists():
+            raise WeightError(f"{folder / shard}: shard named in {index.name} is missing; download it again")
+        state.update(read(folder / shard))
+    return state
+
+
+def load_state_dict(folder: str | os.PathLike) -> dict[str, np.ndarray]:
+    """All tensors of a checkpoint folder under their PyTorch names; floating ones as float32.
+
+    Looks for, in order: ``model.safetensors``, ``model.safetensors.index.json`` (shards),
+    ``flax_model.msgpack``, ``flax_model.msgpack.index.json`` (shards).
+    """
+    folder = pathlib.Path(folder)
+    if not folder.is_dir():
+        raise WeightError(f"{folder}: no such model folder")
+    if (folder / SAFETENSORS).exists():
+        state = _read_safetensors(folder / SAFETENSORS)
+    elif (folder / SAFETENSORS_INDEX).exists():
+        state = _read_index(folder, folder / SAFETENSORS_INDEX, _read_safetensors)
+    elif (folder / MSGPACK).exists():
+        state = _read_msgpack(folder / MSGPACK)
+    elif (folder / MSGPACK_INDEX).exists():
+        state = _read_index(folder, folder / MSGPACK_INDEX, _read_msgpack)
+    else:
+        hint = ""
+        if any((folder / n).exists() for n in ("pytorch_model.bin", "pytorch_model.bin.index.json")):
+            hint = (" pytorch_model.bin needs PyTorch to read; convert it to model.safetensors "
+                    "(e.g. the hub's 'convert to safetensors' space) or use a revision that has one.")
+        raise WeightError(f"{folder}: no weights found (looked for {', '.join(WEIGHT_FILES)}).{hint}")
+    return {k: _as_float32(v) for k, v in state.items()}
 
 
 class StateReader:
-    """Hands out checkpoint tensors by name and expected shape, tracking what was used.
+    """Hands out checkpoint tensors by name and expected shape, and remembers which were taken.
 
-    ``prefixes`` are tried in order in front of each name (hub checkpoints of task models keep
-    the encoder under ``bert.`` / ``roberta.`` and similar).
+    ``prefixes`` are tried in order in front of each name: hub checkpoints of task models keep
+    the encoder under ``bert.`` / ``roberta.`` and similar, base models under no prefix.
     """
 
-    def __init__(self, state: dict[str, np.ndarray], source: str, prefixes: Sequence[str] = ("",)):
-        self.state = state
+    def __init__(self, state: Mapping[str, np.ndarray], source: str, prefixes: Sequence[str] = ("",)):
+        self.state = dict(state)
         self.source = source
         self.prefixes = tuple(prefixes)
         self.used: set[str] = set()
+        self._reported = False
 
     def has(self, name: str) -> bool:
         return any(p + name in self.state for p in self.prefixes)
 
     def take(self, name: str, shape: Optional[Iterable[int]] = None) -> np.ndarray:
+        """The tensor ``name`` (under the first prefix that has it), checked against ``shape``."""
         for prefix in self.prefixes:
             full = prefix + name
             if full in self.state:
                 value = self.state[full]
                 if shape is not None and tuple(value.shape) != tuple(shape):
-                    raise WeightError(f"{self.source}: tensor {full!r} has shape {tuple(value.shape)}, "
-                                      f"the model expects {tuple(shape)}")
+                    raise WeightError(f"{self.source}: tensor {full!r} has shape {tuple(value.shape)}, the model "
+                                      f"expects {tuple(shape)}; the config.json does not match these weights")
                 self.used.add(full)
                 return value
-        raise WeightError(f"{self.source}: tensor {name!r} is missing"
-                          + (f" (expected shape {tuple(shape)})" if shape is not None else ""))
+        tried = ", ".join(repr(p + name) for p in self.prefixes)
+        expected = f" (expected shape {tuple(shape)})" if shape is not None else ""
+        raise WeightError(f"{self.source}: tensor {name!r} is missing{expected}; looked for {tried}. "
+                          "Is this checkpoint of the right model family?")
 
     def unused(self, ignore: Sequence[str] = ()) -> list[str]:
-        """Tensors nobody took (logged once); names containing any of ``ignore`` are not listed."""
+        """Tensors nobody took, except names containing any of ``ignore``; logged the first time."""
         left = sorted(k for k in self.state if k not in self.used and not any(s in k for s in ignore))
-        if left:
+        if left and not self._reported:
             shown = ", ".join(left[:8]) + (f" ... ({len(left)} in all)" if len(left) > 8 else "")
             log.info("%s: unused tensors: %s", self.source, shown)
+        self._reported = True
         return left

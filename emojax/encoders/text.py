@@ -1,17 +1,20 @@
 """A frozen text encoder: transformers' tokenizer + the pure-function BERT + pooling.
 
     encoder = TextEncoder.from_pretrained("sentence-transformers/all-MiniLM-L6-v2", pooling="mean")
-    features = encoder.encode(["I can't believe it!", "Fine."])   # (2, hidden) float32
+    encoder.add_special_tokens(["<s0>", "<s1>"])         # speaker tokens, mean-initialised rows
+    features = encoder.encode(["<s0>: I can't believe it!", "<s1>: Fine."])   # (2, hidden) float32
 
-Pooling: ``mask`` = hidden state at the last mask token of each text (the suite's prompt ends
-with ``Now <sK> feels [MASK]``), ``mean`` = mean over valid tokens, ``cls`` = first token.
-Texts longer than ``max_length`` tokens are truncated from the left, keeping the end.
+Pooling: ``mask`` = hidden state at the last mask token of each text (the prompt ends with
+``Now <sK> feels [MASK]``), ``mean`` = mean over valid tokens, ``cls`` = first token.
+Texts longer than ``max_length`` tokens are truncated from the left, so the end (the current
+utterance and the prompt) is kept.
 """
 from __future__ import annotations
 
 import functools
+import os
 import pathlib
-from typing import Sequence
+from typing import Optional, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -22,50 +25,101 @@ from emojax.encoders import hub
 from emojax.encoders.bert import BertConfig, bert_apply, grow_embeddings, load_bert, params_hash
 
 POOLINGS = ("mask", "mean", "cls")
+# Sequence lengths a batch is padded to: one compilation per bucket actually used.
 _BUCKETS = (16, 32, 64, 128, 256, 512)
 
 
-def pool_hidden(hidden, attention_mask, input_ids, *, pooling: str, mask_token_id: int):
-    """``(batch, seq, hidden)`` -> ``(batch, hidden)`` by ``pooling`` (see the module docstring)."""
+def pool_hidden(hidden, attention_mask, input_ids, *, pooling: str, mask_token_id: Optional[int] = None):
+    """``hidden`` ``(batch, seq, dim)`` -> ``(batch, dim)`` by ``pooling`` (see the module docstring).
+
+    ``attention_mask`` and ``input_ids`` are ``(batch, seq)``; ``mask`` pooling takes the last
+    position whose id is ``mask_token_id`` (position 0 for a row without one: check beforehand).
+    """
     if pooling == "cls":
         return hidden[:, 0]
     if pooling == "mean":
         weights = attention_mask.astype(hidden.dtype)[..., None]
         return (hidden * weights).sum(1) / jnp.maximum(weights.sum(1), 1.0)
     if pooling == "mask":
+        if mask_token_id is None:
+            raise ValueError("mask pooling needs the tokenizer's mask_token_id")
         positions = jnp.arange(input_ids.shape[1])
         last = jnp.max(jnp.where(input_ids == mask_token_id, positions, -1), axis=1)
         return jnp.take_along_axis(hidden, jnp.maximum(last, 0)[:, None, None], axis=1)[:, 0]
     raise ValueError(f"pooling {pooling!r} is not one of {POOLINGS}")
 
 
+@functools.partial(jax.jit, static_argnames=("config", "dtype", "pooling", "mask_token_id"))
+def _pooled_features(params, input_ids, attention_mask, *, config, dtype, pooling, mask_token_id):
+    """Jitted forward + pooling; encoders of the same architecture share its compilations."""
+    hidden = bert_apply(params, input_ids, attention_mask, config=config, dtype=dtype)
+    return pool_hidden(hidden, attention_mask, input_ids, pooling=pooling, mask_token_id=mask_token_id)
+
+
 class TextEncoder:
-    """Tokenizer + BERT/RoBERTa parameters + pooling, for frozen feature extraction."""
+    """Tokenizer + BERT/RoBERTa parameters + pooling, for frozen feature extraction.
+
+    Attributes: ``params`` (pytree, float32), ``config`` (:class:`BertConfig`), ``tokenizer``
+    (a transformers tokenizer truncating from the left), ``pooling``, ``max_length``, ``dtype``
+    (matmul dtype of the forward pass).
+    """
 
     def __init__(self, name: str, tokenizer, params, config: BertConfig, *, pooling: str = "mean",
                  max_length: int = 128, dtype=jnp.float32):
         if pooling not in POOLINGS:
             raise ValueError(f"pooling {pooling!r} is not one of {POOLINGS}")
+        if pooling == "mask" and tokenizer.mask_token is None:
+            raise ValueError(f"{name}: the tokenizer has no mask token, so pooling='mask' is impossible; "
+                             "use 'mean' or 'cls'")
+        if int(max_length) < 2:
+            raise ValueError(f"max_length={max_length}: needs room for at least the special tokens")
+        rows = params["embeddings"]["word"].shape[0]
+        if len(tokenizer) > rows:
+            raise ValueError(f"{name}: the tokenizer has {len(tokenizer)} tokens but the embedding matrix only "
+                             f"{rows} rows; add tokens through TextEncoder.add_special_tokens")
         self.name = name
         self.tokenizer = tokenizer
+        self.tokenizer.truncation_side = "left"
         self.params = params
         self.config = config
         self.pooling = pooling
-        self.max_length = min(int(max_length), config.max_positions - (config.pad_token_id + 1
-                                                                        if config.model_type == "roberta" else 0))
+        self.max_length = min(int(max_length), config.max_length)
         self.dtype = dtype
-        self._hash = None
+        self._hash: Optional[str] = None
 
     @classmethod
-    def from_pretrained(cls, name_or_path: str, *, pooling: str = "mean", max_length: int = 128,
-                        dtype=jnp.float32) -> "TextEncoder":
+    def from_pretrained(cls, name_or_path: str | os.PathLike, *, pooling: str = "mean", max_length: int = 128,
+                        dtype=jnp.float32, preprocessing: Optional[str | os.PathLike] = None) -> "TextEncoder":
+        """Encoder of a BERT / RoBERTa checkpoint (local folder or hub id) with its tokenizer.
+
+        ``preprocessing``: a folder written by :meth:`save_preprocessing`; the tokens added
+        there are added again, in the same order, so token ids and embedding rows match.
+        """
         from transformers import AutoTokenizer
 
         folder = hub.resolve_model(name_or_path)
         params, config = load_bert(str(folder))
-        tokenizer = AutoTokenizer.from_pretrained(str(folder), truncation_side="left")
-        return cls(str(name_or_path), tokenizer, params, config, pooling=pooling, max_length=max_length,
-                   dtype=dtype)
+        try:
+            tokenizer = AutoTokenizer.from_pretrained(str(folder), truncation_side="left")
+        except (OSError, ValueError) as err:
+            raise hub.WeightError(f"{folder}: no usable tokenizer files ({err})") from None
+        encoder = cls(str(name_or_path), tokenizer, params, config, pooling=pooling, max_length=max_length,
+                      dtype=dtype)
+        if preprocessing is not None:
+            encoder._replay_added_tokens(pathlib.Path(preprocessing))
+        return encoder
+
+    def _replay_added_tokens(self, folder: pathlib.Path) -> None:
+        from transformers import AutoTokenizer
+
+        saved = AutoTokenizer.from_pretrained(str(folder))
+        known = self.tokenizer.get_vocab()
+        extra = sorted(((i, t) for t, i in saved.get_added_vocab().items() if t not in known))
+        self.add_special_tokens([t for _, t in extra])
+        ids = self.tokenizer.convert_tokens_to_ids([t for _, t in extra])
+        if ids != [i for i, _ in extra]:
+            raise ValueError(f"{folder}: the saved tokenizer's added tokens get other ids on {self.name} "
+                             f"({ids} instead of {[i for i, _ in extra]}); was it saved for another model?")
 
     # -- vocabulary -----------------------------------------------------------------------
     @property
@@ -78,71 +132,91 @@ class TextEncoder:
 
     @property
     def dim(self) -> int:
+        """Feature size (the encoder's hidden size)."""
         return self.config.hidden_size
 
     def add_special_tokens(self, tokens: Sequence[str]) -> int:
-        """Add ``tokens`` (e.g. ``<s0>``...) to the tokenizer and grow the embedding matrix to match."""
-        added = self.tokenizer.add_special_tokens({"additional_special_tokens": list(tokens)},
+        """Add ``tokens`` (e.g. ``<s0>``, ``<s1>``) as special tokens and give each an embedding row.
+
+        New rows hold the mean of the existing word embeddings (:func:`grow_embeddings`). Tokens
+        the tokenizer already knows keep their ids and rows. Returns how many were added.
+        """
+        tokens = [str(t) for t in tokens]
+        known = set(self.tokenizer.get_vocab())
+        added = self.tokenizer.add_special_tokens({"additional_special_tokens": tokens},
                                                   replace_additional_special_tokens=False)
-        rows = self.params["embeddings"]["word"].shape[0]
-        grow = len(self.tokenizer) - rows
-        if grow > 0:
-            self.params = grow_embeddings(self.params, grow)
-            self._hash = None
+        new_ids = sorted({i for t, i in zip(tokens, self.tokenizer.convert_tokens_to_ids(tokens)) if t not in known})
+        if not new_ids:
+            return added
+        word = self.params["embeddings"]["word"]
+        rows = word.shape[0]
+        params = grow_embeddings(self.params, max(new_ids[-1] + 1 - rows, 0))
+        inside = [i for i in new_ids if i < rows]
+        if inside:
+            # The matrix had spare rows past the tokenizer's vocabulary (padded vocabularies):
+            # the new ids land on those, which get the same mean initialisation.
+            grown = params["embeddings"]["word"].at[jnp.asarray(inside)].set(word.mean(axis=0))
+            params = dict(params, embeddings=dict(params["embeddings"], word=grown))
+        self.params = params
+        self._hash = None
         return added
 
     @property
     def weights_hash(self) -> str:
+        """SHA-256 hex digest of what decides the features: the parameters (added rows included),
+        the architecture and the tokenizer's vocabulary with its added tokens.
+
+        The model's name or path is left out on purpose, so a hub id and a local copy of the same
+        checkpoint share cached features; callers that want it add it to their own key.
+        """
         if self._hash is None:
-            self._hash = params_hash(self.params)
+            vocab = sorted(self.tokenizer.get_vocab().items())
+            self._hash = params_hash(self.params, repr(self.config), repr(vocab), self.tokenizer.truncation_side)
         return self._hash
 
-    def save_preprocessing(self, folder: str | pathlib.Path) -> None:
-        """Save the tokenizer (with any added tokens) so inference tokenizes identically."""
+    def save_preprocessing(self, folder: str | os.PathLike) -> None:
+        """Save the tokenizer (with its added tokens) to ``folder``; pass that folder as
+        ``from_pretrained(..., preprocessing=folder)`` to tokenize and embed identically."""
         self.tokenizer.save_pretrained(str(folder))
 
     # -- encoding -------------------------------------------------------------------------
-    @functools.cached_property
-    def _forward(self):
-        config, dtype, pooling = self.config, self.dtype, self.pooling
-        mask_id = self.tokenizer.mask_token_id if self.tokenizer.mask_token is not None else -1
-
-        @jax.jit
-        def forward(params, input_ids, attention_mask):
-            hidden = bert_apply(params, input_ids, attention_mask, config=config, dtype=dtype)
-            return pool_hidden(hidden, attention_mask, input_ids, pooling=pooling, mask_token_id=mask_id)
-
-        return forward
+    def _forward(self, params, input_ids, attention_mask):
+        return _pooled_features(params, input_ids, attention_mask, config=self.config, dtype=self.dtype,
+                                pooling=self.pooling, mask_token_id=self.tokenizer.mask_token_id)
 
     def tokenize(self, texts: Sequence[str]) -> dict:
+        """Token ids per text (lists, no padding), truncated from the left to ``max_length``."""
         return self.tokenizer(list(texts), truncation=True, max_length=self.max_length, padding=False)
 
     def encode(self, texts: Sequence[str], batch_size: int = 64, progress: bool = True) -> np.ndarray:
-        """Pooled features ``(len(texts), hidden)`` float32."""
-        if not len(texts):
+        """Pooled features ``(len(texts), dim)`` float32, in the order of ``texts``."""
+        texts = list(texts)
+        if not texts:
             return np.zeros((0, self.dim), np.float32)
         ids = self.tokenize(texts)["input_ids"]
         if self.pooling == "mask":
             mask_id = self.tokenizer.mask_token_id
             for i, row in enumerate(ids):
                 if mask_id not in row:
-                    raise ValueError(f"text {i} has no {self.tokenizer.mask_token} token to pool at: {texts[i][:80]!r}")
+                    raise ValueError(f"text {i} has no {self.tokenizer.mask_token} token to pool at "
+                                     f"(pooling='mask'): {texts[i][:80]!r}; build it with a prompt")
         order = np.argsort([len(r) for r in ids], kind="stable")
         out = np.zeros((len(ids), self.dim), np.float32)
-        pad = self.tokenizer.pad_token_id or 0
-        bar = tqdm(total=len(ids), desc=f"encoding text ({self.name.split('/')[-1]})", disable=not progress,
-                   leave=False)
-        for start in range(0, len(order), batch_size):
-            chunk = order[start:start + batch_size]
+        # Fixed batch rows and a few sequence buckets: at most a handful of compilations.
+        rows = min(int(batch_size), 1 << (len(ids) - 1).bit_length())
+        pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else self.config.pad_token_id
+        bar = tqdm(total=len(ids), desc=f"encoding text ({pathlib.PurePath(self.name).name})",
+                   disable=not progress, leave=False)
+        for start in range(0, len(order), rows):
+            chunk = order[start:start + rows]
             longest = max(len(ids[i]) for i in chunk)
-            width = next((b for b in _BUCKETS if b >= longest), longest)
-            width = min(width, max(self.max_length, longest))
-            input_ids = np.full((batch_size, width), pad, np.int32)
-            attention = np.zeros((batch_size, width), np.int32)
+            width = min(next((b for b in _BUCKETS if b >= longest), longest), self.max_length)
+            input_ids = np.full((rows, width), pad, np.int32)
+            attention = np.zeros((rows, width), np.int32)
             for row, i in enumerate(chunk):
                 input_ids[row, :len(ids[i])] = ids[i]
                 attention[row, :len(ids[i])] = 1
-            attention[len(chunk):, 0] = 1  # padding rows: one valid token keeps the softmax finite
+            attention[len(chunk):, 0] = 1  # filler rows: one valid token keeps their softmax finite
             pooled = self._forward(self.params, jnp.asarray(input_ids), jnp.asarray(attention))
             out[chunk] = np.asarray(pooled, np.float32)[:len(chunk)]
             bar.update(len(chunk))
