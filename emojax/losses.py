@@ -1,49 +1,103 @@
-"""Losses as pure functions of logits / embeddings, labels and explicit state."""
+"""Losses as pure functions of logits / features, labels, explicit state and parameters.
+
+Classification: :func:`cross_entropy` (optionally class-weighted, weights = 1 / class
+frequency), :func:`focal_loss` (gamma 2), :func:`classification_loss` to pick one by name.
+
+Extra losses (``loss.extras`` in a config: name -> options with ``weight``):
+
+==========  =================================================  ======  =======  ============
+name        what                                               state   params   modalities
+==========  =================================================  ======  =======  ============
+``spcl``    supervised prototypical contrastive (pools)        yes     no       any
+``apcl``    adaptive prototype contrastive (prototypes)        yes     no       any
+``cmcl``    cross-modal contrastive, main modality stop-grad   no      no       2 or more
+``scl``     self contrastive: ``cmcl`` without the stop-grad   no      no       2 or more
+``frl``     feature reconstruction (SimSiam, fused vs inputs)  no      yes      2 or more
+``dist``    DIST distillation from a frozen teacher's logits   no      no       any
+==========  =================================================  ======  =======  ============
+
+The functional API for a training step::
+
+    state = init_loss_state(extras, num_classes=C, embed_dim=F, rng=key)          # spcl / apcl
+    loss_params = init_loss_params(extras, fused_dim=F, input_dims=dims, rng=key)  # frl, sigmas
+    total, state, logs = extra_losses(extras, state, embeddings=fused, labels=y, features=inputs,
+                                      fused=fused, logits=logits, rng=key, present_modalities=mods,
+                                      loss_params=loss_params, teacher_logits=None)
+
+``loss_params`` are trainable: keep them in the optimised parameter tree beside the model's
+(e.g. ``{"model": ..., "losses": loss_params}``) and pass them in inside the differentiated
+function. They are the parameters of :class:`ExtraLossHeads` (FRL's projectors and predictors;
+the learned sigmas of uncertainty weighting), an empty dict when no extra loss needs any.
+``features`` should be the per-modality features the fusion receives (the suite's pooled
+embeddings): CMCL and SCL have a gradient path only through them.
+
+Combining: the step's total is ``classification + fusion auxiliary + total_extra`` (each extra
+times its ``weight``). With ``loss.combine == "uncertainty"`` use :func:`combine_losses` on the
+unweighted values (``logs``) instead: ``sum_i 0.5 / sigma_i L_i + log sigma_i`` with learned
+``sigma_i = exp(log_sigma_i)`` from ``loss_params["uncertainty"]``.
+"""
 from __future__ import annotations
 
-from typing import Mapping, Optional
+import logging
+from typing import Mapping, Optional, Sequence
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import optax
 
+from emojax.layers import Projector
 
-def cross_entropy(logits, labels, class_weights: Optional[jax.Array] = None):
-    """Mean cross entropy; with ``class_weights`` the weighted mean (PyTorch's ``weight=``)."""
-    logits = jnp.asarray(logits, jnp.float32)
-    per_sample = optax.softmax_cross_entropy_with_integer_labels(logits, labels)
-    if class_weights is None:
-        return per_sample.mean()
-    w = jnp.asarray(class_weights, jnp.float32)[labels]
-    return (per_sample * w).sum() / w.sum()
-
-
-def focal_loss(logits, labels, gamma: float = 2.0, class_weights: Optional[jax.Array] = None):
-    """``-(1 - p_t)^gamma log p_t``, averaged (weighted by ``class_weights`` when given)."""
-    logits = jnp.asarray(logits, jnp.float32)
-    log_p = jax.nn.log_softmax(logits)
-    log_pt = jnp.take_along_axis(log_p, labels[:, None], axis=-1)[:, 0]
-    per_sample = -((1.0 - jnp.exp(log_pt)) ** gamma) * log_pt
-    if class_weights is None:
-        return per_sample.mean()
-    w = jnp.asarray(class_weights, jnp.float32)[labels]
-    return (per_sample * w).sum() / w.sum()
-
-
-def classification_loss(kind: str, logits, labels, class_weights=None):
-    """``kind``: ``ce`` (plain), ``weighted`` (class-weighted CE), ``focal`` (gamma 2)."""
-    if kind == "ce":
-        return cross_entropy(logits, labels)
-    if kind == "weighted":
-        return cross_entropy(logits, labels, class_weights)
-    if kind == "focal":
-        return focal_loss(logits, labels, 2.0)
-    raise ValueError(f"loss.classification: unknown kind {kind!r}; choose ce, weighted or focal")
+log = logging.getLogger(__name__)
 
 
 # ---------------------------------------------------------------------------------------------
-# Distillation (DIST) and cross-modal feature contrast (CMCL)
+# Classification
+# ---------------------------------------------------------------------------------------------
+def _weighted_mean(per_sample, labels, class_weights):
+    if class_weights is None:
+        return per_sample.mean()
+    w = jnp.asarray(class_weights, jnp.float32)[labels]
+    return (per_sample * w).sum() / w.sum()
+
+
+def cross_entropy(logits, labels, class_weights: Optional[jax.Array] = None):
+    """Mean cross entropy ``(B, C), (B,) -> ()`` float32; with ``class_weights (C,)`` the weighted
+    mean ``sum_i w_{y_i} nll_i / sum_i w_{y_i}`` (PyTorch's ``CrossEntropyLoss(weight=...)``)."""
+    logits = jnp.asarray(logits, jnp.float32)
+    per_sample = optax.softmax_cross_entropy_with_integer_labels(logits, labels)
+    return _weighted_mean(per_sample, labels, class_weights)
+
+
+def focal_loss(logits, labels, gamma: float = 2.0, class_weights: Optional[jax.Array] = None):
+    """``mean_i (1 - p_i)^gamma * nll_i`` with ``p_i = exp(-nll_i)``; weighted like
+    :func:`cross_entropy` when ``class_weights`` is given (the suite's has none)."""
+    logits = jnp.asarray(logits, jnp.float32)
+    nll = optax.softmax_cross_entropy_with_integer_labels(logits, labels)
+    per_sample = (1.0 - jnp.exp(-nll)) ** gamma * nll
+    return _weighted_mean(per_sample, labels, class_weights)
+
+
+CLASSIFICATION = ("ce", "weighted", "focal")
+
+
+def classification_loss(kind: str, logits, labels, class_weights=None):
+    """``kind``: ``ce`` (plain), ``weighted`` (CE weighted by ``class_weights``, 1 / class
+    frequency), ``focal`` (gamma 2, unweighted as in the suite)."""
+    if kind == "ce":
+        return cross_entropy(logits, labels)
+    if kind in ("weighted", "weight"):
+        if class_weights is None:
+            raise ValueError("loss.classification 'weighted' needs class_weights (1 / class frequency of the "
+                             "training split)")
+        return cross_entropy(logits, labels, class_weights)
+    if kind == "focal":
+        return focal_loss(logits, labels, 2.0)
+    raise ValueError(f"loss.classification: unknown kind {kind!r}; choose one of {', '.join(CLASSIFICATION)}")
+
+
+# ---------------------------------------------------------------------------------------------
+# Distillation (DIST) and cross-modal feature contrast (CMCL / SCL)
 # ---------------------------------------------------------------------------------------------
 def _cosine(a, b, axis=-1, eps=1e-8):
     """PyTorch's ``cosine_similarity``: each norm clamped at ``eps``."""
@@ -58,8 +112,9 @@ def _pearson_rows(a, b, eps=1e-8):
 
 
 def dist_loss(student_logits, teacher_logits, *, temperature: float = 4.0, beta: float = 1.0, gamma: float = 1.0):
-    """DIST: ``T^2 (beta (1 - mean inter-class Pearson) + gamma (1 - mean intra-class Pearson))``
-    on ``softmax(z / T)``; the teacher is held fixed (stop-gradient)."""
+    """DIST on ``y = softmax(z / T)`` of student and teacher ``(B, C)``: inter-class loss
+    ``1 - mean_i pearson(y_s[i], y_t[i])``, intra-class loss the same on the transposes;
+    ``T^2 (beta inter + gamma intra)``. The teacher is held fixed (stop-gradient)."""
     y_s = jax.nn.softmax(jnp.asarray(student_logits, jnp.float32) / temperature, axis=1)
     y_t = jax.lax.stop_gradient(jax.nn.softmax(jnp.asarray(teacher_logits, jnp.float32) / temperature, axis=1))
     inter = 1.0 - _pearson_rows(y_s, y_t).mean()
@@ -73,30 +128,35 @@ def _normalize(x, eps=1e-12):
 
 
 def feature_kl_loss(features, target_features, *, temperature: float = 1.0):
-    """KL(softmax(t t^T / tau) || softmax(t f^T / tau)), batch mean, on L2-normalised rows.
-
-    ``target_features`` (the main modality) give both the anchors and the target distribution.
-    """
+    """``KL(softmax(t t^T / tau) || softmax(t f^T / tau))`` rows, summed, divided by the batch
+    (PyTorch's ``kl_div(..., reduction="batchmean")``), on L2-normalised rows ``(B, D)``.
+    ``target_features`` (the main modality) give the anchors and the target distribution."""
     t, f = _normalize(target_features), _normalize(features)
     log_q = jax.nn.log_softmax(t @ f.T / temperature, axis=1)
-    p = jax.nn.softmax(t @ t.T / temperature, axis=1)
-    kl = jnp.where(p > 0, p * (jnp.log(jnp.where(p > 0, p, 1.0)) - log_q), 0.0)
-    return kl.sum() / t.shape[0]
+    log_p = jax.nn.log_softmax(t @ t.T / temperature, axis=1)
+    return (jnp.exp(log_p) * (log_p - log_q)).sum() / t.shape[0]
 
 
-def cmcl_loss(features: Mapping, *, main: str = "T", temperature: float = 1.0):
-    """Cross-modal contrast: ``feature_kl_loss`` of every other modality against the main one
-    (main modality stop-gradient), summed."""
-    target = jax.lax.stop_gradient(features[main])
-    return sum(feature_kl_loss(features[m], target, temperature=temperature) for m in features if m != main)
+def cmcl_loss(features: Mapping, *, main: str = "T", temperature: float = 1.0, stop_gradient: bool = True):
+    """Cross-modal contrast: :func:`feature_kl_loss` of every other modality against ``main``,
+    summed; ``main`` is stop-gradient (``stop_gradient=False`` gives the suite's SCL)."""
+    if main not in features:
+        raise KeyError(f"loss cmcl: main modality {main!r} has no features (got {', '.join(features)})")
+    target = jax.lax.stop_gradient(features[main]) if stop_gradient else features[main]
+    total = jnp.zeros((), jnp.float32)
+    for m in features:
+        if m != main:
+            total = total + feature_kl_loss(features[m], target, temperature=temperature)
+    return total
 
 
 # ---------------------------------------------------------------------------------------------
 # Prototype contrastive losses (SPCL, APCL), state carried explicitly
 # ---------------------------------------------------------------------------------------------
 def prototype_scores(embeddings, labels, *, temperature: float, eps: float = 1e-8):
-    """Pairwise ``((1 + cos) / 2 + eps) / temperature`` with the diagonal zeroed and the maximum
-    subtracted, and the positive (same label, not itself) and negative masks: ``(n, n)`` each."""
+    """Pairwise scores of ``(n, D)`` rows: ``((1 + cos) / 2 + eps)`` with the diagonal zeroed,
+    divided by ``temperature``, minus the (stop-gradient) maximum; and the positive (same label,
+    not itself) and negative (other label) masks. Three ``(n, n)`` float32 arrays."""
     x = jnp.asarray(embeddings, jnp.float32)
     n = x.shape[0]
     scores = (1.0 + _cosine(x[None, :, :], x[:, None, :])) / 2.0 + eps
@@ -113,7 +173,10 @@ def _masked_mean(loss, keep):
 
 
 def prototype_contrastive_loss(scores, positive, negative, *, decoupled: bool, eps: float = 1e-8):
-    """Per-anchor loss averaged over anchors above a threshold (0.3, or 0 when ``decoupled``)."""
+    """Per anchor, with ``P`` / ``N`` the sums of ``exp(scores)`` over positives / negatives:
+    ``-log(P / (P + N) / (n_pos + eps) + eps)``, averaged over anchors whose loss is above 0.3;
+    ``decoupled``: ``-mean positive score + log(N + eps)``, averaged over anchors above 0.
+    Zero when no anchor passes."""
     if decoupled:
         pos = (scores * positive).sum(-1) / (positive.sum(-1) + eps)
         loss = -pos + jnp.log((jnp.exp(scores) * negative).sum(-1) + eps)
@@ -126,32 +189,35 @@ def prototype_contrastive_loss(scores, positive, negative, *, decoupled: bool, e
 
 
 def orthonormal_vectors(rng, num_classes: int, dim: int):
-    """``num_classes`` orthonormal rows of length ``dim`` (QR of a Gaussian matrix)."""
+    """``num_classes`` orthonormal rows of length ``dim`` (QR of a Gaussian ``(dim, C)``)."""
+    if num_classes > dim:
+        raise ValueError(f"prototype losses: {num_classes} classes need embeddings of at least that size, got {dim}")
     q, _ = jnp.linalg.qr(jax.random.normal(rng, (dim, num_classes)))
     return q.T[:num_classes]
 
 
 def spcl_init(rng, *, num_classes: int, dim: int, pool_size: int = 512):
-    """SPCL state: default centres, per-class ring-buffer pools ``(C, pool, dim)`` and counts."""
+    """SPCL state: ``default_centers (C, D)`` (orthonormal), per-class ring buffers
+    ``pools (C, pool, D)`` and the number of embeddings each class has pushed, ``counts (C,)``."""
     return {"default_centers": orthonormal_vectors(rng, num_classes, dim),
             "pools": jnp.zeros((num_classes, pool_size, dim), jnp.float32),
             "counts": jnp.zeros((num_classes,), jnp.int32)}
 
 
 def spcl_centers(state, rng, *, support: int):
-    """Per class: the mean of a random ``support`` subset of its pool, or the default centre while
-    the pool holds fewer than ``support`` embeddings."""
+    """``(C, D)``: per class the mean of a random ``support``-subset of its pool, or its default
+    centre while the pool holds fewer than ``support`` embeddings."""
     pools, counts = state["pools"], state["counts"]
     num_classes, pool_size, _ = pools.shape
+    if support > pool_size:
+        raise ValueError(f"loss spcl: support_set_size {support} is larger than pool_size {pool_size}")
     filled = jnp.minimum(counts, pool_size)
 
     def centre(pool, n, key, default):
+        # The ring buffer fills slots 0 .. n-1 first: shuffle the slots, filled ones first.
         order = jax.random.permutation(key, pool_size)
-        # Filled slots first, in random order; take the first ``support`` of them.
-        rank = jnp.argsort(jnp.where(jnp.arange(pool_size)[order] < n, 0, 1), stable=True)
-        chosen = order[rank][:support]
-        mean = pool[chosen].mean(0)
-        return jnp.where(n >= support, mean, default)
+        chosen = order[jnp.argsort(order >= n, stable=True)][:support]
+        return jnp.where(n >= support, pool[chosen].mean(0), default)
 
     keys = jax.random.split(rng, num_classes)
     return jax.vmap(centre)(pools, filled, keys, state["default_centers"])
@@ -175,9 +241,10 @@ def spcl_update(state, embeddings, labels):
 
 def spcl_loss(state, embeddings, labels, rng, *, temperature: float = 0.08, support: int = 64,
               decoupled: bool = False):
-    """Supervised prototypical contrastive loss; returns ``(loss, new_state)``.
+    """Supervised prototypical contrastive loss of ``embeddings (B, D)``; ``(loss, new_state)``.
 
-    Centres come from the pools as they were before this batch; the batch then enters the pools.
+    Centres come from the pools as they were before this batch; the batch then enters the pools;
+    the batch and the centres (labelled 0 .. C-1) are scored together.
     """
     num_classes = state["pools"].shape[0]
     centres = spcl_centers(state, rng, support=support)
@@ -189,14 +256,14 @@ def spcl_loss(state, embeddings, labels, rng, *, temperature: float = 0.08, supp
 
 
 def apcl_init(rng, *, num_classes: int, dim: int):
-    """APCL state: orthonormal prototypes and zero momenta ``(C, dim)``."""
+    """APCL state: orthonormal ``prototypes (C, D)`` and zero ``momenta (C, D)``."""
     prototypes = orthonormal_vectors(rng, num_classes, dim)
     return {"prototypes": prototypes, "momenta": jnp.zeros_like(prototypes)}
 
 
 def apcl_update(state, embeddings, labels, *, alpha: float = 0.5, gamma: float = 0.99):
-    """Per sample ``m_c = gamma m_c + alpha (1 - gamma)(e - p_c)``; then prototypes = the
-    orthonormalised (QR) rows of ``p + m``."""
+    """Sample by sample ``m_c = gamma m_c + alpha (1 - gamma)(e - p_c)`` (``p`` as it was before the
+    batch); then prototypes = the orthonormalised rows of ``p + m`` (QR of its transpose)."""
     prototypes = state["prototypes"]
     beta = alpha * (1.0 - gamma)
     embeddings = jax.lax.stop_gradient(jnp.asarray(embeddings, jnp.float32))
@@ -211,7 +278,8 @@ def apcl_update(state, embeddings, labels, *, alpha: float = 0.5, gamma: float =
 
 
 def apcl_loss(state, embeddings, labels, *, temperature: float = 0.08, alpha: float = 0.5, gamma: float = 0.99):
-    """Adaptive prototype contrastive loss; prototypes updated first; returns ``(loss, new_state)``."""
+    """Adaptive prototype contrastive loss: prototypes updated first, then the decoupled
+    prototype loss of the batch with the new prototypes; ``(loss, new_state)``."""
     new_state = apcl_update(state, embeddings, labels, alpha=alpha, gamma=gamma)
     num_classes = new_state["prototypes"].shape[0]
     x = jnp.concatenate([jnp.asarray(embeddings, jnp.float32), new_state["prototypes"]])
@@ -221,24 +289,85 @@ def apcl_loss(state, embeddings, labels, *, temperature: float = 0.08, alpha: fl
 
 
 # ---------------------------------------------------------------------------------------------
+# Feature reconstruction (FRL): SimSiam between fused features and the modality features
+# ---------------------------------------------------------------------------------------------
+SIMSIAM_SIGNS = ("simsiam", "suite")
+
+
+def reconstruction_loss(params, fused, modality_features, *, alpha: float = 1.0, sign: str = "simsiam"):
+    """FRL: SimSiam between ``fused (B, F)`` and the stop-gradient ``modality_features
+    (B, sum D_m)`` (their concatenation), times ``alpha``.
+
+    ``sign="simsiam"`` (default) returns ``-alpha * similarity``, which SimSiam minimises;
+    ``sign="suite"`` returns the suite's ``+alpha * similarity`` (minimising it pushes the pairs
+    apart).
+    """
+    if sign not in SIMSIAM_SIGNS:
+        raise ValueError(f"loss frl: sign {sign!r} is not one of {', '.join(SIMSIAM_SIGNS)}")
+    similarity = SimSiamHeads().apply({"params": params}, jnp.asarray(fused, jnp.float32),
+                                      jax.lax.stop_gradient(jnp.asarray(modality_features, jnp.float32)))
+    return alpha * (-similarity if sign == "simsiam" else similarity)
+
+
+class SimSiamHeads(nn.Module):
+    """FRL's projectors and predictors (each a one-layer ``Projector`` to ``F + sum D_m``):
+    ``projector_a`` (fused), ``projector_b`` (modalities), ``predictor_a``, ``predictor_b``.
+    Returns ``cos(p_b, sg(h_b)).mean() + cos(p_a, sg(h_a)).mean()`` with ``h_a = projector_a(a)``,
+    ``h_b = projector_b(b)``, ``p_b = predictor_a(h_a)``, ``p_a = predictor_b(h_b)``."""
+
+    @nn.compact
+    def __call__(self, fused, modality_features):
+        hidden = fused.shape[-1] + modality_features.shape[-1]
+        h_a = Projector(hidden, name="projector_a")(fused)
+        h_b = Projector(hidden, name="projector_b")(modality_features)
+        p_b = Projector(hidden, name="predictor_a")(h_a)
+        p_a = Projector(hidden, name="predictor_b")(h_b)
+        return (_cosine(p_b, jax.lax.stop_gradient(h_b)).mean()
+                + _cosine(p_a, jax.lax.stop_gradient(h_a)).mean())
+
+
+# ---------------------------------------------------------------------------------------------
 # Combining losses
 # ---------------------------------------------------------------------------------------------
 def uncertainty_weighted(losses, sigmas):
-    """``sum_i 0.5 / sigma_i * L_i + sum_i log sigma_i`` (learned ``sigmas``, one per loss)."""
+    """``sum_i 0.5 / sigma_i * L_i + sum_i log sigma_i`` (the suite's ``MultiLoss``), ``(n,), (n,)``."""
     losses = jnp.asarray(losses, jnp.float32)
     return (0.5 / sigmas) @ losses + jnp.log(sigmas).sum()
 
 
+def combine_losses(values: Mapping[str, jax.Array], loss_params: Mapping) -> jax.Array:
+    """Uncertainty-weighted total of the named losses, with ``sigma = exp(log_sigma)`` from
+    ``loss_params["uncertainty"]`` (see :func:`init_loss_params`)."""
+    sigmas = loss_params.get("uncertainty") if loss_params else None
+    if sigmas is None:
+        raise ValueError("combine_losses: loss_params has no 'uncertainty' entry; init_loss_params(..., "
+                         "combine='uncertainty', loss_names=...) creates it")
+    unknown = [k for k in values if k not in sigmas]
+    if unknown:
+        raise KeyError(f"combine_losses: no learned sigma for loss {', '.join(unknown)}; known: {', '.join(sigmas)}")
+    names = list(values)
+    log_sigma = jnp.stack([sigmas[k] for k in names])
+    return uncertainty_weighted(jnp.stack([jnp.asarray(values[k], jnp.float32) for k in names]), jnp.exp(log_sigma))
+
+
 # ---------------------------------------------------------------------------------------------
-# Extra losses in a training run: state in, state out
+# Extra losses in a training run: state and parameters in, state out
 # ---------------------------------------------------------------------------------------------
+EXTRA_LOSSES = ("spcl", "apcl", "cmcl", "scl", "frl", "dist")
 # Losses that compare modalities with each other; skipped (with a logged note) on unimodal runs.
-MULTIMODAL_LOSSES = ("cmcl",)
-EXTRA_LOSSES = ("spcl", "apcl")
+MULTIMODAL_LOSSES = ("cmcl", "scl", "frl")
+STATEFUL_LOSSES = ("spcl", "apcl")
+
+
+def _check_names(extras: Mapping) -> None:
+    for name in extras:
+        if name not in EXTRA_LOSSES:
+            raise ValueError(f"loss.extras.{name}: unknown extra loss; choose from {', '.join(EXTRA_LOSSES)}")
 
 
 def init_loss_state(extras: Mapping, *, num_classes: int, embed_dim: int, rng) -> dict:
-    """Initial state of the configured extra losses (``{"spcl": ..., "apcl": ...}``)."""
+    """Initial state of the stateful extras (``{"spcl": ..., "apcl": ...}``; others have none)."""
+    _check_names(extras)
     state = {}
     for name, options in extras.items():
         rng, key = jax.random.split(rng)
@@ -247,63 +376,128 @@ def init_loss_state(extras: Mapping, *, num_classes: int, embed_dim: int, rng) -
                                     pool_size=int(options.get("pool_size", 512)))
         elif name == "apcl":
             state[name] = apcl_init(key, num_classes=num_classes, dim=embed_dim)
-        else:
-            raise ValueError(f"loss.extras.{name}: unknown extra loss; choose from {', '.join(EXTRA_LOSSES)}")
     return state
 
 
-def extra_losses(extras: Mapping, state: dict, *, embeddings, labels, rng, **unused) -> tuple:
-    """Weighted sum of the extra losses on the fused ``embeddings``; returns
-    ``(total, new_state, logs)``."""
+class _Sigmas(nn.Module):
+    names: tuple[str, ...]
+
+    @nn.compact
+    def __call__(self):
+        return {k: self.param(k, nn.initializers.zeros, ()) for k in self.names}
+
+
+class ExtraLossHeads(nn.Module):
+    """The trainable parameters of the extra losses: ``frl`` (:class:`SimSiamHeads`, when
+    ``frl``) and ``uncertainty/{name}`` (one ``log_sigma`` per name of ``loss_names``, initialised
+    0, i.e. sigma 1). ``module(fused (B, F), modality_features (B, sum D_m))`` returns
+    ``{"frl": similarity, "uncertainty": {name: log_sigma}}`` for the parts it has; a model may
+    hold it as a submodule, or :func:`init_loss_params` gives its parameters alone."""
+
+    frl: bool = False
+    loss_names: tuple[str, ...] = ()
+
+    @nn.compact
+    def __call__(self, fused, modality_features):
+        out = {}
+        if self.frl:
+            out["frl"] = SimSiamHeads(name="frl")(fused, modality_features)
+        if self.loss_names:
+            out["uncertainty"] = _Sigmas(tuple(self.loss_names), name="uncertainty")()
+        return out
+
+
+def init_loss_params(extras: Mapping, *, fused_dim: int, input_dims: Mapping[str, int], rng,
+                     combine: str = "sum", loss_names: Sequence[str] = ()) -> dict:
+    """Parameters of :class:`ExtraLossHeads` for the configured extras: ``{"frl": ...}`` (when
+    ``frl`` is configured and there are two or more modalities) and, with
+    ``combine="uncertainty"``, ``{"uncertainty": {name: log_sigma}}`` for ``loss_names`` (the
+    names later given to :func:`combine_losses`, e.g. ``("classification", "fusion", "spcl")``).
+    ``input_dims`` are the sizes of the per-modality ``features``. ``{}`` when nothing is needed."""
+    _check_names(extras)
+    if combine not in ("sum", "uncertainty"):
+        raise ValueError(f"loss.combine: {combine!r} is not 'sum' or 'uncertainty'")
+    if combine == "uncertainty" and not loss_names:
+        raise ValueError("loss.combine 'uncertainty': give loss_names, the losses to weigh")
+    heads = ExtraLossHeads(frl="frl" in extras and len(input_dims) >= 2,
+                           loss_names=tuple(loss_names) if combine == "uncertainty" else ())
+    if not heads.frl and not heads.loss_names:
+        return {}
+    fused = jnp.zeros((1, int(fused_dim)), jnp.float32)
+    concat = jnp.zeros((1, sum(int(d) for d in input_dims.values())), jnp.float32)
+    return dict(heads.init(rng, fused, concat).get("params", {}))
+
+
+def _skip(name: str, reason: str) -> None:
+    # Runs at trace time, so the note is logged once per compilation.
+    log.warning("loss %s skipped: %s", name, reason)
+
+
+def extra_losses(extras: Mapping, state: Mapping, *, embeddings, labels, rng, features: Optional[Mapping] = None,
+                 fused=None, logits=None, teacher_logits=None, present_modalities: Optional[Sequence[str]] = None,
+                 loss_params: Optional[Mapping] = None) -> tuple:
+    """The configured extra losses of one training batch.
+
+    ``embeddings (B, E)``: what the prototype losses contrast (the fused features fed to the
+    classifier); ``features``: modality -> ``(B, D_m)`` fusion inputs (CMCL, SCL, FRL); ``fused
+    (B, F)`` (FRL; defaults to ``embeddings``); ``logits (B, C)`` and ``teacher_logits (B, C)``
+    (DIST); ``present_modalities``: the run's modalities (default: the keys of ``features``);
+    ``loss_params`` from :func:`init_loss_params`.
+
+    Returns ``(total, new_state, logs)``: ``total = sum_name weight * value`` float32,
+    ``logs[name]`` the unweighted values. Multimodal losses on a unimodal run are skipped with a
+    logged note (as is ``cmcl``/``scl`` without its main modality).
+    """
+    _check_names(extras)
     total = jnp.zeros((), jnp.float32)
     new_state, logs = dict(state), {}
+    fused = embeddings if fused is None else fused
+    modalities = tuple(present_modalities if present_modalities is not None else (features or {}))
     for name, options in extras.items():
+        options = dict(options)
         rng, key = jax.random.split(rng)
         weight = float(options.get("weight", 1.0))
+        if name in MULTIMODAL_LOSSES and len(modalities) < 2:
+            _skip(name, f"it needs several modalities, this run has {'+'.join(modalities) or 'none'}")
+            continue
         if name == "spcl":
+            if name not in state:
+                raise KeyError("loss.extras.spcl: no state; create it with init_loss_state")
             value, new_state[name] = spcl_loss(state[name], embeddings, labels, key,
                                                temperature=float(options.get("temperature", 0.08)),
                                                support=int(options.get("support_set_size", 64)),
                                                decoupled=bool(options.get("decoupled", False)))
         elif name == "apcl":
+            if name not in state:
+                raise KeyError("loss.extras.apcl: no state; create it with init_loss_state")
             value, new_state[name] = apcl_loss(state[name], embeddings, labels,
                                                temperature=float(options.get("temperature", 0.08)),
                                                alpha=float(options.get("alpha", 0.5)),
                                                gamma=float(options.get("gamma", 0.99)))
-        else:
-            raise ValueError(f"loss.extras.{name}: unknown extra loss; choose from {', '.join(EXTRA_LOSSES)}")
-        logs[name] = value
-        total = total + weight * value
+        elif name in ("cmcl", "scl"):
+            main = options.get("main_modal", "T")
+            if main not in modalities:
+                _skip(name, f"its main modality {main} is not in this run ({'+'.join(modalities)})")
+                continue
+            sizes = {m: int(features[m].shape[-1]) for m in modalities}
+            if len(set(sizes.values())) > 1:
+                raise ValueError(f"loss {name}: compares the modalities' features, which need one size, got "
+                                 f"{sizes}; map them to one size with --config.fusion.project_inputs=N")
+            value = cmcl_loss({m: features[m] for m in modalities}, main=main,
+                              temperature=float(options.get("temperature", 1.0)), stop_gradient=name == "cmcl")
+        elif name == "frl":
+            if not loss_params or "frl" not in loss_params:
+                raise KeyError("loss.extras.frl: no parameters; create them with init_loss_params and pass "
+                               "loss_params")
+            concat = jnp.concatenate([jnp.asarray(features[m], jnp.float32) for m in modalities], axis=-1)
+            value = reconstruction_loss(loss_params["frl"], fused, concat, alpha=float(options.get("alpha", 1.0)),
+                                        sign=options.get("sign", "simsiam"))
+        elif name == "dist":
+            if teacher_logits is None or logits is None:
+                raise ValueError("loss.extras.dist: needs logits and teacher_logits (the frozen teacher's logits "
+                                 "for the batch)")
+            value = dist_loss(logits, teacher_logits, temperature=float(options.get("temperature", 4.0)),
+                              beta=float(options.get("beta", 1.0)), gamma=float(options.get("gamma", 1.0)))
+        logs[name] = jnp.asarray(value, jnp.float32)
+        total = total + weight * logs[name]
     return total, new_state, logs
-
-
-# ---------------------------------------------------------------------------------------------
-# Feature reconstruction (FRL): SimSiam between fused features and the modality features
-# ---------------------------------------------------------------------------------------------
-class SimSiamReconstruction(nn.Module):
-    """SimSiam between the fused features ``a`` ``(batch, F)`` and the stop-gradient concatenation
-    of the modality features ``b`` ``(batch, sum D_m)``: projectors map both to ``F + sum D_m``,
-    predictors cross over, and the loss is ``alpha * sign * (cos(p_b, sg(h_b)) + cos(p_a, sg(h_a)))``.
-
-    ``sign="simsiam"`` (default) minimises ``-cos`` as SimSiam does; ``sign="suite"`` keeps the
-    PyTorch suite's ``+cos``, which pushes the pairs apart.
-    """
-
-    alpha: float = 1.0
-    sign: str = "simsiam"
-
-    @nn.compact
-    def __call__(self, fused, modality_features):
-        from emojax.layers import Projector
-
-        b = jax.lax.stop_gradient(modality_features)
-        hidden = fused.shape[-1] + b.shape[-1]
-        h_a = Projector(hidden, name="projector_a")(fused)
-        h_b = Projector(hidden, name="projector_b")(b)
-        p_b = Projector(hidden, name="predictor_a")(h_a)
-        p_a = Projector(hidden, name="predictor_b")(h_b)
-        similarity = (_cosine(p_b, jax.lax.stop_gradient(h_b)).mean()
-                      + _cosine(p_a, jax.lax.stop_gradient(h_a)).mean())
-        if self.sign not in ("simsiam", "suite"):
-            raise ValueError(f"sign {self.sign!r} is not 'simsiam' or 'suite'")
-        return self.alpha * (-similarity if self.sign == "simsiam" else similarity)

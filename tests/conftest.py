@@ -29,6 +29,13 @@ def shared_path(*parts) -> pathlib.Path:
     return path
 
 
+def suite_golden(name: str) -> pathlib.Path:
+    """A folder of the PyTorch suite's golden outputs: the copy under ``tests/fixtures`` (so a
+    clone without the shared folder still runs these tests), else the shared folder's."""
+    local = pathlib.Path(__file__).parent / "fixtures" / "suite_golden" / name
+    return local if local.exists() else shared_path("fixtures", "suite-golden", name)
+
+
 def write_tiny_bert(folder: pathlib.Path, *, hidden=32, layers=2, heads=4, intermediate=64, seed=0) -> pathlib.Path:
     """A random BERT saved as config.json + model.safetensors (PyTorch names) + vocab.txt."""
     from safetensors.numpy import save_file

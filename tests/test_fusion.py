@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from safetensors.numpy import load_file
 
-from conftest import shared_path
+from conftest import suite_golden
 from emojax import fusion as fusion_lib
 from emojax.encoders.hub import WeightError
 from emojax.suite_import import import_suite_params
@@ -16,7 +16,7 @@ MODS = ("T", "A", "V")
 
 
 def _golden(name):
-    folder = shared_path("fixtures", "suite-golden", name)
+    folder = suite_golden(name)
     return (np.load(folder / "inputs.npz"), np.load(folder / "outputs.npz"), load_file(str(folder / "params.safetensors")),
             json.loads((folder / "golden.json").read_text()))
 
@@ -64,9 +64,10 @@ def test_fusion_import_names_unplaceable_tensor():
 def test_fusion_attention_modes_differ_in_batch_dependence():
     """Suite mode: a sample's output depends on its batch mates; per-sample mode: it does not."""
     rng = np.random.default_rng(0)
-    x = {m: jnp.asarray(rng.normal(size=(6, 12)).astype(np.float32)) for m in MODS}
+    # 24 features: the attention heads (8 in the cross projectors, 12 in the shared one) divide it.
+    x = {m: jnp.asarray(rng.normal(size=(6, 24)).astype(np.float32)) for m in MODS}
     for batch_as_sequence, depends in ((True, True), (False, False)):
-        module = fusion_lib.build_fusion("disentanglement", modalities=MODS, input_dims={m: 12 for m in MODS},
+        module = fusion_lib.build_fusion("disentanglement", modalities=MODS, input_dims={m: 24 for m in MODS},
                                          output_dim=0, private_dim=8, shared_dim=4,
                                          batch_as_sequence=batch_as_sequence)
         params = module.init(jax.random.PRNGKey(1), x)
@@ -100,12 +101,26 @@ def test_low_rank_fusion_matches_numpy_and_grads():
                                      rank=2)
     params = module.init(jax.random.PRNGKey(0), x)["params"]
     out, _ = module.apply({"params": params}, x)
+    # The suite's LowRankFusionLayer: product over modalities of the rank factors, then a
+    # Linear(rank -> 1) over the rank axis.
+    prod = np.ones((3, 2, 5))
+    for m in ("T", "A"):
+        prod = prod * np.einsum("bd,rdo->bro", np.asarray(x[m]), np.asarray(params[f"factor_{m}"]))
+    layer = params["output_layer"]
+    expected = np.einsum("bro,r->bo", prod, np.asarray(layer["kernel"])[:, 0]) + np.asarray(layer["bias"])[0]
+    np.testing.assert_allclose(np.asarray(out), expected, rtol=1e-4, atol=1e-5)
+    # The LMF paper's form appends a constant 1 to every modality.
+    paper = fusion_lib.build_fusion("low-rank", modalities=("T", "A"), input_dims={"T": 4, "A": 4}, output_dim=5,
+                                    rank=2, append_one=True)
+    p2 = paper.init(jax.random.PRNGKey(0), x)["params"]
+    assert p2["factor_T"].shape == (2, 5, 5)
     prod = np.ones((3, 2, 5))
     for m in ("T", "A"):
         aug = np.concatenate([np.asarray(x[m]), np.ones((3, 1))], 1)
-        prod = prod * np.einsum("bd,rdo->bro", aug, np.asarray(params[f"factor_{m}"]))
-    expected = np.einsum("r,bro->bo", np.asarray(params["rank_weights"])[0], prod) + np.asarray(params["bias"])
-    np.testing.assert_allclose(np.asarray(out), expected, rtol=1e-4, atol=1e-5)
+        prod = prod * np.einsum("bd,rdo->bro", aug, np.asarray(p2[f"factor_{m}"]))
+    expected = np.einsum("bro,r->bo", prod, np.asarray(p2["output_layer"]["kernel"])[:, 0]) + np.asarray(
+        p2["output_layer"]["bias"])[0]
+    np.testing.assert_allclose(np.asarray(paper.apply({"params": p2}, x)[0]), expected, rtol=1e-4, atol=1e-5)
     check_grads(lambda t: module.apply({"params": params}, dict(x, T=t))[0].sum(), (x["T"],), order=1,
                 modes=("rev",), atol=1e-2, rtol=1e-2)
 
