@@ -109,6 +109,7 @@ def compose(arg: str | None = None) -> ml_collections.ConfigDict:
     loss = _resolve("loss", chosen["loss"])
     loss.setdefault("classification", "ce")
     loss.setdefault("extras", {})
+    loss.setdefault("combine", "sum")
     text = dataset.pop("text")
     if "T" in encoders:
         if mode["mode"] != "frozen":
@@ -178,6 +179,13 @@ def validate(cfg) -> None:
         raise ConfigError(f"modality_dropout: {cfg.modality_dropout} must lie in [0, 0.5)")
     if cfg.loss.classification not in ("ce", "weighted", "focal"):
         raise ConfigError(f"loss.classification: {cfg.loss.classification!r} is not one of ce, weighted, focal")
+    from emojax.losses import EXTRA_LOSSES
+
+    for name in cfg.loss.extras:
+        if name not in EXTRA_LOSSES:
+            raise ConfigError(f"loss.extras.{name}: unknown extra loss; choose from {', '.join(EXTRA_LOSSES)}")
+    if cfg.loss.get("combine", "sum") not in ("sum", "uncertainty"):
+        raise ConfigError(f"loss.combine: {cfg.loss.combine!r} is not sum or uncertainty")
     if cfg.precision not in ("float32", "bfloat16"):
         raise ConfigError(f"precision: {cfg.precision!r} is not float32 or bfloat16")
     if cfg.dataset.target not in ("emotion", "sentiment"):

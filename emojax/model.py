@@ -68,6 +68,9 @@ class EmotionModel(nn.Module):
             dims = {m: project for m in self.modalities}
         fusion = fusion_lib.build_fusion(self.fusion["name"], modalities=self.modalities, input_dims=dims,
                                          output_dim=self.hidden_dim, **_options(self.fusion))
+        # The fusion's inputs (after placeholders and projection), for losses that compare the
+        # modalities (CMCL, SCL, FRL): ``apply(..., mutable=["intermediates"])`` returns them.
+        self.sow("intermediates", "fusion_inputs", inputs)
         fused, aux = fusion(inputs, deterministic=deterministic)
         hidden = nn.Dropout(self.dropout)(fused, deterministic=deterministic)
         classifier = classifier_lib.build_classifier(self.classifier["name"], num_classes=self.num_classes,

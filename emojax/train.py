@@ -38,11 +38,17 @@ log = logging.getLogger(__name__)
 # ---------------------------------------------------------------------------------------------
 @flax.struct.dataclass
 class TrainState:
+    """``params``: the model's; ``loss_params``: the extra losses' own trainable parameters (FRL's
+    projectors and predictors, the learned sigmas of uncertainty weighting; ``{}`` when none);
+    ``opt_state`` covers both (``{"model": params, "losses": loss_params}``); ``loss_state``: the
+    stateful losses' state (SPCL pools, APCL prototypes)."""
+
     step: jax.Array
     params: Any
     opt_state: Any
     rng: jax.Array
     loss_state: Any
+    loss_params: Any = flax.struct.field(default_factory=dict)
 
 
 def learning_rate_schedule(cfg, total_steps: int) -> optax.Schedule:
@@ -63,37 +69,57 @@ def make_optimizer(cfg, total_steps: int) -> optax.GradientTransformation:
 
 
 def make_train_step(model: EmotionModel, optimizer: optax.GradientTransformation, *,
-                    loss_kind: str, class_weights: Optional[np.ndarray], extras: dict) -> Callable:
-    """``train_step(state, batch) -> (state, logs)``; ``batch`` has features, present, labels."""
+                    loss_kind: str, class_weights: Optional[np.ndarray], extras: dict,
+                    combine: str = "sum") -> Callable:
+    """``train_step(state, batch) -> (state, logs)``; ``batch`` has features, present, labels.
+
+    The total loss is ``classification + auxiliary (fusion, classifier) + sum_i weight_i extra_i``;
+    with ``combine="uncertainty"`` the classification and extra losses are weighed by learned
+    sigmas instead (``emojax.losses.combine_losses``) and the auxiliary loss is added as is.
+    """
     weights = None if class_weights is None else jnp.asarray(class_weights)
     modalities = model.modalities
+    wants_inputs = any(name in losses_lib.MULTIMODAL_LOSSES for name in extras)
 
     def train_step(state: TrainState, batch: dict):
         rng, dropout_rng, router_rng, modality_rng, loss_rng = jax.random.split(state.rng, 5)
         rngs = {"dropout": dropout_rng, "router": router_rng, "modality": modality_rng}
 
-        def loss_fn(params):
-            logits, aux, fused = model.apply({"params": params}, batch["features"], batch["present"],
-                                             deterministic=False, rngs=rngs)
+        def loss_fn(trainable):
+            params, loss_params = trainable["model"], trainable["losses"]
+            if wants_inputs:
+                (logits, aux, fused), inter = model.apply(
+                    {"params": params}, batch["features"], batch["present"], deterministic=False, rngs=rngs,
+                    mutable=["intermediates"])
+                inputs = inter["intermediates"]["fusion_inputs"][0]
+            else:
+                logits, aux, fused = model.apply({"params": params}, batch["features"], batch["present"],
+                                                 deterministic=False, rngs=rngs)
+                inputs = None
             classification = losses_lib.classification_loss(loss_kind, logits, batch["labels"], weights)
-            total = classification + aux
             logs = {"classification": classification, "auxiliary": aux}
             loss_state = state.loss_state
+            extra = jnp.zeros((), jnp.float32)
             if extras:
                 extra, loss_state, extra_logs = losses_lib.extra_losses(
-                    extras, state.loss_state, embeddings=fused, labels=batch["labels"],
-                    features=batch["features"], fused=fused, logits=logits, rng=loss_rng,
-                    present_modalities=modalities)
-                total = total + extra
+                    extras, state.loss_state, embeddings=fused, labels=batch["labels"], features=inputs,
+                    fused=fused, logits=logits, rng=loss_rng, present_modalities=modalities,
+                    loss_params=loss_params)
                 logs.update(extra_logs)
+            if combine == "uncertainty":
+                named = {"classification": classification, **{k: logs[k] for k in extras if k in logs}}
+                total = losses_lib.combine_losses(named, loss_params) + aux
+            else:
+                total = classification + aux + extra
             return total, (logs, loss_state)
 
-        (loss, (logs, loss_state)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
-        updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
-        params = optax.apply_updates(state.params, updates)
+        trainable = {"model": state.params, "losses": state.loss_params}
+        (loss, (logs, loss_state)), grads = jax.value_and_grad(loss_fn, has_aux=True)(trainable)
+        updates, opt_state = optimizer.update(grads, state.opt_state, trainable)
+        trainable = optax.apply_updates(trainable, updates)
         logs = {"loss": loss, **logs}
-        new_state = state.replace(step=state.step + 1, params=params, opt_state=opt_state, rng=rng,
-                                  loss_state=loss_state)
+        new_state = state.replace(step=state.step + 1, params=trainable["model"], opt_state=opt_state, rng=rng,
+                                  loss_state=loss_state, loss_params=trainable["losses"])
         return new_state, logs
 
     return train_step
@@ -216,20 +242,31 @@ def prepare(cfg, workdir: str | pathlib.Path, category: str = "training") -> Pre
                     model, feature_seconds, stats)
 
 
-def init_state(prep: Prepared, optimizer: optax.GradientTransformation) -> TrainState:
+def init_state(prep: Prepared, optimizer: optax.GradientTransformation, extras: Optional[dict] = None) -> TrainState:
+    """The initial training state; ``extras`` are the extra losses this run uses (default: the
+    config's)."""
     cfg = prep.cfg
     rng = jax.random.PRNGKey(int(cfg.seed))
     init_rng, state_rng, loss_rng = jax.random.split(rng, 3)
     sample = batch_of(prep.features["train"], np.arange(min(2, len(prep.features["train"]))))
     params = prep.model.init({"params": init_rng}, sample["features"], sample["present"],
                              deterministic=True)["params"]
-    loss_state = {}
-    if cfg.loss.extras:
-        _, _, fused = prep.model.apply({"params": params}, sample["features"], sample["present"], deterministic=True)
-        loss_state = losses_lib.init_loss_state(cfg.loss.extras.to_dict(), num_classes=len(prep.class_names),
-                                                embed_dim=int(fused.shape[-1]), rng=loss_rng)
-    return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=optimizer.init(params),
-                      rng=state_rng, loss_state=loss_state)
+    extras = cfg.loss.extras.to_dict() if extras is None else extras
+    combine = cfg.loss.get("combine", "sum")
+    loss_state, loss_params = {}, {}
+    if extras or combine != "sum":
+        (_, _, fused), inter = prep.model.apply({"params": params}, sample["features"], sample["present"],
+                                                deterministic=True, mutable=["intermediates"])
+        inputs = inter["intermediates"]["fusion_inputs"][0]
+        state_rng_, params_rng = jax.random.split(loss_rng)
+        loss_state = losses_lib.init_loss_state(extras, num_classes=len(prep.class_names),
+                                                embed_dim=int(fused.shape[-1]), rng=state_rng_)
+        loss_params = losses_lib.init_loss_params(
+            extras, fused_dim=int(fused.shape[-1]), input_dims={m: int(x.shape[-1]) for m, x in inputs.items()},
+            rng=params_rng, combine=combine, loss_names=("classification", *extras))
+    return TrainState(step=jnp.zeros((), jnp.int32), params=params,
+                      opt_state=optimizer.init({"model": params, "losses": loss_params}),
+                      rng=state_rng, loss_state=loss_state, loss_params=loss_params)
 
 
 def _scores_summary(scores: dict) -> dict:
@@ -258,15 +295,16 @@ def fit(cfg, workdir: str | pathlib.Path, *, category: str = "training", max_epo
     steps_per_epoch = max(1, len(train_data) // batch_size)
     total_steps = steps_per_epoch * int(cfg.train.epochs)
     optimizer = make_optimizer(cfg, total_steps)
-    state = init_state(prep, optimizer)
+    extras = _usable_extras(cfg, prep.model.modalities)
+    state = init_state(prep, optimizer, extras)
     class_weights = None
     if cfg.loss.classification == "weighted":
         from emojax.data.types import inverse_frequency_weights
 
         class_weights = inverse_frequency_weights(train_data.labels, len(prep.class_names))
-    extras = _usable_extras(cfg, prep.model.modalities)
     train_step = jax.jit(make_train_step(prep.model, optimizer, loss_kind=cfg.loss.classification,
-                                         class_weights=class_weights, extras=extras), donate_argnums=0)
+                                         class_weights=class_weights, extras=extras,
+                                         combine=cfg.loss.get("combine", "sum")), donate_argnums=0)
     eval_step = jax.jit(make_eval_step(prep.model))
     eval_batch = int(cfg.train.eval_batch_size)
     metric = cfg.train.select_metric
@@ -337,15 +375,21 @@ def fit(cfg, workdir: str | pathlib.Path, *, category: str = "training", max_epo
 
 
 def _usable_extras(cfg, modalities) -> dict:
+    """The configured extra losses this run can use: those comparing modalities are skipped, with
+    a logged note, on a unimodal run (as is CMCL/SCL without its main modality)."""
     extras = cfg.loss.extras.to_dict() if cfg.loss.extras else {}
-    if not extras:
-        return {}
-    needs_many = getattr(losses_lib, "MULTIMODAL_LOSSES", ())
     usable = {}
     for name, options in extras.items():
-        if name in needs_many and len(modalities) < 2:
+        if name in losses_lib.MULTIMODAL_LOSSES and len(modalities) < 2:
             log.warning("loss %s needs several modalities; skipped on this %s run", name, "+".join(modalities))
             continue
+        if name in ("cmcl", "scl") and options.get("main_modal", "T") not in modalities:
+            log.warning("loss %s: its main modality %s is not in this %s run; skipped", name,
+                        options.get("main_modal", "T"), "+".join(modalities))
+            continue
+        if name == "dist":
+            raise config_lib.ConfigError("loss.extras.dist: distillation needs a teacher's logits, which a "
+                                         "training run does not have; remove dist from loss")
         usable[name] = options
     return usable
 

@@ -5,12 +5,12 @@ import numpy as np
 import pytest
 from jax.test_util import check_grads
 
-from conftest import shared_path
+from conftest import suite_golden
 from emojax import losses
 
 
 def _golden(name):
-    folder = shared_path("fixtures", "suite-golden", name)
+    folder = suite_golden(name)
     return np.load(folder / "inputs.npz"), np.load(folder / "outputs.npz")
 
 
@@ -122,7 +122,7 @@ def test_weighted_cross_entropy_matches_numpy():
 
 
 def test_frl_simsiam_loss_golden_and_sign():
-    folder = shared_path("fixtures", "suite-golden", "loss-frl-simsiam")
+    folder = suite_golden("loss-frl-simsiam")
     from safetensors.numpy import load_file
 
     inputs, outputs, state = np.load(folder / "inputs.npz"), np.load(folder / "outputs.npz"), load_file(
@@ -134,10 +134,14 @@ def test_frl_simsiam_loss_golden_and_sign():
               for theirs, ours in names.items()}
     concat = jnp.concatenate([jnp.asarray(inputs["T"]), jnp.asarray(inputs["A"])], axis=1)
     fused = jnp.asarray(inputs["fused_features"])
-    suite = losses.SimSiamReconstruction(alpha=1.0, sign="suite").apply({"params": params}, fused, concat)
+    suite = losses.reconstruction_loss(params, fused, concat, alpha=1.0, sign="suite")
     np.testing.assert_allclose(float(suite), float(outputs["loss"].reshape(())), rtol=1e-5, atol=1e-6)
-    simsiam = losses.SimSiamReconstruction(alpha=1.0).apply({"params": params}, fused, concat)
+    simsiam = losses.reconstruction_loss(params, fused, concat, alpha=1.0)
     assert float(simsiam) == pytest.approx(-float(suite), rel=1e-6)
+    assert float(losses.reconstruction_loss(params, fused, concat, alpha=1.2)) == pytest.approx(1.2 * float(simsiam))
+    with pytest.raises(ValueError, match="sign"):
+        losses.reconstruction_loss(params, fused, concat, sign="minus")
     # Gradients reach the fused features but never the (stop-gradient) modality features.
-    grad_b = jax.grad(lambda b: losses.SimSiamReconstruction().apply({"params": params}, fused, b))(concat)
+    assert float(jnp.abs(jax.grad(lambda a: losses.reconstruction_loss(params, a, concat))(fused)).max()) > 0
+    grad_b = jax.grad(lambda b: losses.reconstruction_loss(params, fused, b))(concat)
     assert float(jnp.abs(grad_b).max()) == 0.0

@@ -64,7 +64,7 @@ def test_train_text_run_end_to_end(tmp_path, text_meld, tiny_bert, monkeypatch):
     assert calls == []
 
 
-@pytest.mark.parametrize("loss", ["ce", "focal+spcl"])
+@pytest.mark.parametrize("loss", ["ce", "focal+spcl", "weight+apcl+uncertainty"])
 def test_resume_reproduces_uninterrupted_run(tmp_path, text_meld, tiny_bert, loss):
     """Parameters, optimizer, RNG, the SPCL pools and the data order survive a restart."""
     cfg = text_config(text_meld, tiny_bert, epochs=4, loss=loss)
@@ -118,3 +118,70 @@ def test_infer_estimator_and_evaluate(tmp_path, text_meld, tiny_bert):
     np.testing.assert_allclose(list(single["probabilities"].values()), probs[0], atol=1e-5)
     with pytest.raises(FileNotFoundError, match="nope.flac"):
         estimator.predict(text="hi", audio=str(tmp_path / "nope.flac"))
+
+
+def test_train_step_multimodal_losses_uncertainty_total_matches_losses(caplog):
+    """CMCL and FRL on the fusion inputs, weighed by learned sigmas: the step's loss is the
+    uncertainty-weighted sum of the library's losses, and the loss parameters are trained."""
+    from emojax import losses as losses_lib
+    from emojax.model import build_model
+
+    cfg = config_lib.compose("encoders=T+A+V,fusion=vallina,loss=focal+cmcl+frl-meld+uncertainty")
+    cfg.model.dropout = 0.0
+    dims = {"T": 6, "A": 6, "V": 6}  # CMCL compares the modalities' features: one size
+    model = build_model(cfg, dims, 7)
+    rng = np.random.default_rng(0)
+    batch = {"features": {m: rng.normal(size=(8, d)).astype(np.float32) for m, d in dims.items()},
+             "present": {m: np.ones(8, bool) for m in dims},
+             "labels": rng.integers(0, 7, 8).astype(np.int32)}
+
+    class Prep:  # the parts of train.Prepared that init_state reads
+        pass
+
+    prep = Prep()
+    prep.cfg, prep.model, prep.class_names = cfg, model, tuple("abcdefg")
+    prep.features = {"train": train_lib.FeatureSet(batch["features"], batch["present"], batch["labels"],
+                                                   [str(i) for i in range(8)])}
+    optimizer = train_lib.make_optimizer(cfg, 100)
+    extras = train_lib._usable_extras(cfg, model.modalities)
+    state = train_lib.init_state(prep, optimizer, extras)
+    assert set(state.loss_params) == {"frl", "uncertainty"}
+    assert set(state.loss_params["uncertainty"]) == {"classification", "cmcl", "frl"}
+
+    params, loss_params = state.params, state.loss_params
+    logits, aux, fused = model.apply({"params": params}, batch["features"], batch["present"])
+    cls = losses_lib.focal_loss(logits, batch["labels"])
+    cmcl = losses_lib.cmcl_loss(batch["features"], main="T")
+    concat = np.concatenate([batch["features"][m] for m in ("T", "A", "V")], axis=1)
+    frl = losses_lib.reconstruction_loss(loss_params["frl"], fused, concat, alpha=1.0)
+    # sigma = 1 at the start: 0.5 * each loss, log sigma = 0.
+    expected = 0.5 * (cls + cmcl + frl) + aux
+
+    step = jax.jit(train_lib.make_train_step(model, optimizer, loss_kind="focal", class_weights=None,
+                                             extras=extras, combine="uncertainty"))
+    new_state, logs = step(state, batch)
+    np.testing.assert_allclose(float(logs["loss"]), float(expected), rtol=1e-5)
+    np.testing.assert_allclose(float(logs["cmcl"]), float(cmcl), rtol=1e-5)
+    np.testing.assert_allclose(float(logs["frl"]), float(frl), rtol=1e-5)
+    for _ in range(3):
+        new_state, logs = step(new_state, batch)
+    sigmas = new_state.loss_params["uncertainty"]
+    assert all(float(abs(v)) > 0 for v in jax.tree_util.tree_leaves(sigmas))
+    moved = jax.tree_util.tree_map(lambda a, b: float(np.abs(np.asarray(a) - np.asarray(b)).max()),
+                                   new_state.loss_params["frl"], state.loss_params["frl"])
+    assert max(jax.tree_util.tree_leaves(moved)) > 0
+
+    # On a unimodal run the multimodal losses are skipped with a note.
+    text_cfg = config_lib.compose("encoders=T,loss=ce+cmcl+frl-meld+spcl")
+    with caplog.at_level("WARNING"):
+        assert list(train_lib._usable_extras(text_cfg, ("T",))) == ["spcl"]
+    assert "cmcl needs several modalities" in caplog.text and "frl needs several modalities" in caplog.text
+    uneven = build_model(cfg, {"T": 6, "A": 4, "V": 6}, 7)
+    bad = dict(batch, features=dict(batch["features"], A=batch["features"]["A"][:, :4]))
+    prep.model, prep.features["train"].features = uneven, bad["features"]
+    uneven_state = train_lib.init_state(prep, optimizer, extras)
+    uneven_step = train_lib.make_train_step(uneven, optimizer, loss_kind="focal", class_weights=None, extras=extras)
+    with pytest.raises(ValueError, match="project_inputs"):
+        uneven_step(uneven_state, bad)
+    with pytest.raises(config_lib.ConfigError, match="dist"):
+        train_lib._usable_extras(config_lib.compose("encoders=T+A,loss=ce+dist"), ("T", "A"))
