@@ -42,8 +42,12 @@ class EmotionModel(nn.Module):
 
     @nn.compact
     def __call__(self, features: Mapping[str, jax.Array], present: Mapping[str, jax.Array], *,
-                 deterministic: bool = True):
-        """Returns ``(logits (batch, classes) float32, aux_loss scalar, fused (batch, F))``."""
+                 deterministic: bool = True, batch_mask=None):
+        """Returns ``(logits (batch, classes) float32, aux_loss scalar, fused (batch, F))``.
+
+        ``batch_mask (batch,) bool`` marks real rows of a padded batch: with attention across the
+        batch (the suite's mode) padding rows are kept out of the keys, so they change nothing.
+        """
         dims = dict(self.input_dims)
         keep = {m: present[m].astype(bool) for m in self.modalities}
         if not deterministic and self.modality_dropout > 0:
@@ -71,7 +75,7 @@ class EmotionModel(nn.Module):
         # The fusion's inputs (after placeholders and projection), for losses that compare the
         # modalities (CMCL, SCL, FRL): ``apply(..., mutable=["intermediates"])`` returns them.
         self.sow("intermediates", "fusion_inputs", inputs)
-        fused, aux = fusion(inputs, deterministic=deterministic)
+        fused, aux = fusion(inputs, deterministic=deterministic, batch_mask=batch_mask)
         hidden = nn.Dropout(self.dropout)(fused, deterministic=deterministic)
         classifier = classifier_lib.build_classifier(self.classifier["name"], num_classes=self.num_classes,
                                                      **_options(self.classifier))

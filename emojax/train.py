@@ -126,10 +126,12 @@ def make_train_step(model: EmotionModel, optimizer: optax.GradientTransformation
 
 
 def make_eval_step(model: EmotionModel) -> Callable:
-    """``eval_step(params, features, present) -> logits (batch, classes)``."""
+    """``eval_step(params, features, present, batch_mask=None) -> logits (batch, classes)``;
+    ``batch_mask`` marks the real rows of a padded batch."""
 
-    def eval_step(params, features, present):
-        logits, _, _ = model.apply({"params": params}, features, present, deterministic=True)
+    def eval_step(params, features, present, batch_mask=None):
+        logits, _, _ = model.apply({"params": params}, features, present, deterministic=True,
+                                   batch_mask=batch_mask)
         return logits
 
     return eval_step
@@ -160,7 +162,9 @@ def train_batches(data: FeatureSet, batch_size: int, seed: int, epoch: int) -> I
 
 
 def predict_proba(eval_step: Callable, params, data: FeatureSet, batch_size: int) -> np.ndarray:
-    """Class probabilities ``(n, classes)`` for every sample, padding the last batch."""
+    """Class probabilities ``(n, classes)`` for every sample, in batches of ``batch_size`` (the
+    last one padded to that size and masked, so one compiled shape serves every batch and padding
+    rows never reach the real rows through attention across the batch)."""
     n = len(data)
     out = []
     for start in range(0, n, batch_size):
@@ -168,7 +172,8 @@ def predict_proba(eval_step: Callable, params, data: FeatureSet, batch_size: int
         pad = batch_size - len(index) if n > batch_size else 0
         padded = np.concatenate([index, np.full(pad, index[-1])]) if pad else index
         batch = batch_of(data, padded)
-        logits = eval_step(params, batch["features"], batch["present"])
+        mask = np.arange(len(padded)) < len(index)
+        logits = eval_step(params, batch["features"], batch["present"], mask)
         out.append(np.asarray(jax.nn.softmax(logits, axis=-1))[:len(index)])
     return np.concatenate(out) if out else np.zeros((0, 0), np.float32)
 

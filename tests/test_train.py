@@ -185,3 +185,28 @@ def test_train_step_multimodal_losses_uncertainty_total_matches_losses(caplog):
         uneven_step(uneven_state, bad)
     with pytest.raises(config_lib.ConfigError, match="dist"):
         train_lib._usable_extras(config_lib.compose("encoders=T+A,loss=ce+dist"), ("T", "A"))
+
+
+def test_padded_eval_batch_equals_unpadded_in_fusion_across_the_batch():
+    """With the suite's attention across the batch, the padding of the last evaluation batch is
+    masked out: its real rows score as they would alone."""
+    from emojax.model import build_model
+
+    cfg = config_lib.compose("encoders=T+A+V,fusion=DF-1.0+attn")
+    cfg.fusion.project_inputs = 24
+    dims = {"T": 10, "A": 6, "V": 5}
+    model = build_model(cfg, dims, 7)
+    rng = np.random.default_rng(3)
+    n = 11
+    data = train_lib.FeatureSet({m: rng.normal(size=(n, d)).astype(np.float32) for m, d in dims.items()},
+                                {m: np.ones(n, bool) for m in dims}, np.zeros(n, np.int32), [str(i) for i in range(n)])
+    params = model.init(jax.random.PRNGKey(0), data.features, data.present)["params"]
+    eval_step = jax.jit(train_lib.make_eval_step(model))
+    probs = train_lib.predict_proba(eval_step, params, data, batch_size=8)
+    tail = {m: v[8:] for m, v in data.features.items()}
+    alone = jax.nn.softmax(model.apply({"params": params}, tail, {m: v[8:] for m, v in data.present.items()})[0])
+    np.testing.assert_allclose(probs[8:], np.asarray(alone), atol=1e-5)
+    # Without the mask the padding rows would change the real ones (attention across the batch).
+    padded = {m: np.concatenate([v[8:], np.repeat(v[-1:], 5, 0)]) for m, v in data.features.items()}
+    unmasked = jax.nn.softmax(model.apply({"params": params}, padded, {m: np.ones(8, bool) for m in dims})[0])[:3]
+    assert not np.allclose(np.asarray(unmasked), probs[8:], atol=1e-5)
