@@ -40,7 +40,7 @@ PARTS: dict[str, tuple[str, str]] = {
 DEFAULT_PARTS = {key: default for key, (_, default) in PARTS.items()}
 
 # Fields that say where or how often, not what is trained: they stay out of the hash.
-_UNHASHED = ("seed", "dataset.path", "cache", "progress", "workdir")
+_UNHASHED = ("seed", "dataset.path", "cache", "progress", "workdir", "train.devices")
 
 CATEGORIES = ("training", "distillation")
 
@@ -143,6 +143,7 @@ def compose(arg: str | None = None) -> ml_collections.ConfigDict:
             "select_metric": "weighted_f1",
             "keep_epochs": 2,
             "eval_batch_size": 256,
+            "devices": 0,  # data parallel over this many local devices; 0 = all of them
         },
         "precision": "float32",
         "cache": {"dir": "", "host_bytes": 8 << 30, "device_bytes": 4 << 30},

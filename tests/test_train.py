@@ -1,5 +1,6 @@
 """End to end: features -> jit-compiled training -> dev selection -> test scored once; resume."""
 import json
+import pathlib
 import shutil
 
 import jax
@@ -210,3 +211,39 @@ def test_padded_eval_batch_equals_unpadded_in_fusion_across_the_batch():
     padded = {m: np.concatenate([v[8:], np.repeat(v[-1:], 5, 0)]) for m, v in data.features.items()}
     unmasked = jax.nn.softmax(model.apply({"params": params}, padded, {m: np.ones(8, bool) for m in dims})[0])[:3]
     assert not np.allclose(np.asarray(unmasked), probs[8:], atol=1e-5)
+
+
+@pytest.mark.parametrize("loss", ["focal+spcl"])
+def test_data_parallel_8_devices_match_1_device(tmp_path, text_meld, tiny_bert, loss):
+    """Training split over 8 (host) devices gives the parameters, losses and scores of 1 device."""
+    import os
+    import subprocess
+    import sys
+
+    script = pathlib.Path(__file__).parent / "scripts" / "data_parallel_run.py"
+    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8", JAX_PLATFORMS="cpu",
+               PYTHONPATH=str(pathlib.Path(__file__).parents[1]))
+    out = {}
+    for devices in (1, 8):
+        done = subprocess.run([sys.executable, str(script), str(text_meld), str(tiny_bert), str(tmp_path / f"runs{devices}"),
+                               str(devices), loss], env=env, capture_output=True, text=True, timeout=600)
+        assert done.returncode == 0, done.stderr[-3000:]
+        out[devices] = json.loads(done.stdout.strip().splitlines()[-1])
+    assert out[8]["devices"] == 8
+    np.testing.assert_allclose(out[8]["train_loss"], out[1]["train_loss"], rtol=1e-4)
+    np.testing.assert_allclose(out[8]["params"], out[1]["params"], rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(out[8]["dev_wf1"], out[1]["dev_wf1"], atol=1e-6)
+    assert out[8]["test_accuracy"] == out[1]["test_accuracy"]
+
+
+def test_data_parallel_config_errors_name_the_key():
+    cfg = config_lib.compose("encoders=T")
+    cfg.train.devices = jax.local_device_count() + 1
+    with pytest.raises(config_lib.ConfigError, match="train.devices"):
+        train_lib.data_parallel(cfg)
+    cfg.train.devices = 1
+    assert train_lib.data_parallel(cfg) is None
+    # The device count is not part of the config hash: the same run on 1 or 8 devices.
+    other = config_lib.compose("encoders=T")
+    other.train.devices = 8
+    assert config_lib.config_hash(other) == config_lib.config_hash(cfg)

@@ -1,0 +1,32 @@
+"""Train the same tiny text run on N devices and print its history and final parameters' sums.
+
+    XLA_FLAGS=--xla_force_host_platform_device_count=8 python data_parallel_run.py DATA BERT WORKDIR DEVICES LOSS
+"""
+import json
+import sys
+
+import jax
+import numpy as np
+
+from emojax import config as config_lib
+from emojax import train as train_lib
+
+
+def main(data, bert, workdir, devices, loss):
+    cfg = config_lib.compose(f"dataset=MELD--E,encoders=T,loss={loss}")
+    cfg.dataset.path, cfg.encoders.T.model = data, bert
+    cfg.train.update(epochs=3, batch_size=16, lr=1e-2, patience=100, devices=int(devices), eval_batch_size=40)
+    cfg.progress = False
+    run_dir = train_lib.fit(cfg, workdir)
+    prep, _, params, _ = train_lib.load_run(run_dir)
+    history = json.loads((run_dir / "history.json").read_text())
+    results = json.loads((run_dir / "results.json").read_text())
+    print(json.dumps({"devices": jax.local_device_count(), "used": int(devices),
+                      "train_loss": [row["train_loss"] for row in history],
+                      "dev_wf1": [row["dev"]["weighted_f1"] for row in history],
+                      "test_accuracy": results["test"]["accuracy"],
+                      "params": [float(np.asarray(x, np.float64).sum()) for x in jax.tree_util.tree_leaves(params)]}))
+
+
+if __name__ == "__main__":
+    main(*sys.argv[1:])
