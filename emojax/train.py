@@ -68,6 +68,15 @@ def make_optimizer(cfg, total_steps: int) -> optax.GradientTransformation:
     )
 
 
+def compute_params(params, dtype):
+    """The parameters as the forward pass uses them: float32 masters cast to ``dtype``
+    (bfloat16 mixed precision), so every matrix product runs in ``dtype`` while gradients,
+    optimizer state and updates stay float32. LayerNorm, softmax and the losses compute in float32."""
+    if jnp.dtype(dtype) == jnp.float32:
+        return params
+    return jax.tree_util.tree_map(lambda p: p.astype(dtype) if jnp.issubdtype(p.dtype, jnp.floating) else p, params)
+
+
 def make_train_step(model: EmotionModel, optimizer: optax.GradientTransformation, *,
                     loss_kind: str, class_weights: Optional[np.ndarray], extras: dict,
                     combine: str = "sum") -> Callable:
@@ -86,7 +95,7 @@ def make_train_step(model: EmotionModel, optimizer: optax.GradientTransformation
         rngs = {"dropout": dropout_rng, "router": router_rng, "modality": modality_rng}
 
         def loss_fn(trainable):
-            params, loss_params = trainable["model"], trainable["losses"]
+            params, loss_params = compute_params(trainable["model"], model.dtype), trainable["losses"]
             if wants_inputs:
                 (logits, aux, fused), inter = model.apply(
                     {"params": params}, batch["features"], batch["present"], deterministic=False, rngs=rngs,
@@ -130,7 +139,8 @@ def make_eval_step(model: EmotionModel) -> Callable:
     ``batch_mask`` marks the real rows of a padded batch."""
 
     def eval_step(params, features, present, batch_mask=None):
-        logits, _, _ = model.apply({"params": params}, features, present, deterministic=True,
+        logits, _, _ = model.apply({"params": compute_params(params, model.dtype)}, features, present,
+                                   deterministic=True,
                                    batch_mask=batch_mask)
         return logits
 
