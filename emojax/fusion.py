@@ -357,7 +357,8 @@ class DisentanglementFusion(nn.Module):
             private = [SelfAttentionProjector(self.private_dim, 4, 2, name=f"private_projector_{m}", **attention)(
                 features[m], **call) for m in names]
             weights = NoisyRouter(count, name="private_router")(stopped, deterministic=deterministic)
-            private_mix = jnp.einsum("bn,bnk->bk", weights, jnp.stack(private, 1).astype(jnp.float32))
+            stacked = jnp.stack(private, 1)
+            private_mix = jnp.einsum("bn,bnk->bk", weights.astype(stacked.dtype), stacked)
             if self.parts == "private":
                 return private_mix, _zero()
 
@@ -365,7 +366,8 @@ class DisentanglementFusion(nn.Module):
                                                   name="shared_projector", **attention)
         shared = {m: shared_projector(features[m], **call) for m in names}
         weights = NoisyRouter(count, name="shared_router")(stopped, deterministic=deterministic)
-        shared_mix = jnp.einsum("bn,bnk->bk", weights, jnp.stack([shared[m] for m in names], 1).astype(jnp.float32))
+        stacked = jnp.stack([shared[m] for m in names], 1)
+        shared_mix = jnp.einsum("bn,bnk->bk", weights.astype(stacked.dtype), stacked)
 
         aux = _zero()
         if compute_aux or (compute_aux is None and not deterministic) or self.is_initializing():

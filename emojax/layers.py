@@ -37,7 +37,7 @@ class Projector(nn.Module):
     out_dim: int
     depth: int = 1
     dropout: float = 0.0
-    dtype: jnp.dtype = jnp.float32
+    dtype: Optional[jnp.dtype] = None  # None: the dtype of the inputs and parameters
 
     @nn.compact
     def __call__(self, x, *, deterministic: bool = True):
@@ -130,7 +130,7 @@ class SelfAttentionProjector(nn.Module):
                                       name="multihead_attn")(x, x, x, deterministic=deterministic,
                                                              batch_mask=batch_mask)
         h = nn.LayerNorm(epsilon=1e-5, dtype=jnp.float32, name="norm")((attended + x).astype(jnp.float32))
-        h = nn.Dropout(self.dropout)(h, deterministic=deterministic)
+        h = nn.Dropout(self.dropout)(h.astype(x.dtype), deterministic=deterministic)
         return Projector(self.out_dim, self.depth, self.dropout, name="proj")(h, deterministic=deterministic)
 
 
@@ -148,7 +148,7 @@ class CrossAttention(nn.Module):
                                       batch_as_sequence=self.batch_as_sequence, name="multihead_attn")(
             query, key, key, deterministic=deterministic, batch_mask=batch_mask)
         h = nn.LayerNorm(epsilon=1e-5, dtype=jnp.float32, name="norm")((attended + query).astype(jnp.float32))
-        return nn.Dropout(self.dropout)(h, deterministic=deterministic)
+        return nn.Dropout(self.dropout)(h.astype(query.dtype), deterministic=deterministic)
 
 
 class NoisyRouter(nn.Module):
