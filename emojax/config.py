@@ -236,6 +236,8 @@ def config_hash(cfg) -> str:
 
 def loss_label(cfg) -> str:
     names = [cfg.loss.classification] + sorted(cfg.loss.extras.keys())
+    if cfg.loss.get("combine", "sum") != "sum":
+        names.append(cfg.loss.combine)
     return "+".join(names)
 
 

@@ -92,6 +92,8 @@ class _TextFeatures:
     """A frozen text encoder with the dataset's speaker tokens and the configured text format."""
 
     def __init__(self, spec, speaker_tokens: Sequence[str], dtype):
+        import jax.numpy as jnp
+
         from emojax.encoders.text import TextEncoder
 
         self.spec = spec
@@ -102,8 +104,10 @@ class _TextFeatures:
         self.speaker_tokens = list(speaker_tokens) if self.uses_speakers else []
         if self.speaker_tokens:
             self.encoder.add_special_tokens(self.speaker_tokens)
+        # The compute dtype is part of the key: bfloat16 features differ from float32 ones.
         self.namespace = _digest("text", spec.model, self.encoder.weights_hash, spec.pooling,
-                                 int(spec.max_length), int(spec.context_turns), bool(spec.prompt))[:24]
+                                 int(spec.max_length), int(spec.context_turns), bool(spec.prompt),
+                                 str(jnp.dtype(dtype)))[:24]
         self.dim = self.encoder.dim
 
     def texts(self, split: Split) -> list[str]:

@@ -79,8 +79,13 @@ def compute_params(params, dtype):
 
 def make_train_step(model: EmotionModel, optimizer: optax.GradientTransformation, *,
                     loss_kind: str, class_weights: Optional[np.ndarray], extras: dict,
-                    combine: str = "sum") -> Callable:
-    """``train_step(state, batch) -> (state, logs)``; ``batch`` has features, present, labels.
+                    combine: str = "sum", teacher: Optional[EmotionModel] = None) -> Callable:
+    """``train_step(state, batch[, teacher_params]) -> (state, logs)``; ``batch`` has features,
+    present, labels (and, with a ``teacher``, ``teacher_features`` / ``teacher_present``, the
+    teacher's inputs for the same samples).
+
+    With a ``teacher`` model the teacher's logits are computed inside the step from
+    ``teacher_params`` (frozen: stop-gradient, never optimised) and feed the ``dist`` loss.
 
     The total loss is ``classification + auxiliary (fusion, classifier) + sum_i weight_i extra_i``;
     with ``combine="uncertainty"`` the classification and extra losses are weighed by learned
@@ -90,8 +95,14 @@ def make_train_step(model: EmotionModel, optimizer: optax.GradientTransformation
     modalities = model.modalities
     wants_inputs = any(name in losses_lib.MULTIMODAL_LOSSES for name in extras)
 
-    def train_step(state: TrainState, batch: dict):
+    def train_step(state: TrainState, batch: dict, teacher_params=None):
         rng, dropout_rng, router_rng, modality_rng, loss_rng = jax.random.split(state.rng, 5)
+        teacher_logits = None
+        if teacher is not None:
+            teacher_logits, _, _ = teacher.apply({"params": compute_params(teacher_params, teacher.dtype)},
+                                                 batch["teacher_features"], batch["teacher_present"],
+                                                 deterministic=True)
+            teacher_logits = jax.lax.stop_gradient(teacher_logits)
         rngs = {"dropout": dropout_rng, "router": router_rng, "modality": modality_rng}
 
         def loss_fn(trainable):
@@ -113,7 +124,7 @@ def make_train_step(model: EmotionModel, optimizer: optax.GradientTransformation
                 extra, loss_state, extra_logs = losses_lib.extra_losses(
                     extras, state.loss_state, embeddings=fused, labels=batch["labels"], features=inputs,
                     fused=fused, logits=logits, rng=loss_rng, present_modalities=modalities,
-                    loss_params=loss_params)
+                    loss_params=loss_params, teacher_logits=teacher_logits)
                 logs.update(extra_logs)
             if combine == "uncertainty":
                 named = {"classification": classification, **{k: logs[k] for k in extras if k in logs}}
@@ -164,11 +175,13 @@ def batch_of(data: FeatureSet, index: np.ndarray) -> dict:
 
 
 def train_batches(data: FeatureSet, batch_size: int, seed: int, epoch: int) -> Iterator[dict]:
+    """The training batches of an epoch; each also carries ``index``, its rows in ``data``."""
     order = epoch_order(seed, epoch, len(data))
     # The last short batch is dropped in training (one compiled shape); every sample is still
     # seen across epochs because the order changes.
     for start in range(0, len(order) - batch_size + 1, batch_size):
-        yield batch_of(data, order[start:start + batch_size])
+        index = order[start:start + batch_size]
+        yield {**batch_of(data, index), "index": index}
 
 
 def predict_proba(eval_step: Callable, params, data: FeatureSet, batch_size: int,
@@ -349,12 +362,25 @@ def _scores_summary(scores: dict) -> dict:
     return {k: scores[k] for k in ("accuracy", "weighted_f1", "macro_f1")}
 
 
-def fit(cfg, workdir: str | pathlib.Path, *, category: str = "training", max_epochs: Optional[int] = None) -> pathlib.Path:
+def fit(cfg, workdir: str | pathlib.Path, *, category: str = "training", max_epochs: Optional[int] = None,
+        teacher: Optional[str | pathlib.Path] = None) -> pathlib.Path:
     """Train (or resume) the run ``cfg`` describes under ``workdir``; returns its run directory.
 
     ``max_epochs`` stops after that many epochs of this call without finishing the run (used
     to exercise resuming); the run then continues when ``fit`` is called again.
+
+    ``teacher`` (a finished run directory, typically a text-only run) makes this a distillation
+    run, placed under ``checkpoints/distillation/``: the teacher is scored and its test metrics
+    printed first; the student starts from the teacher's parameters wherever a tensor of the
+    same path and shape exists; the teacher's logits, computed inside the jitted step from its
+    frozen parameters, feed the configured ``dist`` loss for all student modalities at once.
     """
+    if teacher is not None:
+        category = "distillation"
+        if "dist" not in cfg.loss.extras:
+            raise config_lib.ConfigError("loss: a distillation run needs the dist loss; add it, e.g. loss=focal+dist")
+    elif category == "distillation":
+        raise config_lib.ConfigError("a distillation run needs a teacher run directory (--teacher=RUN_DIR)")
     # -- data, features, model ------------------------------------------------------------
     prep = prepare(cfg, workdir, category)
     run_dir = prep.run_dir
@@ -365,14 +391,20 @@ def fit(cfg, workdir: str | pathlib.Path, *, category: str = "training", max_epo
     train_data, dev_data = prep.features["train"], prep.features.get("dev")
     if dev_data is None:
         raise ValueError(f"{cfg.dataset.path}: no dev split; model selection needs one")
+    distill = load_teacher(teacher, prep, workdir) if teacher is not None else None
 
     # -- optimizer and state --------------------------------------------------------------
     batch_size = min(int(cfg.train.batch_size), len(train_data))
     steps_per_epoch = max(1, len(train_data) // batch_size)
     total_steps = steps_per_epoch * int(cfg.train.epochs)
     optimizer = make_optimizer(cfg, total_steps)
-    extras = _usable_extras(cfg, prep.model.modalities)
+    extras = _usable_extras(cfg, prep.model.modalities, distillation=distill is not None)
     state = init_state(prep, optimizer, extras)
+    if distill is not None:
+        params, copied = transfer_matching(state.params, distill.params)
+        log.info("student: %d of %d parameter tensors start from the teacher's", copied,
+                 len(jax.tree_util.tree_leaves(state.params)))
+        state = state.replace(params=params, opt_state=optimizer.init({"model": params, "losses": state.loss_params}))
     class_weights = None
     if cfg.loss.classification == "weighted":
         from emojax.data.types import inverse_frequency_weights
@@ -380,7 +412,10 @@ def fit(cfg, workdir: str | pathlib.Path, *, category: str = "training", max_epo
         class_weights = inverse_frequency_weights(train_data.labels, len(prep.class_names))
     train_step = jax.jit(make_train_step(prep.model, optimizer, loss_kind=cfg.loss.classification,
                                          class_weights=class_weights, extras=extras,
-                                         combine=cfg.loss.get("combine", "sum")), donate_argnums=0)
+                                         combine=cfg.loss.get("combine", "sum"),
+                                         teacher=distill.model if distill is not None else None),
+                         donate_argnums=0)
+    teacher_args = (distill.params,) if distill is not None else ()
     parallel = data_parallel(cfg)
     if parallel is not None and batch_size % parallel.count:
         raise config_lib.ConfigError(f"train.batch_size: the {len(train_data)} training samples give batches of "
@@ -413,9 +448,12 @@ def fit(cfg, workdir: str | pathlib.Path, *, category: str = "training", max_epo
         bar = tqdm(train_batches(train_data, batch_size, int(cfg.seed), epoch), total=steps_per_epoch,
                    desc=f"epoch {epoch}/{total_epochs}", disable=not cfg.progress, leave=False)
         for batch in bar:
+            if distill is not None:
+                batch.update(distill.batch(batch["index"]))
+            batch.pop("index", None)
             if parallel is not None:
                 batch = parallel.shard(batch)
-            state, logs = train_step(state, batch)
+            state, logs = train_step(state, batch, *teacher_args)
             losses.append(logs["loss"])
             if len(losses) % 10 == 0 or len(losses) == steps_per_epoch:
                 postfix = {"loss": f"{float(np.mean(jax.device_get(losses[-10:]))):.4f}"}
@@ -459,7 +497,81 @@ def fit(cfg, workdir: str | pathlib.Path, *, category: str = "training", max_epo
     return run_dir
 
 
-def _usable_extras(cfg, modalities) -> dict:
+# ---------------------------------------------------------------------------------------------
+# Distillation from a teacher run
+# ---------------------------------------------------------------------------------------------
+@dataclasses.dataclass
+class Teacher:
+    """A finished run used as a frozen teacher: its model, parameters and, for the student's
+    training split, its inputs row-aligned with the student's samples."""
+
+    run_dir: pathlib.Path
+    model: EmotionModel
+    params: Any
+    train: FeatureSet  # the teacher's features, in the student's training order of samples
+    scores: dict
+
+    def batch(self, index: np.ndarray) -> dict:
+        rows = batch_of(self.train, index)
+        return {"teacher_features": rows["features"], "teacher_present": rows["present"]}
+
+
+def transfer_matching(student, teacher) -> tuple[Any, int]:
+    """``student`` with every tensor replaced by the teacher's of the same path and shape;
+    returns the new tree and how many tensors were copied."""
+    from flax.traverse_util import flatten_dict, unflatten_dict
+
+    flat_teacher = flatten_dict(jax.device_get(dict(teacher)))
+    flat = flatten_dict(dict(student))
+    copied = 0
+    for path, value in flat.items():
+        source = flat_teacher.get(path)
+        if source is not None and np.shape(source) == np.shape(value):
+            flat[path] = jnp.asarray(source, dtype=value.dtype)
+            copied += 1
+    return unflatten_dict(flat), copied
+
+
+def load_teacher(teacher_dir, prep: Prepared, workdir) -> Teacher:
+    """Load the teacher run, check it fits the student's dataset, score it on dev and test
+    (printed, as the suite did) and align its training features with the student's."""
+    teacher_dir = pathlib.Path(teacher_dir)
+    if not (teacher_dir / "results.json").exists():
+        raise ckpt_lib.CheckpointError(f"{teacher_dir}: not a finished run (no results.json); train the teacher first")
+    t_prep, t_eval, t_params, _ = load_run(teacher_dir, workdir)
+    cfg, t_cfg = prep.cfg, t_prep.cfg
+    if (t_cfg.dataset.name, t_cfg.dataset.target) != (cfg.dataset.name, cfg.dataset.target) or \
+            tuple(t_prep.class_names) != tuple(prep.class_names):
+        raise config_lib.ConfigError(f"teacher {teacher_dir}: trained on {t_cfg.dataset.name} ({t_cfg.dataset.target}), "
+                                     f"the student on {cfg.dataset.name} ({cfg.dataset.target}); they must match")
+    scores = {}
+    for split in ("dev", "test"):
+        if split in t_prep.features:
+            scores[split] = _scores_summary(score(t_eval, t_params, t_prep.features[split], len(t_prep.class_names),
+                                                  int(t_cfg.train.eval_batch_size)))
+    line = "  ".join(f"{split} acc {100 * v['accuracy']:.2f} wF1 {100 * v['weighted_f1']:.2f}"
+                     for split, v in scores.items())
+    message = f"teacher {config_lib.run_label(t_cfg)}: {line}"
+    log.warning(message)
+    if cfg.progress:
+        tqdm.write(message)
+    student_train, teacher_train = prep.features["train"], t_prep.features["train"]
+    position = {uid: i for i, uid in enumerate(teacher_train.uids)}
+    missing = [uid for uid in student_train.uids if uid not in position]
+    if missing:
+        raise config_lib.ConfigError(f"teacher {teacher_dir}: has no training sample {missing[0]} of the student's "
+                                     f"dataset ({len(missing)} missing); train the teacher on the same data")
+    order = np.array([position[uid] for uid in student_train.uids])
+    aligned = FeatureSet({m: v[order] for m, v in teacher_train.features.items()},
+                         {m: v[order] for m, v in teacher_train.present.items()},
+                         teacher_train.labels[order], list(student_train.uids))
+    ckpt_lib.write_json_atomic(prep.run_dir / "teacher.json", {"run_dir": str(teacher_dir.resolve()),
+                                                               "label": config_lib.run_label(t_cfg),
+                                                               "scores": scores})
+    return Teacher(teacher_dir, t_prep.model, t_params, aligned, scores)
+
+
+def _usable_extras(cfg, modalities, distillation: bool = False) -> dict:
     """The configured extra losses this run can use: those comparing modalities are skipped, with
     a logged note, on a unimodal run (as is CMCL/SCL without its main modality)."""
     extras = cfg.loss.extras.to_dict() if cfg.loss.extras else {}
@@ -472,9 +584,9 @@ def _usable_extras(cfg, modalities) -> dict:
             log.warning("loss %s: its main modality %s is not in this %s run; skipped", name,
                         options.get("main_modal", "T"), "+".join(modalities))
             continue
-        if name == "dist":
-            raise config_lib.ConfigError("loss.extras.dist: distillation needs a teacher's logits, which a "
-                                         "training run does not have; remove dist from loss")
+        if name == "dist" and not distillation:
+            raise config_lib.ConfigError("loss.extras.dist: distillation needs a teacher's logits; give a teacher "
+                                         "run (--teacher=RUN_DIR) or remove dist from loss")
         usable[name] = options
     return usable
 

@@ -5,7 +5,8 @@ r"""Train and evaluate one run.
       --config.seed=114 --config.dataset.path=datasets/MELD --workdir=runs
 
 Prints the dev and test metrics of the epoch selected on dev; the last line printed is the run
-directory. Started again with the same config, a killed run resumes from its last epoch.
+directory. ``--teacher=RUN_DIR`` distils a finished (text) run into this one in the same training
+run (``loss=...+dist``); the teacher's dev and test scores are printed first. Started again with the same config, a killed run resumes from its last epoch.
 """
 import logging as std_logging
 import sys
@@ -26,6 +27,9 @@ _CONFIG = config_flags.DEFINE_config_file(
     "config", "configs/train.py", "Run config: configs/train.py:key=value,... (see configs/train.py).",
     lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", "runs", "Folder for checkpoints and the feature cache.")
+_TEACHER = flags.DEFINE_string(
+    "teacher", None, "A finished run directory (e.g. a text-only run) to distil from: the run goes under "
+    "checkpoints/distillation/ and needs the dist loss (loss=focal+dist).")
 
 
 def main(argv):
@@ -39,7 +43,7 @@ def main(argv):
         raise app.UsageError(f"config: {err}") from None
     logging.info("run: %s", config_lib.run_label(cfg))
     try:
-        run_dir = fit(cfg, _WORKDIR.value)
+        run_dir = fit(cfg, _WORKDIR.value, teacher=_TEACHER.value)
     except USER_ERRORS as err:
         sys.exit(f"error: {err}")
     print((run_dir / "metrics.md").read_text() if (run_dir / "metrics.md").exists()

@@ -289,3 +289,16 @@ def test_bfloat16_step_computes_in_bfloat16_keeps_float32_masters():
     assert logs["loss"].dtype == np.float32 and np.isfinite(float(logs["loss"]))
     leaves = jax.tree_util.tree_leaves((new_state.params, new_state.opt_state))
     assert all(leaf.dtype in (np.float32, np.int32) for leaf in leaves if hasattr(leaf, "dtype"))
+
+
+def test_feature_cache_key_changes_with_precision_and_pooling(text_meld, tiny_bert):
+    from emojax.features import Featurizer
+
+    cfg = text_config(text_meld, tiny_bert)
+    spaces = {}
+    for precision, pooling in (("float32", "mean"), ("bfloat16", "mean"), ("float32", "cls")):
+        cfg.precision, cfg.encoders.T.pooling = precision, pooling
+        spaces[precision, pooling] = Featurizer(cfg).encoders["T"].namespace
+    assert len(set(spaces.values())) == 3
+    cfg.precision, cfg.encoders.T.pooling = "float32", "mean"
+    assert Featurizer(cfg).encoders["T"].namespace == spaces["float32", "mean"]
