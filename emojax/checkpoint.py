@@ -44,8 +44,11 @@ def write_json_atomic(path: str | pathlib.Path, payload: Any) -> None:
 class RunCheckpoints:
     """Save / restore the training state and the best parameters of one run."""
 
-    def __init__(self, run_dir: str | pathlib.Path, keep_epochs: int = 2):
+    def __init__(self, run_dir: str | pathlib.Path, keep_epochs: int = 2, primary: bool = True):
+        """``primary``: whether this process writes ``progress.json`` (process 0 of a multi-host
+        run; the Orbax checkpoints are written by all processes together)."""
         self.run_dir = pathlib.Path(run_dir).absolute()
+        self.primary = primary
         options = ocp.CheckpointManagerOptions(max_to_keep=keep_epochs, create=True)
         self._state = ocp.CheckpointManager(self.run_dir / "state", options=options)
         self._best = ocp.CheckpointManager(self.run_dir / "best",
@@ -64,12 +67,14 @@ class RunCheckpoints:
 
     def save_epoch(self, epoch: int, state, progress: dict, *, best_params=None) -> None:
         """Checkpoint ``state`` after ``epoch`` (and ``best_params`` when this epoch is the best)."""
+        # One save at a time: in a multi-host run each save ends at a barrier named by its step.
         self._state.save(epoch, args=ocp.args.StandardSave(state))
+        self._state.wait_until_finished()
         if best_params is not None:
             self._best.save(epoch, args=ocp.args.StandardSave(best_params))
-        self._state.wait_until_finished()
-        self._best.wait_until_finished()
-        write_json_atomic(self.progress_path, progress)
+            self._best.wait_until_finished()
+        if self.primary:
+            write_json_atomic(self.progress_path, progress)
 
     def restore_state(self, epoch: int, target):
         if epoch not in self._state.all_steps():

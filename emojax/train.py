@@ -225,7 +225,9 @@ class DataParallel:
     so N devices compute what one device computes on the same batch, up to float rounding.
 
     This is the successor of ``jax.pmap`` for this use: one program, sharded arrays, no
-    per-device code. Build it with :func:`data_parallel`.
+    per-device code. In a multi-host run (:mod:`emojax.distributed`) the devices are those of
+    every process; each process passes the same global batch and contributes its own rows.
+    Build it with :func:`data_parallel`.
     """
 
     def __init__(self, devices):
@@ -235,6 +237,7 @@ class DataParallel:
         self.mesh = Mesh(np.array(self.devices), ("data",))
         self.replicated = NamedSharding(self.mesh, PartitionSpec())
         self.split = NamedSharding(self.mesh, PartitionSpec("data"))
+        self.processes = jax.process_count()
 
     @property
     def count(self) -> int:
@@ -244,15 +247,34 @@ class DataParallel:
         return -(-size // self.count) * self.count
 
     def replicate(self, tree):
-        return jax.device_put(tree, self.replicated)
+        if self.processes == 1:
+            return jax.device_put(tree, self.replicated)
+        return jax.tree_util.tree_map(
+            lambda x: jax.make_array_from_process_local_data(self.replicated, np.asarray(x)), tree)
 
     def shard(self, tree):
-        return jax.device_put(tree, self.split)
+        if self.processes == 1:
+            return jax.device_put(tree, self.split)
+        index, count = jax.process_index(), self.processes
+
+        def local_rows(x):
+            x = np.asarray(x)
+            rows = x.shape[0] // count
+            return jax.make_array_from_process_local_data(self.split, x[index * rows:(index + 1) * rows], x.shape)
+
+        return jax.tree_util.tree_map(local_rows, tree)
 
 
 def data_parallel(cfg) -> Optional[DataParallel]:
-    """The :class:`DataParallel` for ``cfg.train.devices`` (0 = every local device), or ``None``
-    for one device. The training batch must split evenly across the devices."""
+    """The :class:`DataParallel` for ``cfg.train.devices`` (0 = every local device; in a
+    multi-host run every device of every process), or ``None`` for one device. The training
+    batch must split evenly across the devices."""
+    if jax.process_count() > 1:
+        devices = jax.devices()
+        if int(cfg.train.batch_size) % len(devices):
+            raise config_lib.ConfigError(f"train.batch_size: {cfg.train.batch_size} does not split evenly across "
+                                         f"the {len(devices)} devices of {jax.process_count()} processes")
+        return DataParallel(devices)
     wanted = int(cfg.train.get("devices", 0))
     local = jax.local_devices()
     if wanted < 0 or wanted > len(local):
@@ -386,8 +408,10 @@ def fit(cfg, workdir: str | pathlib.Path, *, category: str = "training", max_epo
     run_dir = prep.run_dir
     run_dir.mkdir(parents=True, exist_ok=True)
     _check_same_config(cfg, run_dir)
-    config_lib.save_config(cfg, run_dir / "config.json")
-    _write_meta(prep)
+    primary = jax.process_index() == 0  # in a multi-host run only process 0 writes files
+    if primary:
+        config_lib.save_config(cfg, run_dir / "config.json")
+        _write_meta(prep)
     train_data, dev_data = prep.features["train"], prep.features.get("dev")
     if dev_data is None:
         raise ValueError(f"{cfg.dataset.path}: no dev split; model selection needs one")
@@ -410,22 +434,26 @@ def fit(cfg, workdir: str | pathlib.Path, *, category: str = "training", max_epo
         from emojax.data.types import inverse_frequency_weights
 
         class_weights = inverse_frequency_weights(train_data.labels, len(prep.class_names))
+    parallel = data_parallel(cfg)
+    # Multi-device: every output replicated, so each process reads the same numbers.
+    outputs = {} if parallel is None else {"out_shardings": parallel.replicated}
     train_step = jax.jit(make_train_step(prep.model, optimizer, loss_kind=cfg.loss.classification,
                                          class_weights=class_weights, extras=extras,
                                          combine=cfg.loss.get("combine", "sum"),
                                          teacher=distill.model if distill is not None else None),
-                         donate_argnums=0)
+                         donate_argnums=0, **outputs)
     teacher_args = (distill.params,) if distill is not None else ()
-    parallel = data_parallel(cfg)
+    if distill is not None and parallel is not None:
+        teacher_args = (parallel.replicate(distill.params),)
     if parallel is not None and batch_size % parallel.count:
         raise config_lib.ConfigError(f"train.batch_size: the {len(train_data)} training samples give batches of "
                                      f"{batch_size}, which do not split across {parallel.count} devices")
-    eval_step = jax.jit(make_eval_step(prep.model))
+    eval_step = jax.jit(make_eval_step(prep.model), **outputs)
     eval_batch = int(cfg.train.eval_batch_size)
     metric = cfg.train.select_metric
 
     # -- resume ---------------------------------------------------------------------------
-    checkpoints = ckpt_lib.RunCheckpoints(run_dir, keep_epochs=int(cfg.train.keep_epochs))
+    checkpoints = ckpt_lib.RunCheckpoints(run_dir, keep_epochs=int(cfg.train.keep_epochs), primary=primary)
     progress = checkpoints.progress() or {"epoch": 0, "history": [], "best_epoch": 0, "best_score": -1.0,
                                           "bad_epochs": 0, "finished": False}
     if progress["epoch"] > 0:
@@ -479,7 +507,7 @@ def fit(cfg, workdir: str | pathlib.Path, *, category: str = "training", max_epo
             progress["bad_epochs"] += 1
         if progress["bad_epochs"] >= int(cfg.train.patience) or epoch >= total_epochs:
             progress["finished"] = True
-        if cfg.progress:
+        if cfg.progress and primary:
             tqdm.write(f"epoch {epoch}: loss {train_loss:.4f}  dev acc {100 * dev_scores['accuracy']:.2f}  "
                        f"dev wF1 {100 * dev_scores['weighted_f1']:.2f}  ({seconds:.1f}s)"
                        + ("  *" if improved else ""))
@@ -493,7 +521,7 @@ def fit(cfg, workdir: str | pathlib.Path, *, category: str = "training", max_epo
     # -- the selected epoch, scored once on dev and test -----------------------------------
     best_params = checkpoints.restore_best(state.params, progress["best_epoch"])
     checkpoints.close()
-    write_results(prep, eval_step, best_params, progress)
+    write_results(prep, eval_step, best_params, progress, parallel=parallel, write=primary)
     return run_dir
 
 
@@ -565,7 +593,8 @@ def load_teacher(teacher_dir, prep: Prepared, workdir) -> Teacher:
     aligned = FeatureSet({m: v[order] for m, v in teacher_train.features.items()},
                          {m: v[order] for m, v in teacher_train.present.items()},
                          teacher_train.labels[order], list(student_train.uids))
-    ckpt_lib.write_json_atomic(prep.run_dir / "teacher.json", {"run_dir": str(teacher_dir.resolve()),
+    if jax.process_index() == 0:
+        ckpt_lib.write_json_atomic(prep.run_dir / "teacher.json", {"run_dir": str(teacher_dir.resolve()),
                                                                "label": config_lib.run_label(t_cfg),
                                                                "scores": scores})
     return Teacher(teacher_dir, t_prep.model, t_params, aligned, scores)
@@ -611,8 +640,10 @@ def _write_meta(prep: Prepared) -> None:
     ckpt_lib.write_json_atomic(prep.run_dir / "meta.json", meta)
 
 
-def write_results(prep: Prepared, eval_step: Callable, params, progress: dict) -> dict:
-    """Score dev and test with ``params``; write results.json, history, tables and plots."""
+def write_results(prep: Prepared, eval_step: Callable, params, progress: dict, *,
+                  parallel: Optional[DataParallel] = None, write: bool = True) -> dict:
+    """Score dev and test with ``params``; write results.json, history, tables and plots
+    (unless ``write`` is false: the other processes of a multi-host run score, and stay silent)."""
     cfg, run_dir, names = prep.cfg, prep.run_dir, prep.class_names
     results: dict = {"best_epoch": progress["best_epoch"], "label": config_lib.run_label(cfg),
                      "hash": config_lib.config_hash(cfg), "seed": int(cfg.seed), "class_names": list(names)}
@@ -622,14 +653,19 @@ def write_results(prep: Prepared, eval_step: Callable, params, progress: dict) -
             results[split] = {"scored": False, "reason": f"no {split} split in {cfg.dataset.path}"}
             report += [f"### {split}", "", f"not scored: no {split} split in {cfg.dataset.path}", ""]
             continue
-        scores = score(eval_step, params, prep.features[split], len(names), int(cfg.train.eval_batch_size))
+        scores = score(eval_step, params, prep.features[split], len(names), int(cfg.train.eval_batch_size),
+                       parallel)
         scores["class_names"] = list(names)
         results[split] = {"scored": True, **scores}
+        if not write:
+            continue
         metrics_lib.plot_confusion(scores["confusion"], names, run_dir / f"confusion_{split}.png",
                                    title=f"{split}: acc {100 * scores['accuracy']:.2f}, "
                                          f"wF1 {100 * scores['weighted_f1']:.2f}")
         report += [metrics_lib.format_table(scores, names, title=split), "",
                    metrics_lib.format_confusion(scores["confusion"], names), ""]
+    if not write:
+        return results
     ckpt_lib.write_json_atomic(run_dir / "results.json", results)
     ckpt_lib.write_json_atomic(run_dir / "history.json", progress["history"])
     metrics_lib.plot_history(progress["history"], run_dir / "history.png", cfg.train.select_metric)

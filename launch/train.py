@@ -32,9 +32,24 @@ _TEACHER = flags.DEFINE_string(
     "checkpoints/distillation/ and needs the dist loss (loss=focal+dist).")
 
 
+_DISTRIBUTED = flags.DEFINE_bool(
+    "distributed", False, "Join a multi-host run (jax.distributed): with no other flag the cluster is detected "
+    "(SLURM, Open MPI, cloud TPU/GPU); otherwise give the three flags below.")
+_COORDINATOR = flags.DEFINE_string("coordinator_address", None, "host:port of process 0, for --distributed.")
+_NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Number of processes, for --distributed.")
+_PROCESS_ID = flags.DEFINE_integer("process_id", None, "This process's id (0 writes the files), for --distributed.")
+
+
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    if _DISTRIBUTED.value:
+        from emojax import distributed
+
+        try:
+            distributed.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
+        except (RuntimeError, ValueError) as err:
+            sys.exit(f"error: {err}")
     std_logging.getLogger("absl").setLevel(std_logging.WARNING)
     cfg = _CONFIG.value
     try:
@@ -46,6 +61,10 @@ def main(argv):
         run_dir = fit(cfg, _WORKDIR.value, teacher=_TEACHER.value)
     except USER_ERRORS as err:
         sys.exit(f"error: {err}")
+    import jax
+
+    if jax.process_index() != 0:
+        return
     print((run_dir / "metrics.md").read_text() if (run_dir / "metrics.md").exists()
           else "training stopped before the run finished; start the same command again to resume")
     print(run_dir)

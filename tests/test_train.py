@@ -302,3 +302,37 @@ def test_feature_cache_key_changes_with_precision_and_pooling(text_meld, tiny_be
     assert len(set(spaces.values())) == 3
     cfg.precision, cfg.encoders.T.pooling = "float32", "mean"
     assert Featurizer(cfg).encoders["T"].namespace == spaces["float32", "mean"]
+
+
+def test_multihost_two_processes_match_single_process(tmp_path, text_meld, tiny_bert):
+    """Two processes on localhost (jax.distributed, CPU devices) train as one: both end with the
+    single-process losses and dev scores; only process 0 writes the run's files."""
+    import os
+    import socket
+    import subprocess
+    import sys
+
+    scripts = pathlib.Path(__file__).parent / "scripts"
+    env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=str(pathlib.Path(__file__).parents[1]))
+    env.pop("XLA_FLAGS", None)
+    single = subprocess.run([sys.executable, str(scripts / "data_parallel_run.py"), str(text_meld), str(tiny_bert),
+                             str(tmp_path / "single"), "1", "focal+spcl"], env=env, capture_output=True, text=True,
+                            timeout=600)
+    assert single.returncode == 0, single.stderr[-3000:]
+    reference = json.loads(single.stdout.strip().splitlines()[-1])
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    procs = [subprocess.Popen([sys.executable, str(scripts / "multihost_run.py"), str(text_meld), str(tiny_bert),
+                               str(tmp_path / "multi"), str(i), "2", str(port), "focal+spcl"],
+                              env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for i in range(2)]
+    outs = [p.communicate(timeout=600) for p in procs]
+    for p, (out, err) in zip(procs, outs):
+        assert p.returncode == 0, err[-3000:]
+    results = [json.loads(out.strip().splitlines()[-1]) for out, _ in outs]
+    assert [r["process"] for r in results] == [0, 1] and results[0]["global_devices"] == 2
+    for r in results:
+        np.testing.assert_allclose(r["train_loss"], reference["train_loss"], rtol=1e-4)
+        np.testing.assert_allclose(r["dev_wf1"], reference["dev_wf1"], atol=1e-6)
+    run_dirs = list((tmp_path / "multi").glob("checkpoints/training/*/*/*/*"))
+    assert len(run_dirs) == 1 and (run_dirs[0] / "results.json").exists()
