@@ -90,7 +90,7 @@ def test_prototype_loss_matches_numpy(decoupled):
     np.testing.assert_allclose(float(out), _numpy_prototype_loss(x, y, 0.08, decoupled), rtol=1e-4)
 
 
-def test_spcl_ring_buffer_keeps_most_recent():
+def test_spcl_loss_ring_buffer_keeps_most_recent():
     state = losses.spcl_init(jax.random.PRNGKey(0), num_classes=2, dim=3, pool_size=2)
     e = jnp.arange(12, dtype=jnp.float32).reshape(4, 3)
     state = losses.spcl_update(state, e, jnp.asarray([0, 0, 0, 1]))
@@ -99,7 +99,7 @@ def test_spcl_ring_buffer_keeps_most_recent():
     np.testing.assert_array_equal(np.asarray(state["pools"][0]), np.asarray(e[jnp.asarray([2, 1])]))
 
 
-def test_uncertainty_weighting_matches_formula_and_jit():
+def test_uncertainty_weighted_loss_matches_formula_and_jit():
     values, sigmas = jnp.asarray([0.5, 2.0, 1.5]), jnp.asarray([0.7, 1.3, 2.0])
     expected = (0.5 / np.asarray(sigmas)) @ np.asarray(values) + np.log(np.asarray(sigmas)).sum()
     np.testing.assert_allclose(losses.uncertainty_weighted(values, sigmas), expected, rtol=1e-6)
@@ -107,7 +107,7 @@ def test_uncertainty_weighting_matches_formula_and_jit():
     check_grads(lambda s: losses.uncertainty_weighted(values, s), (sigmas,), order=2, atol=1e-2, rtol=1e-2)
 
 
-def test_weighted_cross_entropy_matches_numpy():
+def test_weighted_cross_entropy_loss_matches_numpy():
     rng = np.random.default_rng(1)
     logits = rng.normal(size=(8, 4)).astype(np.float32)
     labels = rng.integers(0, 4, size=8)
