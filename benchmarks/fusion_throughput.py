@@ -1,6 +1,7 @@
 r"""Training-step throughput of fusion heads on precomputed T+A+V features.
 
-    python benchmarks/fusion_throughput.py [--batch=32 --dim=768 --steps=50]
+    python benchmarks/fusion_throughput.py [--batch=32 --dim=768 --steps=50 --precision=float32]
+    XLA_FLAGS=--xla_force_host_platform_device_count=8 python benchmarks/fusion_throughput.py --devices=1,8
 
 Times the jit-compiled train step (forward, backward, AdamW update) of the DF-1.0 + attention
 head (the suite's configuration: disentanglement fusion applied to the features directly) and of
@@ -14,15 +15,18 @@ from absl import app, flags
 
 from emojax import config as config_lib
 from emojax.model import build_model
-from emojax.train import TrainState, make_optimizer, make_train_step
+from emojax.train import DataParallel, TrainState, make_optimizer, make_train_step
 
 _BATCH = flags.DEFINE_integer("batch", 32, "Batch size.")
 _DIM = flags.DEFINE_integer("dim", 768, "Feature size of every modality.")
 _STEPS = flags.DEFINE_integer("steps", 50, "Timed steps (after two warm-up steps).")
+_DEVICES = flags.DEFINE_list("devices", ["1"], "Device counts to measure (data parallel over the local devices).")
+_PRECISION = flags.DEFINE_enum("precision", "float32", ["float32", "bfloat16"], "Compute precision.")
 
 
-def measure(parts: str, overrides: dict) -> dict:
+def measure(parts: str, overrides: dict, devices: int = 1) -> dict:
     cfg = config_lib.compose(f"encoders=T+A+V,{parts}")
+    cfg.precision = _PRECISION.value
     for key, value in overrides.items():
         cfg.fusion[key] = value
     batch, dim, classes = _BATCH.value, _DIM.value, 7
@@ -35,8 +39,13 @@ def measure(parts: str, overrides: dict) -> dict:
     optimizer = make_optimizer(cfg, 1000)
     state = TrainState(step=jax.numpy.zeros((), jax.numpy.int32), params=params, opt_state=optimizer.init({"model": params, "losses": {}}),
                        rng=jax.random.PRNGKey(1), loss_state={})
-    step = jax.jit(make_train_step(model, optimizer, loss_kind=cfg.loss.classification, class_weights=None,
-                                   extras={}), donate_argnums=0)
+    step_fn = make_train_step(model, optimizer, loss_kind=cfg.loss.classification, class_weights=None, extras={})
+    if devices > 1:
+        parallel = DataParallel(jax.local_devices()[:devices])
+        state, data = parallel.replicate(state), parallel.shard(data)
+        step = jax.jit(step_fn, donate_argnums=0, out_shardings=parallel.replicated)
+    else:
+        step = jax.jit(step_fn, donate_argnums=0)
     for _ in range(2):
         state, logs = step(state, data)
     jax.block_until_ready(logs["loss"])
@@ -51,19 +60,22 @@ def measure(parts: str, overrides: dict) -> dict:
 
 def main(argv):
     del argv
-    rows = {
-        "DF-1.0 + attention (suite: batch attention)": measure("fusion=DF-1.0+attn,loss=focal", {"project_inputs": 0}),
-        "DF-1.0 + attention, per-sample attention": measure("fusion=DF-1.0+attn,loss=focal",
-                                                            {"project_inputs": 0, "batch_as_sequence": False}),
-        "vanilla concat": measure("fusion=vallina,loss=focal", {}),
+    heads = {
+        "DF-1.0 + attention (suite: batch attention)": ("fusion=DF-1.0+attn,loss=focal", {"project_inputs": 0}),
+        "DF-1.0 + attention, per-sample attention": ("fusion=DF-1.0+attn,loss=focal",
+                                                     {"project_inputs": 0, "batch_as_sequence": False}),
+        "vanilla concat": ("fusion=vallina,loss=focal", {}),
     }
-    print(f"device: {jax.devices()[0].device_kind}, {jax.device_count()} device(s); batch {_BATCH.value}, "
-          f"T+A+V features of {_DIM.value}, 7 classes, float32")
+    print(f"device: {jax.devices()[0].device_kind}, {jax.local_device_count()} local device(s); batch {_BATCH.value}, "
+          f"T+A+V features of {_DIM.value}, 7 classes, {_PRECISION.value}")
     print()
-    print("| head | parameters | train steps/s | samples/s |")
-    print("|---|---:|---:|---:|")
-    for name, row in rows.items():
-        print(f"| {name} | {row['params']:,} | {row['steps_per_s']:.1f} | {row['samples_per_s']:.0f} |")
+    print("| head | devices | parameters | train steps/s | samples/s |")
+    print("|---|---:|---:|---:|---:|")
+    for name, (parts, overrides) in heads.items():
+        for devices in (int(d) for d in _DEVICES.value):
+            row = measure(parts, overrides, devices)
+            print(f"| {name} | {devices} | {row['params']:,} | {row['steps_per_s']:.1f} | {row['samples_per_s']:.0f} |",
+                  flush=True)
 
 
 if __name__ == "__main__":
