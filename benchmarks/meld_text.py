@@ -1,6 +1,6 @@
 r"""MELD emotion, text only, frozen all-MiniLM-L6-v2: which frozen text path scores best on dev.
 
-    python benchmarks/meld_text.py --data=../shared/datasets/MELD --workdir=runs/bench-meld-text
+    python benchmarks/meld_text.py --data=../shared/datasets/MELD --workdir=runs/bench-meld-text [--seeds=1,2,3,4]
 
 Trains the emojax head once per text-path combination (pooling, context turns, prompt, length)
 and prints a Markdown table of dev accuracy / weighted F1, the first epoch's time (features
@@ -11,6 +11,7 @@ import json
 import pathlib
 import time
 
+import numpy as np
 from absl import app, flags
 
 from emojax import config as config_lib
@@ -20,7 +21,9 @@ _DATA = flags.DEFINE_string("data", "../shared/datasets/MELD", "MELD folder (tra
 _WORKDIR = flags.DEFINE_string("workdir", "runs/bench-meld-text", "Where runs and the feature cache go.")
 _ONLY = flags.DEFINE_list("only", [], "Run only these combination names.")
 _LOSS = flags.DEFINE_string("loss", "ce", "Loss part.")
-_SEED = flags.DEFINE_integer("seed", 0, "Seed.")
+_SEED = flags.DEFINE_integer("seed", 0, "Seed of the timed run.")
+_SEEDS = flags.DEFINE_list("seeds", [], "Further seeds: each combination is also trained with these (features "
+                           "cached) and the mean, std and min over all its seeds are reported.")
 
 # name -> (pooling, context_turns, prompt, max_length)
 COMBINATIONS = {
@@ -70,6 +73,16 @@ def main(argv):
         if name == "mean/utt/64":
             prep = train_lib.prepare(cfg, _WORKDIR.value)
             row["probe"] = {k: 100 * v for k, v in probe(prep).items()}
+        if _SEEDS.value:
+            scores = [(row["dev_accuracy"], row["dev_weighted_f1"])]
+            for seed in _SEEDS.value:
+                cfg.seed = int(seed)
+                other = json.loads((train_lib.fit(cfg, _WORKDIR.value) / "results.json").read_text())
+                scores.append((100 * other["dev"]["accuracy"], 100 * other["dev"]["weighted_f1"]))
+            scores = np.array(scores)
+            row["seeds"] = {"n": len(scores), "accuracy_mean": scores[:, 0].mean(), "accuracy_std": scores[:, 0].std(),
+                            "weighted_f1_mean": scores[:, 1].mean(), "weighted_f1_std": scores[:, 1].std(),
+                            "weighted_f1_min": scores[:, 1].min()}
         rows.append(row)
         print(json.dumps(row), flush=True)
     print()
@@ -78,6 +91,10 @@ def main(argv):
     for row in rows:
         print(f"| {row['name']} | {row['dev_accuracy']:.2f} | {row['dev_weighted_f1']:.2f} | {row['best_epoch']} "
               f"| {row['first_epoch_s']:.1f} (features {row['feature_s']:.1f}) | {row['later_epoch_s']:.2f} |")
+        if "seeds" in row:
+            q = row["seeds"]
+            print(f"| {row['name']}, {q['n']} seeds: mean ± std (min) | {q['accuracy_mean']:.2f} ± {q['accuracy_std']:.2f} "
+                  f"| {q['weighted_f1_mean']:.2f} ± {q['weighted_f1_std']:.2f} ({q['weighted_f1_min']:.2f}) | | | |")
         if "probe" in row:
             print(f"| sklearn logistic-regression probe, same features | {row['probe']['accuracy']:.2f} "
                   f"| {row['probe']['weighted_f1']:.2f} | - | - | - |")
