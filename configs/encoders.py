@@ -3,6 +3,18 @@
 The part name is the modality set (``T``, ``A``, ``V``, ``T+A``, ``T+V``, ``A+V``, ``T+A+V``).
 Every modality has a default encoder; override any field, e.g.
 ``--config.encoders.T.model=roberta-large``.
+
+Families (``encoders.X.family``; ``model`` is a hub id or a local Hugging Face folder):
+
+* T: ``bert`` (BERT / RoBERTa, and ModernBERT detected by the checkpoint's ``model_type``),
+  ``modernbert`` (ModernBERT only);
+* A: ``classic-audio`` (librosa statistics), ``whisper``, ``wav2vec2`` (wav2vec2 and
+  data2vec-audio, by ``model_type``);
+* V: ``classic-video`` (OpenCV statistics), ``videomae``, ``clip`` (CLIP vision tower per frame).
+
+``encoders.A.pooling`` / ``encoders.V.pooling``: ``default`` (the suite's choice: the first
+position, mean over valid frames for Whisper) or ``mean``; wav2vec2 / VideoMAE / CLIP also take
+``first``. See ``emojax.encoders.media_encoders``.
 """
 
 TEXT = {"family": "bert", "model": "sentence-transformers/all-MiniLM-L6-v2"}

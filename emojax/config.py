@@ -170,6 +170,20 @@ def validate(cfg) -> None:
     extra = [m for m in cfg.encoders if m not in mods]
     if extra:
         raise ConfigError(f"encoders.{extra[0]}: modality {extra[0]!r} is not in modalities={cfg.modalities!r}")
+    from emojax.encoders.media_encoders import FAMILIES as MEDIA_FAMILIES
+
+    families = {"T": ("bert", "modernbert"),
+                "A": ("classic-audio", *(f for f, (m, _) in MEDIA_FAMILIES.items() if m == "A")),
+                "V": ("classic-video", *(f for f, (m, _) in MEDIA_FAMILIES.items() if m == "V"))}
+    for m in mods:
+        family = cfg.encoders[m].get("family")
+        if family not in families[m]:
+            raise ConfigError(f"encoders.{m}.family: {family!r} is not one of {', '.join(families[m])}")
+        pooling = cfg.encoders[m].get("pooling", "default")
+        allowed = MEDIA_FAMILIES[family][1] if family in MEDIA_FAMILIES else ("default",)
+        if m != "T" and pooling not in allowed:
+            raise ConfigError(f"encoders.{m}.pooling: {pooling!r} is not supported by family {family!r}; "
+                              f"choose from {', '.join(allowed)}")
     fusion_min = int(cfg.fusion.get("min_modalities", 1))
     if len(mods) < fusion_min:
         raise ConfigError(f"fusion: {cfg.fusion.preset!r} fuses at least {fusion_min} modalities, "

@@ -133,6 +133,9 @@ class _MediaFeatures:
             classic.audio_features if modality == "A" else classic.video_features)
         self.dim = classic.AUDIO_DIM if modality == "A" else classic.VIDEO_DIM
         self.namespace = _digest(spec.family, classic.FEATURE_VERSION, spec.get("pooling", "default"))[:24]
+        # path -> why it could not be read, for callers that report unreadable files per input
+        # (emojax.inference.predict_table); cleared by whoever reads it.
+        self.errors: dict[str, str] = {}
 
     def compute_one(self, path: str) -> Optional[np.ndarray]:
         from emojax.data.media import MediaError
@@ -141,6 +144,7 @@ class _MediaFeatures:
             return np.asarray(self.function(path), dtype=np.float32)
         except MediaError as err:
             log.warning("skipping %s input: %s", self.modality, err)
+            self.errors[str(path)] = str(err)
             return None
 
 
@@ -163,11 +167,24 @@ class Featurizer:
             if modality == "T":
                 self.encoders[modality] = _TextFeatures(spec, speaker_tokens, dtype)
                 self.encoders[modality].encoder.name = spec.model
+                # family "bert" reads BERT / RoBERTa / ModernBERT by the checkpoint's model_type;
+                # "modernbert" insists on a ModernBERT checkpoint.
+                from emojax.encoders.modernbert import ModernBertConfig
+
+                if spec.get("family", "bert") == "modernbert" and not isinstance(
+                        self.encoders[modality].encoder.config, ModernBertConfig):
+                    raise ValueError(f"encoders.T.family: 'modernbert', but {spec.model} is not a ModernBERT "
+                                     "checkpoint (config.json model_type); use family=bert")
             elif spec.family in ("classic-audio", "classic-video"):
                 self.encoders[modality] = _MediaFeatures(modality, spec)
             else:
-                raise ValueError(f"encoders.{modality}.family: {spec.family!r} has no frozen "
-                                 "feature path; choose classic-audio / classic-video")
+                from emojax.encoders import media_encoders
+
+                if spec.family not in media_encoders.FAMILIES:
+                    raise ValueError(f"encoders.{modality}.family: {spec.family!r} has no frozen feature path; "
+                                     "choose classic-audio / classic-video / whisper / wav2vec2 / videomae / clip")
+                # Batched neural encoder (Whisper, wav2vec2 / data2vec-audio, VideoMAE, CLIP).
+                self.encoders[modality] = media_encoders.media_encoder(modality, spec, dtype)
         self.dims = {m: enc.dim for m, enc in self.encoders.items()}
 
     # -- whole splits ---------------------------------------------------------------------
@@ -198,6 +215,8 @@ class Featurizer:
         keys = [_digest(file_identity(paths[i])) for i in available]
 
         def compute(indices):
+            if not hasattr(encoder, "compute_one"):  # batched neural encoders: NaN rows for unreadable files
+                return encoder.compute([paths[available[i]] for i in indices], progress=self.progress)
             rows = []
             for i in tqdm(indices, desc=f"{modality} features ({split.name})", disable=not self.progress,
                           leave=False):

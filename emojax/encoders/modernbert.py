@@ -80,6 +80,11 @@ class ModernBertConfig:
     def head_dim(self) -> int:
         return self.hidden_size // self.num_heads
 
+    @property
+    def max_length(self) -> int:
+        """Longest input in tokens (as :attr:`emojax.encoders.bert.BertConfig.max_length`)."""
+        return self.max_positions
+
     def is_global(self, layer: int) -> bool:
         """Whether layer ``layer`` attends globally (else within the local window)."""
         return layer % self.global_every == 0

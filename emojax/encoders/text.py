@@ -1,4 +1,4 @@
-"""A frozen text encoder: transformers' tokenizer + the pure-function BERT + pooling.
+"""A frozen text encoder: transformers' tokenizer + the pure-function BERT (or ModernBERT) + pooling.
 
     encoder = TextEncoder.from_pretrained("sentence-transformers/all-MiniLM-L6-v2", pooling="mean")
     encoder.add_special_tokens(["<s0>", "<s1>"])         # speaker tokens, mean-initialised rows
@@ -8,6 +8,11 @@ Pooling: ``mask`` = hidden state at the last mask token of each text (the prompt
 ``Now <sK> feels [MASK]``), ``mean`` = mean over valid tokens, ``cls`` = first token.
 Texts longer than ``max_length`` tokens are truncated from the left, so the end (the current
 utterance and the prompt) is kept.
+
+``from_pretrained`` picks the encoder by the checkpoint's ``config.json`` ``model_type``:
+``modernbert`` runs :func:`emojax.encoders.modernbert.modernbert_apply`, anything else BERT /
+RoBERTa (:func:`emojax.encoders.bert.bert_apply`). Speaker tokens, pooling and hashing work the
+same for both.
 """
 from __future__ import annotations
 
@@ -23,6 +28,7 @@ from tqdm.auto import tqdm
 
 from emojax.encoders import hub
 from emojax.encoders.bert import BertConfig, bert_apply, grow_embeddings, load_bert, params_hash
+from emojax.encoders.modernbert import ModernBertConfig, load_modernbert, modernbert_apply
 
 POOLINGS = ("mask", "mean", "cls")
 # Sequence lengths a batch is padded to: one compilation per bucket actually used.
@@ -52,19 +58,21 @@ def pool_hidden(hidden, attention_mask, input_ids, *, pooling: str, mask_token_i
 @functools.partial(jax.jit, static_argnames=("config", "dtype", "pooling", "mask_token_id"))
 def _pooled_features(params, input_ids, attention_mask, *, config, dtype, pooling, mask_token_id):
     """Jitted forward + pooling; encoders of the same architecture share its compilations."""
-    hidden = bert_apply(params, input_ids, attention_mask, config=config, dtype=dtype)
+    apply = modernbert_apply if isinstance(config, ModernBertConfig) else bert_apply
+    hidden = apply(params, input_ids, attention_mask, config=config, dtype=dtype)
     return pool_hidden(hidden, attention_mask, input_ids, pooling=pooling, mask_token_id=mask_token_id)
 
 
 class TextEncoder:
-    """Tokenizer + BERT/RoBERTa parameters + pooling, for frozen feature extraction.
+    """Tokenizer + BERT/RoBERTa/ModernBERT parameters + pooling, for frozen feature extraction.
 
-    Attributes: ``params`` (pytree, float32), ``config`` (:class:`BertConfig`), ``tokenizer``
+    Attributes: ``params`` (pytree, float32), ``config`` (:class:`BertConfig` or
+    :class:`~emojax.encoders.modernbert.ModernBertConfig`), ``tokenizer``
     (a transformers tokenizer truncating from the left), ``pooling``, ``max_length``, ``dtype``
     (matmul dtype of the forward pass).
     """
 
-    def __init__(self, name: str, tokenizer, params, config: BertConfig, *, pooling: str = "mean",
+    def __init__(self, name: str, tokenizer, params, config: BertConfig | ModernBertConfig, *, pooling: str = "mean",
                  max_length: int = 128, dtype=jnp.float32):
         if pooling not in POOLINGS:
             raise ValueError(f"pooling {pooling!r} is not one of {POOLINGS}")
@@ -90,7 +98,8 @@ class TextEncoder:
     @classmethod
     def from_pretrained(cls, name_or_path: str | os.PathLike, *, pooling: str = "mean", max_length: int = 128,
                         dtype=jnp.float32, preprocessing: Optional[str | os.PathLike] = None) -> "TextEncoder":
-        """Encoder of a BERT / RoBERTa checkpoint (local folder or hub id) with its tokenizer.
+        """Encoder of a BERT / RoBERTa / ModernBERT checkpoint (local folder or hub id) with its
+        tokenizer; the family is the ``model_type`` of its ``config.json``.
 
         ``preprocessing``: a folder written by :meth:`save_preprocessing`; the tokens added
         there are added again, in the same order, so token ids and embedding rows match.
@@ -98,7 +107,10 @@ class TextEncoder:
         from transformers import AutoTokenizer
 
         folder = hub.resolve_model(name_or_path)
-        params, config = load_bert(str(folder))
+        if hub.load_config(folder).get("model_type") == "modernbert":
+            params, config = load_modernbert(str(folder))
+        else:
+            params, config = load_bert(str(folder))
         try:
             tokenizer = AutoTokenizer.from_pretrained(str(folder), truncation_side="left")
         except (OSError, ValueError) as err:

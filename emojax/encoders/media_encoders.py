@@ -1,0 +1,404 @@
+"""Frozen neural media encoders for whole splits: Whisper, wav2vec2 / data2vec-audio, VideoMAE, CLIP.
+
+    encoder = media_encoder("A", spec, dtype=jnp.float32)    # spec: {"family", "model", "pooling"}
+    matrix = encoder.compute(["a.flac", "b.flac"])           # (2, encoder.dim) float32
+
+Each family wraps one of the pure-function encoders of this package behind the interface
+``emojax.features.Featurizer`` uses for a modality: ``dim``, ``namespace`` (the feature-cache
+namespace: a digest of the family, the model, the weights hash of the loaded parameters, the
+preprocessing settings, the pooling and the compute dtype) and a batched
+``compute(paths) -> (n, dim)``. A file that cannot be read (``MediaError``) gives a NaN row, a
+logged ``skipping ...`` warning and an entry in ``errors`` (path -> reason), like the classic
+encoders; the featurizer then treats the modality as missing for that sample.
+
+Preprocessing is transformers' own for the checkpoint, read from the model folder
+(``preprocessor_config.json``; defaults sized from the model's config when the folder has none):
+
+=========  ================================  =====================================================
+family     input                             preprocessing
+=========  ================================  =====================================================
+whisper    mono audio at the extractor rate  ``WhisperFeatureExtractor``: log-mel, padded / cut to
+                                             its window (30 s for the released models)
+wav2vec2   mono audio at the extractor rate  ``Wav2Vec2FeatureExtractor``: per-utterance
+           (data2vec-audio too, by the       normalisation, zero-padded to the clip's length
+           checkpoint's ``model_type``)      bucket (1, 2, 4, 8, 16 or 30 s; longer clips cut)
+videomae   ``num_frames`` frames (the        ``VideoMAEImageProcessor`` (resize, centre crop,
+           config's) spread over the clip    rescale, normalise)
+clip       ``CLIP_FRAMES`` frames spread     ``CLIPImageProcessor`` per frame
+           over the clip
+=========  ================================  =====================================================
+
+Pooling (``encoders.X.pooling``; ``default`` is the suite's choice):
+
+* whisper: ``default`` = ``mean`` = mean over the encoder frames that cover real audio
+  (:func:`emojax.encoders.whisper.whisper_pool`); Whisper has no class position.
+* wav2vec2: ``default`` = ``first`` = the first frame; ``mean`` = mean over the valid frames.
+* videomae: ``default`` = ``first`` = the first token; ``mean`` = the token mean, followed by the
+  checkpoint's ``fc_norm`` when it has one (transformers' video classifier).
+* clip: ``default`` = ``first`` = each frame's pooled class token (``post_layernorm``), averaged
+  over the frames (:func:`emojax.encoders.clip_vision.clip_video_features`); ``mean`` = the mean
+  of every token of every frame's last hidden state.
+
+Compiled shapes stay fixed: every call runs ``BATCH_SIZE`` rows (a short batch repeats its last
+input), Whisper and the video encoders have one input shape, wav2vec2 one per length bucket, and
+each sample is padded to its own bucket, so its feature does not depend on the other files
+computed with it.
+"""
+from __future__ import annotations
+
+import dataclasses
+import functools
+import hashlib
+import json
+import logging
+import pathlib
+from typing import Any, Optional, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from tqdm.auto import tqdm
+
+from emojax.encoders import hub
+
+log = logging.getLogger(__name__)
+
+FEATURE_VERSION = 1
+BATCH_SIZE = 8  # rows of every compiled call
+CLIP_FRAMES = 8  # frames CLIP encodes per video (one image each)
+WAV2VEC2_BUCKETS_S = (1, 2, 4, 8, 16, 30)  # padded lengths of wav2vec2 inputs, seconds; longer clips are cut
+
+# family -> (modality, poolings accepted in encoders.X.pooling); "default" resolves per family.
+FAMILIES: dict[str, tuple[str, tuple[str, ...]]] = {
+    "whisper": ("A", ("default", "mean")),
+    "wav2vec2": ("A", ("default", "first", "mean")),
+    "videomae": ("V", ("default", "first", "mean")),
+    "clip": ("V", ("default", "first", "mean")),
+}
+DEFAULT_POOLING = {"whisper": "mean", "wav2vec2": "first", "videomae": "first", "clip": "first"}
+
+
+def resolve_pooling(family: str, pooling: str) -> str:
+    """The pooling a family runs for ``encoders.X.pooling`` (``default``: the suite's choice)."""
+    if family not in FAMILIES:
+        raise ValueError(f"unknown media encoder family {family!r}; choose from {', '.join(FAMILIES)}")
+    allowed = FAMILIES[family][1]
+    if pooling not in allowed:
+        raise ValueError(f"pooling {pooling!r} is not supported by {family}; choose from {', '.join(allowed)}")
+    return DEFAULT_POOLING[family] if pooling == "default" else pooling
+
+
+def _settings(processor) -> dict:
+    """A feature extractor's / image processor's settings, JSON-ready (arrays as lists)."""
+    def plain(value):
+        if isinstance(value, np.ndarray):
+            return value.tolist()
+        if isinstance(value, dict):
+            return {str(k): plain(v) for k, v in value.items()}
+        if isinstance(value, (list, tuple)):
+            return [plain(v) for v in value]
+        if isinstance(value, (str, int, float, bool)) or value is None:
+            return value
+        return repr(value)
+
+    return {k: plain(v) for k, v in processor.to_dict().items() if not k.startswith("_")}
+
+
+def _digest(*parts) -> str:
+    blob = json.dumps(parts, sort_keys=True, default=str).encode()
+    return hashlib.sha256(blob).hexdigest()
+
+
+# -- jitted forward passes (module level: encoders of one architecture share compilations) -----
+
+@functools.partial(jax.jit, static_argnames=("config", "dtype"))
+def _whisper_features(params, mel, mel_mask, *, config, dtype):
+    from emojax.encoders.whisper import whisper_apply, whisper_pool
+
+    return whisper_pool(whisper_apply(params, mel, config=config, dtype=dtype), mel_mask)
+
+
+@functools.partial(jax.jit, static_argnames=("config", "dtype", "pooling", "masked"))
+def _wav2vec2_features(params, audio, mask, *, config, dtype, pooling, masked):
+    from emojax.encoders.wav2vec2 import wav2vec2_apply, wav2vec2_pool
+
+    hidden = wav2vec2_apply(params, audio, mask if masked else None, config=config, dtype=dtype)
+    return wav2vec2_pool(hidden, mask, config=config, pooling=pooling)
+
+
+@functools.partial(jax.jit, static_argnames=("config", "dtype", "pooling"))
+def _videomae_features(params, pixels, *, config, dtype, pooling):
+    from emojax.encoders.videomae import videomae_apply, videomae_pool
+
+    hidden = videomae_apply(params, pixels, config=config, dtype=dtype)
+    if pooling == "first":
+        return hidden[:, 0]
+    return videomae_pool(params, hidden, config=dataclasses.replace(config, use_mean_pooling=True))
+
+
+@functools.partial(jax.jit, static_argnames=("config", "dtype", "pooling"))
+def _clip_features(params, frames, *, config, dtype, pooling):
+    from emojax.encoders.clip_vision import clip_video_features, clip_vision_apply
+
+    if pooling == "first":
+        return clip_video_features(params, frames, config=config, pooling="mean", dtype=dtype)
+    batch, count = frames.shape[:2]
+    hidden, _ = clip_vision_apply(params, frames.reshape((batch * count,) + frames.shape[2:]), config=config,
+                                  dtype=dtype)
+    return hidden.reshape(batch, -1, hidden.shape[-1]).mean(axis=1)
+
+
+# -- the encoders ------------------------------------------------------------------------------
+
+class _MediaEncoder:
+    """Shared batching, skipping and hashing; a family supplies ``load``, ``bucket`` and ``run``."""
+
+    family: str = ""
+    modality: str = ""
+
+    def __init__(self, spec, dtype=jnp.float32):
+        from emojax.encoders.bert import params_hash
+
+        self.spec = spec
+        self.model = str(spec["model"])
+        self.pooling = resolve_pooling(self.family, str(spec.get("pooling", "default")))
+        self.dtype = dtype
+        self.folder = hub.resolve_model(self.model)
+        self.params, self.config = self._load_model()
+        self.weights_hash = params_hash(self.params, repr(self.config))
+        self.batch_size = BATCH_SIZE
+        self.namespace = _digest(self.family, FEATURE_VERSION, self.model, self.weights_hash, self.preprocessing(),
+                                 self.pooling, str(jnp.dtype(self.dtype)))[:24]
+        # path -> why it could not be read (see emojax.inference.predict_table); cleared by the reader.
+        self.errors: dict[str, str] = {}
+
+    # a family's parts
+    def _load_model(self) -> tuple[Any, Any]:
+        raise NotImplementedError
+
+    def preprocessing(self) -> dict:
+        """What decides the model input besides the file (part of the cache namespace)."""
+        raise NotImplementedError
+
+    def load(self, path: str):
+        """The decoded, preprocessed input of one file (raises ``MediaError``)."""
+        raise NotImplementedError
+
+    def bucket(self, item) -> Any:
+        """Inputs with the same bucket are batched together (one compiled shape per bucket)."""
+        return None
+
+    def run(self, items: Sequence, bucket) -> np.ndarray:
+        """Features ``(len(items), dim)`` of exactly ``batch_size`` items."""
+        raise NotImplementedError
+
+    # shared
+    def compute(self, paths: Sequence[str], progress: bool = False) -> np.ndarray:
+        """Features ``(len(paths), dim)`` float32; rows of unreadable files are NaN."""
+        from emojax.data.media import MediaError
+
+        out = np.full((len(paths), self.dim), np.nan, np.float32)
+        pending: dict[Any, list[tuple[int, Any]]] = {}
+
+        def flush(key):
+            group = pending.pop(key)
+            items = [item for _, item in group]
+            items += [items[-1]] * (self.batch_size - len(items))  # fixed rows: repeat the last input
+            values = np.asarray(self.run(items, key), np.float32)
+            for row, (index, _) in enumerate(group):
+                out[index] = values[row]
+
+        for index, path in enumerate(tqdm(list(paths), desc=f"{self.family} features", disable=not progress,
+                                          leave=False)):
+            try:
+                item = self.load(str(path))
+            except MediaError as err:
+                log.warning("skipping %s input: %s", self.modality, err)
+                self.errors[str(path)] = str(err)
+                continue
+            key = self.bucket(item)
+            pending.setdefault(key, []).append((index, item))
+            if len(pending[key]) == self.batch_size:
+                flush(key)
+        for key in list(pending):
+            flush(key)
+        return out
+
+
+class WhisperFeatures(_MediaEncoder):
+    """Whisper encoder; pooled over the frames of real audio."""
+
+    family, modality = "whisper", "A"
+
+    def _load_model(self):
+        from emojax.encoders.whisper import load_whisper, load_whisper_feature_extractor
+
+        params, config = load_whisper(str(self.folder))
+        self.extractor = load_whisper_feature_extractor(str(self.folder), config=config)
+        if self.extractor.nb_max_frames > config.max_mel_frames:
+            raise hub.WeightError(f"{self.folder}: the feature extractor makes {self.extractor.nb_max_frames} mel "
+                                  f"frames but the encoder takes at most {config.max_mel_frames}; fix "
+                                  "preprocessor_config.json (chunk_length)")
+        return params, config
+
+    @property
+    def dim(self) -> int:
+        return self.config.hidden_size
+
+    def preprocessing(self) -> dict:
+        return {"extractor": _settings(self.extractor)}
+
+    def load(self, path):
+        from emojax.data.media import read_audio
+
+        return read_audio(path, int(self.extractor.sampling_rate))
+
+    def run(self, items, bucket):
+        from emojax.encoders.whisper import whisper_preprocess
+
+        mel, mask = whisper_preprocess(items, self.extractor, sampling_rate=int(self.extractor.sampling_rate))
+        return _whisper_features(self.params, jnp.asarray(mel), jnp.asarray(mask), config=self.config,
+                                 dtype=self.dtype)
+
+
+class Wav2Vec2Features(_MediaEncoder):
+    """wav2vec2 or data2vec-audio (by the checkpoint's ``model_type``); inputs padded per length bucket.
+
+    Layer-norm checkpoints get the sample mask, as transformers does; group-norm ones
+    (wav2vec2-base) run unmasked as transformers advises, the mask then only selecting the frames
+    that ``mean`` pooling averages.
+    """
+
+    family, modality = "wav2vec2", "A"
+
+    def _load_model(self):
+        from emojax.encoders.wav2vec2 import load_wav2vec2, load_wav2vec2_feature_extractor
+
+        params, config = load_wav2vec2(str(self.folder))
+        self.extractor = load_wav2vec2_feature_extractor(str(self.folder))
+        self.masked = config.feat_extract_norm == "layer"
+        rate = int(self.extractor.sampling_rate)
+        self.buckets = tuple(max(int(s * rate), config.receptive_field) for s in WAV2VEC2_BUCKETS_S)
+        return params, config
+
+    @property
+    def dim(self) -> int:
+        return self.config.hidden_size
+
+    def preprocessing(self) -> dict:
+        return {"extractor": _settings(self.extractor), "buckets": self.buckets, "masked": self.masked}
+
+    def load(self, path):
+        from emojax.data.media import read_audio
+
+        return read_audio(path, int(self.extractor.sampling_rate))[: self.buckets[-1]]
+
+    def bucket(self, item) -> int:
+        return next(b for b in self.buckets if b >= len(item))
+
+    def preprocess(self, items, bucket) -> tuple[np.ndarray, np.ndarray]:
+        """``(input_values, attention_mask)`` ``(len(items), bucket)``: the extractor's output
+        padded to ``bucket`` samples."""
+        waves = [np.asarray(w, np.float32) for w in items]
+        out = self.extractor(waves, sampling_rate=int(self.extractor.sampling_rate), padding="max_length",
+                             max_length=int(bucket), truncation=True, return_attention_mask=True, return_tensors="np")
+        return np.asarray(out["input_values"], np.float32), np.asarray(out["attention_mask"], np.int32)
+
+    def run(self, items, bucket):
+        audio, mask = self.preprocess(items, bucket)
+        return _wav2vec2_features(self.params, jnp.asarray(audio), jnp.asarray(mask), config=self.config,
+                                  dtype=self.dtype, pooling=self.pooling, masked=self.masked)
+
+
+class VideoMAEFeatures(_MediaEncoder):
+    """VideoMAE over the config's ``num_frames`` frames of each clip."""
+
+    family, modality = "videomae", "V"
+
+    def _load_model(self):
+        from transformers import VideoMAEImageProcessor
+
+        from emojax.encoders.videomae import load_videomae
+
+        params, config = load_videomae(str(self.folder))
+        if (self.folder / "preprocessor_config.json").exists():
+            self.processor = VideoMAEImageProcessor.from_pretrained(str(self.folder))
+        else:
+            height, width = config.image_size
+            self.processor = VideoMAEImageProcessor(size={"shortest_edge": min(height, width)},
+                                                    crop_size={"height": height, "width": width})
+        return params, config
+
+    @property
+    def dim(self) -> int:
+        return self.config.hidden_size
+
+    def preprocessing(self) -> dict:
+        return {"processor": _settings(self.processor), "num_frames": self.config.num_frames}
+
+    def load(self, path):
+        from emojax.data.media import read_video_frames
+
+        frames = read_video_frames(path, num_frames=self.config.num_frames)
+        pixels = self.processor([list(frames)], return_tensors="np")["pixel_values"][0]
+        return np.asarray(pixels, np.float32)  # (frames, channels, height, width)
+
+    def run(self, items, bucket):
+        return _videomae_features(self.params, jnp.asarray(np.stack(items)), config=self.config, dtype=self.dtype,
+                                  pooling=self.pooling)
+
+
+class CLIPFeatures(_MediaEncoder):
+    """CLIP vision tower over ``CLIP_FRAMES`` frames of each clip, pooled over time."""
+
+    family, modality = "clip", "V"
+
+    def _load_model(self):
+        from transformers import CLIPImageProcessor
+
+        from emojax.encoders.clip_vision import load_clip_vision
+
+        params, config = load_clip_vision(str(self.folder))
+        if (self.folder / "preprocessor_config.json").exists():
+            self.processor = CLIPImageProcessor.from_pretrained(str(self.folder))
+        else:
+            side = config.image_size
+            self.processor = CLIPImageProcessor(size={"shortest_edge": side}, crop_size={"height": side, "width": side})
+        self.num_frames = CLIP_FRAMES
+        return params, config
+
+    @property
+    def dim(self) -> int:
+        return self.config.hidden_size
+
+    def preprocessing(self) -> dict:
+        return {"processor": _settings(self.processor), "num_frames": self.num_frames}
+
+    def load(self, path):
+        from emojax.data.media import read_video_frames
+
+        frames = read_video_frames(path, num_frames=self.num_frames)
+        pixels = self.processor(images=list(frames), return_tensors="np")["pixel_values"]
+        return np.asarray(pixels, np.float32)  # (frames, channels, height, width)
+
+    def run(self, items, bucket):
+        return _clip_features(self.params, jnp.asarray(np.stack(items)), config=self.config, dtype=self.dtype,
+                              pooling=self.pooling)
+
+
+ENCODERS = {"whisper": WhisperFeatures, "wav2vec2": Wav2Vec2Features, "videomae": VideoMAEFeatures,
+            "clip": CLIPFeatures}
+
+
+def media_encoder(modality: str, spec, dtype=jnp.float32) -> _MediaEncoder:
+    """The neural encoder ``spec`` (``{"family", "model", "pooling"}``) names for ``modality``."""
+    family = str(spec["family"])
+    if family not in ENCODERS or FAMILIES[family][0] != modality:
+        choices = [f for f, (m, _) in FAMILIES.items() if m == modality]
+        raise ValueError(f"encoders.{modality}.family: {family!r} is not a neural {modality} encoder; "
+                         f"choose from {', '.join(choices)}")
+    return ENCODERS[family](spec, dtype)
+
+
+__all__ = ["BATCH_SIZE", "CLIP_FRAMES", "DEFAULT_POOLING", "ENCODERS", "FAMILIES", "CLIPFeatures",
+           "VideoMAEFeatures", "Wav2Vec2Features", "WhisperFeatures", "media_encoder", "resolve_pooling"]
