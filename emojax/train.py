@@ -27,6 +27,7 @@ from emojax import checkpoint as ckpt_lib
 from emojax import config as config_lib
 from emojax import losses as losses_lib
 from emojax import metrics as metrics_lib
+from emojax import store
 from emojax.features import FeatureSet, Featurizer, feature_stats, standardize
 from emojax.model import EmotionModel, build_model
 
@@ -412,6 +413,7 @@ def fit(cfg, workdir: str | pathlib.Path, *, category: str = "training", max_epo
     if primary:
         config_lib.save_config(cfg, run_dir / "config.json")
         _write_meta(prep)
+        store.link_run_encoders(run_dir, prep.featurizer, workdir)
     train_data, dev_data = prep.features["train"], prep.features.get("dev")
     if dev_data is None:
         raise ValueError(f"{cfg.dataset.path}: no dev split; model selection needs one")

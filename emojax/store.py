@@ -1,0 +1,501 @@
+"""A content-addressed store of the frozen encoders runs were trained with, linked from each run.
+
+Layout under the work directory::
+
+    checkpoints/encoders/{hash}/          one entry per encoder weight hash, written once
+        model.safetensors                 the weights (PyTorch names, added token rows included)
+        config.json, vocab.txt, tokenizer_config.json, tokenizer.json, special_tokens_map.json, ...
+                                          the Hugging Face folder it was loaded from, with the
+                                          tokenizer's added special tokens (speaker tokens) saved
+        store.json                        hash, source model name, family, added tokens, time
+    checkpoints/training/.../{hash}--{seed}/
+        encoders/T -> ../../../../../../encoders/{hash}   relative link, per neural modality
+        encoders.json                     modality -> {"hash", "model", "family"} (+ "error" if not stored)
+
+Neural media encoders (Whisper, wav2vec2, VideoMAE, CLIP: ``encoders.A`` / ``encoders.V``) are
+stored the same way: their source folder's files (config, preprocessor) and tensors.
+
+``{hash}`` is the encoder's ``weights_hash`` as the run used it (parameters with the added rows,
+architecture, vocabulary). Every entry is loaded back once when written and must reproduce the
+parameters in memory. An entry is a plain Hugging Face folder: ``TextEncoder.from_pretrained``
+(or ``--config.encoders.T.model=<entry>``) loads it with the speaker tokens already in the
+vocabulary and the embedding matrix, and computes the same features as the run's encoder.
+(Its ``config.json`` states the grown ``vocab_size``, so an encoder reloaded from an entry with
+added tokens hashes differently from the in-memory encoder that named the entry.)
+
+Entries are written to a temporary folder beside the store and renamed into place, so a reader
+never sees half an entry; of two processes storing the same encoder at once, the one that loses
+the rename uses the winner's entry. An existing entry is never rewritten. Links are relative, so
+the whole work directory can be moved or copied. Classic (librosa / OpenCV) encoders have no
+weights and are not stored.
+
+Wiring: ``emojax.train.fit`` calls ``link_run_encoders(run_dir, prep.featurizer, workdir)`` on
+process 0 once the run directory holds its config and meta.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import pathlib
+import secrets
+import shutil
+import time
+from typing import Any, Optional
+
+import numpy as np
+
+from emojax.checkpoint import CheckpointError, write_json_atomic
+
+log = logging.getLogger(__name__)
+
+STORE = ("checkpoints", "encoders")
+MANIFEST = "store.json"
+RUN_LINKS = "encoders"
+RUN_RECORD = "encoders.json"
+_TMP_PREFIX = ".tmp-"
+# Files of a source folder never copied into an entry: the weights (written anew) and indices.
+_WEIGHT_SUFFIXES = (".safetensors", ".bin", ".msgpack", ".h5", ".pt", ".pth", ".ckpt", ".onnx", ".ot", ".gguf")
+_REQUIRED = ("model.safetensors", "config.json")
+
+
+def store_root(workdir: str | os.PathLike) -> pathlib.Path:
+    """``{workdir}/checkpoints/encoders``."""
+    return pathlib.Path(workdir).joinpath(*STORE)
+
+
+# ---------------------------------------------------------------------------------------------
+# Which encoders have weights
+# ---------------------------------------------------------------------------------------------
+def neural_encoders(featurizer) -> dict[str, tuple[Any, str]]:
+    """``modality -> (encoder, model name)`` for the encoders of ``featurizer`` that have weights:
+    the text encoder (``featurizer.encoders["T"].encoder``) and neural media encoders (objects
+    with ``params`` and ``weights_hash`` themselves). Classic audio / video encoders have none."""
+    out = {}
+    for modality, wrapper in featurizer.encoders.items():
+        encoder = getattr(wrapper, "encoder", wrapper)
+        if not hasattr(encoder, "weights_hash") or not hasattr(encoder, "params"):
+            continue
+        spec = getattr(wrapper, "spec", None)
+        try:
+            name = str(spec["model"])
+        except (KeyError, TypeError):
+            name = str(getattr(encoder, "model", "") or getattr(encoder, "name", ""))
+        out[modality] = (encoder, name)
+    return out
+
+
+def encoder_family(encoder) -> str:
+    """``whisper``, ``clip``, ... for media encoders; the config's ``model_type`` (or class) for text."""
+    config = getattr(encoder, "config", None)
+    return str(getattr(encoder, "family", "") or getattr(config, "model_type", "")
+               or (type(config).__name__.removesuffix("Config").lower() if config is not None else ""))
+
+
+# ---------------------------------------------------------------------------------------------
+# Writing an encoder as a Hugging Face folder
+# ---------------------------------------------------------------------------------------------
+# Word-embedding tensors of the text families (BERT / RoBERTa, ModernBERT), after any prefix.
+_WORD_EMBEDDINGS = ("embeddings.word_embeddings.weight", "embeddings.tok_embeddings.weight")
+# Output heads over the vocabulary: dropped when tokens were added (they no longer fit).
+_VOCAB_HEADS = ("cls.", "lm_head.", "decoder.")
+_PREFIXES = ("bert.", "roberta.", "model.")
+
+
+def bert_state_dict(params, config) -> dict[str, np.ndarray]:
+    """The PyTorch-named tensors of a BERT / RoBERTa parameter pytree (the inverse of
+    :func:`emojax.encoders.bert.params_from_state`; dense kernels back to ``(out, in)``)."""
+    def arr(x):
+        return np.ascontiguousarray(np.asarray(x, np.float32))
+
+    state: dict[str, np.ndarray] = {}
+
+    def dense(name, p):
+        state[f"{name}.weight"] = arr(np.asarray(p["w"]).T)
+        state[f"{name}.bias"] = arr(p["b"])
+
+    def norm(name, p):
+        state[f"{name}.weight"] = arr(p["scale"])
+        state[f"{name}.bias"] = arr(p["bias"])
+
+    emb = params["embeddings"]
+    state["embeddings.word_embeddings.weight"] = arr(emb["word"])
+    state["embeddings.position_embeddings.weight"] = arr(emb["position"])
+    state["embeddings.token_type_embeddings.weight"] = arr(emb["token_type"])
+    norm("embeddings.LayerNorm", emb["norm"])
+    for n, layer in enumerate(params["layers"]):
+        p = f"encoder.layer.{n}."
+        dense(p + "attention.self.query", layer["query"])
+        dense(p + "attention.self.key", layer["key"])
+        dense(p + "attention.self.value", layer["value"])
+        dense(p + "attention.output.dense", layer["attention_out"])
+        norm(p + "attention.output.LayerNorm", layer["attention_norm"])
+        dense(p + "intermediate.dense", layer["intermediate"])
+        dense(p + "output.dense", layer["output"])
+        norm(p + "output.LayerNorm", layer["output_norm"])
+    return state
+
+
+def _hf_config(config) -> dict:
+    """A Hugging Face ``config.json`` for a :class:`BertConfig` (when the source folder is gone)."""
+    return {"model_type": config.model_type, "vocab_size": config.vocab_size, "hidden_size": config.hidden_size,
+            "num_hidden_layers": config.num_layers, "num_attention_heads": config.num_heads,
+            "intermediate_size": config.intermediate_size, "max_position_embeddings": config.max_positions,
+            "type_vocab_size": config.type_vocab_size, "layer_norm_eps": config.layer_norm_eps,
+            "hidden_act": config.hidden_act, "hidden_dropout_prob": config.dropout,
+            "attention_probs_dropout_prob": config.attention_dropout, "pad_token_id": config.pad_token_id}
+
+
+def _source_folder(encoder, name: str) -> Optional[pathlib.Path]:
+    """The folder ``encoder`` was loaded from (its ``folder``, else ``name`` resolved again)."""
+    folder = getattr(encoder, "folder", None)
+    if folder is not None and pathlib.Path(folder).is_dir():
+        return pathlib.Path(folder)
+    if not name:
+        return None
+    try:
+        from emojax.features import resolve_model_path
+
+        folder = resolve_model_path(name)
+        return folder if folder.is_dir() else None
+    except Exception as err:  # noqa: BLE001 - reported by the caller's fallback
+        log.warning("encoder store: cannot find the source folder of %s (%s)", name, err)
+        return None
+
+
+def _copy_side_files(source: pathlib.Path, target: pathlib.Path) -> None:
+    """Copy the non-weight files of ``source`` (config, tokenizer, preprocessor, sentence-transformers
+    module files), following links (a hub snapshot links into its blob store)."""
+    for path in sorted(source.iterdir()):
+        if path.name.startswith("."):
+            continue
+        if path.is_dir():
+            _copy_side_files(path, target / path.name)
+            continue
+        if path.suffix in _WEIGHT_SUFFIXES or path.name.endswith(".index.json"):
+            continue
+        target.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(path, target / path.name)
+
+
+def _short(name: str) -> str:
+    head, _, rest = name.partition(".")
+    return rest if rest and f"{head}." in _PREFIXES else name
+
+
+def _trees_equal(a, b) -> bool:
+    import jax
+
+    fa, ta = jax.tree_util.tree_flatten(a)
+    fb, tb = jax.tree_util.tree_flatten(b)
+    return ta == tb and all(np.shape(x) == np.shape(y) and np.array_equal(np.asarray(x), np.asarray(y))
+                            for x, y in zip(fa, fb))
+
+
+def _reloads_identically(encoder, folder: pathlib.Path) -> bool:
+    """Whether ``folder`` loads back to ``encoder``'s parameters (and vocabulary)."""
+    tokenizer = getattr(encoder, "tokenizer", None)
+    if tokenizer is not None:
+        from emojax.encoders.text import TextEncoder
+
+        back = TextEncoder.from_pretrained(str(folder), pooling=encoder.pooling, max_length=encoder.max_length)
+        return back.tokenizer.get_vocab() == tokenizer.get_vocab() and _trees_equal(back.params, encoder.params)
+    spec = getattr(encoder, "spec", None)
+    if spec is None:
+        return True  # no way to rebuild it: trust the copy of the source weights
+    spec = spec.to_dict() if hasattr(spec, "to_dict") else dict(spec)
+    spec["model"] = str(folder)
+    back = type(encoder)(spec, getattr(encoder, "dtype", None) or np.float32)
+    return back.weights_hash == encoder.weights_hash
+
+
+def export_encoder(encoder, folder: str | os.PathLike, *, model: str = "", verify: bool = True) -> pathlib.Path:
+    """Write ``encoder`` to ``folder`` as a Hugging Face folder: the source folder's files (config,
+    tokenizer, preprocessor) and its tensors as ``model.safetensors`` (PyTorch names, float32); for
+    a text encoder also the tokenizer with its added tokens, the grown word-embedding matrix and
+    ``vocab_size``. ``model`` names the source (default: the encoder's own record of it). With
+    ``verify`` the folder is loaded back and must give the encoder's parameters exactly."""
+    from safetensors.numpy import save_file
+
+    folder = pathlib.Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    model = model or str(getattr(encoder, "model", "") or getattr(encoder, "name", ""))
+    config = getattr(encoder, "config", None)
+    tokenizer = getattr(encoder, "tokenizer", None)
+    source = _source_folder(encoder, model)
+    if source is not None:
+        from emojax.encoders import hub
+
+        _copy_side_files(source, folder)
+        state = hub.load_state_dict(source)
+    elif tokenizer is not None and type(config).__name__ == "BertConfig":
+        state = bert_state_dict(encoder.params, config)
+        (folder / "config.json").write_text(json.dumps(_hf_config(config), indent=2, sort_keys=True))
+    else:
+        raise CheckpointError(f"{folder}: cannot write encoder {model!r}: its source folder is gone and its "
+                              f"family ({encoder_family(encoder) or '?'}) cannot be rebuilt from the parameters")
+    if tokenizer is not None:
+        tokenizer.save_pretrained(str(folder))
+        word = np.ascontiguousarray(np.asarray(encoder.params["embeddings"]["word"], np.float32))
+        key = next((k for k in state if _short(k) in _WORD_EMBEDDINGS), None)
+        if key is None:
+            raise CheckpointError(f"{source}: no word-embedding tensor ({' / '.join(_WORD_EMBEDDINGS)}) to "
+                                  "write the added tokens' rows into")
+        if state[key].shape != word.shape or not np.array_equal(state[key], word):
+            rows = state[key].shape[0]
+            state[key] = word
+            for name in list(state):
+                if _short(name).startswith(_VOCAB_HEADS) and np.shape(state[name])[:1] == (rows,):
+                    del state[name]
+        config_path = folder / "config.json"
+        hf = json.loads(config_path.read_text())
+        hf["vocab_size"] = int(word.shape[0])
+        config_path.write_text(json.dumps(hf, indent=2, sort_keys=True))
+    save_file({k: np.ascontiguousarray(v) for k, v in state.items()}, str(folder / "model.safetensors"),
+              metadata={"format": "pt"})
+    if verify and not _reloads_identically(encoder, folder):
+        raise CheckpointError(f"{folder}: the written encoder does not load back to the weights in memory "
+                              f"(has {source or model} changed since the encoder was loaded?)")
+    return folder
+
+
+def _fsync_tree(folder: pathlib.Path) -> None:
+    for path in folder.rglob("*"):
+        if path.is_file():
+            with open(path, "rb") as handle:
+                os.fsync(handle.fileno())
+
+
+def _added_tokens(encoder) -> list[str]:
+    """Tokens added on top of the base vocabulary (speaker tokens), in id order."""
+    try:
+        added = encoder.tokenizer.get_added_vocab()
+        base = int(encoder.tokenizer.vocab_size)
+        return [t for t, i in sorted(added.items(), key=lambda kv: kv[1]) if i >= base]
+    except Exception:  # noqa: BLE001 - informative only
+        return []
+
+
+# ---------------------------------------------------------------------------------------------
+# The store
+# ---------------------------------------------------------------------------------------------
+def check_entry(entry: str | os.PathLike) -> pathlib.Path:
+    """``entry`` when it is a complete encoder folder; else :class:`CheckpointError` naming it."""
+    entry = pathlib.Path(entry)
+    if not entry.is_dir():
+        raise CheckpointError(f"{entry}: encoder store entry is missing")
+    missing = [name for name in _REQUIRED if not (entry / name).is_file()]
+    if missing:
+        raise CheckpointError(f"{entry}: incomplete encoder folder (no {', '.join(missing)}); delete it so the "
+                              "next run writes it again")
+    return entry
+
+
+def store_encoder(encoder, workdir: str | os.PathLike, *, model: str = "") -> pathlib.Path:
+    """The store entry of ``encoder`` under ``workdir``, written now if absent (atomically);
+    an existing entry is returned untouched."""
+    digest = encoder.weights_hash
+    root = store_root(workdir)
+    final = root / digest
+    if final.exists():
+        return check_entry(final)
+    root.mkdir(parents=True, exist_ok=True)
+    tmp = root / f"{_TMP_PREFIX}{digest[:16]}-{os.getpid()}-{secrets.token_hex(4)}"
+    tmp.mkdir()
+    try:
+        export_encoder(encoder, tmp, model=model)
+        write_json_atomic(tmp / MANIFEST, {
+            "hash": digest, "model": model or getattr(encoder, "name", ""),
+            "family": encoder_family(encoder), "added_tokens": _added_tokens(encoder),
+            "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
+        _fsync_tree(tmp)
+        try:
+            os.rename(tmp, final)
+            log.info("encoder store: wrote %s", final)
+        except OSError:
+            if not final.exists():
+                raise
+            log.info("encoder store: %s was written by another process; using it", final)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    return check_entry(final)
+
+
+def _link(link: pathlib.Path, target: str) -> None:
+    """Point the symlink ``link`` at ``target`` (relative), replacing another link atomically."""
+    if link.is_symlink() and os.readlink(link) == target:
+        return
+    if link.exists() and not link.is_symlink():
+        raise CheckpointError(f"{link}: exists and is not a link into the encoder store; move it away to relink")
+    tmp = link.parent / f".{link.name}.{os.getpid()}-{secrets.token_hex(4)}.tmp"
+    os.symlink(target, tmp, target_is_directory=True)
+    try:
+        os.replace(tmp, link)
+    except BaseException:
+        if tmp.is_symlink():
+            tmp.unlink()
+        raise
+
+
+def link_run_encoders(run_dir: str | os.PathLike, featurizer, workdir: str | os.PathLike, *,
+                      strict: bool = False) -> dict:
+    """Store each neural encoder of ``featurizer`` under ``workdir`` (once) and link it from the run:
+    ``run_dir/encoders/{modality} -> <relative path>/checkpoints/encoders/{hash}``; writes
+    ``run_dir/encoders.json`` and returns it (``modality -> {"hash", "model", "family"}``).
+
+    Call it from process 0 only in a multi-host run. Safe to call again (a resumed run): an
+    existing entry is reused and an up-to-date link is left as it is. An encoder that cannot be
+    written (its source folder gone, an unreadable file, a full disk) raises with ``strict``;
+    otherwise it is logged, left unlinked and its record carries ``"error"``, so training goes on
+    (``create-standalone`` then rebuilds that encoder from the run's config).
+    """
+    run_dir = pathlib.Path(run_dir)
+    links = run_dir / RUN_LINKS
+    record: dict[str, dict] = {}
+    encoders = neural_encoders(featurizer)
+    if encoders:
+        links.mkdir(parents=True, exist_ok=True)
+    for modality, (encoder, name) in encoders.items():
+        record[modality] = {"hash": encoder.weights_hash, "model": name, "family": encoder_family(encoder)}
+        link = links / modality
+        try:
+            entry = store_encoder(encoder, workdir, model=name)
+            target = os.path.relpath(os.path.realpath(entry), os.path.realpath(links))
+            _link(link, target)
+            if not link.exists():
+                raise CheckpointError(f"{link}: the new link to {target} does not resolve")
+        except (CheckpointError, OSError, ValueError, KeyError) as err:
+            if strict:
+                raise
+            log.warning("encoder store: %s encoder of %s not stored (%s); the run trains on", modality, run_dir, err)
+            record[modality]["error"] = str(err)
+    write_json_atomic(run_dir / RUN_RECORD, record)
+    return record
+
+
+def run_encoders(run_dir: str | os.PathLike) -> dict:
+    """``run_dir/encoders.json`` (``{}`` for a run that was never linked)."""
+    path = pathlib.Path(run_dir) / RUN_RECORD
+    if not path.exists():
+        return {}
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as err:
+        raise CheckpointError(f"{path}: unreadable ({err})") from err
+
+
+def resolve_run_encoder(run_dir: str | os.PathLike, modality: str) -> pathlib.Path:
+    """The encoder folder of ``modality`` in a run (the store entry its link points to, or a real
+    folder in a standalone copy); :class:`CheckpointError` naming the path for a missing or
+    dangling link, or a missing or incomplete store entry."""
+    link = pathlib.Path(run_dir) / RUN_LINKS / modality
+    if link.is_symlink():
+        if not link.exists():
+            raise CheckpointError(f"{link}: dangling link to {os.readlink(link)} (store entry "
+                                  f"{os.path.normpath(link.parent / os.readlink(link))} is missing); train the run "
+                                  "again or restore the entry")
+    elif not link.exists():
+        record = run_encoders(run_dir)
+        if "error" in record.get(modality, {}):
+            raise CheckpointError(f"{link}: the {modality} encoder was not stored ({record[modality]['error']})")
+        known = ", ".join(sorted(m for m, v in record.items() if "error" not in v)) or "none"
+        raise CheckpointError(f"{link}: no {modality} encoder linked in this run (linked: {known})")
+    return check_entry(link.resolve())
+
+
+# ---------------------------------------------------------------------------------------------
+# Runs and garbage
+# ---------------------------------------------------------------------------------------------
+def find_runs(workdir: str | os.PathLike) -> list[pathlib.Path]:
+    """Run directories (holding ``config.json``) under ``{workdir}/checkpoints/{category}/``."""
+    root = pathlib.Path(workdir) / "checkpoints"
+    if not root.is_dir():
+        return []
+    runs = []
+    for category in sorted(root.iterdir()):
+        if category.name == STORE[-1] or category.name.startswith(".") or not category.is_dir():
+            continue
+        runs.extend(path.parent for path in category.glob("*/*/*/*/config.json"))
+    return sorted(runs)
+
+
+def references(workdir: str | os.PathLike) -> dict[str, list[pathlib.Path]]:
+    """``hash -> runs`` linking (or naming in ``encoders.json``) each store entry."""
+    store = os.path.realpath(store_root(workdir))
+    refs: dict[str, list[pathlib.Path]] = {}
+    for run in find_runs(workdir):
+        names = set()
+        links = run / RUN_LINKS
+        if links.is_dir():
+            for link in links.iterdir():
+                if link.is_symlink():
+                    target = os.path.realpath(link)
+                    if os.path.dirname(target) == store:
+                        names.add(os.path.basename(target))
+        try:
+            names.update(str(v.get("hash")) for v in run_encoders(run).values() if v.get("hash"))
+        except CheckpointError as err:
+            log.warning("%s", err)
+        for name in names:
+            refs.setdefault(name, []).append(run)
+    return refs
+
+
+def _size(path: pathlib.Path) -> int:
+    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file() and not p.is_symlink())
+
+
+def _age(path: pathlib.Path) -> float:
+    stat = path.stat()
+    return time.time() - max(stat.st_mtime, stat.st_ctime)
+
+
+def store_entries(workdir: str | os.PathLike) -> list[dict]:
+    """Every store entry: ``{"hash", "path", "bytes", "model", "runs", "age_s", "temporary"}``."""
+    root = store_root(workdir)
+    if not root.is_dir():
+        return []
+    refs = references(workdir)
+    out = []
+    for path in sorted(root.iterdir()):
+        if not path.is_dir():
+            continue
+        temporary = path.name.startswith(_TMP_PREFIX)
+        model = ""
+        if not temporary and (path / MANIFEST).exists():
+            try:
+                model = json.loads((path / MANIFEST).read_text()).get("model", "")
+            except json.JSONDecodeError:
+                model = "?"
+        out.append({"hash": path.name, "path": path, "bytes": _size(path), "model": model,
+                    "runs": [] if temporary else refs.get(path.name, []), "age_s": _age(path),
+                    "temporary": temporary})
+    return out
+
+
+def garbage(workdir: str | os.PathLike, *, grace_s: float = 600.0) -> list[dict]:
+    """Store entries no run under ``workdir`` links to (and temporary folders of writers that
+    died), older than ``grace_s`` seconds (temporary folders: at least an hour), so an entry a
+    run is linking right now is spared."""
+    out = []
+    for entry in store_entries(workdir):
+        if entry["runs"]:
+            continue
+        if entry["age_s"] < (max(grace_s, 3600.0) if entry["temporary"] else grace_s):
+            continue
+        out.append(entry)
+    return out
+
+
+def remove_entries(entries: list[dict]) -> int:
+    """Delete the given store entries; returns the bytes freed."""
+    freed = 0
+    for entry in entries:
+        path = pathlib.Path(entry["path"])
+        # Rename first, so no reader sees a half-deleted entry under its hash.
+        doomed = path.parent / f"{_TMP_PREFIX}gc-{path.name[:16]}-{secrets.token_hex(4)}"
+        os.rename(path, doomed)
+        shutil.rmtree(doomed)
+        freed += int(entry["bytes"])
+    return freed

@@ -1,0 +1,307 @@
+r"""Housekeeping for runs, the encoder store and the feature cache.
+
+    python -m launch.tool info --workdir=runs [--sort=dev_wf1] [--filter=MELD]
+    python -m launch.tool cache --workdir=runs [--cache_dir=DIR] [--clear=all|NAMESPACE]
+    python -m launch.tool gc --workdir=runs [--apply] [--grace_s=600]
+    python -m launch.tool create-standalone --run_dir=RUN --output=DIR
+    python -m launch.tool extract-encoders --run_dir=RUN --output=DIR
+
+``info``: one row per run under ``workdir/checkpoints/``: label, status, selected epoch, dev and
+test accuracy and weighted F1 (percent); unfinished runs show their last epoch. ``--sort`` takes
+``dev_wf1`` (default), ``dev_acc``, ``test_wf1``, ``test_acc`` (best first), ``best_epoch``,
+``label`` or ``path``; ``--filter`` keeps runs whose label contains the text (any case).
+
+``cache``: size and entries per encoder namespace of the feature cache (default
+``workdir/cache/features``); ``--clear=all`` or ``--clear=NAMESPACE`` (or a unique prefix) empties it.
+
+``gc``: encoder store entries (``workdir/checkpoints/encoders/``) that no run links to; a dry run
+unless ``--apply``. Entries younger than ``--grace_s`` are kept (a run may be linking one now).
+
+``create-standalone``: a self-contained copy of a finished run (config, meta, results, best
+parameters, encoder folders) that ``Estimator`` / ``launch.infer --run_dir=DIR`` load.
+
+``extract-encoders``: the run's encoder folders plus ``encoders.cfg`` (``encoders.T.model=PATH``)
+and ``encoders.flags`` (for ``launch.train --flagfile=DIR/encoders.flags``).
+"""
+from __future__ import annotations
+
+import json
+import logging as std_logging
+import math
+import pathlib
+import sys
+from typing import Optional, TextIO
+
+from absl import app, flags
+
+COMMANDS = ("info", "cache", "gc", "create-standalone", "extract-encoders")
+SORT_KEYS = ("dev_wf1", "dev_acc", "test_wf1", "test_acc", "best_epoch", "label", "path")
+
+_WORKDIR = flags.DEFINE_string("workdir", "runs", "Folder for checkpoints and the feature cache.")
+_CACHE_DIR = flags.DEFINE_string("cache_dir", None, "cache: the feature cache folder (default "
+                                 "WORKDIR/cache/features).")
+_CLEAR = flags.DEFINE_string("clear", None, "cache: 'all', or a namespace (or a unique prefix of one) to remove.")
+_SORT = flags.DEFINE_enum("sort", "dev_wf1", SORT_KEYS, "info: the column to sort by (metrics: best first).")
+_FILTER = flags.DEFINE_string("filter", None, "info: keep runs whose label contains this text (any case).")
+_APPLY = flags.DEFINE_bool("apply", False, "gc: remove the unreferenced entries (default: list them only).")
+_GRACE = flags.DEFINE_float("grace_s", 600.0, "gc: keep unreferenced entries younger than this many seconds.")
+_RUN_DIR = flags.DEFINE_string("run_dir", None, "create-standalone / extract-encoders: a run directory.")
+_OUTPUT = flags.DEFINE_string("output", None, "create-standalone / extract-encoders: a new folder to write.")
+
+
+class ToolError(ValueError):
+    """Bad input to a command; the message names the path or flag."""
+
+
+def human_bytes(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if abs(n) < 1024 or unit == "TiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n} B"
+
+
+def format_table(header: list[str], rows: list[list[str]]) -> str:
+    widths = [max(len(str(x)) for x in col) for col in zip(header, *rows)]
+    lines = ["  ".join(str(x).ljust(w) for x, w in zip(line, widths)).rstrip() for line in [header, *rows]]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(lines)
+
+
+# ---------------------------------------------------------------------------------------------
+# info
+# ---------------------------------------------------------------------------------------------
+def run_summary(run_dir: pathlib.Path, workdir: pathlib.Path) -> dict:
+    """Label, status and scores of one run directory (never raises for a broken run)."""
+    from emojax import config as config_lib
+
+    row = {"path": str(run_dir.relative_to(workdir)) if run_dir.is_relative_to(workdir) else str(run_dir),
+           "label": "?", "status": "", "best_epoch": None}
+    try:
+        cfg = config_lib.load_config(run_dir / "config.json")
+        row["label"] = config_lib.run_label(cfg)
+        epochs = int(cfg.train.epochs)
+    except (config_lib.ConfigError, AttributeError, KeyError, TypeError, ValueError) as err:
+        row["status"] = f"unreadable config ({err})"
+        return row
+    results_path = run_dir / "results.json"
+    if results_path.exists():
+        try:
+            results = json.loads(results_path.read_text())
+        except json.JSONDecodeError as err:
+            row["status"] = f"unreadable results.json ({err})"
+            return row
+        row["status"] = "finished"
+        row["best_epoch"] = results.get("best_epoch")
+        for split in ("dev", "test"):
+            scores = results.get(split) or {}
+            if scores.get("scored", True) and "accuracy" in scores:
+                row[f"{split}_acc"] = float(scores["accuracy"])
+                row[f"{split}_wf1"] = float(scores["weighted_f1"])
+        return row
+    progress = None
+    if (run_dir / "progress.json").exists():
+        try:
+            progress = json.loads((run_dir / "progress.json").read_text())
+        except json.JSONDecodeError:
+            progress = None
+    if not progress:
+        row["status"] = "unfinished (no epoch yet)"
+        return row
+    row["status"] = f"unfinished (epoch {progress.get('epoch', 0)}/{epochs})"
+    row["best_epoch"] = progress.get("best_epoch") or None
+    history = progress.get("history") or []
+    best = next((h for h in history if h.get("epoch") == progress.get("best_epoch")), None)
+    if best:  # the best dev scores so far; test is scored only once the run finishes
+        row["dev_acc"] = float(best["dev"]["accuracy"])
+        row["dev_wf1"] = float(best["dev"]["weighted_f1"])
+    return row
+
+
+def run_rows(workdir: str | pathlib.Path, *, sort: str = "dev_wf1", contains: Optional[str] = None) -> list[dict]:
+    """Summaries of the runs under ``workdir``: filtered by label, finished runs first, sorted."""
+    from emojax.store import find_runs
+
+    workdir = pathlib.Path(workdir)
+    if not workdir.is_dir():
+        raise ToolError(f"--workdir: {workdir} is not a folder")
+    if sort not in SORT_KEYS:
+        raise ToolError(f"--sort: {sort!r} is not one of {', '.join(SORT_KEYS)}")
+    rows = [run_summary(run, workdir) for run in find_runs(workdir)]
+    if contains:
+        rows = [r for r in rows if contains.lower() in r["label"].lower()]
+    finished = lambda r: r["status"] == "finished"  # noqa: E731
+    if sort in ("label", "path"):
+        key = lambda r: (not finished(r), r[sort])  # noqa: E731
+    else:
+        def key(r):
+            value = r.get(sort)
+            missing = value is None or (isinstance(value, float) and math.isnan(value))
+            return (not finished(r), missing, -(value or 0) if sort != "best_epoch" else (value or 0), r["path"])
+    return sorted(rows, key=key)
+
+
+def format_runs(rows: list[dict]) -> str:
+    def pct(value):
+        return "-" if value is None else f"{100 * value:.2f}"
+
+    header = ["label", "status", "best", "dev acc", "dev wF1", "test acc", "test wF1", "run"]
+    body = [[r["label"], r["status"], "-" if not r["best_epoch"] else str(r["best_epoch"]), pct(r.get("dev_acc")),
+             pct(r.get("dev_wf1")), pct(r.get("test_acc")), pct(r.get("test_wf1")), r["path"]] for r in rows]
+    return format_table(header, body)
+
+
+def cmd_info(workdir, *, sort: str = "dev_wf1", contains: Optional[str] = None,
+             out: Optional[TextIO] = None) -> list[dict]:
+    out = out or sys.stdout
+    rows = run_rows(workdir, sort=sort, contains=contains)
+    if not rows:
+        print(f"no runs under {pathlib.Path(workdir) / 'checkpoints'}"
+              + (f" with {contains!r} in the label" if contains else ""), file=out)
+        return rows
+    print(format_runs(rows), file=out)
+    done = sum(r["status"] == "finished" for r in rows)
+    print(f"{len(rows)} run(s), {done} finished, {len(rows) - done} unfinished", file=out)
+    return rows
+
+
+# ---------------------------------------------------------------------------------------------
+# cache
+# ---------------------------------------------------------------------------------------------
+def cmd_cache(cache_dir, *, clear: Optional[str] = None, out: Optional[TextIO] = None) -> dict:
+    out = out or sys.stdout
+    from emojax.cache import FeatureCache
+
+    cache_dir = pathlib.Path(cache_dir)
+    if not cache_dir.is_dir():
+        raise ToolError(f"--cache_dir: {cache_dir} is not a feature cache folder (no such folder)")
+    cache = FeatureCache(cache_dir)
+    if clear:
+        if clear == "all":
+            targets = cache.namespaces()
+        else:
+            targets = [n for n in cache.namespaces() if n == clear] or \
+                [n for n in cache.namespaces() if n.startswith(clear)]
+            if len(targets) != 1:
+                known = ", ".join(cache.namespaces()) or "none"
+                what = "no" if not targets else "more than one"
+                raise ToolError(f"--clear: {what} namespace {clear!r} in {cache_dir} (namespaces: {known})")
+        removed = sum(cache.clear(name) for name in targets)
+        print(f"removed {removed} shard(s) of {len(targets)} namespace(s) from {cache_dir}", file=out)
+    stats = cache.stats()
+    if not stats:
+        print(f"{cache_dir}: empty", file=out)
+        return stats
+    rows = [[name, str(s["entries"]), str(s["dim"]), str(s["shards"]), human_bytes(s["bytes"])]
+            for name, s in stats.items()]
+    print(format_table(["namespace", "entries", "dim", "shards", "size"], rows), file=out)
+    print(f"{len(stats)} namespace(s), {sum(s['entries'] for s in stats.values())} entries, "
+          f"{human_bytes(sum(s['bytes'] for s in stats.values()))} in {cache_dir}", file=out)
+    return stats
+
+
+# ---------------------------------------------------------------------------------------------
+# gc
+# ---------------------------------------------------------------------------------------------
+def cmd_gc(workdir, *, apply: bool = False, grace_s: float = 600.0, out: Optional[TextIO] = None) -> list[dict]:
+    out = out or sys.stdout
+    from emojax import store
+
+    workdir = pathlib.Path(workdir)
+    if not workdir.is_dir():
+        raise ToolError(f"--workdir: {workdir} is not a folder")
+    entries = store.store_entries(workdir)
+    doomed = store.garbage(workdir, grace_s=grace_s)
+    root = store.store_root(workdir)
+    if not entries:
+        print(f"{root}: no encoder store entries", file=out)
+        return []
+    kept = len(entries) - len(doomed)
+    for entry in doomed:
+        what = "incomplete write" if entry["temporary"] else (entry["model"] or "?")
+        print(f"{'removing' if apply else 'unreferenced'}  {entry['hash']}  {human_bytes(entry['bytes'])}  {what}",
+              file=out)
+    total = sum(e["bytes"] for e in doomed)
+    if apply:
+        store.remove_entries(doomed)
+        print(f"removed {len(doomed)} entr{'y' if len(doomed) == 1 else 'ies'} ({human_bytes(total)}); "
+              f"{kept} kept in {root}", file=out)
+    else:
+        print(f"dry run: {len(doomed)} unreferenced entr{'y' if len(doomed) == 1 else 'ies'} ({human_bytes(total)}) "
+              f"of {len(entries)} in {root}; pass --apply to remove them", file=out)
+    return doomed
+
+
+# ---------------------------------------------------------------------------------------------
+# create-standalone, extract-encoders
+# ---------------------------------------------------------------------------------------------
+def _paths(run_dir: Optional[str], output: Optional[str], command: str) -> tuple[pathlib.Path, pathlib.Path]:
+    if not run_dir:
+        raise ToolError(f"{command} needs --run_dir=RUN_DIR")
+    if not output:
+        raise ToolError(f"{command} needs --output=FOLDER (a new folder)")
+    return pathlib.Path(run_dir), pathlib.Path(output)
+
+
+def cmd_create_standalone(run_dir, output, *, out: Optional[TextIO] = None) -> pathlib.Path:
+    out = out or sys.stdout
+    from emojax.standalone import create_standalone
+
+    run_dir, output = _paths(run_dir, output, "create-standalone")
+    folder = create_standalone(run_dir, output)
+    manifest = json.loads((folder / "standalone.json").read_text())
+    encoders = ", ".join(f"{m} ({i['hash'][:12]})" for m, i in manifest["encoders"].items()) or "none with weights"
+    print(f"{manifest['label']}: best epoch {manifest['best_epoch']}, encoders {encoders}", file=out)
+    print(folder, file=out)
+    return folder
+
+
+def cmd_extract_encoders(run_dir, output, *, out: Optional[TextIO] = None) -> dict:
+    out = out or sys.stdout
+    from emojax.standalone import extract_encoders
+
+    run_dir, output = _paths(run_dir, output, "extract-encoders")
+    encoders = extract_encoders(run_dir, output)
+    for modality, info in encoders.items():
+        print(f"encoders.{modality}.model={info['path']}", file=out)
+    print(f"config snippet: {output / 'encoders.cfg'}  (launch.train --flagfile={output / 'encoders.flags'})",
+          file=out)
+    return encoders
+
+
+# ---------------------------------------------------------------------------------------------
+def dispatch(command: str) -> None:
+    workdir = pathlib.Path(_WORKDIR.value)
+    if command == "info":
+        cmd_info(workdir, sort=_SORT.value, contains=_FILTER.value)
+    elif command == "cache":
+        cmd_cache(_CACHE_DIR.value or workdir / "cache" / "features", clear=_CLEAR.value)
+    elif command == "gc":
+        cmd_gc(workdir, apply=_APPLY.value, grace_s=_GRACE.value)
+    elif command == "create-standalone":
+        cmd_create_standalone(_RUN_DIR.value, _OUTPUT.value)
+    elif command == "extract-encoders":
+        cmd_extract_encoders(_RUN_DIR.value, _OUTPUT.value)
+
+
+def main(argv):
+    if len(argv) < 2:
+        raise app.UsageError(f"give a command: {' | '.join(COMMANDS)}")
+    if len(argv) > 2:
+        raise app.UsageError(f"unexpected arguments: {argv[2:]}")
+    command = argv[1]
+    if command not in COMMANDS:
+        raise app.UsageError(f"unknown command {command!r}; choose one of {', '.join(COMMANDS)}")
+    std_logging.getLogger("absl").setLevel(std_logging.WARNING)
+    from emojax.checkpoint import CheckpointError
+    from emojax.config import ConfigError
+    from emojax.encoders.hub import WeightError
+
+    try:
+        dispatch(command)
+    except (ToolError, CheckpointError, ConfigError, WeightError, FileNotFoundError, FileExistsError) as err:
+        sys.exit(f"error: {err}")
+
+
+if __name__ == "__main__":
+    app.run(main)
