@@ -72,18 +72,19 @@ def format_confusion(matrix, class_names: Sequence[str]) -> str:
     return "\n".join(lines)
 
 
-def plot_confusion(matrix, class_names: Sequence[str], path: str | pathlib.Path, title: str = "") -> pathlib.Path:
-    """Save a row-normalised confusion matrix heat map with counts as a PNG."""
-    import matplotlib
+def confusion_figure(matrix, class_names: Sequence[str], title: str = ""):
+    """A row-normalised confusion matrix heat map with counts, as a ``matplotlib.figure.Figure``.
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    Built without pyplot, so it never changes the process's backend: a notebook shows it inline
+    (``display(fig)`` or as a cell's last value), a script saves it (``fig.savefig``)."""
+    from matplotlib.figure import Figure
 
     matrix = np.asarray(matrix, dtype=np.float64)
     rows = matrix.sum(axis=1, keepdims=True)
     normalised = np.divide(matrix, rows, out=np.zeros_like(matrix), where=rows > 0)
     size = 1.2 + 0.75 * len(class_names)
-    fig, ax = plt.subplots(figsize=(size + 1.5, size))
+    fig = Figure(figsize=(size + 1.5, size))
+    ax = fig.subplots()
     image = ax.imshow(normalised, cmap="Blues", vmin=0.0, vmax=1.0)
     ax.set_xticks(range(len(class_names)), class_names, rotation=45, ha="right")
     ax.set_yticks(range(len(class_names)), class_names)
@@ -97,21 +98,23 @@ def plot_confusion(matrix, class_names: Sequence[str], path: str | pathlib.Path,
     if title:
         ax.set_title(title)
     fig.tight_layout()
+    return fig
+
+
+def plot_confusion(matrix, class_names: Sequence[str], path: str | pathlib.Path, title: str = "") -> pathlib.Path:
+    """Save :func:`confusion_figure` as a PNG."""
     path = pathlib.Path(path)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    confusion_figure(matrix, class_names, title).savefig(path, dpi=120)
     return path
 
 
 def plot_history(history: Sequence[dict], path: str | pathlib.Path, metric: str = "weighted_f1") -> pathlib.Path:
     """Training loss and dev ``metric`` per epoch as a PNG."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure
 
     epochs = [row["epoch"] for row in history]
-    fig, ax_loss = plt.subplots(figsize=(6, 3.5))
+    fig = Figure(figsize=(6, 3.5))
+    ax_loss = fig.subplots()
     ax_loss.plot(epochs, [row["train_loss"] for row in history], color="tab:red", label="train loss")
     ax_loss.set_xlabel("epoch")
     ax_loss.set_ylabel("train loss", color="tab:red")
@@ -122,5 +125,4 @@ def plot_history(history: Sequence[dict], path: str | pathlib.Path, metric: str 
     fig.tight_layout()
     path = pathlib.Path(path)
     fig.savefig(path, dpi=120)
-    plt.close(fig)
     return path
