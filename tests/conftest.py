@@ -113,3 +113,11 @@ def tiny_bert(tmp_path_factory) -> pathlib.Path:
 @pytest.fixture(scope="session")
 def text_meld(tmp_path_factory) -> pathlib.Path:
     return write_text_meld(tmp_path_factory.mktemp("text-meld"))
+
+
+@pytest.fixture(scope="session")
+def demo_dataset(tmp_path_factory) -> pathlib.Path:
+    """The full demo dataset (``python3 run.py demo``'s), generated once per test session."""
+    from emojax.data.demo import generate_demo
+
+    return generate_demo(tmp_path_factory.mktemp("demo") / "demo", seed=0)

@@ -19,8 +19,8 @@ SMALL = {"train": 24, "dev": 12, "test": 12}
 
 
 @pytest.fixture(scope="module")
-def demo_root(tmp_path_factory):
-    return generate_demo(tmp_path_factory.mktemp("demo") / "demo", seed=0)
+def demo_root(demo_dataset):
+    return demo_dataset
 
 
 @pytest.fixture(scope="module")

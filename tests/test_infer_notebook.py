@@ -16,10 +16,12 @@ def notebook_snippet() -> str:
     return found.group(1)
 
 
-def test_infer_notebook_snippet_from_readme(tmp_path, monkeypatch):
+def test_infer_notebook_snippet_from_readme(tmp_path, monkeypatch, demo_dataset):
     from matplotlib.figure import Figure
 
     monkeypatch.chdir(tmp_path)
+    (tmp_path / "datasets").mkdir()
+    (tmp_path / "datasets" / "demo").symlink_to(demo_dataset)  # the demo the session generated
     namespace: dict = {}
     exec(compile(notebook_snippet(), "README.md:notebook-snippet", "exec"), namespace)
 
