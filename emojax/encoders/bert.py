@@ -173,10 +173,13 @@ def _layer(layer, x, bias, c: BertConfig, dtype, rng, deterministic):
     def split(t):
         return t.reshape(batch, seq, heads, size)
 
-    q = split(_dense(x, layer["query"], dtype))
-    k = split(_dense(x, layer["key"], dtype))
-    v = split(_dense(x, layer["value"], dtype))
-    scores = jnp.einsum("bqhd,bkhd->bhqk", q, k, preferred_element_type=jnp.float32) / math.sqrt(size)
+    # One matrix product for the three projections; the 1/sqrt(d) scale goes on the queries
+    # (seq x hidden values) rather than on the scores (heads x seq x seq).
+    w = jnp.concatenate([layer["query"]["w"], layer["key"]["w"], layer["value"]["w"]], axis=1)
+    b = jnp.concatenate([layer["query"]["b"], layer["key"]["b"], layer["value"]["b"]])
+    q, k, v = jnp.split(_dense(x, {"w": w, "b": b}, dtype), 3, axis=-1)
+    q, k, v = split(q * jnp.asarray(1.0 / math.sqrt(size), q.dtype)), split(k), split(v)
+    scores = jnp.einsum("bqhd,bkhd->bhqk", q, k, preferred_element_type=jnp.float32)
     probs = jax.nn.softmax(scores + bias, axis=-1)
     probs = _dropout(probs, c.attention_dropout, rngs[0], deterministic)
     context = jnp.einsum("bhqk,bkhd->bqhd", probs.astype(dtype), v).reshape(batch, seq, hidden)

