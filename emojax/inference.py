@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import os
 import pathlib
 import re
@@ -31,11 +32,17 @@ from emojax.features import FeatureSet, Featurizer, standardize
 from emojax.model import build_model
 from emojax.train import make_eval_step, predict_proba
 
+log = logging.getLogger(__name__)
+
 
 class Estimator:
     """A trained run, ready to score single utterances."""
 
-    def __init__(self, run_dir: str | pathlib.Path):
+    def __init__(self, run_dir: str | pathlib.Path, *, asr_model: Optional[str] = None,
+                 asr_language: Optional[str] = None, asr_task: str = "transcribe"):
+        """``asr_model``: a Whisper checkpoint (hub id or folder) that transcribes audio given
+        without text, for runs with a text modality (:class:`emojax.encoders.whisper_decoder.Transcriber`;
+        ``asr_language`` e.g. ``"en"``, ``"zh"``; detected when left out)."""
         self.run_dir = pathlib.Path(run_dir)
         meta_path = self.run_dir / "meta.json"
         if not meta_path.exists():
@@ -60,6 +67,40 @@ class Estimator:
         self.params = checkpoints.restore_best(params, progress["best_epoch"])
         checkpoints.close()
         self._eval_step = jax.jit(make_eval_step(self.model))
+        self.transcriber = None
+        if asr_model is not None and "T" in self.model.modalities:
+            from emojax.encoders.whisper_decoder import Transcriber
+
+            self.transcriber = Transcriber(asr_model, language=asr_language, task=asr_task)
+        elif asr_model is not None:
+            log.info("%s has no text modality; the speech recognizer %s is not loaded", self.run_dir, asr_model)
+
+    def _transcribe(self, inputs: Sequence[tuple]) -> tuple[list[tuple], list[Optional[str]], list[Optional[str]]]:
+        """Fill in the text of inputs that have audio but no text, when a recognizer is loaded:
+        ``(inputs, transcripts, errors)``; a file that cannot be transcribed gets its error."""
+        inputs = list(inputs)
+        transcripts: list[Optional[str]] = [None] * len(inputs)
+        errors: list[Optional[str]] = [None] * len(inputs)
+        wanted = [i for i, (text, audio, _) in enumerate(inputs) if not (text or "").strip() and audio is not None]
+        if not wanted or "T" not in self.model.modalities:
+            return inputs, transcripts, errors
+        if self.transcriber is None:
+            log.info("audio without text: the text modality uses its placeholder (give asr_model= / "
+                     "--asr_model to transcribe it)")
+            return inputs, transcripts, errors
+        from emojax.data.media import MediaError, read_audio
+
+        waves, ok = [], []
+        for i in wanted:
+            try:
+                waves.append(read_audio(inputs[i][1]))
+                ok.append(i)
+            except MediaError as err:
+                errors[i] = f"transcription: {err}"
+        for i, text in zip(ok, self.transcriber.transcribe(waves) if waves else []):
+            transcripts[i] = text
+            inputs[i] = (text, *inputs[i][1:])
+        return inputs, transcripts, errors
 
     @property
     def modalities(self) -> tuple[str, ...]:
@@ -99,6 +140,10 @@ class Estimator:
         for name, path in (("audio", audio), ("video", video)):
             if path is not None and not pathlib.Path(path).is_file():
                 raise FileNotFoundError(f"--{name}: {path} does not exist")
+        filled, transcripts, failures = self._transcribe([(text, audio, video)])
+        if failures[0]:
+            raise ValueError(failures[0])
+        (text, audio, video), transcript = filled[0], transcripts[0]
         given = {"T": text is not None, "A": audio is not None, "V": video is not None}
         if not any(given[m] for m in self.modalities):
             raise ValueError(f"give at least one of the run's modalities ({'+'.join(self.modalities)})")
@@ -109,7 +154,10 @@ class Estimator:
             data.present[m] = data.present[m] & given[m]
         data = standardize(data, self.feature_stats)
         probs = predict_proba(self._eval_step, self.params, data, batch_size=1)[0]
-        return self._result(probs)
+        result = self._result(probs)
+        if transcript is not None:
+            result["transcript"] = transcript
+        return result
 
     def predict_many(self, inputs: Sequence[tuple[Optional[str], Optional[str], Optional[str]]]
                      ) -> list[tuple[Optional[dict], Optional[str]]]:
@@ -122,11 +170,13 @@ class Estimator:
         """
         n = len(inputs)
         results: list[Optional[dict]] = [None] * n
-        errors: list[Optional[str]] = [None] * n
+        inputs, transcripts, errors = self._transcribe(inputs)
         givens, scored = [], []
         for i, (text, audio, video) in enumerate(inputs):
             given = {"T": text is not None, "A": audio is not None, "V": video is not None}
             givens.append(given)
+            if errors[i] is not None:
+                continue
             if not any(given[m] for m in self.modalities):
                 errors[i] = f"no input for the run's modalities ({'+'.join(self.modalities)})"
                 continue
@@ -167,6 +217,8 @@ class Estimator:
                                   batch_size=1)
             for j, row in zip(keep, probs):
                 results[scored[j]] = self._result(row)
+                if transcripts[scored[j]] is not None:
+                    results[scored[j]]["transcript"] = transcripts[scored[j]]
         return list(zip(results, errors))
 
 
@@ -315,7 +367,8 @@ def predict_table(estimator: Estimator, source: str | os.PathLike, output_csv: O
     Output columns: ``row`` (0-based input row), ``id`` and the input's id and label columns,
     ``audio`` and ``video`` (the files used), ``predicted``, ``prob_{class}`` for every class,
     ``estimate`` (sentiment runs: the suite's score, :meth:`Estimator.estimate_score`) and
-    ``error`` (empty when the row was scored). A missing or undecodable media file the run needs
+    ``transcript`` (with an estimator that transcribes audio: the text recognised for rows given
+    audio and no text), ``error`` (empty when the row was scored). A missing or undecodable media file the run needs
     fails its row only.
     """
     import pandas as pd
@@ -352,10 +405,13 @@ def predict_table(estimator: Estimator, source: str | os.PathLike, output_csv: O
             record[f"prob_{name}"] = result["probabilities"][name] if result else np.nan
         if estimator.provides_estimate:
             record["estimate"] = result["estimate"] if result else np.nan
+        record["transcript"] = (result or {}).get("transcript", "")
         record["error"] = error or ""
         records.append(record)
+    transcribed = estimator.transcriber is not None
     columns = ["row", "id", *[c for c in (inputs[0].ids if inputs else {}) if c not in ("row", "id")],
-               "audio", "video", "predicted", *[f"prob_{name}" for name in names],
+               "audio", "video", *(["transcript"] if transcribed else []), "predicted",
+               *[f"prob_{name}" for name in names],
                *(["estimate"] if estimator.provides_estimate else []), "error"]
     table = pd.DataFrame.from_records(records, columns=columns)
     if output_csv is not None:

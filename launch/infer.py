@@ -3,7 +3,9 @@
     python -m launch.infer --run_dir=RUN --text="I can't believe it!" --audio=clip.flac --video=clip.mp4
 
 Any of --text, --audio, --video may be left out; the model uses its learned placeholder for it.
-Sentiment runs also print the suite's ``estimate`` score (last line).
+Sentiment runs also print the suite's ``estimate`` score (last line). With ``--asr_model`` (a
+Whisper checkpoint), audio given without text is transcribed in JAX and the transcript is the
+text input of runs with a text modality.
 
     python -m launch.infer --run_dir=RUN --input_csv=datasets/MELD/test_sent_emo.csv --output=preds.csv
     python -m launch.infer --run_dir=RUN --input_dir=clips/ --output=preds.csv
@@ -33,6 +35,11 @@ _MEDIA_ROOT = flags.DEFINE_string("media_root", None, "Batch CSV: folder the med
 _SPLIT = flags.DEFINE_string("split", None, "Batch MELD CSV: the media subfolder (audios/{split}); default from "
                              "a file named {split}_sent_emo.csv.")
 _PROGRESS = flags.DEFINE_bool("progress", True, "Batch: show a progress bar.")
+_ASR_MODEL = flags.DEFINE_string("asr_model", None, "A Whisper checkpoint (hub id or folder, e.g. "
+                                 "openai/whisper-small) that transcribes audio given without text, for runs "
+                                 "with a text modality.")
+_ASR_LANGUAGE = flags.DEFINE_string("asr_language", None, "Language of the speech (en, zh, ...); detected "
+                                    "when left out.")
 
 
 def _batch(estimator: Estimator, source: str) -> None:
@@ -66,7 +73,7 @@ def main(argv):
         raise app.UsageError("batch prediction needs --output=PATH.csv")
     if _OUTPUT.value and not source:
         raise app.UsageError("--output goes with --input_csv or --input_dir")
-    estimator = Estimator(_RUN_DIR.value)
+    estimator = Estimator(_RUN_DIR.value, asr_model=_ASR_MODEL.value, asr_language=_ASR_LANGUAGE.value)
     if source:
         _batch(estimator, source)
         return
@@ -74,6 +81,8 @@ def main(argv):
         result = estimator.predict(text=_TEXT.value, audio=_AUDIO.value, video=_VIDEO.value)
     except (FileNotFoundError, ValueError) as err:
         raise app.UsageError(str(err)) from None
+    if "transcript" in result:
+        print(f"transcript: {result['transcript']}")
     width = max(len(name) for name in result["probabilities"])
     for name, p in sorted(result["probabilities"].items(), key=lambda kv: -kv[1]):
         print(f"{name:<{width}}  {p:.4f}")
