@@ -40,6 +40,8 @@ _ASR_MODEL = flags.DEFINE_string("asr_model", None, "A Whisper checkpoint (hub i
                                  "with a text modality.")
 _ASR_LANGUAGE = flags.DEFINE_string("asr_language", None, "Language of the speech (en, zh, ...); detected "
                                     "when left out.")
+_ASR_TASK = flags.DEFINE_enum("asr_task", "transcribe", ["transcribe", "translate"],
+                              "Whisper's task token: transcribe, or translate into English.")
 
 
 def _batch(estimator: Estimator, source: str) -> None:
@@ -73,7 +75,8 @@ def main(argv):
         raise app.UsageError("batch prediction needs --output=PATH.csv")
     if _OUTPUT.value and not source:
         raise app.UsageError("--output goes with --input_csv or --input_dir")
-    estimator = Estimator(_RUN_DIR.value, asr_model=_ASR_MODEL.value, asr_language=_ASR_LANGUAGE.value)
+    estimator = Estimator(_RUN_DIR.value, asr_model=_ASR_MODEL.value, asr_language=_ASR_LANGUAGE.value,
+                          asr_task=_ASR_TASK.value)
     if source:
         _batch(estimator, source)
         return
