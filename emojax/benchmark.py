@@ -217,9 +217,21 @@ def measure_train_step(setup: Setup, steps: int) -> dict:
     data = FeatureSet({m: rng.normal(size=(batch, dims[m])).astype(np.float32) for m in model.modalities},
                       {m: np.ones(batch, bool) for m in model.modalities},
                       (np.arange(batch) % classes).astype(np.int32), [str(i) for i in range(batch)])
+    tuning = None
+    if cfg.mode != "frozen":
+        # mode trainable / lora: the text encoder runs inside the step on random full-length
+        # token sequences (the mask token placed where mask pooling looks for it).
+        from emojax.finetune import TextTuning
+
+        dim = dims["T"]
+        tuning = TextTuning(cfg, setup.featurizer.encoders["T"], {"T": {"mean": [0.0] * dim, "std": [1.0] * dim}})
+        ids = rng.integers(5, tuning.config.vocab_size, size=(batch, tuning.max_length)).astype(np.int32)
+        if tuning.mask_token_id is not None:
+            ids[:, -2] = tuning.mask_token_id
+        data.tokens = {"input_ids": ids, "attention_mask": np.ones_like(ids)}
     prep = train_lib.Prepared(cfg=cfg, run_dir=pathlib.Path("."), class_names=setup.class_names,
                               features={"train": data}, not_scored=(), featurizer=setup.featurizer,
-                              model=model, feature_seconds=0.0, feature_stats={})
+                              model=model, feature_seconds=0.0, feature_stats={}, tuning=tuning)
     extras = train_lib._usable_extras(cfg, model.modalities, distillation=True)
     skipped = [name for name in extras if name == "dist"]  # needs a teacher run's logits
     extras = {k: v for k, v in extras.items() if k not in skipped}
@@ -228,21 +240,25 @@ def measure_train_step(setup: Setup, steps: int) -> dict:
     weights = inverse_frequency_weights(data.labels, classes) if cfg.loss.classification == "weighted" else None
     step = jax.jit(train_lib.make_train_step(model, optimizer, loss_kind=cfg.loss.classification,
                                              class_weights=weights, extras=extras,
-                                             combine=cfg.loss.get("combine", "sum")), donate_argnums=0)
+                                             combine=cfg.loss.get("combine", "sum"), tuning=tuning),
+                   donate_argnums=0)
     inputs = train_lib.batch_of(data, np.arange(batch))
+    base = {"encoder_base": tuning.base_args} if tuning is not None and tuning.base_args is not None else {}
     start = time.perf_counter()
     for _ in range(WARMUP_STEPS):
-        state, logs = step(state, inputs)
+        state, logs = step(state, inputs, **base)
     jax.block_until_ready((state, logs))
     compile_s = time.perf_counter() - start
     start = time.perf_counter()
     for _ in range(steps):
-        state, logs = step(state, inputs)
+        state, logs = step(state, inputs, **base)
     jax.block_until_ready((state, logs))
     seconds = time.perf_counter() - start
     return {"batch_size": batch, "steps": int(steps), "warmup_steps": WARMUP_STEPS, "warmup_s": compile_s,
             "seconds": seconds, "steps_per_s": steps / seconds, "samples_per_s": batch * steps / seconds,
             "parameters": int(sum(x.size for x in jax.tree_util.tree_leaves(state.params))),
+            "mode": str(cfg.mode),
+            "encoder_trainable_parameters": int(sum(x.size for x in jax.tree_util.tree_leaves(state.encoder))),
             "loss": float(logs["loss"]), "skipped_losses": skipped}
 
 
@@ -358,9 +374,12 @@ def format_markdown(result: dict) -> str:
     for modality, enc in result["encoders"].items():
         lines.append(f"| encoder {modality} ({enc['family']}: {pathlib.PurePath(enc['model']).name}), "
                      f"{enc['samples']} samples | {_number(enc['samples_per_s'], ' samples/s')} |")
-    lines += [f"| train step (batch {ts['batch_size']}, jit, after {ts['warmup_steps']} warm-up steps) | "
+    tuned = f", text encoder {ts['mode']}" if ts.get("mode", "frozen") != "frozen" else ""
+    lines += [f"| train step (batch {ts['batch_size']}{tuned}, jit, after {ts['warmup_steps']} warm-up steps) | "
               f"{_number(ts['samples_per_s'], ' samples/s', 0)} ({_number(ts['steps_per_s'], ' steps/s')}) |",
               f"| head parameters | {ts['parameters']:,} |",
+              *([f"| trainable encoder parameters ({ts['mode']}) | {ts['encoder_trainable_parameters']:,} |"]
+                if ts.get("encoder_trainable_parameters") else []),
               f"| host peak RSS | {_number(mem['host_peak_rss_mib'], ' MiB', 0)} |",
               f"| device peak memory ({mem['device']}) | "
               + (_number(mem['device_peak_mib'], ' MiB', 0) if mem['device_peak_mib'] is not None

@@ -40,7 +40,7 @@ PARTS: dict[str, tuple[str, str]] = {
 DEFAULT_PARTS = {key: default for key, (_, default) in PARTS.items()}
 
 # Fields that say where or how often, not what is trained: they stay out of the hash.
-_UNHASHED = ("seed", "dataset.path", "cache", "progress", "workdir", "train.devices")
+_UNHASHED = ("seed", "dataset.path", "cache", "progress", "workdir", "train.devices", "encoder.remat")
 
 CATEGORIES = ("training", "distillation")
 
@@ -125,7 +125,7 @@ def compose(arg: str | None = None) -> ml_collections.ConfigDict:
         "modalities": chosen["encoders"],
         "encoders": encoders,
         "mode": mode.pop("mode"),
-        "encoder": {"lr": mode.pop("encoder_lr", 0.0), "lora": mode.pop("lora", {
+        "encoder": {"lr": mode.pop("encoder_lr", 0.0), "remat": False, "lora": mode.pop("lora", {
             "rank": 64, "alpha": 128.0, "dropout": 0.1, "targets": "query,key,value,dense"})},
         "fusion": {"preset": chosen["fusion"], **_resolve("fusion", chosen["fusion"])},
         "classifier": {"preset": chosen["experts"], **_resolve("experts", chosen["experts"])},
@@ -222,10 +222,23 @@ def validate(cfg) -> None:
         if text.context_turns < -1:
             raise ConfigError(f"encoders.T.context_turns: {text.context_turns} must be -1 (all) or >= 0")
     if cfg.mode != "frozen":
-        # Fine-tuning runs the encoders inside the train step; the loop in emojax.train trains
-        # heads on cached frozen features only, so refuse rather than silently freeze.
-        raise ConfigError(f"mode: {cfg.mode!r} (encoder fine-tuning) is not supported by this version's "
-                          "training loop, which trains on frozen-encoder features; use mode=frozen")
+        # trainable / lora fine-tune the text encoder inside the train step (emojax.finetune);
+        # audio and video encoders stay frozen.
+        if "T" not in cfg.encoders:
+            raise ConfigError(f"mode: {cfg.mode!r} fine-tunes the text encoder, but encoders={cfg.modalities!r} "
+                              "has no text modality; use mode=frozen")
+        if cfg.encoders.T.get("family", "bert") not in ("bert", "modernbert"):
+            raise ConfigError(f"mode: {cfg.mode!r}: encoders.T.family {cfg.encoders.T.family!r} cannot be fine-tuned")
+        if not float(cfg.encoder.lr) > 0:
+            raise ConfigError(f"encoder.lr: must be positive when mode={cfg.mode!r}, got {cfg.encoder.lr}")
+        if cfg.mode == "lora":
+            spec = cfg.encoder.lora
+            if int(spec.rank) < 1:
+                raise ConfigError(f"encoder.lora.rank: must be at least 1, got {spec.rank}")
+            if not 0.0 <= float(spec.dropout) < 1.0:
+                raise ConfigError(f"encoder.lora.dropout: {spec.dropout} must lie in [0, 1)")
+            if not str(spec.targets).strip():
+                raise ConfigError("encoder.lora.targets: empty; e.g. query,key,value,dense")
 
 
 def _plain(cfg) -> Any:

@@ -56,6 +56,9 @@ class FeatureSet:
     present: dict[str, np.ndarray]  # modality -> (n,) bool
     labels: np.ndarray  # (n,) int32
     uids: list[str]
+    # Text token ids for a run that fine-tunes its text encoder (emojax.finetune):
+    # {"input_ids", "attention_mask"} (n, max_length) int32; None otherwise.
+    tokens: Optional[dict] = None
 
     def __len__(self) -> int:
         return len(self.uids)
@@ -104,11 +107,20 @@ class _TextFeatures:
         self.speaker_tokens = list(speaker_tokens) if self.uses_speakers else []
         if self.speaker_tokens:
             self.encoder.add_special_tokens(self.speaker_tokens)
+        self.dtype = dtype
+        self.update_namespace()
+        self.dim = self.encoder.dim
+
+    def update_namespace(self) -> None:
+        """The cache namespace of the current weights (call again after replacing them, e.g. with
+        a fine-tuned encoder: its features then never mix with the base encoder's)."""
+        import jax.numpy as jnp
+
+        spec = self.spec
         # The compute dtype is part of the key: bfloat16 features differ from float32 ones.
         self.namespace = _digest("text", spec.model, self.encoder.weights_hash, spec.pooling,
                                  int(spec.max_length), int(spec.context_turns), bool(spec.prompt),
-                                 str(jnp.dtype(dtype)))[:24]
-        self.dim = self.encoder.dim
+                                 str(jnp.dtype(self.dtype)))[:24]
 
     def texts(self, split: Split) -> list[str]:
         if not self.uses_speakers:

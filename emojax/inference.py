@@ -64,7 +64,10 @@ class Estimator:
             checkpoints.close()
             raise ckpt_lib.CheckpointError(f"{self.run_dir / 'progress.json'}: the run has not finished; "
                                            "resume it with launch/train.py first")
-        self.params = checkpoints.restore_best(params, progress["best_epoch"])
+        if self.cfg.mode == "frozen":
+            self.params = checkpoints.restore_best(params, progress["best_epoch"])
+        else:
+            self.params = self._restore_tuned(checkpoints, params, progress["best_epoch"], meta)
         checkpoints.close()
         self._eval_step = jax.jit(make_eval_step(self.model))
         self.transcriber = None
@@ -74,6 +77,20 @@ class Estimator:
             self.transcriber = Transcriber(asr_model, language=asr_language, task=asr_task)
         elif asr_model is not None:
             log.info("%s has no text modality; the speech recognizer %s is not loaded", self.run_dir, asr_model)
+
+    def _restore_tuned(self, checkpoints, params, epoch: int, meta: dict):
+        """A run that fine-tuned its text encoder: the head and the encoder of the selected epoch;
+        the featurizer's text encoder then computes with the tuned weights (LoRA adapters merged)."""
+        from emojax.finetune import TextTuning
+
+        text = self.featurizer.encoders["T"]
+        tuning = TextTuning(self.cfg, text, meta["feature_stats"])
+        target = {"params": params, "encoder": tuning.init(jax.random.PRNGKey(0))}
+        best = checkpoints.restore_best(target, epoch)
+        text.encoder.params = tuning.merged(best["encoder"])
+        text.encoder._hash = None
+        text.update_namespace()
+        return best["params"]
 
     def _transcribe(self, inputs: Sequence[tuple]) -> tuple[list[tuple], list[Optional[str]], list[Optional[str]]]:
         """Fill in the text of inputs that have audio but no text, when a recognizer is loaded:

@@ -50,23 +50,49 @@ class TrainState:
     rng: jax.Array
     loss_state: Any
     loss_params: Any = flax.struct.field(default_factory=dict)
+    # The fine-tuned text encoder's trainable part (mode trainable: its parameters; lora: the
+    # adapters; {} when frozen). The optimizer covers it under "encoder".
+    encoder: Any = flax.struct.field(default_factory=dict)
 
 
-def learning_rate_schedule(cfg, total_steps: int) -> optax.Schedule:
-    """Linear warm-up over ``warmup_ratio`` of the steps, then linear decay to zero."""
+def learning_rate_schedule(cfg, total_steps: int, peak: Optional[float] = None) -> optax.Schedule:
+    """Linear warm-up over ``warmup_ratio`` of the steps to ``peak`` (default ``train.lr``),
+    then linear decay to zero."""
+    peak = float(cfg.train.lr) if peak is None else float(peak)
     warmup = max(1, int(round(cfg.train.warmup_ratio * total_steps)))
     return optax.join_schedules(
-        [optax.linear_schedule(0.0, cfg.train.lr, warmup),
-         optax.linear_schedule(cfg.train.lr, 0.0, max(1, total_steps - warmup))],
+        [optax.linear_schedule(0.0, peak, warmup),
+         optax.linear_schedule(peak, 0.0, max(1, total_steps - warmup))],
         [warmup])
 
 
 def make_optimizer(cfg, total_steps: int) -> optax.GradientTransformation:
-    """AdamW with warm-up + linear decay and global-norm gradient clipping."""
-    return optax.chain(
-        optax.clip_by_global_norm(cfg.train.clip_norm),
-        optax.adamw(learning_rate_schedule(cfg, total_steps), weight_decay=cfg.train.weight_decay),
-    )
+    """AdamW with warm-up + linear decay and global-norm gradient clipping.
+
+    When the text encoder is fine-tuned (``mode`` trainable / lora) the encoder's part of the
+    trainable tree (key ``"encoder"``) gets its own AdamW with peak rate ``encoder.lr`` on the
+    same schedule shape; the clipping norm covers everything."""
+    head = optax.adamw(learning_rate_schedule(cfg, total_steps), weight_decay=cfg.train.weight_decay)
+    if cfg.mode == "frozen":
+        return optax.chain(optax.clip_by_global_norm(cfg.train.clip_norm), head)
+    encoder = optax.adamw(learning_rate_schedule(cfg, total_steps, cfg.encoder.lr),
+                          weight_decay=cfg.train.weight_decay)
+
+    def labels(tree):
+        return {k: jax.tree_util.tree_map(lambda _: "encoder" if k == "encoder" else "head", v)
+                for k, v in tree.items()}
+
+    return optax.chain(optax.clip_by_global_norm(cfg.train.clip_norm),
+                       optax.multi_transform({"head": head, "encoder": encoder}, labels))
+
+
+def trainable_tree(state: "TrainState", tuning=None) -> dict:
+    """What the optimizer updates: the model's and the losses' parameters, and the text
+    encoder's trainable part when it is fine-tuned."""
+    tree = {"model": state.params, "losses": state.loss_params}
+    if tuning is not None:
+        tree["encoder"] = state.encoder
+    return tree
 
 
 def compute_params(params, dtype):
@@ -80,10 +106,13 @@ def compute_params(params, dtype):
 
 def make_train_step(model: EmotionModel, optimizer: optax.GradientTransformation, *,
                     loss_kind: str, class_weights: Optional[np.ndarray], extras: dict,
-                    combine: str = "sum", teacher: Optional[EmotionModel] = None) -> Callable:
-    """``train_step(state, batch[, teacher_params]) -> (state, logs)``; ``batch`` has features,
-    present, labels (and, with a ``teacher``, ``teacher_features`` / ``teacher_present``, the
-    teacher's inputs for the same samples).
+                    combine: str = "sum", teacher: Optional[EmotionModel] = None, tuning=None) -> Callable:
+    """``train_step(state, batch[, teacher_params][, encoder_base=...]) -> (state, logs)``; ``batch``
+    has features, present, labels (and, with a ``teacher``, ``teacher_features`` /
+    ``teacher_present``, the teacher's inputs for the same samples; with ``tuning``, a
+    :class:`emojax.finetune.TextTuning`, ``tokens``: the text features are then computed inside
+    the step by the encoder being fine-tuned, from ``state.encoder`` and, for LoRA, the frozen
+    base weights ``encoder_base``).
 
     With a ``teacher`` model the teacher's logits are computed inside the step from
     ``teacher_params`` (frozen: stop-gradient, never optimised) and feed the ``dist`` loss.
@@ -96,7 +125,7 @@ def make_train_step(model: EmotionModel, optimizer: optax.GradientTransformation
     modalities = model.modalities
     wants_inputs = any(name in losses_lib.MULTIMODAL_LOSSES for name in extras)
 
-    def train_step(state: TrainState, batch: dict, teacher_params=None):
+    def train_step(state: TrainState, batch: dict, teacher_params=None, encoder_base=None):
         rng, dropout_rng, router_rng, modality_rng, loss_rng = jax.random.split(state.rng, 5)
         teacher_logits = None
         if teacher is not None:
@@ -108,13 +137,20 @@ def make_train_step(model: EmotionModel, optimizer: optax.GradientTransformation
 
         def loss_fn(trainable):
             params, loss_params = compute_params(trainable["model"], model.dtype), trainable["losses"]
+            features = batch["features"]
+            if tuning is not None:
+                # A separate stream (folded from the loss key) keeps frozen runs' RNG unchanged.
+                features = dict(features)
+                features["T"] = tuning.features(trainable["encoder"], encoder_base, batch["tokens"]["input_ids"],
+                                                batch["tokens"]["attention_mask"],
+                                                rng=jax.random.fold_in(loss_rng, 1), deterministic=False)
             if wants_inputs:
                 (logits, aux, fused), inter = model.apply(
-                    {"params": params}, batch["features"], batch["present"], deterministic=False, rngs=rngs,
+                    {"params": params}, features, batch["present"], deterministic=False, rngs=rngs,
                     mutable=["intermediates"])
                 inputs = inter["intermediates"]["fusion_inputs"][0]
             else:
-                logits, aux, fused = model.apply({"params": params}, batch["features"], batch["present"],
+                logits, aux, fused = model.apply({"params": params}, features, batch["present"],
                                                  deterministic=False, rngs=rngs)
                 inputs = None
             classification = losses_lib.classification_loss(loss_kind, logits, batch["labels"], weights)
@@ -134,13 +170,14 @@ def make_train_step(model: EmotionModel, optimizer: optax.GradientTransformation
                 total = classification + aux + extra
             return total, (logs, loss_state)
 
-        trainable = {"model": state.params, "losses": state.loss_params}
+        trainable = trainable_tree(state, tuning)
         (loss, (logs, loss_state)), grads = jax.value_and_grad(loss_fn, has_aux=True)(trainable)
         updates, opt_state = optimizer.update(grads, state.opt_state, trainable)
         trainable = optax.apply_updates(trainable, updates)
         logs = {"loss": loss, **logs}
         new_state = state.replace(step=state.step + 1, params=trainable["model"], opt_state=opt_state, rng=rng,
-                                  loss_state=loss_state, loss_params=trainable["losses"])
+                                  loss_state=loss_state, loss_params=trainable["losses"],
+                                  encoder=trainable.get("encoder", state.encoder))
         return new_state, logs
 
     return train_step
@@ -168,11 +205,14 @@ def epoch_order(seed: int, epoch: int, n: int) -> np.ndarray:
 
 
 def batch_of(data: FeatureSet, index: np.ndarray) -> dict:
-    return {
+    batch = {
         "features": {m: data.features[m][index] for m in data.features},
         "present": {m: data.present[m][index] for m in data.present},
         "labels": data.labels[index],
     }
+    if data.tokens is not None:
+        batch["tokens"] = {k: v[index] for k, v in data.tokens.items()}
+    return batch
 
 
 def train_batches(data: FeatureSet, batch_size: int, seed: int, epoch: int) -> Iterator[dict]:
@@ -306,6 +346,7 @@ class Prepared:
     model: EmotionModel
     feature_seconds: float
     feature_stats: dict  # modality -> {"mean", "std"} of the training split
+    tuning: Any = None  # emojax.finetune.TextTuning when the text encoder is fine-tuned
 
 
 def load_data(cfg):
@@ -350,8 +391,31 @@ def prepare(cfg, workdir: str | pathlib.Path, category: str = "training") -> Pre
             log.info("%s: samples without %s", name,
                      ", ".join(f"{m}: {c}/{len(split)}" for m, c in missing.items() if c))
     model = build_model(cfg, featurizer.dims, dataset.num_classes)
+    tuning = None
+    if cfg.mode != "frozen":
+        from emojax.finetune import TextTuning
+
+        text = featurizer.encoders["T"]
+        tuning = TextTuning(cfg, text, stats)
+        features = {name: dataclasses.replace(features[name], tokens=tuning.tokens(text.texts(split)))
+                    for name, split in dataset.splits.items()}
     return Prepared(cfg, run_dir, dataset.class_names, features, tuple(dataset.not_scored), featurizer,
-                    model, feature_seconds, stats)
+                    model, feature_seconds, stats, tuning)
+
+
+def tuned_features(prep: Prepared, encoder, batch_size: int, splits=None) -> dict[str, FeatureSet]:
+    """``prep.features`` with the text features of ``splits`` (default all) recomputed by the
+    fine-tuned encoder ``encoder`` (its trainable part); unchanged for a frozen run."""
+    if prep.tuning is None:
+        return dict(prep.features)
+    return {name: prep.tuning.refresh(data, encoder, batch_size) if splits is None or name in splits else data
+            for name, data in prep.features.items()}
+
+
+def best_target(state: "TrainState", tuning=None):
+    """What the best checkpoint holds: the model's parameters, plus the text encoder's trainable
+    part (``{"params", "encoder"}``) when it is fine-tuned."""
+    return state.params if tuning is None else {"params": state.params, "encoder": state.encoder}
 
 
 def init_state(prep: Prepared, optimizer: optax.GradientTransformation, extras: Optional[dict] = None) -> TrainState:
@@ -376,9 +440,13 @@ def init_state(prep: Prepared, optimizer: optax.GradientTransformation, extras: 
         loss_params = losses_lib.init_loss_params(
             extras, fused_dim=int(fused.shape[-1]), input_dims={m: int(x.shape[-1]) for m, x in inputs.items()},
             rng=params_rng, combine=combine, loss_names=("classification", *extras))
-    return TrainState(step=jnp.zeros((), jnp.int32), params=params,
-                      opt_state=optimizer.init({"model": params, "losses": loss_params}),
-                      rng=state_rng, loss_state=loss_state, loss_params=loss_params)
+    encoder, tuning = {}, getattr(prep, "tuning", None)
+    if tuning is not None:
+        encoder = tuning.init(jax.random.fold_in(init_rng, 1))
+        log.info(tuning.describe(encoder))
+    state = TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=None,
+                       rng=state_rng, loss_state=loss_state, loss_params=loss_params, encoder=encoder)
+    return state.replace(opt_state=optimizer.init(trainable_tree(state, tuning)))
 
 
 def _scores_summary(scores: dict) -> dict:
@@ -430,7 +498,8 @@ def fit(cfg, workdir: str | pathlib.Path, *, category: str = "training", max_epo
         params, copied = transfer_matching(state.params, distill.params)
         log.info("student: %d of %d parameter tensors start from the teacher's", copied,
                  len(jax.tree_util.tree_leaves(state.params)))
-        state = state.replace(params=params, opt_state=optimizer.init({"model": params, "losses": state.loss_params}))
+        state = state.replace(params=params)
+        state = state.replace(opt_state=optimizer.init(trainable_tree(state, prep.tuning)))
     class_weights = None
     if cfg.loss.classification == "weighted":
         from emojax.data.types import inverse_frequency_weights
@@ -442,8 +511,13 @@ def fit(cfg, workdir: str | pathlib.Path, *, category: str = "training", max_epo
     train_step = jax.jit(make_train_step(prep.model, optimizer, loss_kind=cfg.loss.classification,
                                          class_weights=class_weights, extras=extras,
                                          combine=cfg.loss.get("combine", "sum"),
-                                         teacher=distill.model if distill is not None else None),
+                                         teacher=distill.model if distill is not None else None,
+                                         tuning=prep.tuning),
                          donate_argnums=0, **outputs)
+    base_kw = {}
+    if prep.tuning is not None and prep.tuning.base_args is not None:
+        base_kw["encoder_base"] = (prep.tuning.base_args if parallel is None
+                                   else parallel.replicate(prep.tuning.base_args))
     teacher_args = (distill.params,) if distill is not None else ()
     if distill is not None and parallel is not None:
         teacher_args = (parallel.replicate(distill.params),)
@@ -483,7 +557,7 @@ def fit(cfg, workdir: str | pathlib.Path, *, category: str = "training", max_epo
             batch.pop("index", None)
             if parallel is not None:
                 batch = parallel.shard(batch)
-            state, logs = train_step(state, batch, *teacher_args)
+            state, logs = train_step(state, batch, *teacher_args, **base_kw)
             losses.append(logs["loss"])
             if len(losses) % 10 == 0 or len(losses) == steps_per_epoch:
                 postfix = {"loss": f"{float(np.mean(jax.device_get(losses[-10:]))):.4f}"}
@@ -495,6 +569,8 @@ def fit(cfg, workdir: str | pathlib.Path, *, category: str = "training", max_epo
         if not np.isfinite(train_loss):
             raise FloatingPointError(f"epoch {epoch}: training loss is {train_loss}; lower train.lr "
                                      f"(now {cfg.train.lr}) or check the features")
+        if prep.tuning is not None:
+            dev_data = prep.tuning.refresh(prep.features["dev"], state.encoder, eval_batch)
         dev_scores = score(eval_step, state.params, dev_data, len(prep.class_names), eval_batch, parallel)
         seconds = time.perf_counter() - start
         row = {"epoch": epoch, "train_loss": train_loss, "dev": _scores_summary(dev_scores),
@@ -513,7 +589,8 @@ def fit(cfg, workdir: str | pathlib.Path, *, category: str = "training", max_epo
             tqdm.write(f"epoch {epoch}: loss {train_loss:.4f}  dev acc {100 * dev_scores['accuracy']:.2f}  "
                        f"dev wF1 {100 * dev_scores['weighted_f1']:.2f}  ({seconds:.1f}s)"
                        + ("  *" if improved else ""))
-        checkpoints.save_epoch(epoch, state, progress, best_params=state.params if improved else None)
+        checkpoints.save_epoch(epoch, state, progress,
+                               best_params=best_target(state, prep.tuning) if improved else None)
         epochs_run += 1
 
     if not progress["finished"]:
@@ -521,8 +598,12 @@ def fit(cfg, workdir: str | pathlib.Path, *, category: str = "training", max_epo
         return run_dir
 
     # -- the selected epoch, scored once on dev and test -----------------------------------
-    best_params = checkpoints.restore_best(state.params, progress["best_epoch"])
+    best = checkpoints.restore_best(best_target(state, prep.tuning), progress["best_epoch"])
     checkpoints.close()
+    best_params = best
+    if prep.tuning is not None:
+        best_params = best["params"]
+        prep.features = tuned_features(prep, best["encoder"], eval_batch, splits=("dev", "test"))
     write_results(prep, eval_step, best_params, progress, parallel=parallel, write=primary)
     return run_dir
 
@@ -690,8 +771,12 @@ def load_run(run_dir: str | pathlib.Path, workdir: Optional[str | pathlib.Path] 
     progress = checkpoints.progress()
     if not progress:
         raise ckpt_lib.CheckpointError(f"{run_dir}: no progress.json; is this a run directory?")
-    params = checkpoints.restore_best(state.params, progress["best_epoch"])
+    params = checkpoints.restore_best(best_target(state, prep.tuning), progress["best_epoch"])
     checkpoints.close()
+    if prep.tuning is not None:
+        # Every split's text features from the fine-tuned encoder of the selected epoch.
+        prep.features = tuned_features(prep, params["encoder"], int(cfg.train.eval_batch_size))
+        params = params["params"]
     return prep, eval_step, params, progress
 
 

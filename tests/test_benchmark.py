@@ -22,7 +22,8 @@ TOP_FIELDS = {"label", "hash", "run_dir", "dataset", "modalities", "precision", 
 EVALUATION_FIELDS = {"samples", "cold_s", "recompute_s", "cached_s", "speedup", "encoder_calls", "cache_entries",
                      "cache_bytes", "accuracy", "weighted_f1", "predictions_match"}
 TRAIN_FIELDS = {"batch_size", "steps", "warmup_steps", "warmup_s", "seconds", "steps_per_s", "samples_per_s",
-                "parameters", "loss", "skipped_losses"}
+                "parameters", "loss", "skipped_losses", "mode",
+                "encoder_trainable_parameters"}
 MACHINE_FIELDS = {"cpu", "cores", "usable_cores", "platform", "python", "jax", "jax_backend", "devices", "date"}
 MEMORY_FIELDS = {"host_peak_rss_mib", "device", "device_peak_mib", "device_limit_mib"}
 
@@ -138,3 +139,19 @@ def test_benchmark_launcher_config_end_to_end(tmp_path, demo_data, tiny_bert):
     both = subprocess.run([sys.executable, "-m", "launch.benchmark", "--run=x", "--config=configs/train.py"],
                           cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
     assert both.returncode != 0 and "exactly one" in both.stderr
+
+
+def test_benchmark_train_step_of_lora_config_trains_adapters(text_meld, tiny_bert):
+    """A fine-tuning config times the step with the text encoder inside it; LoRA of rank 4 on the
+    tiny BERT's six projections per layer (hidden 32, MLP 64, 2 layers) trains 3,584 parameters."""
+    from emojax.benchmark import measure_train_step, setup_from_config
+
+    cfg = config_lib.compose("dataset=MELD--E,encoders=T,mode=lora")
+    cfg.dataset.path = str(text_meld)
+    cfg.encoders.T.model = str(tiny_bert)
+    cfg.encoder.lora.rank = 4
+    cfg.train.batch_size = 8
+    result = measure_train_step(setup_from_config(cfg, max_samples=8), steps=2)
+    per_layer = 4 * (32 * 4 + 4 * 32) + (32 * 4 + 4 * 64) + (64 * 4 + 4 * 32)
+    assert result["mode"] == "lora" and result["encoder_trainable_parameters"] == 2 * per_layer
+    assert np.isfinite(result["loss"])

@@ -46,9 +46,15 @@ def test_config_validation_names_key():
     with pytest.raises(config_lib.ConfigError, match=r"encoders\.T\.pooling"):
         config_lib.validate(cfg)
     cfg = config_lib.compose("dataset=MELD--E,encoders=T,mode=trainable")
-    with pytest.raises(config_lib.ConfigError, match=r"mode: 'trainable'"):
-        config_lib.validate(cfg)
+    config_lib.validate(cfg)
     assert cfg.encoders.T.pooling == "mask" and cfg.encoders.T.prompt  # the suite's fine-tuning text path
+    cfg = config_lib.compose("dataset=MELD--E,encoders=A+V,mode=trainable")
+    with pytest.raises(config_lib.ConfigError, match=r"mode: 'trainable' fine-tunes the text encoder"):
+        config_lib.validate(cfg)
+    cfg = config_lib.compose("dataset=MELD--E,encoders=T,mode=lora")
+    cfg.encoder.lora.rank = 0
+    with pytest.raises(config_lib.ConfigError, match=r"encoder\.lora\.rank"):
+        config_lib.validate(cfg)
     cfg = config_lib.compose("dataset=MELD--E")
     cfg.train.batch_size = 0
     with pytest.raises(config_lib.ConfigError, match=r"train\.batch_size"):
