@@ -64,6 +64,17 @@ class FeatureSet:
         return len(self.uids)
 
 
+def padded_batches(n: int, batch_size: int, multiple: int = 1):
+    """``(index, padded)`` per batch of ``n`` rows: the batch's row numbers, and the same padded
+    (repeating the last row) to ``batch_size`` (to ``n`` when it is smaller), rounded up to a
+    multiple of ``multiple``, so one compiled shape serves every batch."""
+    for start in range(0, n, batch_size):
+        index = np.arange(start, min(start + batch_size, n))
+        size = batch_size if n > batch_size else len(index)
+        size = -(-size // multiple) * multiple
+        yield index, np.concatenate([index, np.full(size - len(index), index[-1])])
+
+
 def feature_stats(data: FeatureSet) -> dict[str, dict[str, list[float]]]:
     """Per-modality mean and standard deviation over the samples that have the modality."""
     stats = {}

@@ -21,6 +21,7 @@ import numpy as np
 
 from emojax.encoders import lora as lora_lib
 from emojax.encoders.text import pool_hidden
+from emojax.features import padded_batches
 
 TUNING_MODES = ("trainable", "lora")
 
@@ -38,7 +39,7 @@ class TextTuning:
         if self.mode not in TUNING_MODES:
             raise ValueError(f"mode: {self.mode!r} does not fine-tune the text encoder")
         self.text_features = text_features
-        self.tokenizer = encoder.tokenizer
+        self.encoder = encoder
         self.base = jax.device_get(encoder.params)
         # The frozen base weights travel as a jit argument (never baked into the program as
         # constants); a trainable run needs none.
@@ -105,15 +106,13 @@ class TextTuning:
     def tokens(self, texts) -> dict:
         """``{"input_ids", "attention_mask"}`` ``(n, max_length)`` int32, padded on the right,
         truncated from the left (the prompt and the mask token at the end are kept)."""
-        encoded = self.tokenizer(list(texts), truncation=True, max_length=self.max_length, padding="max_length",
-                                 return_tensors="np")
-        ids = encoded["input_ids"].astype(np.int32)
-        if self.pooling == "mask" and len(ids):
-            missing = ~(ids == self.mask_token_id).any(axis=1)
-            if missing.any():
-                raise ValueError(f"pooling 'mask': text {int(np.argmax(missing))} has no mask token after "
-                                 f"truncation to {self.max_length} tokens")
-        return {"input_ids": ids, "attention_mask": encoded["attention_mask"].astype(np.int32)}
+        ids = self.encoder.token_ids(texts)
+        input_ids = np.full((len(ids), self.max_length), self.encoder.pad_token_id, np.int32)
+        attention = np.zeros((len(ids), self.max_length), np.int32)
+        for row, sequence in enumerate(ids):
+            input_ids[row, :len(sequence)] = sequence
+            attention[row, :len(sequence)] = 1
+        return {"input_ids": input_ids, "attention_mask": attention}
 
     def refresh(self, data, trainable, batch_size: int = 64):
         """``data`` (a standardised :class:`~emojax.features.FeatureSet` with ``tokens``) with its
@@ -121,12 +120,8 @@ class TextTuning:
         if data.tokens is None:
             raise ValueError("refresh: the feature set carries no tokens")
         ids, mask = data.tokens["input_ids"], data.tokens["attention_mask"]
-        n = len(ids)
         rows = []
-        for start in range(0, n, batch_size):
-            index = np.arange(start, min(start + batch_size, n))
-            size = batch_size if n > batch_size else len(index)
-            padded = np.concatenate([index, np.full(size - len(index), index[-1])])
+        for index, padded in padded_batches(len(ids), batch_size):
             rows.append(np.asarray(self._forward(trainable, self.base_args, ids[padded], mask[padded]))[:len(index)])
         features = dict(data.features)
         features["T"] = np.concatenate(rows).astype(np.float32) if rows else data.features["T"]

@@ -28,7 +28,7 @@ from emojax import config as config_lib
 from emojax import losses as losses_lib
 from emojax import metrics as metrics_lib
 from emojax import store
-from emojax.features import FeatureSet, Featurizer, feature_stats, standardize
+from emojax.features import FeatureSet, Featurizer, feature_stats, padded_batches, standardize
 from emojax.model import EmotionModel, build_model
 
 log = logging.getLogger(__name__)
@@ -231,15 +231,8 @@ def predict_proba(eval_step: Callable, params, data: FeatureSet, batch_size: int
     last one padded to that size and masked, so one compiled shape serves every batch and padding
     rows never reach the real rows through attention across the batch). With ``parallel``, every
     batch is padded to a multiple of the device count and split across the devices."""
-    n = len(data)
     out = []
-    for start in range(0, n, batch_size):
-        index = np.arange(start, min(start + batch_size, n))
-        size = batch_size if n > batch_size else len(index)
-        if parallel is not None:
-            size = parallel.padded_size(size)
-        pad = size - len(index)
-        padded = np.concatenate([index, np.full(pad, index[-1])]) if pad else index
+    for index, padded in padded_batches(len(data), batch_size, parallel.count if parallel is not None else 1):
         batch = batch_of(data, padded)
         mask = np.arange(len(padded)) < len(index)
         if parallel is not None:
@@ -283,9 +276,6 @@ class DataParallel:
     @property
     def count(self) -> int:
         return len(self.devices)
-
-    def padded_size(self, size: int) -> int:
-        return -(-size // self.count) * self.count
 
     def replicate(self, tree):
         if self.processes == 1:

@@ -200,11 +200,13 @@ class TextEncoder:
         """Token ids per text (lists, no padding), truncated from the left to ``max_length``."""
         return self.tokenizer(list(texts), truncation=True, max_length=self.max_length, padding=False)
 
-    def encode(self, texts: Sequence[str], batch_size: int = 64, progress: bool = True) -> np.ndarray:
-        """Pooled features ``(len(texts), dim)`` float32, in the order of ``texts``."""
+    @property
+    def pad_token_id(self) -> int:
+        return self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else self.config.pad_token_id
+
+    def token_ids(self, texts: Sequence[str]) -> list[list[int]]:
+        """:meth:`tokenize`'s ids, checked to hold the mask token when pooling there."""
         texts = list(texts)
-        if not texts:
-            return np.zeros((0, self.dim), np.float32)
         ids = self.tokenize(texts)["input_ids"]
         if self.pooling == "mask":
             mask_id = self.tokenizer.mask_token_id
@@ -212,11 +214,19 @@ class TextEncoder:
                 if mask_id not in row:
                     raise ValueError(f"text {i} has no {self.tokenizer.mask_token} token to pool at "
                                      f"(pooling='mask'): {texts[i][:80]!r}; build it with a prompt")
+        return ids
+
+    def encode(self, texts: Sequence[str], batch_size: int = 64, progress: bool = True) -> np.ndarray:
+        """Pooled features ``(len(texts), dim)`` float32, in the order of ``texts``."""
+        texts = list(texts)
+        if not texts:
+            return np.zeros((0, self.dim), np.float32)
+        ids = self.token_ids(texts)
         order = np.argsort([len(r) for r in ids], kind="stable")
         out = np.zeros((len(ids), self.dim), np.float32)
         # Fixed batch rows and a few sequence buckets: at most a handful of compilations.
         rows = min(int(batch_size), 1 << (len(ids) - 1).bit_length())
-        pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else self.config.pad_token_id
+        pad = self.pad_token_id
         bar = tqdm(total=len(ids), desc=f"encoding text ({pathlib.PurePath(self.name).name})",
                    disable=not progress, leave=False)
         for start in range(0, len(order), rows):
