@@ -16,7 +16,8 @@ directory, the dataset or the hub::
 encoder paths in ``config.json`` are absolute; after moving the folder, load it with
 :func:`load_standalone`, which points them at the folder's new place first.
 
-``extract_encoders(run_dir, output)`` copies only the encoder folders, to ``output/{m}/``, and
+``extract_encoders(run_dir, output)`` copies only the encoder folders, to ``output/{m}/`` (for a
+run that fine-tuned its text encoder, ``T/`` holds the tuned weights, LoRA merged), and
 writes ``output/encoders.cfg`` (``encoders.T.model=<path>`` lines) and ``output/encoders.flags``
 (the same as ``--config.encoders.T.model=<path>``, for ``launch.train --flagfile=...``).
 
@@ -166,6 +167,18 @@ def load_standalone(folder: str | os.PathLike):
     return Estimator(folder)
 
 
+def _export_tuned_text(run_dir: pathlib.Path, folder: pathlib.Path, cfg) -> dict:
+    """The fine-tuned text encoder of the run's selected epoch (LoRA adapters merged) as a plain
+    Hugging Face folder, in place of the base encoder copied to ``folder``."""
+    from emojax.inference import Estimator
+
+    text = Estimator(run_dir).featurizer.encoders["T"].encoder
+    shutil.rmtree(folder, ignore_errors=True)
+    model = str(cfg.encoders.T.model)
+    export_encoder(text, folder, model=model, from_params=True)
+    return {"hash": text.weights_hash, "model": model, "tuned": str(cfg.mode)}
+
+
 def extract_encoders(run_dir: str | os.PathLike, output: str | os.PathLike) -> dict:
     """Copy a run's encoder folders to ``output/{m}/`` and write the config snippets
     (see the module docstring); returns ``m -> {"hash", "model", "path"}``."""
@@ -180,6 +193,8 @@ def extract_encoders(run_dir: str | os.PathLike, output: str | os.PathLike) -> d
         raise CheckpointError(f"{run_dir}: the run's encoders ({cfg.modalities}) have no weights to extract")
     output.mkdir(parents=True, exist_ok=True)
     encoders = _copy_encoders(run_dir, output, cfg)
+    if cfg.mode != "frozen":
+        encoders["T"] = _export_tuned_text(run_dir, output / "T", cfg)
     for modality, info in encoders.items():
         info["path"] = str((output / modality).resolve())
     (output / "encoders.cfg").write_text("".join(f"encoders.{m}.model={i['path']}\n" for m, i in encoders.items()))

@@ -209,12 +209,16 @@ def _reloads_identically(encoder, folder: pathlib.Path) -> bool:
     return back.weights_hash == encoder.weights_hash
 
 
-def export_encoder(encoder, folder: str | os.PathLike, *, model: str = "", verify: bool = True) -> pathlib.Path:
+def export_encoder(encoder, folder: str | os.PathLike, *, model: str = "", verify: bool = True,
+                   from_params: bool = False) -> pathlib.Path:
     """Write ``encoder`` to ``folder`` as a Hugging Face folder: the source folder's files (config,
     tokenizer, preprocessor) and its tensors as ``model.safetensors`` (PyTorch names, float32); for
     a text encoder also the tokenizer with its added tokens, the grown word-embedding matrix and
     ``vocab_size``. ``model`` names the source (default: the encoder's own record of it). With
-    ``verify`` the folder is loaded back and must give the encoder's parameters exactly."""
+    ``verify`` the folder is loaded back and must give the encoder's parameters exactly.
+
+    ``from_params``: the tensors come from the parameters in memory, not from the source folder
+    (a fine-tuned text encoder; BERT / RoBERTa only)."""
     from safetensors.numpy import save_file
 
     folder = pathlib.Path(folder)
@@ -223,11 +227,14 @@ def export_encoder(encoder, folder: str | os.PathLike, *, model: str = "", verif
     config = getattr(encoder, "config", None)
     tokenizer = getattr(encoder, "tokenizer", None)
     source = _source_folder(encoder, model)
+    if from_params and not (tokenizer is not None and type(config).__name__ == "BertConfig"):
+        raise CheckpointError(f"{folder}: writing the tuned weights of a {encoder_family(encoder) or '?'} encoder "
+                              "is not supported (BERT / RoBERTa only)")
     if source is not None:
         from emojax.encoders import hub
 
         _copy_side_files(source, folder)
-        state = hub.load_state_dict(source)
+        state = bert_state_dict(encoder.params, config) if from_params else hub.load_state_dict(source)
     elif tokenizer is not None and type(config).__name__ == "BertConfig":
         state = bert_state_dict(encoder.params, config)
         (folder / "config.json").write_text(json.dumps(_hf_config(config), indent=2, sort_keys=True))

@@ -99,6 +99,17 @@ def test_finetune_trainable_run_tunes_encoder_and_estimator_uses_it(tmp_path, te
     probs = train_lib.predict_proba(estimator._eval_step, estimator.params, again, 64)
     assert 100 * float((probs.argmax(-1) == again.labels).mean()) == pytest.approx(100 * results["dev"]["accuracy"])
 
+    # extract-encoders writes the tuned weights: a frozen run on that folder sees the tuned features
+    from emojax.encoders.text import TextEncoder
+    from emojax.standalone import extract_encoders
+
+    info = extract_encoders(run_dir, tmp_path / "extracted")
+    assert info["T"]["tuned"] == "trainable"
+    back = TextEncoder.from_pretrained(str(tmp_path / "extracted" / "T"))
+    tuned_params = estimator.featurizer.encoders["T"].encoder.params
+    for a, b in zip(jax.tree_util.tree_leaves(back.params), jax.tree_util.tree_leaves(tuned_params)):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
 
 def test_finetune_lora_trains_only_adapters_and_resume_matches(tmp_path, text_meld, tiny_bert):
     import orbax.checkpoint as ocp
@@ -119,3 +130,13 @@ def test_finetune_lora_trains_only_adapters_and_resume_matches(tmp_path, text_me
     assert max(np.abs(a["b"]).max() for a in adapters.values()) > 0  # the adapters trained
     results = json.loads((full / "results.json").read_text())
     assert results["dev"]["accuracy"] > 0.25  # chance is 1/7
+
+    # the extracted encoder is the base with the adapters merged: W + (alpha / rank) A B
+    from emojax.standalone import extract_encoders
+
+    extract_encoders(full, tmp_path / "extracted")
+    merged, _ = load_bert(str(tmp_path / "extracted" / "T"))
+    base, _ = load_bert(str(tiny_bert))
+    a, b = adapters["layers.0.query"]["a"], adapters["layers.0.query"]["b"]
+    np.testing.assert_allclose(np.asarray(merged["layers"][0]["query"]["w"]),
+                               np.asarray(base["layers"][0]["query"]["w"]) + (8.0 / 4) * a @ b, rtol=1e-5, atol=1e-6)
