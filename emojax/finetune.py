@@ -38,7 +38,6 @@ class TextTuning:
         self.mode = str(cfg.mode)
         if self.mode not in TUNING_MODES:
             raise ValueError(f"mode: {self.mode!r} does not fine-tune the text encoder")
-        self.text_features = text_features
         self.encoder = encoder
         self.base = jax.device_get(encoder.params)
         # The frozen base weights travel as a jit argument (never baked into the program as

@@ -213,9 +213,10 @@ def test_padded_eval_batch_equals_unpadded_in_fusion_across_the_batch():
     assert not np.allclose(np.asarray(unmasked), probs[8:], atol=1e-5)
 
 
-@pytest.mark.parametrize("loss", ["focal+spcl"])
-def test_data_parallel_8_devices_match_1_device(tmp_path, text_meld, tiny_bert, loss):
-    """Training split over 8 (host) devices gives the parameters, losses and scores of 1 device."""
+@pytest.mark.parametrize("loss,mode", [("focal+spcl", "frozen"), ("ce", "lora")])
+def test_data_parallel_8_devices_match_1_device(tmp_path, text_meld, tiny_bert, loss, mode):
+    """Training split over 8 (host) devices gives the parameters, losses and scores of 1 device
+    (with ``lora``, also the fine-tuned encoder's dev features)."""
     import os
     import subprocess
     import sys
@@ -226,7 +227,7 @@ def test_data_parallel_8_devices_match_1_device(tmp_path, text_meld, tiny_bert, 
     out = {}
     for devices in (1, 8):
         done = subprocess.run([sys.executable, str(script), str(text_meld), str(tiny_bert), str(tmp_path / f"runs{devices}"),
-                               str(devices), loss], env=env, capture_output=True, text=True, timeout=600)
+                               str(devices), loss, mode], env=env, capture_output=True, text=True, timeout=600)
         assert done.returncode == 0, done.stderr[-3000:]
         out[devices] = json.loads(done.stdout.strip().splitlines()[-1])
     assert out[8]["devices"] == 8
@@ -234,6 +235,7 @@ def test_data_parallel_8_devices_match_1_device(tmp_path, text_meld, tiny_bert, 
     np.testing.assert_allclose(out[8]["params"], out[1]["params"], rtol=1e-4, atol=1e-4)
     np.testing.assert_allclose(out[8]["dev_wf1"], out[1]["dev_wf1"], atol=1e-6)
     assert out[8]["test_accuracy"] == out[1]["test_accuracy"]
+    np.testing.assert_allclose(out[8]["dev_features"], out[1]["dev_features"], rtol=1e-4, atol=1e-3)
 
 
 def test_data_parallel_config_errors_name_the_key():

@@ -1,6 +1,9 @@
 """Train the same tiny text run on N devices and print its history and final parameters' sums.
 
-    XLA_FLAGS=--xla_force_host_platform_device_count=8 python data_parallel_run.py DATA BERT WORKDIR DEVICES LOSS
+    XLA_FLAGS=--xla_force_host_platform_device_count=8 python data_parallel_run.py DATA BERT WORKDIR DEVICES LOSS [MODE]
+
+MODE ``lora`` / ``trainable`` fine-tunes the text encoder (mean pooling over the utterance alone);
+then the sums of the selected epoch's tuned dev features are printed too.
 """
 import json
 import sys
@@ -12,9 +15,13 @@ from emojax import config as config_lib
 from emojax import train as train_lib
 
 
-def main(data, bert, workdir, devices, loss):
-    cfg = config_lib.compose(f"dataset=MELD--E,encoders=T,loss={loss}")
+def main(data, bert, workdir, devices, loss, mode="frozen"):
+    cfg = config_lib.compose(f"dataset=MELD--E,encoders=T,loss={loss},mode={mode}")
     cfg.dataset.path, cfg.encoders.T.model = data, bert
+    if mode != "frozen":
+        cfg.encoders.T.update(pooling="mean", prompt=False, context_turns=0)
+        cfg.encoder.lr = 1e-3
+        cfg.encoder.lora.update(rank=4, alpha=8.0)
     cfg.train.update(epochs=3, batch_size=16, lr=1e-2, patience=100, devices=int(devices), eval_batch_size=40)
     cfg.progress = False
     run_dir = train_lib.fit(cfg, workdir)
@@ -25,6 +32,7 @@ def main(data, bert, workdir, devices, loss):
                       "train_loss": [row["train_loss"] for row in history],
                       "dev_wf1": [row["dev"]["weighted_f1"] for row in history],
                       "test_accuracy": results["test"]["accuracy"],
+                      "dev_features": [float(x) for x in np.asarray(prep.features["dev"].features["T"], np.float64).sum(1)],
                       "params": [float(np.asarray(x, np.float64).sum()) for x in jax.tree_util.tree_leaves(params)]}))
 
 
