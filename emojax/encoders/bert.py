@@ -10,6 +10,7 @@ bfloat16 while softmax and layer norms run in float32.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 from typing import Any, Optional
 
@@ -104,13 +105,9 @@ def params_from_state(state: hub.StateReader, c: BertConfig) -> Params:
     """The parameter pytree from PyTorch-named tensors; dense weights stored ``(in, out)``."""
     h, i = c.hidden_size, c.intermediate_size
 
-    def dense(name, n_in, n_out):
-        return {"w": jnp.asarray(state.take(f"{name}.weight", (n_out, n_in)).T),
-                "b": jnp.asarray(state.take(f"{name}.bias", (n_out,)))}
+    dense = state.dense
 
-    def norm(name):
-        return {"scale": jnp.asarray(state.take(f"{name}.weight", (h,))),
-                "bias": jnp.asarray(state.take(f"{name}.bias", (h,)))}
+    norm = functools.partial(state.norm, size=h)
 
     params = {
         "embeddings": {

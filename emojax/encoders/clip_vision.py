@@ -21,6 +21,7 @@ softmax, layer norms and the residual stream stay float32.
 from __future__ import annotations
 
 import dataclasses
+import functools
 from typing import Any, Optional
 
 import jax
@@ -129,13 +130,9 @@ def params_from_state(state: hub.StateReader, c: CLIPVisionConfig) -> Params:
     """
     h, i = c.hidden_size, c.intermediate_size
 
-    def dense(name, n_in, n_out):
-        return {"w": jnp.asarray(state.take(f"{name}.weight", (n_out, n_in)).T),
-                "b": jnp.asarray(state.take(f"{name}.bias", (n_out,)))}
+    dense = state.dense
 
-    def norm(name):
-        return {"scale": jnp.asarray(state.take(f"{name}.weight", (h,))),
-                "bias": jnp.asarray(state.take(f"{name}.bias", (h,)))}
+    norm = functools.partial(state.norm, size=h)
 
     kernel = state.take("embeddings.patch_embedding.weight", (h, c.num_channels, c.patch_size, c.patch_size))
     params = {

@@ -265,6 +265,24 @@ class StateReader:
         raise WeightError(f"{self.source}: tensor {name!r} is missing{expected}; looked for {tried}. "
                           "Is this checkpoint of the right model family?")
 
+    def dense(self, name: str, n_in: int, n_out: int, bias: bool = True) -> dict:
+        """A PyTorch ``Linear`` (``{name}.weight`` ``(out, in)``, ``{name}.bias``) as ``{"w": (in, out), "b"}``."""
+        import jax.numpy as jnp
+
+        p = {"w": jnp.asarray(self.take(f"{name}.weight", (n_out, n_in)).T)}
+        if bias:
+            p["b"] = jnp.asarray(self.take(f"{name}.bias", (n_out,)))
+        return p
+
+    def norm(self, name: str, size: int, bias: bool = True) -> dict:
+        """A ``LayerNorm`` (``{name}.weight``, ``{name}.bias``) as ``{"scale", "bias"}``."""
+        import jax.numpy as jnp
+
+        p = {"scale": jnp.asarray(self.take(f"{name}.weight", (size,)))}
+        if bias:
+            p["bias"] = jnp.asarray(self.take(f"{name}.bias", (size,)))
+        return p
+
     def unused(self, ignore: Sequence[str] = ()) -> list[str]:
         """Tensors nobody took, except names containing any of ``ignore``; logged the first time."""
         left = sorted(k for k in self.state if k not in self.used and not any(s in k for s in ignore))

@@ -310,6 +310,14 @@ class Wav2Vec2Features(_MediaEncoder):
                                   dtype=self.dtype, pooling=self.pooling, masked=self.masked)
 
 
+def _image_processor(cls, folder, height: int, width: int):
+    """The checkpoint's image processor (``preprocessor_config.json``), or ``cls`` sized from the
+    model's config: resize the shortest edge, centre-crop to ``height`` x ``width``."""
+    if (folder / "preprocessor_config.json").exists():
+        return cls.from_pretrained(str(folder))
+    return cls(size={"shortest_edge": min(height, width)}, crop_size={"height": height, "width": width})
+
+
 class VideoMAEFeatures(_MediaEncoder):
     """VideoMAE over the config's ``num_frames`` frames of each clip."""
 
@@ -321,12 +329,7 @@ class VideoMAEFeatures(_MediaEncoder):
         from emojax.encoders.videomae import load_videomae
 
         params, config = load_videomae(str(self.folder))
-        if (self.folder / "preprocessor_config.json").exists():
-            self.processor = VideoMAEImageProcessor.from_pretrained(str(self.folder))
-        else:
-            height, width = config.image_size
-            self.processor = VideoMAEImageProcessor(size={"shortest_edge": min(height, width)},
-                                                    crop_size={"height": height, "width": width})
+        self.processor = _image_processor(VideoMAEImageProcessor, self.folder, *config.image_size)
         return params, config
 
     @property
@@ -359,11 +362,7 @@ class CLIPFeatures(_MediaEncoder):
         from emojax.encoders.clip_vision import load_clip_vision
 
         params, config = load_clip_vision(str(self.folder))
-        if (self.folder / "preprocessor_config.json").exists():
-            self.processor = CLIPImageProcessor.from_pretrained(str(self.folder))
-        else:
-            side = config.image_size
-            self.processor = CLIPImageProcessor(size={"shortest_edge": side}, crop_size={"height": side, "width": side})
+        self.processor = _image_processor(CLIPImageProcessor, self.folder, config.image_size, config.image_size)
         self.num_frames = CLIP_FRAMES
         return params, config
 

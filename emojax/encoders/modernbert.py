@@ -25,6 +25,7 @@ embeddings, softmax, layer norms and the residual stream stay float32.
 from __future__ import annotations
 
 import dataclasses
+import functools
 from typing import Any, Optional
 
 import jax
@@ -151,17 +152,9 @@ def params_from_state(state: hub.StateReader, c: ModernBertConfig) -> Params:
     """The parameter pytree from PyTorch-named tensors; dense weights stored ``(in, out)``."""
     h, i = c.hidden_size, c.intermediate_size
 
-    def dense(name, n_in, n_out, bias):
-        p = {"w": jnp.asarray(state.take(f"{name}.weight", (n_out, n_in)).T)}
-        if bias:
-            p["b"] = jnp.asarray(state.take(f"{name}.bias", (n_out,)))
-        return p
+    dense = state.dense
 
-    def norm(name):
-        p = {"scale": jnp.asarray(state.take(f"{name}.weight", (h,)))}
-        if c.norm_bias:
-            p["bias"] = jnp.asarray(state.take(f"{name}.bias", (h,)))
-        return p
+    norm = functools.partial(state.norm, size=h, bias=c.norm_bias)
 
     params = {
         "embeddings": {"word": jnp.asarray(state.take("embeddings.tok_embeddings.weight", (c.vocab_size, h))),

@@ -25,6 +25,7 @@ residual stream stay float32.
 from __future__ import annotations
 
 import dataclasses
+import functools
 from typing import Any, Optional
 
 import jax
@@ -149,15 +150,9 @@ def params_from_state(state: hub.StateReader, c: VideoMAEConfig) -> Params:
     """
     h, i = c.hidden_size, c.intermediate_size
 
-    def dense(name, n_in, n_out, bias=True):
-        p = {"w": jnp.asarray(state.take(f"{name}.weight", (n_out, n_in)).T)}
-        if bias:
-            p["b"] = jnp.asarray(state.take(f"{name}.bias", (n_out,)))
-        return p
+    dense = state.dense
 
-    def norm(name):
-        return {"scale": jnp.asarray(state.take(f"{name}.weight", (h,))),
-                "bias": jnp.asarray(state.take(f"{name}.bias", (h,)))}
+    norm = functools.partial(state.norm, size=h)
 
     kernel = state.take("embeddings.patch_embeddings.projection.weight",
                         (h, c.num_channels, c.tubelet_size) + tuple(c.patch_size))

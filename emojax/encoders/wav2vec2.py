@@ -231,13 +231,9 @@ def params_from_state(state: hub.StateReader, c: Wav2Vec2Config) -> Params:
     """
     h, i = c.hidden_size, c.intermediate_size
 
-    def dense(name, n_in, n_out):
-        return {"w": jnp.asarray(state.take(f"{name}.weight", (n_out, n_in)).T),
-                "b": jnp.asarray(state.take(f"{name}.bias", (n_out,)))}
+    dense = state.dense
 
-    def norm(name, size):
-        return {"scale": jnp.asarray(state.take(f"{name}.weight", (size,))),
-                "bias": jnp.asarray(state.take(f"{name}.bias", (size,)))}
+    norm = state.norm
 
     conv_layers = []
     for n, (dim, width) in enumerate(zip(c.conv_dim, c.conv_kernel)):

@@ -35,6 +35,7 @@ norms and the residual stream stay float32.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import logging
 import math
 import pathlib
@@ -144,19 +145,13 @@ def params_from_state(state: hub.StateReader, c: WhisperConfig) -> Params:
     """
     h, f = c.hidden_size, c.ffn_dim
 
-    def dense(name, n_in, n_out, bias=True):
-        p = {"w": jnp.asarray(state.take(f"{name}.weight", (n_out, n_in)).T)}
-        if bias:
-            p["b"] = jnp.asarray(state.take(f"{name}.bias", (n_out,)))
-        return p
+    dense = state.dense
 
     def conv(name, n_in):
         kernel = state.take(f"{name}.weight", (h, n_in, 3))
         return {"w": jnp.asarray(kernel.transpose(2, 1, 0)), "b": jnp.asarray(state.take(f"{name}.bias", (h,)))}
 
-    def norm(name):
-        return {"scale": jnp.asarray(state.take(f"{name}.weight", (h,))),
-                "bias": jnp.asarray(state.take(f"{name}.bias", (h,)))}
+    norm = functools.partial(state.norm, size=h)
 
     if state.has("encoder.embed_positions.weight"):
         positions = state.take("encoder.embed_positions.weight", (c.max_source_positions, h))

@@ -82,15 +82,9 @@ def decoder_params_from_state(state: hub.StateReader, c: WhisperDecoderConfig) -
     """The decoder's parameter pytree from PyTorch-named tensors (dense weights stored ``(in, out)``)."""
     h, f = c.hidden_size, c.ffn_dim
 
-    def dense(name, n_in, n_out, bias=True):
-        p = {"w": jnp.asarray(state.take(f"{name}.weight", (n_out, n_in)).T)}
-        if bias:
-            p["b"] = jnp.asarray(state.take(f"{name}.bias", (n_out,)))
-        return p
+    dense = state.dense
 
-    def norm(name):
-        return {"scale": jnp.asarray(state.take(f"{name}.weight", (h,))),
-                "bias": jnp.asarray(state.take(f"{name}.bias", (h,)))}
+    norm = functools.partial(state.norm, size=h)
 
     embed = jnp.asarray(state.take("decoder.embed_tokens.weight", (c.vocab_size, h)))
     params = {"embed": embed,
