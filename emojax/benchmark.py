@@ -225,9 +225,10 @@ def measure_train_step(setup: Setup, steps: int) -> dict:
 
         dim = dims["T"]
         tuning = TextTuning(cfg, setup.featurizer.encoders["T"], {"T": {"mean": [0.0] * dim, "std": [1.0] * dim}})
-        ids = rng.integers(5, tuning.config.vocab_size, size=(batch, tuning.max_length)).astype(np.int32)
-        if tuning.mask_token_id is not None:
-            ids[:, -2] = tuning.mask_token_id
+        mask_id = tuning.encoder.tokenizer.mask_token_id
+        ids = rng.integers(5, tuning.config.vocab_size, size=(batch, tuning.encoder.max_length)).astype(np.int32)
+        if mask_id is not None:
+            ids[:, -2] = mask_id
         data.tokens = {"input_ids": ids, "attention_mask": np.ones_like(ids)}
     prep = train_lib.Prepared(cfg=cfg, run_dir=pathlib.Path("."), class_names=setup.class_names,
                               features={"train": data}, not_scored=(), featurizer=setup.featurizer,

@@ -46,10 +46,6 @@ class TextTuning:
         remat = bool(cfg.encoder.get("remat", False))
         self.config = dataclasses.replace(encoder.config, remat=remat)
         self.is_modernbert = isinstance(encoder.config, ModernBertConfig)
-        self.pooling = encoder.pooling
-        self.mask_token_id = encoder.tokenizer.mask_token_id
-        self.max_length = int(encoder.max_length)
-        self.dtype = encoder.dtype
         self.mean = np.asarray(stats["T"]["mean"], np.float32)
         self.std = np.asarray(stats["T"]["std"], np.float32)
         spec = cfg.encoder.lora
@@ -93,10 +89,11 @@ class TextTuning:
         from emojax.encoders.modernbert import modernbert_apply
 
         apply = modernbert_apply if self.is_modernbert else bert_apply
-        hidden = apply(params, input_ids, attention_mask, config=self.config, dtype=self.dtype,
+        encoder = self.encoder
+        hidden = apply(params, input_ids, attention_mask, config=self.config, dtype=encoder.dtype,
                        deterministic=deterministic, rng=rng)
-        pooled = pool_hidden(hidden, attention_mask, input_ids, pooling=self.pooling,
-                             mask_token_id=self.mask_token_id).astype(jnp.float32)
+        pooled = pool_hidden(hidden, attention_mask, input_ids, pooling=encoder.pooling,
+                             mask_token_id=encoder.tokenizer.mask_token_id).astype(jnp.float32)
         return (pooled - self.mean) / self.std
 
     def _features(self, trainable, base, input_ids, attention_mask):
@@ -106,8 +103,9 @@ class TextTuning:
         """``{"input_ids", "attention_mask"}`` ``(n, max_length)`` int32, padded on the right,
         truncated from the left (the prompt and the mask token at the end are kept)."""
         ids = self.encoder.token_ids(texts)
-        input_ids = np.full((len(ids), self.max_length), self.encoder.pad_token_id, np.int32)
-        attention = np.zeros((len(ids), self.max_length), np.int32)
+        width = self.encoder.max_length
+        input_ids = np.full((len(ids), width), self.encoder.pad_token_id, np.int32)
+        attention = np.zeros((len(ids), width), np.int32)
         for row, sequence in enumerate(ids):
             input_ids[row, :len(sequence)] = sequence
             attention[row, :len(sequence)] = 1

@@ -88,7 +88,6 @@ class Estimator:
         target = {"params": params, "encoder": tuning.init(jax.random.PRNGKey(0))}
         best = checkpoints.restore_best(target, epoch)
         text.encoder.params = tuning.merged(best["encoder"])
-        text.encoder._hash = None
         text.update_namespace()
         return best["params"]
 

@@ -88,12 +88,22 @@ class TextEncoder:
         self.name = name
         self.tokenizer = tokenizer
         self.tokenizer.truncation_side = "left"
+        self._hash: Optional[str] = None
         self.params = params
         self.config = config
         self.pooling = pooling
         self.max_length = min(int(max_length), config.max_length)
         self.dtype = dtype
-        self._hash: Optional[str] = None
+
+    @property
+    def params(self):
+        return self._params
+
+    @params.setter
+    def params(self, value) -> None:
+        """New weights (grown embeddings, a fine-tuned encoder): :attr:`weights_hash` follows them."""
+        self._params = value
+        self._hash = None
 
     @classmethod
     def from_pretrained(cls, name_or_path: str | os.PathLike, *, pooling: str = "mean", max_length: int = 128,
@@ -170,7 +180,6 @@ class TextEncoder:
             grown = params["embeddings"]["word"].at[jnp.asarray(inside)].set(word.mean(axis=0))
             params = dict(params, embeddings=dict(params["embeddings"], word=grown))
         self.params = params
-        self._hash = None
         return added
 
     @property
