@@ -219,17 +219,34 @@ def measure_train_step(setup: Setup, steps: int) -> dict:
                       (np.arange(batch) % classes).astype(np.int32), [str(i) for i in range(batch)])
     tuning = None
     if cfg.mode != "frozen":
-        # mode trainable / lora: the text encoder runs inside the step on random full-length
-        # token sequences (the mask token placed where mask pooling looks for it).
-        from emojax.finetune import TextTuning
+        # mode trainable / lora: the tuned encoders run inside the step on random inputs of full
+        # size: text = full-length token sequences (the mask token where mask pooling looks for
+        # it), Whisper = its whole window, wav2vec2 = 4 s clips, video = the encoder's frames.
+        from emojax.finetune import ArrayRows, Tuning
 
-        dim = dims["T"]
-        tuning = TextTuning(cfg, setup.featurizer.encoders["T"], {"T": {"mean": [0.0] * dim, "std": [1.0] * dim}})
-        mask_id = tuning.encoder.tokenizer.mask_token_id
-        ids = rng.integers(5, tuning.config.vocab_size, size=(batch, tuning.encoder.max_length)).astype(np.int32)
-        if mask_id is not None:
-            ids[:, -2] = mask_id
-        data.tokens = {"input_ids": ids, "attention_mask": np.ones_like(ids)}
+        zero = {m: {"mean": [0.0] * d, "std": [1.0] * d} for m, d in dims.items()}
+        tuning = Tuning(cfg, setup.featurizer, zero)
+        inputs = {}
+        for m, tuner in tuning.tuners.items():
+            if m == "T":
+                mask_id = tuner.encoder.tokenizer.mask_token_id
+                ids = rng.integers(5, tuner.config.vocab_size, size=(batch, tuner.encoder.max_length)).astype(np.int32)
+                if mask_id is not None:
+                    ids[:, -2] = mask_id
+                inputs[m] = ArrayRows({"input_ids": ids, "attention_mask": np.ones_like(ids)})
+                continue
+            items = []
+            for _ in range(batch):
+                item = tuner.encoder.blank_item()
+                if "audio" in item:
+                    item["audio"] = rng.normal(size=tuner.encoder.buckets[min(2, len(tuner.encoder.buckets) - 1)])
+                if "mel" in item:
+                    item["mel"] = rng.normal(size=item["mel"].shape).astype(np.float32)
+                if "frames" in item:
+                    item["frames"] = rng.integers(0, 256, size=item["frames"].shape).astype(np.uint8)
+                items.append(item)
+            inputs[m] = ArrayRows(tuner.encoder.collate(items))
+        data.inputs = inputs
     prep = train_lib.Prepared(cfg=cfg, run_dir=pathlib.Path("."), class_names=setup.class_names,
                               features={"train": data}, not_scored=(), featurizer=setup.featurizer,
                               model=model, feature_seconds=0.0, feature_stats={}, tuning=tuning)
@@ -375,7 +392,7 @@ def format_markdown(result: dict) -> str:
     for modality, enc in result["encoders"].items():
         lines.append(f"| encoder {modality} ({enc['family']}: {pathlib.PurePath(enc['model']).name}), "
                      f"{enc['samples']} samples | {_number(enc['samples_per_s'], ' samples/s')} |")
-    tuned = f", text encoder {ts['mode']}" if ts.get("mode", "frozen") != "frozen" else ""
+    tuned = f", encoders {ts['mode']}" if ts.get("mode", "frozen") != "frozen" else ""
     lines += [f"| train step (batch {ts['batch_size']}{tuned}, jit, after {ts['warmup_steps']} warm-up steps) | "
               f"{_number(ts['samples_per_s'], ' samples/s', 0)} ({_number(ts['steps_per_s'], ' steps/s')}) |",
               f"| head parameters | {ts['parameters']:,} |",

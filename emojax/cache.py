@@ -21,6 +21,7 @@ import logging
 import os
 import pathlib
 import secrets
+import shutil
 import struct
 import time
 from typing import Callable, Optional, Sequence
@@ -33,6 +34,7 @@ from tqdm.auto import tqdm
 log = logging.getLogger(__name__)
 
 _SUFFIX = ".safetensors"
+INPUTS_DIR = "_inputs"  # fine-tuning runs' stored encoder inputs, beside the namespaces
 _DTYPE_BYTES = {"F32": 4, "F16": 2, "BF16": 2, "F64": 8}
 
 
@@ -121,7 +123,26 @@ class FeatureCache:
         return self._index[namespace] if namespace in self._index else self._scan(namespace)
 
     def namespaces(self) -> list[str]:
-        return sorted(p.name for p in self.root.iterdir() if p.is_dir())
+        return sorted(p.name for p in self.root.iterdir() if p.is_dir() and not p.name.startswith(("_", ".")))
+
+    @property
+    def inputs_root(self) -> pathlib.Path:
+        """Where fine-tuning runs keep their preprocessed media inputs (:mod:`emojax.finetune`)."""
+        return self.root / INPUTS_DIR
+
+    def inputs_bytes(self) -> int:
+        """Bytes of stored fine-tuning inputs."""
+        root = self.inputs_root
+        return sum(f.stat().st_size for f in root.rglob("*") if f.is_file()) if root.is_dir() else 0
+
+    def clear_inputs(self) -> int:
+        """Remove the stored fine-tuning inputs; returns how many input sets were removed."""
+        root = self.inputs_root
+        if not root.is_dir():
+            return 0
+        count = sum(1 for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+        shutil.rmtree(root)
+        return count
 
     # -- reads ----------------------------------------------------------------------------
     def get_many(self, namespace: str, keys: Sequence[str]) -> dict[str, np.ndarray]:

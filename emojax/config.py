@@ -125,7 +125,7 @@ def compose(arg: str | None = None) -> ml_collections.ConfigDict:
         "modalities": chosen["encoders"],
         "encoders": encoders,
         "mode": mode.pop("mode"),
-        "encoder": {"lr": mode.pop("encoder_lr", 0.0), "remat": False, "lora": mode.pop("lora", {
+        "encoder": {"lr": mode.pop("encoder_lr", 0.0), "tune": "all", "remat": False, "lora": mode.pop("lora", {
             "rank": 64, "alpha": 128.0, "dropout": 0.1, "targets": "query,key,value,dense"})},
         "fusion": {"preset": chosen["fusion"], **_resolve("fusion", chosen["fusion"])},
         "classifier": {"preset": chosen["experts"], **_resolve("experts", chosen["experts"])},
@@ -155,6 +155,22 @@ def compose(arg: str | None = None) -> ml_collections.ConfigDict:
 def modalities(cfg) -> tuple[str, ...]:
     mods = tuple(cfg.modalities.split("+"))
     return tuple(m for m in MODALITIES if m in mods)
+
+
+# Encoder families with weights that trainable / lora runs can fine-tune.
+TUNABLE_FAMILIES = ("bert", "modernbert", "whisper", "wav2vec2", "videomae", "clip")
+
+
+def tuned_modalities(cfg) -> tuple[str, ...]:
+    """The modalities whose encoder a ``trainable`` / ``lora`` run fine-tunes (``encoder.tune``:
+    ``all`` = every encoder with weights, or modalities such as ``T`` / ``T+A``); none when frozen."""
+    if cfg.mode == "frozen":
+        return ()
+    tune = str(cfg.encoder.get("tune", "all")).strip()
+    if tune == "all":
+        return tuple(m for m in modalities(cfg) if cfg.encoders[m].get("family", "bert") in TUNABLE_FAMILIES)
+    chosen = [m.strip() for m in tune.replace(",", "+").split("+") if m.strip()]
+    return tuple(m for m in modalities(cfg) if m in chosen)
 
 
 def validate(cfg) -> None:
@@ -222,13 +238,21 @@ def validate(cfg) -> None:
         if text.context_turns < -1:
             raise ConfigError(f"encoders.T.context_turns: {text.context_turns} must be -1 (all) or >= 0")
     if cfg.mode != "frozen":
-        # trainable / lora fine-tune the text encoder inside the train step (emojax.finetune);
-        # audio and video encoders stay frozen.
-        if "T" not in cfg.encoders:
-            raise ConfigError(f"mode: {cfg.mode!r} fine-tunes the text encoder, but encoders={cfg.modalities!r} "
-                              "has no text modality; use mode=frozen")
-        if cfg.encoders.T.get("family", "bert") not in ("bert", "modernbert"):
-            raise ConfigError(f"mode: {cfg.mode!r}: encoders.T.family {cfg.encoders.T.family!r} cannot be fine-tuned")
+        # trainable / lora fine-tune the encoders encoder.tune names inside the train step
+        # (emojax.finetune); the others stay frozen.
+        tune = str(cfg.encoder.get("tune", "all")).strip()
+        if tune != "all":
+            chosen = [m.strip() for m in tune.replace(",", "+").split("+") if m.strip()]
+            for m in chosen or [""]:
+                if m not in mods:
+                    raise ConfigError(f"encoder.tune: {tune!r}: {m!r} is not a modality of this run "
+                                      f"({cfg.modalities}); use all or e.g. {'+'.join(mods)}")
+                if cfg.encoders[m].get("family") not in TUNABLE_FAMILIES:
+                    raise ConfigError(f"encoder.tune: encoders.{m}.family {cfg.encoders[m].family!r} has no weights "
+                                      f"to fine-tune; choose from {', '.join(TUNABLE_FAMILIES)}")
+        if not tuned_modalities(cfg):
+            raise ConfigError(f"mode: {cfg.mode!r} fine-tunes encoders with weights, but encoders={cfg.modalities!r} "
+                              "has none (classic audio / video features); use mode=frozen")
         if not float(cfg.encoder.lr) > 0:
             raise ConfigError(f"encoder.lr: must be positive when mode={cfg.mode!r}, got {cfg.encoder.lr}")
         if cfg.mode == "lora":

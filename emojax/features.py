@@ -56,9 +56,9 @@ class FeatureSet:
     present: dict[str, np.ndarray]  # modality -> (n,) bool
     labels: np.ndarray  # (n,) int32
     uids: list[str]
-    # Text token ids for a run that fine-tunes its text encoder (emojax.finetune):
-    # {"input_ids", "attention_mask"} (n, max_length) int32; None otherwise.
-    tokens: Optional[dict] = None
+    # Encoder inputs of the modalities a trainable / lora run fine-tunes (emojax.finetune):
+    # modality -> rows with ``batch(index)`` (text token ids, stored media inputs); None otherwise.
+    inputs: Optional[dict] = None
 
     def __len__(self) -> int:
         return len(self.uids)

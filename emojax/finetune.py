@@ -1,59 +1,209 @@
-"""The text encoder trained with the head: ``mode=trainable`` (every encoder weight) and
-``mode=lora`` (low-rank adapters, :mod:`emojax.encoders.lora`).
+"""Encoders trained with the head: ``mode=trainable`` (every encoder weight) and ``mode=lora``
+(low-rank adapters, :mod:`emojax.encoders.lora`), for text, audio and video.
 
-:class:`TextTuning` holds what the train step needs about the text encoder: its base parameters
-(with the speaker-token rows), architecture, pooling and tokens. Its trainable part is a pytree
-kept in ``TrainState.encoder``: the whole encoder (``trainable``) or the adapters (``lora``).
-Inside the step the pooled feature is computed from the tokens and scaled by the training
-split's statistics of the *initial* encoder's features, so the head sees inputs on the scale it
-sees in ``frozen`` mode; the same fixed scaling is used for evaluation and inference.
+``encoder.tune`` picks the modalities whose encoder is fine-tuned: ``all`` (default: every
+encoder with weights, i.e. BERT / RoBERTa / ModernBERT, Whisper, wav2vec2 / data2vec-audio,
+VideoMAE, CLIP; classic librosa / OpenCV encoders have none) or a list such as ``T`` or ``T+A``.
+The other modalities keep their frozen, cached features.
 
-Audio and video encoders stay frozen in these modes (features from the cache).
+:class:`Tuning` holds, per tuned modality, a tuner: the encoder's base parameters (with the
+speaker-token rows for text), architecture, pooling, and how to feed it. Its trainable part is a
+pytree kept in ``TrainState.encoder[modality]``: the whole encoder (``trainable``) or the adapters
+(``lora``). Inside the step the pooled feature is computed from the sample's encoder input and
+scaled by the training split's statistics of the *initial* encoder's features, so the head sees
+inputs on the scale it sees in ``frozen`` mode; the same fixed scaling is used for evaluation and
+inference.
+
+Encoder inputs travel with the feature sets (``FeatureSet.inputs[modality]``): text token ids
+(in memory), and, for media, the preprocessed model input of every file (Whisper log-mel frames,
+normalised wav2vec2 waveforms, video frames resized and cropped as ``uint8``; the rescaling and
+normalisation of frames runs inside the step). Media inputs are prepared once per split and
+stored on disk beside the feature cache (``{cache}/_inputs/{key}``, memory-mapped; the key is a
+digest of the encoder family, its preprocessing and the files' identities), so an epoch reads
+them instead of decoding every file again. A missing or unreadable file is logged, its modality
+is absent for that sample, and a blank input of the right shape stands in for it (its feature is
+masked out).
+
+Batches are collated to one shape per family (Whisper: its window; video: the config's frames),
+except wav2vec2: a training batch is padded to the length bucket of its longest clip (one
+compiled step per bucket), and evaluation groups clips by bucket so that each one is padded to
+its own bucket, exactly as the frozen feature path and the estimator compute it.
 """
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Optional
+import hashlib
+import json
+import logging
+import os
+import pathlib
+import shutil
+import tempfile
+from typing import Any, Optional, Sequence
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+from tqdm.auto import tqdm
 
 from emojax.encoders import lora as lora_lib
 from emojax.encoders.text import pool_hidden
 from emojax.features import padded_batches
 
+log = logging.getLogger(__name__)
+
 TUNING_MODES = ("trainable", "lora")
+INPUTS_VERSION = 1
 
 
-class TextTuning:
-    """The fine-tuned text encoder of a run (see the module docstring)."""
+# ---------------------------------------------------------------------------------------------
+# Encoder inputs of a split
+# ---------------------------------------------------------------------------------------------
+class ArrayRows:
+    """Fixed-shape inputs held in memory (text token ids): ``{name: (n, ...) array}``."""
 
-    def __init__(self, cfg, text_features, stats: dict):
-        """``text_features``: the Featurizer's text encoder (tokenizer and base parameters, speaker
-        tokens added); ``stats``: the training split's feature statistics (``stats["T"]``)."""
-        from emojax.encoders.modernbert import ModernBertConfig
+    def __init__(self, arrays: dict[str, np.ndarray]):
+        self.arrays = arrays
 
-        encoder = text_features.encoder
+    def __len__(self) -> int:
+        return len(next(iter(self.arrays.values())))
+
+    def batch(self, index) -> dict[str, np.ndarray]:
+        return {k: v[np.asarray(index)] for k, v in self.arrays.items()}
+
+    def groups(self) -> list[np.ndarray]:
+        """Row groups that evaluation batches separately (one here)."""
+        return [np.arange(len(self))]
+
+
+class StoredRows:
+    """Per-sample media inputs stored once on disk: one flat memory-mapped file per input name,
+    each sample's array at its offset with its own shape (so clips of any length fit)."""
+
+    def __init__(self, folder: pathlib.Path, collate):
+        self.folder = pathlib.Path(folder)
+        self.collate = collate
+        index = json.loads((self.folder / "index.json").read_text())
+        self.names = list(index["names"])
+        self.present = np.asarray(index["present"], bool)
+        self.group_keys = list(index["groups"])
+        self.rows = index["rows"]  # per sample: {name: [offset, shape]}
+        self.data = {name: np.memmap(self.folder / f"{name}.bin", dtype=np.dtype(index["dtypes"][name]), mode="r")
+                     for name in self.names}
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def item(self, i: int) -> dict[str, np.ndarray]:
+        out = {}
+        for name in self.names:
+            offset, shape = self.rows[i][name]
+            size = int(np.prod(shape, dtype=np.int64))
+            out[name] = np.asarray(self.data[name][offset:offset + size]).reshape(shape)
+        return out
+
+    def batch(self, index) -> dict[str, np.ndarray]:
+        return self.collate([self.item(int(i)) for i in np.asarray(index)])
+
+    def groups(self) -> list[np.ndarray]:
+        keys = {}
+        for i, key in enumerate(self.group_keys):
+            keys.setdefault(json.dumps(key), []).append(i)
+        return [np.asarray(v) for v in keys.values()]
+
+
+def _digest(*parts) -> str:
+    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def store_inputs(root: pathlib.Path, encoder, paths: Sequence[Optional[str]], *, desc: str,
+                 progress: bool = True) -> StoredRows:
+    """The preprocessed inputs of ``paths`` for the media ``encoder`` (read from ``root`` when
+    stored before; otherwise prepared, with a progress bar, and stored atomically)."""
+    from emojax.cache import file_identity
+    from emojax.data.media import MediaError
+
+    identities = [file_identity(p) if p else None for p in paths]
+    key = _digest("inputs", INPUTS_VERSION, encoder.family, encoder.preprocessing(), identities)[:32]
+    folder = pathlib.Path(root) / key
+    if (folder / "index.json").is_file():
+        try:
+            rows = StoredRows(folder, encoder.collate)
+            if len(rows) == len(paths):
+                return rows
+        except (OSError, ValueError, KeyError) as err:
+            log.warning("%s: stored inputs unreadable (%s); preparing them again", folder, err)
+        shutil.rmtree(folder, ignore_errors=True)
+    pathlib.Path(root).mkdir(parents=True, exist_ok=True)
+    tmp = pathlib.Path(tempfile.mkdtemp(prefix=f".{key}-", dir=root))
+    try:
+        handles, dtypes, offsets, rows, present, groups = {}, {}, {}, [], [], []
+        skipped = 0
+        for path in tqdm(list(paths), desc=desc, disable=not progress, leave=False):
+            item, ok = None, False
+            if path:
+                try:
+                    item, ok = encoder.tuning_item(str(path)), True
+                except MediaError as err:
+                    log.warning("skipping %s input: %s", encoder.modality, err)
+                    skipped += 1
+            if item is None:
+                item = encoder.blank_item()
+            row = {}
+            for name, value in item.items():
+                value = np.ascontiguousarray(value)
+                if name not in handles:
+                    handles[name] = open(tmp / f"{name}.bin", "wb")
+                    dtypes[name], offsets[name] = value.dtype.str, 0
+                value = value.astype(np.dtype(dtypes[name]), copy=False)
+                handles[name].write(value.tobytes())
+                row[name] = [offsets[name], list(value.shape)]
+                offsets[name] += int(value.size)
+            rows.append(row)
+            present.append(ok)
+            groups.append(encoder.group(item))
+        for handle in handles.values():
+            handle.close()
+        if skipped:
+            log.warning("%s: %d %s file(s) unreadable, treated as missing", desc, skipped, encoder.modality)
+        (tmp / "index.json").write_text(json.dumps({"names": list(handles), "dtypes": dtypes, "rows": rows,
+                                                    "present": present, "groups": groups}))
+        try:
+            os.rename(tmp, folder)
+        except OSError:  # another process stored the same inputs first
+            shutil.rmtree(tmp, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return StoredRows(folder, encoder.collate)
+
+
+# ---------------------------------------------------------------------------------------------
+# One fine-tuned encoder
+# ---------------------------------------------------------------------------------------------
+class _Tuner:
+    """What every tuned encoder shares: modes, adapters, scaling; a family supplies
+    :meth:`_pooled`, :meth:`input_rows`, :meth:`install` and :attr:`params`."""
+
+    modality = ""
+
+    def __init__(self, cfg, params, stats: dict):
         self.mode = str(cfg.mode)
         if self.mode not in TUNING_MODES:
-            raise ValueError(f"mode: {self.mode!r} does not fine-tune the text encoder")
-        self.encoder = encoder
-        self.base = jax.device_get(encoder.params)
+            raise ValueError(f"mode: {self.mode!r} does not fine-tune encoders")
+        self.base = jax.device_get(params)
         # The frozen base weights travel as a jit argument (never baked into the program as
         # constants); a trainable run needs none.
-        self.base_args = jax.tree_util.tree_map(jnp.asarray, self.base) if cfg.mode == "lora" else None
-        remat = bool(cfg.encoder.get("remat", False))
-        self.config = dataclasses.replace(encoder.config, remat=remat)
-        self.is_modernbert = isinstance(encoder.config, ModernBertConfig)
-        self.mean = np.asarray(stats["T"]["mean"], np.float32)
-        self.std = np.asarray(stats["T"]["std"], np.float32)
+        self.base_args = jax.tree_util.tree_map(jnp.asarray, self.base) if self.mode == "lora" else None
+        self.remat = bool(cfg.encoder.get("remat", False))
+        self.mean = np.asarray(stats[self.modality]["mean"], np.float32)
+        self.std = np.asarray(stats[self.modality]["std"], np.float32)
         spec = cfg.encoder.lora
         self.rank, self.alpha = int(spec.rank), float(spec.alpha)
         self.lora_dropout, self.targets = float(spec.dropout), str(spec.targets)
-        self._forward = jax.jit(self._features)
+        self._forward = jax.jit(lambda trainable, base, inputs: self.features(trainable, base, inputs))
 
-    # -- parameters -----------------------------------------------------------------------
+    # parameters
     def init(self, rng: jax.Array) -> Any:
         """The trainable pytree at the start: the base encoder, or fresh adapters."""
         if self.mode == "trainable":
@@ -73,31 +223,69 @@ class TextTuning:
             return jax.device_get(trainable)
         return lora_lib.merge_lora(self.base, trainable, alpha=self.alpha, rank=self.rank)
 
-    # -- computation ----------------------------------------------------------------------
-    def features(self, trainable, base, input_ids, attention_mask, *, rng: Optional[jax.Array] = None,
+    # computation
+    def features(self, trainable, base, inputs: dict, *, rng: Optional[jax.Array] = None,
                  deterministic: bool = True):
-        """Standardised pooled features ``(batch, dim)`` float32 (differentiable in ``trainable``;
-        ``base``: :attr:`base_args`)."""
+        """Standardised pooled features ``(batch, dim)`` float32 (differentiable in ``trainable``)."""
         lora_rng = enc_rng = None
         if rng is not None:
             lora_rng, enc_rng = jax.random.split(rng)
         params = self.effective(trainable, base, rng=lora_rng, deterministic=deterministic)
-        return self._features_of(params, input_ids, attention_mask, enc_rng, deterministic)
+        pooled = self._pooled(params, inputs, enc_rng, deterministic).astype(jnp.float32)
+        return (pooled - self.mean) / self.std
 
-    def _features_of(self, params, input_ids, attention_mask, rng, deterministic):
+    def _pooled(self, params, inputs, rng, deterministic):
+        raise NotImplementedError
+
+    def refresh(self, rows, trainable, batch_size: int) -> np.ndarray:
+        """Features ``(len(rows), dim)`` of every row by the current encoder, in padded batches
+        (per row group: wav2vec2 clips of one length bucket)."""
+        out = None
+        for group in rows.groups():
+            for index, padded in padded_batches(len(group), batch_size):
+                values = np.asarray(self._forward(trainable, self.base_args, rows.batch(group[padded])))
+                if out is None:
+                    out = np.zeros((len(rows), values.shape[-1]), np.float32)
+                out[group[index]] = values[:len(index)]
+        return out
+
+    def describe(self, trainable) -> str:
+        total = lora_lib.count_parameters(self.base)
+        name = f"{self.modality} encoder ({self.family})"
+        if self.mode == "trainable":
+            return f"{name} fine-tuned: {total:,} parameters"
+        adapters = lora_lib.count_parameters(trainable)
+        return (f"{name} LoRA: {len(trainable)} adapted projections, rank {self.rank}, alpha {self.alpha:g}: "
+                f"{adapters:,} trainable parameters ({100 * adapters / total:.2f}% of {total:,})")
+
+
+class TextTuner(_Tuner):
+    """BERT / RoBERTa / ModernBERT over the run's text format (token ids in memory)."""
+
+    modality = "T"
+
+    def __init__(self, cfg, text_features, stats: dict):
+        """``text_features``: the Featurizer's text encoder (tokenizer and base parameters, speaker
+        tokens added)."""
+        from emojax.encoders.modernbert import ModernBertConfig
+
+        self.wrapper = text_features
+        self.encoder = encoder = text_features.encoder
+        self.is_modernbert = isinstance(encoder.config, ModernBertConfig)
+        self.family = "modernbert" if self.is_modernbert else str(getattr(encoder.config, "model_type", "bert"))
+        super().__init__(cfg, encoder.params, stats)
+        self.config = dataclasses.replace(encoder.config, remat=self.remat)
+
+    def _pooled(self, params, inputs, rng, deterministic):
         from emojax.encoders.bert import bert_apply
         from emojax.encoders.modernbert import modernbert_apply
 
         apply = modernbert_apply if self.is_modernbert else bert_apply
-        encoder = self.encoder
-        hidden = apply(params, input_ids, attention_mask, config=self.config, dtype=encoder.dtype,
-                       deterministic=deterministic, rng=rng)
-        pooled = pool_hidden(hidden, attention_mask, input_ids, pooling=encoder.pooling,
-                             mask_token_id=encoder.tokenizer.mask_token_id).astype(jnp.float32)
-        return (pooled - self.mean) / self.std
-
-    def _features(self, trainable, base, input_ids, attention_mask):
-        return self.features(trainable, base, input_ids, attention_mask, deterministic=True)
+        ids, mask = inputs["input_ids"], inputs["attention_mask"]
+        hidden = apply(params, ids, mask, config=self.config, dtype=self.encoder.dtype, deterministic=deterministic,
+                       rng=rng)
+        return pool_hidden(hidden, mask, ids, pooling=self.encoder.pooling,
+                           mask_token_id=self.encoder.tokenizer.mask_token_id)
 
     def tokens(self, texts) -> dict:
         """``{"input_ids", "attention_mask"}`` ``(n, max_length)`` int32, padded on the right,
@@ -111,23 +299,114 @@ class TextTuning:
             attention[row, :len(sequence)] = 1
         return {"input_ids": input_ids, "attention_mask": attention}
 
-    def refresh(self, data, trainable, batch_size: int = 64):
-        """``data`` (a standardised :class:`~emojax.features.FeatureSet` with ``tokens``) with its
-        text features recomputed by the current encoder."""
-        if data.tokens is None:
-            raise ValueError("refresh: the feature set carries no tokens")
-        ids, mask = data.tokens["input_ids"], data.tokens["attention_mask"]
-        rows = []
-        for index, padded in padded_batches(len(ids), batch_size):
-            rows.append(np.asarray(self._forward(trainable, self.base_args, ids[padded], mask[padded]))[:len(index)])
+    def input_rows(self, split, root=None, progress=False) -> ArrayRows:
+        return ArrayRows(self.tokens(self.wrapper.texts(split)))
+
+    def install(self, trainable) -> None:
+        """The featurizer's text encoder computes with the tuned weights from now on."""
+        self.encoder.params = self.merged(trainable)
+        self.wrapper.update_namespace()
+
+
+class MediaTuner(_Tuner):
+    """Whisper, wav2vec2 / data2vec-audio, VideoMAE or CLIP (inputs stored on disk)."""
+
+    def __init__(self, cfg, modality: str, encoder, stats: dict):
+        """``encoder``: the Featurizer's media encoder (``emojax.encoders.media_encoders``)."""
+        self.modality = modality
+        self.encoder = encoder
+        self.family = encoder.family
+        super().__init__(cfg, encoder.params, stats)
+        self.config = dataclasses.replace(encoder.config, remat=self.remat)
+
+    def _pooled(self, params, inputs, rng, deterministic):
+        return self.encoder.tuning_features(params, inputs, config=self.config, deterministic=deterministic, rng=rng)
+
+    def input_rows(self, split, root=None, progress=False) -> StoredRows:
+        if root is None:
+            raise ValueError("media inputs need a folder to be stored in")
+        paths = [getattr(s, "audio" if self.modality == "A" else "video") for s in split.samples]
+        return store_inputs(root, self.encoder, paths, desc=f"{self.modality} inputs ({split.name})",
+                            progress=progress)
+
+    def install(self, trainable) -> None:
+        """The featurizer's media encoder computes with the tuned weights from now on."""
+        self.encoder.set_params(self.merged(trainable))
+
+
+# ---------------------------------------------------------------------------------------------
+# The run's tuned encoders
+# ---------------------------------------------------------------------------------------------
+class Tuning:
+    """The fine-tuned encoders of a run (see the module docstring)."""
+
+    def __init__(self, cfg, featurizer, stats: dict):
+        from emojax.config import tuned_modalities
+
+        self.modalities = tuned_modalities(cfg)
+        if not self.modalities:
+            raise ValueError(f"mode: {cfg.mode!r}: no encoder of this run can be fine-tuned")
+        self.tuners: dict[str, _Tuner] = {}
+        for modality in self.modalities:
+            wrapper = featurizer.encoders[modality]
+            if modality == "T":
+                self.tuners[modality] = TextTuner(cfg, wrapper, stats)
+            else:
+                self.tuners[modality] = MediaTuner(cfg, modality, wrapper, stats)
+        self.mode = str(cfg.mode)
+
+    @property
+    def base_args(self) -> Optional[dict]:
+        """The frozen base weights per modality (lora), passed to the step as ``encoder_base``."""
+        if self.mode != "lora":
+            return None
+        return {m: t.base_args for m, t in self.tuners.items()}
+
+    def init(self, rng: jax.Array) -> dict:
+        return {m: t.init(jax.random.fold_in(rng, i)) for i, (m, t) in enumerate(self.tuners.items())}
+
+    def features(self, trainable: dict, base: Optional[dict], inputs: dict, present: dict, *,
+                 rng: Optional[jax.Array] = None, deterministic: bool = True) -> dict:
+        """``modality -> (batch, dim)`` standardised features of the tuned modalities; samples
+        without the modality get zeros, as in the frozen feature sets."""
+        out = {}
+        for i, (m, tuner) in enumerate(self.tuners.items()):
+            value = tuner.features(trainable[m], None if base is None else base[m], inputs[m],
+                                   rng=None if rng is None else jax.random.fold_in(rng, i),
+                                   deterministic=deterministic)
+            out[m] = jnp.where(present[m][:, None], value, 0.0)
+        return out
+
+    def attach(self, data, split, root=None, progress: bool = False):
+        """``data`` (a standardised :class:`~emojax.features.FeatureSet` of ``split``) with the
+        tuned encoders' inputs; a sample whose media file could not be read lacks the modality."""
+        inputs = {m: t.input_rows(split, root=root, progress=progress) for m, t in self.tuners.items()}
+        present = dict(data.present)
+        for m, rows in inputs.items():
+            if isinstance(rows, StoredRows):
+                present[m] = present[m] & rows.present
+        return dataclasses.replace(data, inputs=inputs, present=present)
+
+    def refresh(self, data, trainable: dict, batch_size: int = 64):
+        """``data`` (with ``inputs``) with the tuned modalities' features recomputed by the
+        current encoders."""
+        if data.inputs is None:
+            raise ValueError("refresh: the feature set carries no encoder inputs")
         features = dict(data.features)
-        features["T"] = np.concatenate(rows).astype(np.float32) if rows else data.features["T"]
+        for m, tuner in self.tuners.items():
+            if len(data) == 0:
+                continue
+            values = tuner.refresh(data.inputs[m], trainable[m], batch_size)
+            features[m] = np.where(data.present[m][:, None], values, 0.0).astype(np.float32)
         return dataclasses.replace(data, features=features)
 
-    def describe(self, trainable) -> str:
-        total = lora_lib.count_parameters(self.base)
-        if self.mode == "trainable":
-            return f"text encoder fine-tuned: {total:,} parameters"
-        adapters = lora_lib.count_parameters(trainable)
-        return (f"text encoder LoRA: {len(trainable)} adapted projections, rank {self.rank}, alpha {self.alpha:g}: "
-                f"{adapters:,} trainable parameters ({100 * adapters / total:.2f}% of {total:,})")
+    def merged(self, trainable: dict) -> dict:
+        return {m: t.merged(trainable[m]) for m, t in self.tuners.items()}
+
+    def install(self, trainable: dict) -> None:
+        """Put the tuned weights (adapters merged) into the featurizer's encoders."""
+        for m, tuner in self.tuners.items():
+            tuner.install(trainable[m])
+
+    def describe(self, trainable: dict) -> str:
+        return "; ".join(t.describe(trainable[m]) for m, t in self.tuners.items())

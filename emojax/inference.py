@@ -64,6 +64,7 @@ class Estimator:
             checkpoints.close()
             raise ckpt_lib.CheckpointError(f"{self.run_dir / 'progress.json'}: the run has not finished; "
                                            "resume it with launch/train.py first")
+        self.tuned_modalities: tuple[str, ...] = ()
         if self.cfg.mode == "frozen":
             self.params = checkpoints.restore_best(params, progress["best_epoch"])
         else:
@@ -79,16 +80,15 @@ class Estimator:
             log.info("%s has no text modality; the speech recognizer %s is not loaded", self.run_dir, asr_model)
 
     def _restore_tuned(self, checkpoints, params, epoch: int, meta: dict):
-        """A run that fine-tuned its text encoder: the head and the encoder of the selected epoch;
-        the featurizer's text encoder then computes with the tuned weights (LoRA adapters merged)."""
-        from emojax.finetune import TextTuning
+        """A run that fine-tuned encoders: the head and the encoders of the selected epoch; the
+        featurizer's encoders then compute with the tuned weights (LoRA adapters merged)."""
+        from emojax.finetune import Tuning
 
-        text = self.featurizer.encoders["T"]
-        tuning = TextTuning(self.cfg, text, meta["feature_stats"])
+        tuning = Tuning(self.cfg, self.featurizer, meta["feature_stats"])
         target = {"params": params, "encoder": tuning.init(jax.random.PRNGKey(0))}
         best = checkpoints.restore_best(target, epoch)
-        text.encoder.params = tuning.merged(best["encoder"])
-        text.update_namespace()
+        tuning.install(best["encoder"])
+        self.tuned_modalities = tuning.modalities
         return best["params"]
 
     def _transcribe(self, inputs: Sequence[tuple]) -> tuple[list[tuple], list[Optional[str]], list[Optional[str]]]:

@@ -17,7 +17,7 @@ encoder paths in ``config.json`` are absolute; after moving the folder, load it 
 :func:`load_standalone`, which points them at the folder's new place first.
 
 ``extract_encoders(run_dir, output)`` copies only the encoder folders, to ``output/{m}/`` (for a
-run that fine-tuned its text encoder, ``T/`` holds the tuned weights, LoRA merged), and
+run that fine-tuned encoders, their folders hold the tuned weights, LoRA merged), and
 writes ``output/encoders.cfg`` (``encoders.T.model=<path>`` lines) and ``output/encoders.flags``
 (the same as ``--config.encoders.T.model=<path>``, for ``launch.train --flagfile=...``).
 
@@ -167,16 +167,23 @@ def load_standalone(folder: str | os.PathLike):
     return Estimator(folder)
 
 
-def _export_tuned_text(run_dir: pathlib.Path, folder: pathlib.Path, cfg) -> dict:
-    """The fine-tuned text encoder of the run's selected epoch (LoRA adapters merged) as a plain
-    Hugging Face folder, in place of the base encoder copied to ``folder``."""
+def _export_tuned(run_dir: pathlib.Path, output: pathlib.Path, cfg) -> dict:
+    """The fine-tuned encoders of the run's selected epoch (LoRA adapters merged) as plain
+    Hugging Face folders ``output/{m}``, in place of the base encoders copied there."""
     from emojax.inference import Estimator
+    from emojax.store import neural_encoders
 
-    text = Estimator(run_dir).featurizer.encoders["T"].encoder
-    shutil.rmtree(folder, ignore_errors=True)
-    model = str(cfg.encoders.T.model)
-    export_encoder(text, folder, model=model, from_params=True)
-    return {"hash": text.weights_hash, "model": model, "tuned": str(cfg.mode)}
+    estimator = Estimator(run_dir)
+    encoders = neural_encoders(estimator.featurizer)
+    out = {}
+    for modality in estimator.tuned_modalities:
+        encoder, _ = encoders[modality]
+        folder = output / modality
+        shutil.rmtree(folder, ignore_errors=True)
+        model = str(cfg.encoders[modality].model)
+        export_encoder(encoder, folder, model=model, from_params=True)
+        out[modality] = {"hash": encoder.weights_hash, "model": model, "tuned": str(cfg.mode)}
+    return out
 
 
 def extract_encoders(run_dir: str | os.PathLike, output: str | os.PathLike) -> dict:
@@ -194,7 +201,7 @@ def extract_encoders(run_dir: str | os.PathLike, output: str | os.PathLike) -> d
     output.mkdir(parents=True, exist_ok=True)
     encoders = _copy_encoders(run_dir, output, cfg)
     if cfg.mode != "frozen":
-        encoders["T"] = _export_tuned_text(run_dir, output / "T", cfg)
+        encoders.update(_export_tuned(run_dir, output, cfg))
     for modality, info in encoders.items():
         info["path"] = str((output / modality).resolve())
     (output / "encoders.cfg").write_text("".join(f"encoders.{m}.model={i['path']}\n" for m, i in encoders.items()))

@@ -50,8 +50,8 @@ class TrainState:
     rng: jax.Array
     loss_state: Any
     loss_params: Any = flax.struct.field(default_factory=dict)
-    # The fine-tuned text encoder's trainable part (mode trainable: its parameters; lora: the
-    # adapters; {} when frozen). The optimizer covers it under "encoder".
+    # The fine-tuned encoders' trainable parts by modality (mode trainable: their parameters;
+    # lora: the adapters; {} when frozen). The optimizer covers them under "encoder".
     encoder: Any = flax.struct.field(default_factory=dict)
 
 
@@ -69,7 +69,7 @@ def learning_rate_schedule(cfg, total_steps: int, peak: Optional[float] = None) 
 def make_optimizer(cfg, total_steps: int) -> optax.GradientTransformation:
     """AdamW with warm-up + linear decay and global-norm gradient clipping.
 
-    When the text encoder is fine-tuned (``mode`` trainable / lora) the encoder's part of the
+    When encoders are fine-tuned (``mode`` trainable / lora) the encoders' part of the
     trainable tree (key ``"encoder"``) gets its own AdamW with peak rate ``encoder.lr`` on the
     same schedule shape; the clipping norm covers everything."""
     head = optax.adamw(learning_rate_schedule(cfg, total_steps), weight_decay=cfg.train.weight_decay)
@@ -87,8 +87,8 @@ def make_optimizer(cfg, total_steps: int) -> optax.GradientTransformation:
 
 
 def trainable_tree(state: "TrainState", tuning=None) -> dict:
-    """What the optimizer updates: the model's and the losses' parameters, and the text
-    encoder's trainable part when it is fine-tuned."""
+    """What the optimizer updates: the model's and the losses' parameters, and the fine-tuned
+    encoders' trainable parts."""
     tree = {"model": state.params, "losses": state.loss_params}
     if tuning is not None:
         tree["encoder"] = state.encoder
@@ -110,9 +110,9 @@ def make_train_step(model: EmotionModel, optimizer: optax.GradientTransformation
     """``train_step(state, batch[, teacher_params][, encoder_base=...]) -> (state, logs)``; ``batch``
     has features, present, labels (and, with a ``teacher``, ``teacher_features`` /
     ``teacher_present``, the teacher's inputs for the same samples; with ``tuning``, a
-    :class:`emojax.finetune.TextTuning`, ``tokens``: the text features are then computed inside
-    the step by the encoder being fine-tuned, from ``state.encoder`` and, for LoRA, the frozen
-    base weights ``encoder_base``).
+    :class:`emojax.finetune.Tuning`, ``inputs``: the tuned modalities' features are then computed
+    inside the step by the encoders being fine-tuned, from ``state.encoder`` and, for LoRA, the
+    frozen base weights ``encoder_base``).
 
     With a ``teacher`` model the teacher's logits are computed inside the step from
     ``teacher_params`` (frozen: stop-gradient, never optimised) and feed the ``dist`` loss.
@@ -140,10 +140,9 @@ def make_train_step(model: EmotionModel, optimizer: optax.GradientTransformation
             features = batch["features"]
             if tuning is not None:
                 # A separate stream (folded from the loss key) keeps frozen runs' RNG unchanged.
-                features = dict(features)
-                features["T"] = tuning.features(trainable["encoder"], encoder_base, batch["tokens"]["input_ids"],
-                                                batch["tokens"]["attention_mask"],
-                                                rng=jax.random.fold_in(loss_rng, 1), deterministic=False)
+                features = {**features, **tuning.features(trainable["encoder"], encoder_base, batch["inputs"],
+                                                          batch["present"], rng=jax.random.fold_in(loss_rng, 1),
+                                                          deterministic=False)}
             if wants_inputs:
                 (logits, aux, fused), inter = model.apply(
                     {"params": params}, features, batch["present"], deterministic=False, rngs=rngs,
@@ -210,8 +209,8 @@ def batch_of(data: FeatureSet, index: np.ndarray) -> dict:
         "present": {m: data.present[m][index] for m in data.present},
         "labels": data.labels[index],
     }
-    if data.tokens is not None:
-        batch["tokens"] = {k: v[index] for k, v in data.tokens.items()}
+    if data.inputs is not None:
+        batch["inputs"] = {m: rows.batch(index) for m, rows in data.inputs.items()}
     return batch
 
 
@@ -336,7 +335,7 @@ class Prepared:
     model: EmotionModel
     feature_seconds: float
     feature_stats: dict  # modality -> {"mean", "std"} of the training split
-    tuning: Any = None  # emojax.finetune.TextTuning when the text encoder is fine-tuned
+    tuning: Any = None  # emojax.finetune.Tuning when encoders are fine-tuned
 
 
 def load_data(cfg):
@@ -383,19 +382,19 @@ def prepare(cfg, workdir: str | pathlib.Path, category: str = "training") -> Pre
     model = build_model(cfg, featurizer.dims, dataset.num_classes)
     tuning = None
     if cfg.mode != "frozen":
-        from emojax.finetune import TextTuning
+        from emojax.finetune import Tuning
 
-        text = featurizer.encoders["T"]
-        tuning = TextTuning(cfg, text, stats)
-        features = {name: dataclasses.replace(features[name], tokens=tuning.tokens(text.texts(split)))
+        tuning = Tuning(cfg, featurizer, stats)
+        features = {name: tuning.attach(features[name], split, root=cache.inputs_root, progress=featurizer.progress)
                     for name, split in dataset.splits.items()}
     return Prepared(cfg, run_dir, dataset.class_names, features, tuple(dataset.not_scored), featurizer,
                     model, feature_seconds, stats, tuning)
 
 
 def tuned_features(prep: Prepared, encoder, batch_size: int, splits=None) -> dict[str, FeatureSet]:
-    """``prep.features`` with the text features of ``splits`` (default all) recomputed by the
-    fine-tuned encoder ``encoder`` (its trainable part); unchanged for a frozen run."""
+    """``prep.features`` with the tuned modalities' features of ``splits`` (default all)
+    recomputed by the fine-tuned encoders ``encoder`` (their trainable parts); unchanged for a
+    frozen run."""
     if prep.tuning is None:
         return dict(prep.features)
     return {name: prep.tuning.refresh(data, encoder, batch_size) if splits is None or name in splits else data
@@ -403,8 +402,8 @@ def tuned_features(prep: Prepared, encoder, batch_size: int, splits=None) -> dic
 
 
 def best_target(state: "TrainState", tuning=None):
-    """What the best checkpoint holds: the model's parameters, plus the text encoder's trainable
-    part (``{"params", "encoder"}``) when it is fine-tuned."""
+    """What the best checkpoint holds: the model's parameters, plus the fine-tuned encoders'
+    trainable parts (``{"params", "encoder"}``)."""
     return state.params if tuning is None else {"params": state.params, "encoder": state.encoder}
 
 
@@ -764,7 +763,7 @@ def load_run(run_dir: str | pathlib.Path, workdir: Optional[str | pathlib.Path] 
     params = checkpoints.restore_best(best_target(state, prep.tuning), progress["best_epoch"])
     checkpoints.close()
     if prep.tuning is not None:
-        # Every split's text features from the fine-tuned encoder of the selected epoch.
+        # Every split's tuned features from the fine-tuned encoders of the selected epoch.
         prep.features = tuned_features(prep, params["encoder"], int(cfg.train.eval_batch_size))
         params = params["params"]
     return prep, eval_step, params, progress

@@ -188,7 +188,14 @@ def cmd_cache(cache_dir, *, clear: Optional[str] = None, out: Optional[TextIO] =
                 raise ToolError(f"--clear: {what} namespace {clear!r} in {cache_dir} (namespaces: {known})")
         removed = sum(cache.clear(name) for name in targets)
         print(f"removed {removed} shard(s) of {len(targets)} namespace(s) from {cache_dir}", file=out)
+        if clear == "all":
+            inputs = cache.clear_inputs()
+            if inputs:
+                print(f"removed {inputs} stored fine-tuning input set(s)", file=out)
     stats = cache.stats()
+    inputs_bytes = cache.inputs_bytes()
+    if inputs_bytes:
+        print(f"fine-tuning inputs: {human_bytes(inputs_bytes)} in {cache.inputs_root}", file=out)
     if not stats:
         print(f"{cache_dir}: empty", file=out)
         return stats

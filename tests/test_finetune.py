@@ -123,7 +123,7 @@ def test_finetune_lora_trains_only_adapters_and_resume_matches(tmp_path, text_me
                                rtol=1e-5)
     best = ocp.StandardCheckpointer().restore(full / "best" / str(json.loads(
         (full / "progress.json").read_text())["best_epoch"]) / "default")
-    adapters = best["encoder"]
+    adapters = best["encoder"]["T"]
     assert set(adapters) == {f"layers.{n}.{m}" for n in range(2)
                              for m in ("query", "key", "value", "attention_out", "intermediate", "output")}
     assert all(set(a) == {"a", "b"} and a["a"].shape[1] == 4 for a in adapters.values())

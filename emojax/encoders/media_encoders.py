@@ -109,43 +109,57 @@ def _digest(*parts) -> str:
     return hashlib.sha256(blob).hexdigest()
 
 
-# -- jitted forward passes (module level: encoders of one architecture share compilations) -----
+# -- forward passes (module level: encoders of one architecture share compilations) ----------
+# Each family's pooled features as one pure function of (params, inputs); the frozen feature path
+# jit-compiles it with deterministic=True, fine-tuning (emojax.finetune) calls it inside the train
+# step with dropout.
 
-@functools.partial(jax.jit, static_argnames=("config", "dtype"))
-def _whisper_features(params, mel, mel_mask, *, config, dtype):
+def whisper_forward(params, inputs, *, config, dtype, pooling="mean", deterministic=True, rng=None):
+    """``inputs``: ``mel`` ``(batch, n_mels, frames)``, ``mel_mask`` ``(batch, frames)``."""
     from emojax.encoders.whisper import whisper_apply, whisper_pool
 
-    return whisper_pool(whisper_apply(params, mel, config=config, dtype=dtype), mel_mask)
+    hidden = whisper_apply(params, inputs["mel"], config=config, dtype=dtype, deterministic=deterministic, rng=rng)
+    return whisper_pool(hidden, inputs["mel_mask"])
 
 
-@functools.partial(jax.jit, static_argnames=("config", "dtype", "pooling", "masked"))
-def _wav2vec2_features(params, audio, mask, *, config, dtype, pooling, masked):
+def wav2vec2_forward(params, inputs, *, config, dtype, pooling, masked, deterministic=True, rng=None):
+    """``inputs``: ``audio`` ``(batch, samples)`` (the extractor's output), ``mask`` ``(batch, samples)``."""
     from emojax.encoders.wav2vec2 import wav2vec2_apply, wav2vec2_pool
 
-    hidden = wav2vec2_apply(params, audio, mask if masked else None, config=config, dtype=dtype)
+    mask = inputs["mask"]
+    hidden = wav2vec2_apply(params, inputs["audio"], mask if masked else None, config=config, dtype=dtype,
+                            deterministic=deterministic, rng=rng)
     return wav2vec2_pool(hidden, mask, config=config, pooling=pooling)
 
 
-@functools.partial(jax.jit, static_argnames=("config", "dtype", "pooling"))
-def _videomae_features(params, pixels, *, config, dtype, pooling):
+def videomae_forward(params, inputs, *, config, dtype, pooling, deterministic=True, rng=None):
+    """``inputs``: ``pixels`` ``(batch, frames, channels, height, width)``, normalised."""
     from emojax.encoders.videomae import videomae_apply, videomae_pool
 
-    hidden = videomae_apply(params, pixels, config=config, dtype=dtype)
+    hidden = videomae_apply(params, inputs["pixels"], config=config, dtype=dtype, deterministic=deterministic, rng=rng)
     if pooling == "first":
         return hidden[:, 0]
     return videomae_pool(params, hidden, config=dataclasses.replace(config, use_mean_pooling=True))
 
 
-@functools.partial(jax.jit, static_argnames=("config", "dtype", "pooling"))
-def _clip_features(params, frames, *, config, dtype, pooling):
+def clip_forward(params, inputs, *, config, dtype, pooling, deterministic=True, rng=None):
+    """``inputs``: ``pixels`` ``(batch, frames, channels, height, width)``, normalised."""
     from emojax.encoders.clip_vision import clip_video_features, clip_vision_apply
 
+    frames = inputs["pixels"]
     if pooling == "first":
-        return clip_video_features(params, frames, config=config, pooling="mean", dtype=dtype)
-    batch, count = frames.shape[:2]
-    hidden, _ = clip_vision_apply(params, frames.reshape((batch * count,) + frames.shape[2:]), config=config,
-                                  dtype=dtype)
+        return clip_video_features(params, frames, config=config, pooling="mean", dtype=dtype,
+                                   deterministic=deterministic, rng=rng)
+    batch = frames.shape[0]
+    hidden, _ = clip_vision_apply(params, frames.reshape((-1,) + frames.shape[2:]), config=config, dtype=dtype,
+                                  deterministic=deterministic, rng=rng)
     return hidden.reshape(batch, -1, hidden.shape[-1]).mean(axis=1)
+
+
+@functools.partial(jax.jit, static_argnames=("forward", "settings"))
+def _frozen_features(params, inputs, *, forward, settings):
+    """``forward(params, inputs, **settings)`` jit-compiled (``settings``: a sorted tuple of items)."""
+    return forward(params, inputs, **dict(settings))
 
 
 # -- the encoders ------------------------------------------------------------------------------
@@ -157,18 +171,14 @@ class _MediaEncoder:
     modality: str = ""
 
     def __init__(self, spec, dtype=jnp.float32):
-        from emojax.encoders.bert import params_hash
-
         self.spec = spec
         self.model = str(spec["model"])
         self.pooling = resolve_pooling(self.family, str(spec.get("pooling", "default")))
         self.dtype = dtype
         self.folder = hub.resolve_model(self.model)
-        self.params, self.config = self._load_model()
-        self.weights_hash = params_hash(self.params, repr(self.config))
+        params, self.config = self._load_model()
         self.batch_size = BATCH_SIZE
-        self.namespace = _digest(self.family, FEATURE_VERSION, self.model, self.weights_hash, self.preprocessing(),
-                                 self.pooling, str(jnp.dtype(self.dtype)))[:24]
+        self.set_params(params)
         # path -> why it could not be read (see emojax.inference.predict_table); cleared by the reader.
         self.errors: dict[str, str] = {}
 
@@ -191,6 +201,55 @@ class _MediaEncoder:
     def run(self, items: Sequence, bucket) -> np.ndarray:
         """Features ``(len(items), dim)`` of exactly ``batch_size`` items."""
         raise NotImplementedError
+
+    # fine-tuning (emojax.finetune): per-sample stored inputs, batched, and the pure forward pass
+    forward: Any = None  # the family's pure forward pass (whisper_forward, ...), as a staticmethod
+
+    def settings(self) -> dict:
+        """The static arguments of :attr:`forward` besides config, dtype and dropout."""
+        return {"pooling": self.pooling}
+
+    def tuning_item(self, path: str) -> dict[str, np.ndarray]:
+        """The stored fine-tuning input of one file (raises ``MediaError``)."""
+        raise NotImplementedError
+
+    def blank_item(self) -> dict[str, np.ndarray]:
+        """A stand-in input for a missing or unreadable file (its feature is masked out)."""
+        raise NotImplementedError
+
+    def group(self, item) -> Any:
+        """Stored inputs of one group are evaluated together (wav2vec2: the length bucket)."""
+        return None
+
+    def collate(self, items: Sequence[dict]) -> dict[str, np.ndarray]:
+        """A batch of stored inputs."""
+        return {name: np.stack([item[name] for item in items]) for name in items[0]}
+
+    def tuning_inputs(self, inputs: dict) -> dict:
+        """Collated stored inputs -> :attr:`forward`'s inputs (inside the step)."""
+        return inputs
+
+    def tuning_features(self, params, inputs: dict, *, config=None, deterministic: bool = True,
+                        rng: Optional[jax.Array] = None):
+        """Pooled features ``(batch, dim)`` of collated stored inputs (pure; differentiable)."""
+        return type(self).forward(params, self.tuning_inputs(inputs), config=config or self.config,
+                                  dtype=self.dtype, deterministic=deterministic, rng=rng, **self.settings())
+
+    def frozen(self, inputs: dict) -> jax.Array:
+        """:attr:`forward` jit-compiled without dropout on the loaded weights."""
+        settings = {"config": self.config, "dtype": self.dtype, **self.settings()}
+        return _frozen_features(self.params, inputs, forward=type(self).forward,
+                                settings=tuple(sorted(settings.items())))
+
+    def set_params(self, params) -> None:
+        """Compute with ``params`` (e.g. fine-tuned weights) from now on; the weights hash and the
+        cache namespace follow them."""
+        from emojax.encoders.bert import params_hash
+
+        self.params = params
+        self.weights_hash = params_hash(self.params, repr(self.config))
+        self.namespace = _digest(self.family, FEATURE_VERSION, self.model, self.weights_hash, self.preprocessing(),
+                                 self.pooling, str(jnp.dtype(self.dtype)))[:24]
 
     # shared
     def compute(self, paths: Sequence[str], progress: bool = False) -> np.ndarray:
@@ -257,8 +316,24 @@ class WhisperFeatures(_MediaEncoder):
         from emojax.encoders.whisper import whisper_preprocess
 
         mel, mask = whisper_preprocess(items, self.extractor, sampling_rate=int(self.extractor.sampling_rate))
-        return _whisper_features(self.params, jnp.asarray(mel), jnp.asarray(mask), config=self.config,
-                                 dtype=self.dtype)
+        return self.frozen({"mel": jnp.asarray(mel), "mel_mask": jnp.asarray(mask)})
+
+    forward = staticmethod(whisper_forward)
+
+    def settings(self):
+        return {}
+
+    def tuning_item(self, path):
+        from emojax.encoders.whisper import whisper_preprocess
+
+        mel, mask = whisper_preprocess([self.load(path)], self.extractor,
+                                       sampling_rate=int(self.extractor.sampling_rate))
+        return {"mel": mel[0].astype(np.float32), "mel_mask": mask[0].astype(np.int32)}
+
+    def blank_item(self):
+        frames = int(self.extractor.nb_max_frames)
+        return {"mel": np.zeros((int(self.extractor.feature_size), frames), np.float32),
+                "mel_mask": np.ones(frames, np.int32)}
 
 
 class Wav2Vec2Features(_MediaEncoder):
@@ -306,8 +381,35 @@ class Wav2Vec2Features(_MediaEncoder):
 
     def run(self, items, bucket):
         audio, mask = self.preprocess(items, bucket)
-        return _wav2vec2_features(self.params, jnp.asarray(audio), jnp.asarray(mask), config=self.config,
-                                  dtype=self.dtype, pooling=self.pooling, masked=self.masked)
+        return self.frozen({"audio": jnp.asarray(audio), "mask": jnp.asarray(mask)})
+
+    forward = staticmethod(wav2vec2_forward)
+
+    def settings(self):
+        return {"pooling": self.pooling, "masked": self.masked}
+
+    def tuning_item(self, path):
+        """The clip normalised by the extractor, unpadded (padding comes per batch)."""
+        wave = np.asarray(self.load(path), np.float32)
+        out = self.extractor(wave, sampling_rate=int(self.extractor.sampling_rate), return_tensors="np")
+        return {"audio": np.asarray(out["input_values"], np.float32).reshape(-1)}
+
+    def blank_item(self):
+        return {"audio": np.zeros(self.buckets[0], np.float32)}
+
+    def group(self, item):
+        return self.bucket(item["audio"])
+
+    def collate(self, items):
+        """Clips padded (the extractor's padding value) to the bucket of the longest one."""
+        width = self.bucket(max((item["audio"] for item in items), key=len))
+        audio = np.full((len(items), width), float(self.extractor.padding_value), np.float32)
+        mask = np.zeros((len(items), width), np.int32)
+        for row, item in enumerate(items):
+            clip = item["audio"][:width]
+            audio[row, :len(clip)] = clip
+            mask[row, :len(clip)] = 1
+        return {"audio": audio, "mask": mask}
 
 
 def _image_processor(cls, folder, height: int, width: int):
@@ -316,6 +418,25 @@ def _image_processor(cls, folder, height: int, width: int):
     if (folder / "preprocessor_config.json").exists():
         return cls.from_pretrained(str(folder))
     return cls(size={"shortest_edge": min(height, width)}, crop_size={"height": height, "width": width})
+
+
+def _unnormalised(processor, images) -> np.ndarray:
+    """The processor's resized and cropped frames, ``uint8``, channels first (no rescale / normalise)."""
+    pixels = processor(images, return_tensors="np", do_rescale=False, do_normalize=False)["pixel_values"]
+    return np.asarray(pixels).astype(np.uint8)
+
+
+def _normalise(processor, frames):
+    """``uint8`` frames ``(..., channels, height, width)`` -> the processor's float32 pixel values
+    (rescale, then normalise per channel, as its own settings say)."""
+    x = frames.astype(jnp.float32)
+    if processor.do_rescale:
+        x = x * jnp.float32(processor.rescale_factor)
+    if processor.do_normalize:
+        mean = jnp.asarray(processor.image_mean, jnp.float32).reshape(-1, 1, 1)
+        std = jnp.asarray(processor.image_std, jnp.float32).reshape(-1, 1, 1)
+        x = (x - mean) / std
+    return x
 
 
 class VideoMAEFeatures(_MediaEncoder):
@@ -347,8 +468,23 @@ class VideoMAEFeatures(_MediaEncoder):
         return np.asarray(pixels, np.float32)  # (frames, channels, height, width)
 
     def run(self, items, bucket):
-        return _videomae_features(self.params, jnp.asarray(np.stack(items)), config=self.config, dtype=self.dtype,
-                                  pooling=self.pooling)
+        return self.frozen({"pixels": jnp.asarray(np.stack(items))})
+
+    forward = staticmethod(videomae_forward)
+
+    def tuning_item(self, path):
+        """The frames resized and cropped, ``uint8`` (rescaled and normalised inside the step)."""
+        from emojax.data.media import read_video_frames
+
+        frames = read_video_frames(path, num_frames=self.config.num_frames)
+        return {"frames": _unnormalised(self.processor, [list(frames)])[0]}
+
+    def blank_item(self):
+        return {"frames": np.zeros((self.config.num_frames, self.config.num_channels) + tuple(self.config.image_size),
+                                   np.uint8)}
+
+    def tuning_inputs(self, inputs):
+        return {"pixels": _normalise(self.processor, inputs["frames"])}
 
 
 class CLIPFeatures(_MediaEncoder):
@@ -381,8 +517,23 @@ class CLIPFeatures(_MediaEncoder):
         return np.asarray(pixels, np.float32)  # (frames, channels, height, width)
 
     def run(self, items, bucket):
-        return _clip_features(self.params, jnp.asarray(np.stack(items)), config=self.config, dtype=self.dtype,
-                              pooling=self.pooling)
+        return self.frozen({"pixels": jnp.asarray(np.stack(items))})
+
+    forward = staticmethod(clip_forward)
+
+    def tuning_item(self, path):
+        """The frames resized and cropped, ``uint8`` (rescaled and normalised inside the step)."""
+        from emojax.data.media import read_video_frames
+
+        frames = read_video_frames(path, num_frames=self.num_frames)
+        return {"frames": _unnormalised(self.processor, list(frames))}
+
+    def blank_item(self):
+        size = self.config.image_size
+        return {"frames": np.zeros((self.num_frames, self.config.num_channels, size, size), np.uint8)}
+
+    def tuning_inputs(self, inputs):
+        return {"pixels": _normalise(self.processor, inputs["frames"])}
 
 
 ENCODERS = {"whisper": WhisperFeatures, "wav2vec2": Wav2Vec2Features, "videomae": VideoMAEFeatures,

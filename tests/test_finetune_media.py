@@ -1,0 +1,141 @@
+"""Fine-tuning the audio and video encoders (Whisper, wav2vec2 / data2vec-audio, VideoMAE, CLIP)
+inside the train step, on the generated MELD-format demo (FLAC audio, MP4 video) with tiny random
+checkpoints in the Hugging Face layout (the writers of tests/test_neural_features.py)."""
+import json
+import pathlib
+
+import jax
+import numpy as np
+import pytest
+
+from emojax import train as train_lib
+
+pytest.importorskip("transformers")
+
+from test_neural_features import (SIZES, make_config, write_clip, write_data2vec_audio,  # noqa: E402
+                                  write_videomae, write_wav2vec2, write_whisper)
+
+WRITERS = {"whisper": write_whisper, "wav2vec2": write_wav2vec2, "data2vec-audio": write_data2vec_audio,
+           "videomae": write_videomae, "clip": write_clip}
+MODALITY = {"whisper": "A", "wav2vec2": "A", "data2vec-audio": "A", "videomae": "V", "clip": "V"}
+
+
+@pytest.fixture(scope="module")
+def media_checkpoints(tmp_path_factory):
+    root = tmp_path_factory.mktemp("tuned-encoders")
+    return {name: write(root / name) for name, write in WRITERS.items()}
+
+
+@pytest.fixture(scope="module")
+def media_demo(tmp_path_factory):
+    from emojax.data.demo import generate_demo
+
+    return generate_demo(tmp_path_factory.mktemp("tuning-demo") / "demo", seed=0, sizes=SIZES)
+
+
+def tuning_config(demo, mode, epochs=3, **encoders):
+    cfg = make_config(demo, **encoders)
+    cfg.mode = mode
+    cfg.train.update(epochs=epochs, patience=100, batch_size=7, lr=1e-2)
+    cfg.encoder.lr = 1e-3
+    cfg.encoder.lora.update(rank=4, alpha=8.0)
+    return cfg
+
+
+def _family(name):
+    return "wav2vec2" if name == "data2vec-audio" else name
+
+
+@pytest.mark.parametrize("name", list(WRITERS))
+def test_finetune_media_in_step_features_reproduce_frozen_features(tmp_path, media_checkpoints, media_demo, name):
+    """Before any update, the features computed from the stored inputs (the train step's path)
+    equal the frozen feature path's, for every family; a training batch feeds the step."""
+    modality = MODALITY[name]
+    cfg = tuning_config(media_demo, "trainable", **{modality: (_family(name), media_checkpoints[name])})
+    prep = train_lib.prepare(cfg, tmp_path)
+    assert prep.tuning.modalities == (modality,)
+    start = prep.tuning.init(jax.random.PRNGKey(0))
+    for split in ("train", "dev"):
+        data = prep.features[split]
+        assert data.present[modality].all()
+        refreshed = prep.tuning.refresh(data, start, batch_size=4)
+        np.testing.assert_allclose(refreshed.features[modality], data.features[modality], atol=2e-4)
+    batch = train_lib.batch_of(prep.features["train"], np.arange(7))
+    features = prep.tuning.features(start, prep.tuning.base_args, batch["inputs"], batch["present"])
+    assert features[modality].shape == (7, prep.featurizer.dims[modality])
+    if name != "data2vec-audio":  # its positional convolutions see the batch's padding
+        np.testing.assert_allclose(np.asarray(features[modality]), prep.features["train"].features[modality][:7],
+                                   atol=2e-4)
+
+
+def test_finetune_media_lora_run_tunes_audio_and_video_and_estimator_uses_them(tmp_path, media_checkpoints,
+                                                                               media_demo):
+    import orbax.checkpoint as ocp
+
+    from emojax.data import load_dataset
+    from emojax.features import standardize
+    from emojax.inference import Estimator
+
+    cfg = tuning_config(media_demo, "lora", epochs=3, A=("whisper", media_checkpoints["whisper"]),
+                        V=("clip", media_checkpoints["clip"]))
+    run_dir = train_lib.fit(cfg, tmp_path)
+    results = json.loads((run_dir / "results.json").read_text())
+    best = ocp.StandardCheckpointer().restore(run_dir / "best" / str(results["best_epoch"]) / "default")
+    assert set(best["encoder"]) == {"A", "V"}
+    # Whisper's and CLIP's attention and MLP projections carry adapters, and they trained.
+    assert {k.rsplit(".", 1)[-1] for k in best["encoder"]["A"]} == {"query", "key", "value", "attn_out", "fc1",
+                                                                     "fc2"}
+    for adapters in best["encoder"].values():
+        assert max(np.abs(a["b"]).max() for a in adapters.values()) > 0
+
+    prep, eval_step, params, _ = train_lib.load_run(run_dir, tmp_path)
+    frozen = train_lib.prepare(cfg, tmp_path).features["dev"]
+    for m in ("A", "V"):
+        assert np.abs(prep.features["dev"].features[m] - frozen.features[m]).max() > 1e-4  # the encoders moved
+    rescored = train_lib.score(eval_step, params, prep.features["dev"], len(prep.class_names), 64)
+    assert rescored["accuracy"] == pytest.approx(results["dev"]["accuracy"])
+
+    estimator = Estimator(run_dir)
+    assert estimator.tuned_modalities == ("A", "V")
+    dev = load_dataset("meld", str(media_demo), target="emotion").splits["dev"]
+    again = standardize(estimator.featurizer.split_features(dev), estimator.feature_stats)
+    for m in ("A", "V"):
+        np.testing.assert_allclose(again.features[m], prep.features["dev"].features[m], atol=2e-4)
+    probs = train_lib.predict_proba(estimator._eval_step, estimator.params, again, 64)
+    assert float((probs.argmax(-1) == again.labels).mean()) == pytest.approx(results["dev"]["accuracy"])
+
+
+def test_finetune_media_trainable_with_text_frozen_and_unreadable_file(tmp_path, media_checkpoints, media_demo,
+                                                                       tiny_bert, caplog, monkeypatch):
+    """``encoder.tune=A``: only wav2vec2 is tuned (BERT stays frozen); a corrupt audio file is a
+    logged skip (the sample lacks audio), and the stored inputs are read back, not recomputed."""
+    import logging
+    import shutil
+
+    from emojax.encoders import media_encoders
+
+    demo = tmp_path / "demo"
+    shutil.copytree(media_demo, demo)
+    cfg = tuning_config(demo, "trainable", epochs=2, T=("bert", tiny_bert), A=("wav2vec2", media_checkpoints["wav2vec2"]))
+    cfg.encoder.tune = "A"
+    from emojax.data import load_dataset
+
+    broken = pathlib.Path(load_dataset("meld", str(demo), target="emotion").splits["train"].samples[3].audio)
+    broken.write_bytes(b"not audio")
+    with caplog.at_level(logging.WARNING):
+        run_dir = train_lib.fit(cfg, tmp_path / "work")
+    assert any("skipping A input" in r.getMessage() and str(broken) in r.getMessage() for r in caplog.records)
+    prep, _, params, _ = train_lib.load_run(run_dir, tmp_path / "work")
+    assert prep.tuning.modalities == ("A",)
+    assert not prep.features["train"].present["A"][3] and prep.features["train"].present["A"].sum() == 13
+    frozen = train_lib.prepare(cfg, tmp_path / "work").features
+    assert np.abs(prep.features["dev"].features["A"] - frozen["dev"].features["A"]).max() > 1e-4
+    np.testing.assert_array_equal(prep.features["dev"].features["T"], frozen["dev"].features["T"])
+
+    # the stored inputs are reused: preparing again decodes no file
+    def refuse(self, path):
+        raise AssertionError(f"decoded {path} again")
+
+    monkeypatch.setattr(media_encoders.Wav2Vec2Features, "tuning_item", refuse)
+    again = train_lib.prepare(cfg, tmp_path / "work").features["train"]
+    assert not again.present["A"][3] and again.present["A"].sum() == 13
