@@ -34,6 +34,7 @@ process 0 once the run directory holds its config and meta.
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
@@ -217,8 +218,9 @@ def export_encoder(encoder, folder: str | os.PathLike, *, model: str = "", verif
     ``vocab_size``. ``model`` names the source (default: the encoder's own record of it). With
     ``verify`` the folder is loaded back and must give the encoder's parameters exactly.
 
-    ``from_params``: the tensors come from the parameters in memory, not from the source folder
-    (a fine-tuned text encoder; BERT / RoBERTa only)."""
+    ``from_params``: the tensors the encoder's loader reads come from the parameters in memory
+    (a fine-tuned encoder: :mod:`emojax.encoders.export` writes them back under the checkpoint's
+    names), the source folder's other tensors are kept."""
     from safetensors.numpy import save_file
 
     folder = pathlib.Path(folder)
@@ -227,14 +229,28 @@ def export_encoder(encoder, folder: str | os.PathLike, *, model: str = "", verif
     config = getattr(encoder, "config", None)
     tokenizer = getattr(encoder, "tokenizer", None)
     source = _source_folder(encoder, model)
-    if from_params and not (tokenizer is not None and type(config).__name__ == "BertConfig"):
-        raise CheckpointError(f"{folder}: writing the tuned weights of a {encoder_family(encoder) or '?'} encoder "
-                              "is not supported (BERT / RoBERTa only)")
+    source_rows = None
     if source is not None:
         from emojax.encoders import hub
 
         _copy_side_files(source, folder)
-        state = bert_state_dict(encoder.params, config) if from_params else hub.load_state_dict(source)
+        state = hub.load_state_dict(source)
+        key = next((k for k in state if _short(k) in _WORD_EMBEDDINGS), None)
+        source_rows = state[key].shape[0] if key is not None else None
+        if from_params:
+            from emojax.encoders import export
+
+            shapes = config
+            if tokenizer is not None:  # added tokens grew the word embeddings beyond the config's vocabulary
+                rows = int(np.shape(encoder.params["embeddings"]["word"])[0])
+                shapes = dataclasses.replace(config, vocab_size=rows)
+            try:
+                written = export.state_dict_from_params(encoder.params, shapes, state, source=str(source))
+            except export.ExportError as err:
+                raise CheckpointError(f"{folder}: cannot write the tuned weights of {model!r}: {err}") from err
+            for name in export.replaced_names(state, written):
+                del state[name]
+            state.update(written)
     elif tokenizer is not None and type(config).__name__ == "BertConfig":
         state = bert_state_dict(encoder.params, config)
         (folder / "config.json").write_text(json.dumps(_hf_config(config), indent=2, sort_keys=True))
@@ -248,9 +264,9 @@ def export_encoder(encoder, folder: str | os.PathLike, *, model: str = "", verif
         if key is None:
             raise CheckpointError(f"{source}: no word-embedding tensor ({' / '.join(_WORD_EMBEDDINGS)}) to "
                                   "write the added tokens' rows into")
-        if state[key].shape != word.shape or not np.array_equal(state[key], word):
-            rows = state[key].shape[0]
-            state[key] = word
+        rows = state[key].shape[0] if source_rows is None else source_rows
+        state[key] = word
+        if rows != word.shape[0]:  # added tokens: heads over the old vocabulary no longer fit
             for name in list(state):
                 if _short(name).startswith(_VOCAB_HEADS) and np.shape(state[name])[:1] == (rows,):
                     del state[name]

@@ -139,3 +139,25 @@ def test_finetune_media_trainable_with_text_frozen_and_unreadable_file(tmp_path,
     monkeypatch.setattr(media_encoders.Wav2Vec2Features, "tuning_item", refuse)
     again = train_lib.prepare(cfg, tmp_path / "work").features["train"]
     assert not again.present["A"][3] and again.present["A"].sum() == 13
+
+
+def test_finetune_media_extract_encoders_writes_tuned_weights(tmp_path, media_checkpoints, media_demo):
+    """extract-encoders writes the tuned audio / video encoders (adapters merged) as Hugging Face
+    folders that load back to the estimator's weights."""
+    from emojax.encoders.clip_vision import load_clip_vision
+    from emojax.encoders.whisper import load_whisper
+    from emojax.inference import Estimator
+    from emojax.standalone import extract_encoders
+
+    cfg = tuning_config(media_demo, "lora", epochs=1, A=("whisper", media_checkpoints["whisper"]),
+                        V=("clip", media_checkpoints["clip"]))
+    run_dir = train_lib.fit(cfg, tmp_path)
+    info = extract_encoders(run_dir, tmp_path / "extracted")
+    assert info["A"]["tuned"] == "lora" and info["V"]["tuned"] == "lora"
+    estimator = Estimator(run_dir)
+    for m, load in (("A", load_whisper), ("V", load_clip_vision)):
+        back, _ = load(str(tmp_path / "extracted" / m))
+        tuned = estimator.featurizer.encoders[m].params
+        for a, b in zip(jax.tree_util.tree_leaves(back), jax.tree_util.tree_leaves(tuned)):
+            np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+        assert info[m]["hash"] == estimator.featurizer.encoders[m].weights_hash

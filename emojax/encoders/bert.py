@@ -82,6 +82,10 @@ _ACTIVATIONS = {
 }
 
 
+# Where the encoder's tensors may sit in a checkpoint (the prefixes, in the order tried).
+STATE_PREFIXES = ("", "bert.", "roberta.", "model.")
+
+
 def load_bert(name_or_path: str, **overrides) -> tuple[Params, BertConfig]:
     """Parameters (float32 pytree) and config of a BERT or RoBERTa checkpoint (folder or hub id).
 
@@ -97,7 +101,7 @@ def load_bert(name_or_path: str, **overrides) -> tuple[Params, BertConfig]:
                               f"(known: {sorted(_ACTIVATIONS)})")
     config = dataclasses.replace(BertConfig.from_hf(raw), **overrides)
     state = hub.StateReader(hub.load_state_dict(folder), str(folder),
-                            prefixes=("", "bert.", "roberta.", "model."))
+                            prefixes=STATE_PREFIXES)
     return params_from_state(state, config), config
 
 

@@ -98,6 +98,10 @@ class CLIPVisionConfig:
 
 # -- loading -----------------------------------------------------------------------------------
 
+# Where the encoder's tensors may sit in a checkpoint (the prefixes, in the order tried).
+STATE_PREFIXES = ("vision_model.", "")
+
+
 def load_clip_vision(name_or_path: str, **overrides) -> tuple[Params, CLIPVisionConfig]:
     """Parameters (float32 pytree) and config of a CLIP vision tower (folder or hub id).
 
@@ -118,7 +122,7 @@ def load_clip_vision(name_or_path: str, **overrides) -> tuple[Params, CLIPVision
     if config.hidden_size % config.num_heads:
         raise hub.WeightError(f"{where}: hidden_size {config.hidden_size} is not a multiple of "
                               f"num_attention_heads {config.num_heads}")
-    state = hub.StateReader(hub.load_state_dict(folder), str(folder), prefixes=("vision_model.", ""))
+    state = hub.StateReader(hub.load_state_dict(folder), str(folder), prefixes=STATE_PREFIXES)
     return params_from_state(state, config), config
 
 

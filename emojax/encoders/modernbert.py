@@ -121,6 +121,10 @@ class ModernBertConfig:
 
 # -- loading -----------------------------------------------------------------------------------
 
+# Where the encoder's tensors may sit in a checkpoint (the prefixes, in the order tried).
+STATE_PREFIXES = ("", "model.")
+
+
 def load_modernbert(name_or_path: str, **overrides) -> tuple[Params, ModernBertConfig]:
     """Parameters (float32 pytree) and config of a ModernBERT checkpoint (folder or hub id).
 
@@ -144,7 +148,7 @@ def load_modernbert(name_or_path: str, **overrides) -> tuple[Params, ModernBertC
     if config.hidden_size % config.num_heads:
         raise hub.WeightError(f"{where}: hidden_size {config.hidden_size} is not a multiple of "
                               f"num_attention_heads {config.num_heads}")
-    state = hub.StateReader(hub.load_state_dict(folder), str(folder), prefixes=("", "model."))
+    state = hub.StateReader(hub.load_state_dict(folder), str(folder), prefixes=STATE_PREFIXES)
     return params_from_state(state, config), config
 
 

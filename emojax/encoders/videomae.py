@@ -118,6 +118,10 @@ class VideoMAEConfig:
 
 # -- loading -----------------------------------------------------------------------------------
 
+# Where the encoder's tensors may sit in a checkpoint (the prefixes, in the order tried).
+STATE_PREFIXES = ("", "videomae.")
+
+
 def load_videomae(name_or_path: str, **overrides) -> tuple[Params, VideoMAEConfig]:
     """Parameters (float32 pytree) and config of a VideoMAE checkpoint (folder or hub id).
 
@@ -138,7 +142,7 @@ def load_videomae(name_or_path: str, **overrides) -> tuple[Params, VideoMAEConfi
     if config.hidden_size % config.num_heads:
         raise hub.WeightError(f"{where}: hidden_size {config.hidden_size} is not a multiple of "
                               f"num_attention_heads {config.num_heads}")
-    state = hub.StateReader(hub.load_state_dict(folder), str(folder), prefixes=("", "videomae."))
+    state = hub.StateReader(hub.load_state_dict(folder), str(folder), prefixes=STATE_PREFIXES)
     return params_from_state(state, config), config
 
 

@@ -167,6 +167,10 @@ class Wav2Vec2Config:
 
 # -- loading -----------------------------------------------------------------------------------
 
+# Where the encoder's tensors may sit in a checkpoint (the prefixes, in the order tried).
+STATE_PREFIXES = ("", "wav2vec2.", "data2vec_audio.")
+
+
 def load_wav2vec2(name_or_path: str, **overrides) -> tuple[Params, Wav2Vec2Config]:
     """Parameters (float32 pytree) and config of a wav2vec2 or data2vec-audio checkpoint.
 
@@ -201,7 +205,7 @@ def load_wav2vec2(name_or_path: str, **overrides) -> tuple[Params, Wav2Vec2Confi
     if config.hidden_size % config.num_conv_pos_embedding_groups:
         raise hub.WeightError(f"{where}: hidden_size {config.hidden_size} is not a multiple of "
                               f"num_conv_pos_embedding_groups {config.num_conv_pos_embedding_groups}")
-    state = hub.StateReader(hub.load_state_dict(folder), str(folder), prefixes=("", "wav2vec2.", "data2vec_audio."))
+    state = hub.StateReader(hub.load_state_dict(folder), str(folder), prefixes=STATE_PREFIXES)
     return params_from_state(state, config), config
 
 

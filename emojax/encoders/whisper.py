@@ -112,6 +112,10 @@ class WhisperConfig:
 
 # -- loading -----------------------------------------------------------------------------------
 
+# Where the encoder's tensors may sit in a checkpoint (the prefixes, in the order tried).
+STATE_PREFIXES = ("", "model.")
+
+
 def load_whisper(name_or_path: str, **overrides) -> tuple[Params, WhisperConfig]:
     """Parameters (float32 pytree) and config of a Whisper checkpoint's encoder (folder or hub id).
 
@@ -133,7 +137,7 @@ def load_whisper(name_or_path: str, **overrides) -> tuple[Params, WhisperConfig]
     if config.hidden_size % config.num_heads:
         raise hub.WeightError(f"{where}: d_model {config.hidden_size} is not a multiple of "
                               f"encoder_attention_heads {config.num_heads}")
-    state = hub.StateReader(hub.load_state_dict(folder), str(folder), prefixes=("", "model."))
+    state = hub.StateReader(hub.load_state_dict(folder), str(folder), prefixes=STATE_PREFIXES)
     return params_from_state(state, config), config
 
 
