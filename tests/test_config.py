@@ -51,6 +51,20 @@ def test_config_validation_names_key():
     cfg = config_lib.compose("dataset=MELD--E,encoders=A+V,mode=trainable")
     with pytest.raises(config_lib.ConfigError, match=r"mode: .trainable. fine-tunes encoders with weights"):
         config_lib.validate(cfg)
+    # encoder.tune: which encoders train (all = every encoder with weights)
+    cfg = config_lib.compose("dataset=MELD--E,encoders=T+A+V,mode=lora")
+    assert config_lib.tuned_modalities(cfg) == ("T",)  # classic audio / video have no weights
+    cfg.encoders.A.update(family="whisper", model="openai/whisper-base", pooling="default")
+    config_lib.validate(cfg)
+    assert config_lib.tuned_modalities(cfg) == ("T", "A")
+    cfg.encoder.tune = "A"
+    assert config_lib.tuned_modalities(cfg) == ("A",)
+    for tune, message in (("V", r"encoder\.tune: encoders\.V\.family 'classic-video' has no weights"),
+                          ("T+X", r"encoder\.tune: 'T\+X': 'X' is not a modality of this run"), ("", "encoder\.tune")):
+        cfg.encoder.tune = tune
+        with pytest.raises(config_lib.ConfigError, match=message):
+            config_lib.validate(cfg)
+    assert config_lib.tuned_modalities(config_lib.compose("dataset=MELD--E,encoders=T")) == ()  # frozen
     cfg = config_lib.compose("dataset=MELD--E,encoders=T,mode=lora")
     cfg.encoder.lora.rank = 0
     with pytest.raises(config_lib.ConfigError, match=r"encoder\.lora\.rank"):
