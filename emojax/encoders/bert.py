@@ -166,24 +166,34 @@ def position_ids(input_ids, config: BertConfig):
     return jnp.broadcast_to(jnp.arange(input_ids.shape[1]), input_ids.shape)
 
 
-def _layer(layer, x, bias, c: BertConfig, dtype, rng, deterministic):
+def _layer(layer, x, bias, c: BertConfig, dtype, rng, deterministic, at=None):
+    """One encoder layer. ``at`` ``(batch,)`` int: compute the output at that position of each row
+    only, ``(batch, 1, hidden)`` (its query attends over every key; the rest of the sequence is
+    not needed after the last layer)."""
     batch, seq, hidden = x.shape
     heads, size = c.num_heads, hidden // c.num_heads
     rngs = jax.random.split(rng, 3) if rng is not None else (None, None, None)
+    scale = 1.0 / math.sqrt(size)
 
     def split(t):
-        return t.reshape(batch, seq, heads, size)
+        return t.reshape(batch, t.shape[1], heads, size)
 
-    # One matrix product for the three projections; the 1/sqrt(d) scale goes on the queries
+    # One matrix product for the projections; the 1/sqrt(d) scale goes on the queries
     # (seq x hidden values) rather than on the scores (heads x seq x seq).
-    w = jnp.concatenate([layer["query"]["w"], layer["key"]["w"], layer["value"]["w"]], axis=1)
-    b = jnp.concatenate([layer["query"]["b"], layer["key"]["b"], layer["value"]["b"]])
-    q, k, v = jnp.split(_dense(x, {"w": w, "b": b}, dtype), 3, axis=-1)
-    q, k, v = split(q * jnp.asarray(1.0 / math.sqrt(size), q.dtype)), split(k), split(v)
+    names = ("query", "key", "value") if at is None else ("key", "value")
+    w = jnp.concatenate([layer[n]["w"] for n in names], axis=1)
+    b = jnp.concatenate([layer[n]["b"] for n in names])
+    projected = jnp.split(_dense(x, {"w": w, "b": b}, dtype), len(names), axis=-1)
+    if at is None:
+        q, k, v = projected
+    else:
+        x = jnp.take_along_axis(x, at[:, None, None], axis=1)
+        q, (k, v) = _dense(x, layer["query"], dtype), projected
+    q, k, v = split(q * jnp.asarray(scale, q.dtype)), split(k), split(v)
     scores = jnp.einsum("bqhd,bkhd->bhqk", q, k, preferred_element_type=jnp.float32)
     probs = jax.nn.softmax(scores + bias, axis=-1)
     probs = _dropout(probs, c.attention_dropout, rngs[0], deterministic)
-    context = jnp.einsum("bhqk,bkhd->bqhd", probs.astype(dtype), v).reshape(batch, seq, hidden)
+    context = jnp.einsum("bhqk,bkhd->bqhd", probs.astype(dtype), v).reshape(x.shape)
     attended = _dropout(_dense(context, layer["attention_out"], dtype), c.dropout, rngs[1], deterministic)
     x = layer_norm(attended.astype(jnp.float32) + x, layer["attention_norm"], c.layer_norm_eps)
     inner = _ACTIVATIONS[c.hidden_act](_dense(x, layer["intermediate"], dtype))
@@ -192,8 +202,14 @@ def _layer(layer, x, bias, c: BertConfig, dtype, rng, deterministic):
 
 
 def bert_apply(params: Params, input_ids, attention_mask, *, config: BertConfig, dtype=jnp.float32,
-               deterministic: bool = True, rng: Optional[jax.Array] = None, token_type_ids=None):
+               deterministic: bool = True, rng: Optional[jax.Array] = None, token_type_ids=None,
+               pool_positions=None):
     """Last hidden state ``(batch, seq, hidden)`` float32 for ``input_ids`` ``(batch, seq)`` int.
+
+    ``pool_positions`` ``(batch,)`` int: return only the last hidden state at that position of
+    each row, ``(batch, hidden)`` (CLS or mask-token pooling). The last layer then computes its
+    queries, feed-forward and norms at those positions only, which gives the same values as
+    indexing the full output and skips most of that layer's work.
 
     ``attention_mask`` ``(batch, seq)``: 1 for tokens, 0 for padding (None: all tokens).
     ``token_type_ids`` default to zeros. ``dtype`` is the matmul dtype (float32 or bfloat16);
@@ -223,9 +239,15 @@ def bert_apply(params: Params, input_ids, attention_mask, *, config: BertConfig,
     step = _layer
     if c.remat:
         step = jax.checkpoint(_layer, static_argnums=(3, 4, 6))
+    last = len(params["layers"]) - 1
     for n, layer in enumerate(params["layers"]):
-        x = step(layer, x, bias, c, dtype, rngs[n + 1], deterministic)
-    return x
+        at = pool_positions if n == last and pool_positions is not None else None
+        x = step(layer, x, bias, c, dtype, rngs[n + 1], deterministic, at)
+    if pool_positions is None:
+        return x
+    if last < 0:  # no layers: the embeddings are the output
+        return jnp.take_along_axis(x, pool_positions[:, None, None], axis=1)[:, 0]
+    return x[:, 0]
 
 
 def grow_embeddings(params: Params, n_new: int) -> Params:

@@ -35,32 +35,54 @@ POOLINGS = ("mask", "mean", "cls")
 _BUCKETS = (16, 32, 64, 128, 256, 512)
 
 
+def pool_positions(input_ids, *, pooling: str, mask_token_id: Optional[int] = None):
+    """The position each row pools at, ``(batch,)`` int32: 0 for ``cls``, the last
+    ``mask_token_id`` for ``mask`` (0 for a row without one: check beforehand); None for ``mean``."""
+    if pooling == "cls":
+        return jnp.zeros(input_ids.shape[:1], jnp.int32)
+    if pooling == "mask":
+        if mask_token_id is None:
+            raise ValueError("mask pooling needs the tokenizer's mask_token_id")
+        positions = jnp.arange(input_ids.shape[1], dtype=jnp.int32)
+        return jnp.maximum(jnp.max(jnp.where(input_ids == mask_token_id, positions, -1), axis=1), 0)
+    if pooling == "mean":
+        return None
+    raise ValueError(f"pooling {pooling!r} is not one of {POOLINGS}")
+
+
 def pool_hidden(hidden, attention_mask, input_ids, *, pooling: str, mask_token_id: Optional[int] = None):
     """``hidden`` ``(batch, seq, dim)`` -> ``(batch, dim)`` by ``pooling`` (see the module docstring).
 
     ``attention_mask`` and ``input_ids`` are ``(batch, seq)``; ``mask`` pooling takes the last
     position whose id is ``mask_token_id`` (position 0 for a row without one: check beforehand).
     """
-    if pooling == "cls":
-        return hidden[:, 0]
     if pooling == "mean":
         weights = attention_mask.astype(hidden.dtype)[..., None]
         return (hidden * weights).sum(1) / jnp.maximum(weights.sum(1), 1.0)
-    if pooling == "mask":
-        if mask_token_id is None:
-            raise ValueError("mask pooling needs the tokenizer's mask_token_id")
-        positions = jnp.arange(input_ids.shape[1])
-        last = jnp.max(jnp.where(input_ids == mask_token_id, positions, -1), axis=1)
-        return jnp.take_along_axis(hidden, jnp.maximum(last, 0)[:, None, None], axis=1)[:, 0]
-    raise ValueError(f"pooling {pooling!r} is not one of {POOLINGS}")
+    at = pool_positions(input_ids, pooling=pooling, mask_token_id=mask_token_id)
+    return jnp.take_along_axis(hidden, at[:, None, None], axis=1)[:, 0]
+
+
+def encode_pooled(params, input_ids, attention_mask, *, config, dtype, pooling: str,
+                  mask_token_id: Optional[int] = None, deterministic: bool = True, rng=None):
+    """The pooled feature ``(batch, dim)`` of BERT / RoBERTa / ModernBERT. BERT with ``cls`` or
+    ``mask`` pooling computes its last layer at the pooled positions only
+    (``bert_apply(pool_positions=...)``); the others pool the full last hidden state."""
+    if isinstance(config, ModernBertConfig):
+        hidden = modernbert_apply(params, input_ids, attention_mask, config=config, dtype=dtype,
+                                  deterministic=deterministic, rng=rng)
+        return pool_hidden(hidden, attention_mask, input_ids, pooling=pooling, mask_token_id=mask_token_id)
+    at = pool_positions(input_ids, pooling=pooling, mask_token_id=mask_token_id)
+    out = bert_apply(params, input_ids, attention_mask, config=config, dtype=dtype, deterministic=deterministic,
+                     rng=rng, pool_positions=at)
+    return out if at is not None else pool_hidden(out, attention_mask, input_ids, pooling=pooling)
 
 
 @functools.partial(jax.jit, static_argnames=("config", "dtype", "pooling", "mask_token_id"))
 def _pooled_features(params, input_ids, attention_mask, *, config, dtype, pooling, mask_token_id):
     """Jitted forward + pooling; encoders of the same architecture share its compilations."""
-    apply = modernbert_apply if isinstance(config, ModernBertConfig) else bert_apply
-    hidden = apply(params, input_ids, attention_mask, config=config, dtype=dtype)
-    return pool_hidden(hidden, attention_mask, input_ids, pooling=pooling, mask_token_id=mask_token_id)
+    return encode_pooled(params, input_ids, attention_mask, config=config, dtype=dtype, pooling=pooling,
+                         mask_token_id=mask_token_id)
 
 
 class TextEncoder:
