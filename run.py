@@ -5,7 +5,9 @@
     python3 run.py test    # install (with test extras) and run the test suite
 
 Both create ``.venv`` beside this file on first use and reuse it while ``pyproject.toml`` is
-unchanged. Extra arguments after ``demo`` go to ``launch.train``; after ``test``, to pytest.
+unchanged. Extra arguments after ``demo`` go to ``launch.train``; after ``test``, to pytest
+(the suite runs in two pytest-xdist workers, one test file each at a time; ``-n 0`` runs it in
+one process).
 """
 import hashlib
 import os
@@ -52,7 +54,7 @@ def main(argv) -> int:
                "--config=configs/train.py:dataset=demo,encoders=T+A+V,fusion=vallina,loss=ce",
                "--workdir=runs/demo", *argv[2:]]
     else:
-        cmd = [PYTHON, "-m", "pytest", "-q", "tests", *argv[2:]]
+        cmd = [PYTHON, "-m", "pytest", "-q", "--numprocesses=2", "--dist=loadfile", "tests", *argv[2:]]
     return subprocess.run([str(c) for c in cmd], cwd=ROOT, env=env).returncode
 
 
