@@ -1,4 +1,4 @@
-"""Frozen neural media encoders for whole splits: Whisper, wav2vec2 / data2vec-audio, VideoMAE, CLIP.
+"""Neural media encoders for whole splits: Whisper, wav2vec2 / data2vec-audio, VideoMAE, CLIP.
 
     encoder = media_encoder("A", spec, dtype=jnp.float32)    # spec: {"family", "model", "pooling"}
     matrix = encoder.compute(["a.flac", "b.flac"])           # (2, encoder.dim) float32
@@ -43,6 +43,13 @@ Compiled shapes stay fixed: every call runs ``BATCH_SIZE`` rows (a short batch r
 input), Whisper and the video encoders have one input shape, wav2vec2 one per length bucket, and
 each sample is padded to its own bucket, so its feature does not depend on the other files
 computed with it.
+
+Fine-tuning (``mode=trainable`` / ``lora``, :mod:`emojax.finetune`) uses the same families
+through pure forward passes (``whisper_forward``, ``wav2vec2_forward``, ``videomae_forward``,
+``clip_forward``: encoder input in, pooled feature out, dropout and an rng when training) and
+per-family ``tuning_item`` / ``collate`` (one file's preprocessed input, stored once; video
+frames as ``uint8``, normalised inside the step), so the in-step features equal the frozen ones
+before any update.
 """
 from __future__ import annotations
 
