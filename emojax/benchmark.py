@@ -318,6 +318,12 @@ def machine_description() -> dict:
             "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
 
 
+def machine_line(machine: dict) -> str:
+    """One line naming the machine of :func:`machine_description`, for a benchmark's printout."""
+    return (f"machine: {machine['cpu']}, {machine['cores']} cores, jax {machine['jax']} "
+            f"({machine['jax_backend']}), {machine['date']}")
+
+
 # ---------------------------------------------------------------------------------------------
 # The benchmark and its report
 # ---------------------------------------------------------------------------------------------
@@ -409,4 +415,4 @@ def format_markdown(result: dict) -> str:
 
 
 __all__ = ["Setup", "setup_from_run", "setup_from_config", "run_benchmark", "measure_evaluation",
-           "measure_train_step", "peak_memory", "machine_description", "format_markdown", "EncoderMeter"]
+           "measure_train_step", "peak_memory", "machine_description", "machine_line", "format_markdown", "EncoderMeter"]
