@@ -241,7 +241,7 @@ def bert_apply(params: Params, input_ids, attention_mask, *, config: BertConfig,
         step = jax.checkpoint(_layer, static_argnums=(3, 4, 6))
     last = len(params["layers"]) - 1
     for n, layer in enumerate(params["layers"]):
-        at = pool_positions if n == last and pool_positions is not None else None
+        at = pool_positions if n == last else None
         x = step(layer, x, bias, c, dtype, rngs[n + 1], deterministic, at)
     if pool_positions is None:
         return x
