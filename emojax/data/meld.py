@@ -34,8 +34,11 @@ def load_meld(root: str | pathlib.Path, *, target: str = "emotion") -> DatasetSp
         frame = csvutil.read_csv(path)
         for column in COLUMNS.values():
             csvutil.pick_column(frame, path, [column], column)
+        if csvutil.is_empty_split(frame, path, split, "MELD"):
+            not_scored.append(split)
+            continue
         label_column = COLUMNS[target]
-        samples = []
+        samples, keys = [], []
         for i, row in enumerate(frame.to_dict("records")):
             row_number = csvutil.csv_row(i)
             try:
@@ -43,6 +46,7 @@ def load_meld(root: str | pathlib.Path, *, target: str = "emotion") -> DatasetSp
             except ValueError:
                 raise DatasetError(f"{path}, row {row_number}: Dialogue_ID / Utterance_ID must be integers, got "
                                    f"{row['Dialogue_ID']!r} / {row['Utterance_ID']!r}") from None
+            keys.append(((dialogue, utterance), row_number))
             name = f"dia{dialogue}_utt{utterance}"
             samples.append(Sample(
                 uid=f"{split}/{name}", dialogue=str(dialogue), index=utterance,
@@ -50,5 +54,6 @@ def load_meld(root: str | pathlib.Path, *, target: str = "emotion") -> DatasetSp
                 audio=csvutil.existing(root / "audios" / split / f"{name}.flac"),
                 video=csvutil.existing(root / "videos" / split / f"{name}.mp4"),
                 label=csvutil.label_index(row[label_column], labels, path, row_number, label_column)))
+        csvutil.check_unique(path, keys, "(Dialogue_ID, Utterance_ID)")
         splits[split] = csvutil.finish_split(split, samples, "MELD")
     return DatasetSplits("MELD", str(root), class_names, splits, tuple(not_scored))
