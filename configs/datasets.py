@@ -5,29 +5,33 @@ emotions, ``SIMS--S`` CH-SIMS sentiment (3), ``demo`` the generated MELD-format 
 The text settings are those of the frozen text path that scored best on MELD dev (see the
 README's results table); fine-tuned runs use the suite's prompt + mask-token pooling instead
 (``mode=trainable`` / ``mode=lora`` set it).
+
+``allow_outside_paths``: media paths that a CSV names (IEMOCAP's ``Wav_Path`` / ``Video_Path``,
+CH-SIMS's ``video_id``) may lead outside ``path`` (``..``, absolute paths). Off by default: such a
+path counts as a missing file, with a warning naming the row. Not part of the run's hash.
 """
 
 _TEXT_FROZEN = {"pooling": "mean", "context_turns": 0, "prompt": False, "max_length": 64}
 
 PRESETS = {
     "MELD--E": {
-        "kind": "meld", "target": "emotion", "path": "datasets/MELD", "generate": False,
+        "kind": "meld", "target": "emotion", "path": "datasets/MELD", "generate": False, "allow_outside_paths": False,
         "text": dict(_TEXT_FROZEN),
     },
     "MELD--S": {
-        "kind": "meld", "target": "sentiment", "path": "datasets/MELD", "generate": False,
+        "kind": "meld", "target": "sentiment", "path": "datasets/MELD", "generate": False, "allow_outside_paths": False,
         "text": dict(_TEXT_FROZEN),
     },
     "IEMOCAP--E": {
-        "kind": "iemocap", "target": "emotion", "path": "datasets/IEMOCAP", "generate": False,
+        "kind": "iemocap", "target": "emotion", "path": "datasets/IEMOCAP", "generate": False, "allow_outside_paths": False,
         "text": dict(_TEXT_FROZEN),
     },
     "SIMS--S": {
-        "kind": "sims", "target": "sentiment", "path": "datasets/SIMS", "generate": False,
+        "kind": "sims", "target": "sentiment", "path": "datasets/SIMS", "generate": False, "allow_outside_paths": False,
         "text": dict(_TEXT_FROZEN),
     },
     "demo": {
-        "kind": "meld", "target": "emotion", "path": "datasets/demo", "generate": True,
+        "kind": "meld", "target": "emotion", "path": "datasets/demo", "generate": True, "allow_outside_paths": False,
         "text": dict(_TEXT_FROZEN),
     },
 }

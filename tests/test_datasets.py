@@ -86,7 +86,7 @@ def test_iemocap_loads_paths_and_rejects_sentiment(tmp_path):
     train = data.splits["train"]
     assert list(train.labels) == [0, 1, 2, 3, 4, 5]
     assert train.samples[0].audio == str(root / "wav" / "Ses01F_impro01_F000.wav")
-    assert train.samples[0].dialogue == "Ses01F_impro01" and train.samples[1].speaker == "M"
+    assert train.samples[0].dialogue == "Ses01F_impro01" and train.samples[1].speaker == "Ses01_M"
     assert train.missing == {"A": 5, "V": 6}
     with pytest.raises(DatasetError, match="sentiment"):
         load_dataset("iemocap", str(root), target="sentiment")

@@ -10,8 +10,12 @@ from emojax.data.types import (MODALITIES, SPLITS, DatasetError, DatasetSplits, 
 LOADERS = ("meld", "iemocap", "sims")
 
 
-def load_dataset(kind: str, path: str, *, target: str) -> DatasetSplits:
-    """Load a dataset folder of the given ``kind`` (``meld``, ``iemocap``, ``sims``)."""
+def load_dataset(kind: str, path: str, *, target: str, allow_outside_paths: bool = False) -> DatasetSplits:
+    """Load a dataset folder of the given ``kind`` (``meld``, ``iemocap``, ``sims``).
+
+    ``allow_outside_paths``: media paths that a CSV names (IEMOCAP, CH-SIMS) may lead outside
+    ``path``; by default such a path is a missing file, with a warning naming the row.
+    """
     if kind == "meld":
         from emojax.data.meld import load_meld
 
@@ -19,11 +23,11 @@ def load_dataset(kind: str, path: str, *, target: str) -> DatasetSplits:
     if kind == "iemocap":
         from emojax.data.iemocap import load_iemocap
 
-        return load_iemocap(path, target=target)
+        return load_iemocap(path, target=target, allow_outside_paths=allow_outside_paths)
     if kind == "sims":
         from emojax.data.sims import load_sims
 
-        return load_sims(path, target=target)
+        return load_sims(path, target=target, allow_outside_paths=allow_outside_paths)
     raise DatasetError(f"dataset.kind: unknown dataset kind {kind!r}; choose one of {', '.join(LOADERS)}")
 
 

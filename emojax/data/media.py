@@ -1,5 +1,10 @@
 """Reading audio and video files into arrays, with errors that name the file.
 
+A media *reference* is a file path, or a file path with a time segment in the W3C Media
+Fragments form ``"recording.avi#t=6.29,8.24"`` (:func:`segment_ref`): the segment
+``[start, end]`` seconds of that file. IEMOCAP's ``Video_Path`` is a whole dialogue's recording,
+and each utterance's video is such a segment of it. Every reader here takes references.
+
 ``read_audio`` returns mono float32 samples at the requested rate; ``read_video_frames`` returns a
 fixed number of RGB frames spread over the clip, chosen the way the PyTorch suite chooses them
 (``sample_frame_indices``): ``floor(i * n / F)`` for ``i < F`` when the clip has at least ``F``
@@ -9,6 +14,7 @@ from __future__ import annotations
 
 import os
 import pathlib
+import re
 import warnings
 from typing import Optional
 
@@ -25,6 +31,31 @@ class MediaError(RuntimeError):
         self.path = str(path)
         self.reason = reason
         super().__init__(f"{self.path}: {reason}")
+
+
+_SEGMENT = re.compile(r"^(?P<file>.+)#t=(?P<start>\d+(?:\.\d*)?),(?P<end>\d+(?:\.\d*)?)$")
+
+
+def segment_ref(path: str | os.PathLike, start: float, end: float) -> str:
+    """The reference to seconds ``[start, end]`` of ``path``: ``"path#t=start,end"``."""
+    start, end = float(start), float(end)
+    if not (0.0 <= start < end):
+        raise ValueError(f"{path}: segment [{start}, {end}] s must satisfy 0 <= start < end")
+    return f"{os.fspath(path)}#t={start:.4f},{end:.4f}"
+
+
+def split_ref(ref: str | os.PathLike) -> tuple[str, Optional[tuple[float, float]]]:
+    """``(file, (start, end))`` of a segment reference, ``(file, None)`` of a plain path."""
+    ref = os.fspath(ref)
+    match = _SEGMENT.match(ref)
+    if match is None:
+        return ref, None
+    return match["file"], (float(match["start"]), float(match["end"]))
+
+
+def media_file(ref: str | os.PathLike) -> str:
+    """The file a reference points into."""
+    return split_ref(ref)[0]
 
 
 def _check_file(path: pathlib.Path, kind: str) -> None:
@@ -44,7 +75,8 @@ def read_audio(path: str | os.PathLike, sample_rate: int = 16000) -> np.ndarray:
     are averaged; the signal is resampled to ``sample_rate`` with librosa when it differs.
     Raises ``MediaError`` for a missing, empty or undecodable file, or one without samples.
     """
-    path = pathlib.Path(path)
+    file, segment = split_ref(path)
+    path = pathlib.Path(file)
     _check_file(path, "audio")
     import librosa
     import soundfile as sf
@@ -69,6 +101,8 @@ def read_audio(path: str | os.PathLike, sample_rate: int = 16000) -> np.ndarray:
                     if path.suffix.lower() not in _SOUNDFILE_SUFFIXES else "the file is corrupt or not audio")
             raise MediaError(path, f"cannot decode audio ({'; '.join(failures)}); {hint}") from None
     data = np.asarray(data, dtype=np.float32)
+    if segment is not None:
+        data = data[int(round(segment[0] * rate)):int(round(segment[1] * rate))]
     if data.size == 0:
         raise MediaError(path, "audio file holds no samples")
     if not np.isfinite(data).all():
@@ -92,10 +126,16 @@ def frame_indices(frame_count: int, num_frames: int) -> np.ndarray:
     return np.floor(np.linspace(0, frame_count, num_frames, endpoint=False)).astype(np.int64)
 
 
-def _decode(capture, wanted: set[int]) -> tuple[dict[int, np.ndarray], int]:
-    """Read the clip through once, keeping the BGR frames whose index is in ``wanted``."""
+def _decode(capture, wanted: set[int], first: int = 0, stop: Optional[int] = None
+            ) -> tuple[dict[int, np.ndarray], int]:
+    """Read the clip through once from its start, keeping the BGR frames whose index (counted from
+    frame ``first``) is in ``wanted``; frames from ``stop`` on are not read. Returns the kept
+    frames and the number of frames decoded from ``first`` on."""
+    for _ in range(first):  # grab() without retrieving: exact, where seeking in AVI/DivX is not
+        if not capture.grab():
+            return {}, 0
     kept, index = {}, 0
-    while True:
+    while stop is None or first + index < stop:
         if index in wanted:
             ok, frame = capture.read()
             if not ok:
@@ -107,16 +147,34 @@ def _decode(capture, wanted: set[int]) -> tuple[dict[int, np.ndarray], int]:
     return kept, index
 
 
+def _segment_frames(capture, segment: tuple[float, float], path) -> tuple[int, int]:
+    """Frame range ``[first, stop)`` of a time segment, by the container's frame rate."""
+    import cv2
+
+    fps = float(capture.get(cv2.CAP_PROP_FPS) or 0.0)
+    if not fps > 0:
+        raise MediaError(path, "the video reports no frame rate, so the segment "
+                               f"[{segment[0]}, {segment[1]}] s cannot be located; re-encode it")
+    first = int(np.floor(segment[0] * fps + 1e-6))
+    stop = max(first + 1, int(np.ceil(segment[1] * fps - 1e-6)))
+    return first, stop
+
+
 def read_video_frames(path: str | os.PathLike, num_frames: int = 16,
                       size: Optional[tuple[int, int]] = None) -> np.ndarray:
     """``num_frames`` RGB frames of a video, spread over the clip: ``(num_frames, H, W, 3)`` uint8.
 
-    ``size`` is ``(height, width)`` to resize every frame to (area interpolation), or ``None`` to
-    keep the clip's size. Frames are chosen by :func:`frame_indices` over the frames actually
-    decoded (the container's frame count is only a first guess). Raises ``MediaError`` for a
-    missing, empty or undecodable file, or one without frames.
+    ``path`` may be a segment reference (:func:`segment_ref`): the frames are then taken from the
+    frames inside ``[start, end]`` seconds only (frame ``floor(start * fps)`` up to, not including,
+    ``ceil(end * fps)``). ``size`` is ``(height, width)`` to resize every frame to (area
+    interpolation), or ``None`` to keep the clip's size. Frames are chosen by
+    :func:`frame_indices` over the frames actually decoded (the container's frame count is only
+    a first guess). Raises ``MediaError`` for a missing, empty or undecodable file, one without
+    frames, or a segment that starts after the recording ends.
     """
-    path = pathlib.Path(path)
+    ref = os.fspath(path)
+    file, segment = split_ref(ref)
+    path = pathlib.Path(file)
     _check_file(path, "video")
     import cv2
 
@@ -131,18 +189,24 @@ def read_video_frames(path: str | os.PathLike, num_frames: int = 16,
     capture = open_capture()
     try:
         reported = int(capture.get(cv2.CAP_PROP_FRAME_COUNT) or 0)
+        first, stop = _segment_frames(capture, segment, path) if segment is not None else (0, None)
+        if stop is not None and reported > 0:
+            reported = max(0, min(stop, reported) - first)
         wanted = frame_indices(reported, num_frames) if reported > 0 else np.arange(0)
-        kept, decoded = _decode(capture, set(wanted.tolist()) if reported > 0 else set())
+        kept, decoded = _decode(capture, set(wanted.tolist()) if reported > 0 else set(), first, stop)
     finally:
         capture.release()
     if decoded == 0:
+        if segment is not None:
+            raise MediaError(ref, f"no decodable frames in the segment [{segment[0]}, {segment[1]}] s "
+                                  "(does the recording end before it?)")
         raise MediaError(path, "video has no decodable frames; re-encode it")
     indices = frame_indices(decoded, num_frames)
     if not set(indices.tolist()) <= kept.keys():
         # The container's frame count was wrong: read again, now that the true count is known.
         capture = open_capture()
         try:
-            kept, _ = _decode(capture, set(indices.tolist()))
+            kept, _ = _decode(capture, set(indices.tolist()), first, stop)
         finally:
             capture.release()
         if not set(indices.tolist()) <= kept.keys():
@@ -157,4 +221,5 @@ def read_video_frames(path: str | os.PathLike, num_frames: int = 16,
     return np.stack(frames).astype(np.uint8, copy=False)
 
 
-__all__ = ["MediaError", "frame_indices", "read_audio", "read_video_frames"]
+__all__ = ["MediaError", "frame_indices", "media_file", "read_audio", "read_video_frames", "segment_ref",
+           "split_ref"]
