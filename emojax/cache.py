@@ -6,11 +6,25 @@ Layout under the cache root::
 
 A namespace is one encoder with one preprocessing and pooling setting (its key is a hash of
 the weights and settings, built by the caller). Each shard holds a ``features`` tensor
-``(n, dim)`` and, in the SafeTensors metadata, the ``n`` sample keys. Shards are written to a
-temporary file and renamed into place, and every writer writes new shards under unique names,
-so concurrent runs filling the same cache never corrupt it. On open, shards are scanned; a
-truncated or corrupt one (bad header, size mismatch) is reported and ignored, so its entries are
-recomputed. Reads go through memory mapping; a host-memory LRU tier keeps recently read rows.
+``(n, dim)`` and, in the SafeTensors metadata, the ``n`` sample keys and a sha256 per row (of
+the key and the row's bytes). Shards are written to a temporary file and renamed into place, and
+every writer writes new shards under unique names, so concurrent runs filling the same cache never
+corrupt it. Rows that are not finite are never stored (a NaN feature would otherwise be served on
+every rerun).
+
+A damaged shard must never be served, since a model would silently train on wrong features:
+
+* on open, shards are scanned; a truncated one or one with a bad header (size mismatch) is
+  reported and moved aside (``*.safetensors.corrupt``), so its entries are recomputed;
+* the first time a shard's rows are read, every row is checked against its sha256, which catches
+  what keeps the header intact (rows reordered, bytes overwritten); a mismatch is reported naming
+  the shard, which is moved aside, and its entries are recomputed;
+* a shard written before checksums were stored cannot be verified: it is removed (once, with a
+  log line) and its entries recomputed rather than trusted.
+
+:meth:`FeatureCache.get_or_compute` computes missing rows in batches and stores each batch as one
+shard as soon as it is done, so an interrupted pass keeps every finished batch. Reads go through
+memory mapping; a host-memory LRU tier keeps recently read rows.
 """
 from __future__ import annotations
 
@@ -27,15 +41,20 @@ import time
 from typing import Callable, Optional, Sequence
 
 import numpy as np
-from safetensors import safe_open
+from safetensors import SafetensorError, safe_open
 from safetensors.numpy import save_file
 from tqdm.auto import tqdm
+
+from emojax.data.media import split_ref
 
 log = logging.getLogger(__name__)
 
 _SUFFIX = ".safetensors"
 INPUTS_DIR = "_inputs"  # fine-tuning runs' stored encoder inputs, beside the namespaces
 _DTYPE_BYTES = {"F32": 4, "F16": 2, "BF16": 2, "F64": 8}
+ROW_DIGESTS = "row_sha256"  # shard metadata: JSON list, the sha256 of each row (see row_digest)
+CORRUPT_SUFFIX = ".corrupt"  # a shard that failed its checks is renamed to {name}.safetensors.corrupt
+WRITE_BATCH_ROWS = 256  # rows computed and stored as one shard by get_or_compute
 
 
 def cache_key(*parts) -> str:
@@ -49,18 +68,32 @@ _IDENTITY_MEMO: dict[tuple, str] = {}
 def file_identity(path: str | os.PathLike) -> str:
     """``path`` + size + sha256 of the content: a changed file gets a new identity.
 
-    Memoised per process on ``(path, size, mtime_ns)``, so a file is hashed once per run.
+    A media reference to a segment of a recording (``"dialogue.avi#t=6.29,8.24"``,
+    :func:`emojax.data.media.segment_ref`) gets the file's identity plus its segment, so two
+    utterances of one recording never share a cache entry. Memoised per process on
+    ``(path, size, mtime_ns)``, so a file is hashed once per run.
     """
-    path = os.fspath(path)
-    stat = os.stat(path)
-    memo_key = (os.path.abspath(path), stat.st_size, stat.st_mtime_ns)
+    file, segment = split_ref(os.fspath(path))
+    stat = os.stat(file)
+    memo_key = (os.path.abspath(file), stat.st_size, stat.st_mtime_ns)
     if memo_key not in _IDENTITY_MEMO:
         digest = hashlib.sha256()
-        with open(path, "rb") as handle:
+        with open(file, "rb") as handle:
             for block in iter(lambda: handle.read(1 << 20), b""):
                 digest.update(block)
-        _IDENTITY_MEMO[memo_key] = f"{os.path.basename(path)}:{stat.st_size}:{digest.hexdigest()}"
-    return _IDENTITY_MEMO[memo_key]
+        _IDENTITY_MEMO[memo_key] = f"{os.path.basename(file)}:{stat.st_size}:{digest.hexdigest()}"
+    identity = _IDENTITY_MEMO[memo_key]
+    return identity if segment is None else f"{identity}#t={segment[0]:.4f},{segment[1]:.4f}"
+
+
+def row_digest(key: str, row: np.ndarray) -> str:
+    """sha256 of a row's key, dtype and bytes: stored per row so that reordered rows or overwritten
+    bytes (which leave the SafeTensors header valid) are caught before a row is served."""
+    row = np.ascontiguousarray(row)
+    digest = hashlib.sha256(key.encode())
+    digest.update(b"\0" + row.dtype.str.encode() + b"\0")
+    digest.update(row.tobytes())
+    return digest.hexdigest()
 
 
 def check_shard(path: pathlib.Path) -> Optional[str]:
@@ -100,6 +133,9 @@ class FeatureCache:
         self._host_used = 0
         self._device: collections.OrderedDict[tuple[str, str], object] = collections.OrderedDict()
         self._device_used = 0
+        # Shards whose every row matched its checksum in this process (immutable once written,
+        # so each is hashed once per process, not once per read).
+        self._verified: set[pathlib.Path] = set()
 
     # -- index ----------------------------------------------------------------------------
     def _scan(self, namespace: str) -> dict[str, tuple[pathlib.Path, int]]:
@@ -108,16 +144,80 @@ class FeatureCache:
         if folder.is_dir():
             for shard in sorted(folder.glob(f"*{_SUFFIX}")):
                 problem = check_shard(shard)
+                digests = None
+                if problem is None:
+                    try:
+                        with safe_open(str(shard), framework="numpy") as handle:
+                            metadata = handle.metadata()
+                        keys = json.loads(metadata["keys"])
+                        digests = metadata.get(ROW_DIGESTS)
+                        if digests is not None and len(json.loads(digests)) != len(keys):
+                            problem = "its row checksums and keys disagree in length"
+                    except (OSError, ValueError, KeyError, SafetensorError) as err:
+                        problem = f"unreadable ({err})"
                 if problem:
-                    log.warning("feature cache: ignoring corrupt shard %s (%s); its entries will be recomputed",
-                                shard, problem)
+                    self._discard(shard, problem)
                     continue
-                with safe_open(str(shard), framework="numpy") as handle:
-                    keys = json.loads(handle.metadata()["keys"])
+                if digests is None:
+                    self._discard_unverifiable(shard)
+                    continue
                 for row, key in enumerate(keys):
                     index[key] = (shard, row)
         self._index[namespace] = index
         return index
+
+    def _discard(self, shard: pathlib.Path, problem: str) -> None:
+        """Move a shard that failed its checks aside (kept for inspection, never read again), so
+        that it is reported once and its entries are recomputed."""
+        aside = shard.with_name(shard.name + CORRUPT_SUFFIX)
+        try:
+            os.replace(shard, aside)
+            where = f"moved aside to {aside.name}"
+        except FileNotFoundError:  # another process moved it first
+            where = "already moved aside"
+        except OSError as err:
+            where = f"could not be moved aside ({err}), ignored"
+        log.warning("feature cache: shard %s is corrupt (%s); %s, its entries will be recomputed",
+                    shard, problem, where)
+        self._verified.discard(shard)
+
+    def _discard_unverifiable(self, shard: pathlib.Path) -> None:
+        """Remove a shard written before row checksums were stored: its rows cannot be verified,
+        so they are recomputed once rather than trusted."""
+        try:
+            shard.unlink()
+            what = "removed"
+        except FileNotFoundError:  # another process removed it first
+            what = "already removed"
+        except OSError as err:
+            what = f"could not be removed ({err}), ignored"
+        log.warning("feature cache: shard %s was written without row checksums and cannot be verified; %s, "
+                    "its entries will be recomputed once", shard, what)
+
+    def _forget_shard(self, namespace: str, shard: pathlib.Path) -> None:
+        """Drop every index entry that points into ``shard`` (so those keys count as missing)."""
+        index = self._index.get(namespace, {})
+        for key in [k for k, (s, _) in index.items() if s == shard]:
+            del index[key]
+
+    def _read_verified(self, shard: pathlib.Path) -> tuple[Optional[np.ndarray], Optional[str]]:
+        """``(features, None)`` when every row of ``shard`` matches its checksum (checked on the
+        first read in this process), else ``(None, reason)``."""
+        with safe_open(str(shard), framework="numpy") as handle:
+            metadata = handle.metadata()
+            tensor = handle.get_tensor("features")
+        if shard in self._verified:
+            return tensor, None
+        keys = json.loads(metadata["keys"])
+        digests = json.loads(metadata[ROW_DIGESTS])
+        if len(keys) != len(tensor) or len(digests) != len(tensor):
+            return None, f"{len(tensor)} rows, {len(keys)} keys and {len(digests)} checksums"
+        bad = [row for row, (key, digest) in enumerate(zip(keys, digests)) if row_digest(key, tensor[row]) != digest]
+        if bad:
+            return None, (f"{len(bad)} of {len(keys)} rows do not match their sha256 (first: row {bad[0]}, "
+                          f"key {keys[bad[0]]})")
+        self._verified.add(shard)
+        return tensor, None
 
     def _namespace_index(self, namespace: str) -> dict[str, tuple[pathlib.Path, int]]:
         return self._index[namespace] if namespace in self._index else self._scan(namespace)
@@ -160,16 +260,21 @@ class FeatureCache:
                 by_shard[shard].append((key, row))
         for shard, wanted in by_shard.items():
             try:
-                with safe_open(str(shard), framework="numpy") as handle:
-                    tensor = handle.get_tensor("features")
-                rows = tensor[np.asarray([row for _, row in wanted])]
-                for (key, _), value in zip(wanted, rows):
-                    found[key] = value
-                    self._remember(namespace, key, value)
-            except (OSError, ValueError, RuntimeError) as err:
+                tensor, problem = self._read_verified(shard)
+            except FileNotFoundError as err:  # moved aside by another process that found it corrupt
                 log.warning("feature cache: cannot read %s (%s); its entries will be recomputed", shard, err)
-                for key, _ in wanted:
-                    self._index[namespace].pop(key, None)
+                self._forget_shard(namespace, shard)
+                continue
+            except (OSError, ValueError, KeyError, RuntimeError, SafetensorError) as err:
+                tensor, problem = None, f"unreadable ({err})"
+            if problem is not None:
+                self._discard(shard, problem)
+                self._forget_shard(namespace, shard)
+                continue
+            rows = tensor[np.asarray([row for _, row in wanted])]
+            for (key, _), value in zip(wanted, rows):
+                found[key] = value
+                self._remember(namespace, key, value)
         return found
 
     def _remember(self, namespace: str, key: str, value: np.ndarray) -> None:
@@ -210,44 +315,75 @@ class FeatureCache:
 
     # -- writes ---------------------------------------------------------------------------
     def put_many(self, namespace: str, keys: Sequence[str], array) -> Optional[pathlib.Path]:
-        """Store rows ``array[i]`` under ``keys[i]`` as one new shard (atomic)."""
+        """Store rows ``array[i]`` under ``keys[i]`` as one new shard (atomic), each with its
+        sha256. Rows that are not finite are skipped with a warning: stored, they would be served
+        on every rerun; skipped, they are computed again when next asked for. Returns the shard,
+        or ``None`` when no row was stored."""
         array = np.ascontiguousarray(np.asarray(array))
+        keys = list(keys)
         if len(keys) != len(array):
             raise ValueError(f"put_many: {len(keys)} keys for {len(array)} rows")
+        folder = self.root / namespace
+        if len(keys):
+            finite = np.isfinite(array.reshape(len(array), -1)).all(axis=1)
+            if not finite.all():
+                first = keys[int(np.argmin(finite))]
+                log.warning("feature cache %s: not storing %d of %d row(s) with non-finite values (first key %s); "
+                            "they will be computed again when asked for", folder, int((~finite).sum()), len(keys),
+                            first)
+                keys = [key for key, ok in zip(keys, finite) if ok]
+                array = np.ascontiguousarray(array[finite])
         if not len(keys):
             return None
-        folder = self.root / namespace
         folder.mkdir(parents=True, exist_ok=True)
         name = f"shard-{time.time_ns()}-{os.getpid()}-{secrets.token_hex(4)}{_SUFFIX}"
         final = folder / name
         tmp = folder / f".{name}.tmp"
+        digests = [row_digest(key, row) for key, row in zip(keys, array)]
         try:
-            save_file({"features": array}, str(tmp), metadata={"keys": json.dumps(list(keys))})
+            save_file({"features": array}, str(tmp),
+                      metadata={"keys": json.dumps(keys), ROW_DIGESTS: json.dumps(digests)})
             with open(tmp, "rb") as handle:
                 os.fsync(handle.fileno())
             os.replace(tmp, final)
         finally:
             if tmp.exists():
                 tmp.unlink()
+        self._verified.add(final)  # written from these rows just now
         index = self._namespace_index(namespace)
         for row, key in enumerate(keys):
             index[key] = (final, row)
         return final
 
     def get_or_compute(self, namespace: str, keys: Sequence[str],
-                       compute_fn: Callable[[list[int]], np.ndarray], *, batch_size: int = 1024,
-                       progress: bool = True) -> np.ndarray:
+                       compute_fn: Callable[[list[int]], np.ndarray], *, batch_size: int = WRITE_BATCH_ROWS,
+                       progress: bool = True, desc: Optional[str] = None,
+                       keep: Optional[Callable[[np.ndarray], bool]] = None) -> np.ndarray:
         """Rows for all ``keys``: cached ones read; the rest computed by ``compute_fn(indices)`` in
-        batches of ``batch_size``, each batch stored as it finishes."""
+        batches of ``batch_size``, each batch stored as one shard as soon as it is computed, so a
+        crash during a long pass loses at most the batch in progress and a rerun computes only
+        what is still missing. Rows that ``keep`` rejects (e.g. an unreadable input's NaN row)
+        and non-finite rows are returned but not stored. A progress bar counts the computed rows."""
+        keys = list(keys)
         found = self.get_many(namespace, keys)
         missing = [i for i, key in enumerate(keys) if key not in found]
-        for start in tqdm(range(0, len(missing), batch_size), desc=f"features {namespace[:8]}",
-                          disable=not progress or not missing, leave=False):
-            chunk = missing[start:start + batch_size]
-            values = np.asarray(compute_fn(chunk))
-            self.put_many(namespace, [keys[i] for i in chunk], values)
-            for i, value in zip(chunk, values):
-                found[keys[i]] = value
+        bar = tqdm(total=len(missing), desc=desc or f"features {namespace[:8]}",
+                   disable=not progress or not missing, leave=False)
+        try:
+            for start in range(0, len(missing), batch_size):
+                chunk = missing[start:start + batch_size]
+                values = np.asarray(compute_fn(chunk))
+                if len(values) != len(chunk):
+                    raise ValueError(f"feature cache {self.root / namespace}: the compute function returned "
+                                     f"{len(values)} rows for {len(chunk)} inputs")
+                store = [j for j in range(len(chunk)) if keep is None or keep(values[j])]
+                if store:
+                    self.put_many(namespace, [keys[chunk[j]] for j in store], values[store])
+                for i, value in zip(chunk, values):
+                    found[keys[i]] = value
+                bar.update(len(chunk))
+        finally:
+            bar.close()
         return np.stack([found[key] for key in keys]) if keys else np.zeros((0, 0), np.float32)
 
     # -- housekeeping ---------------------------------------------------------------------

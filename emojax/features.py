@@ -174,6 +174,10 @@ class _MediaFeatures:
 class Featurizer:
     """Frozen encoders for every configured modality, with the feature cache in front."""
 
+    # Rows computed and stored as one cache shard: a crash loses at most one such batch; a
+    # multiple of the encoders' batch sizes, so batches are not padded more than in one pass.
+    write_rows: int = 256
+
     def __init__(self, cfg, speaker_tokens: Sequence[str] = (), cache=None):
         import jax.numpy as jnp
 
@@ -223,9 +227,13 @@ class Featurizer:
         if modality == "T":
             texts = encoder.texts(split)
             keys = [_digest(t) for t in texts]
-            matrix = self._cached(encoder.namespace, keys,
-                                  lambda idx: encoder.compute([texts[i] for i in idx], self.progress),
-                                  desc=f"T features ({split.name})")
+
+            def compute_text(indices, bar):
+                values = encoder.compute([texts[i] for i in indices], False)
+                bar.update(len(indices))
+                return values
+
+            matrix = self._cached(encoder.namespace, keys, compute_text, desc=f"T features ({split.name})")
             return matrix, np.ones(n, dtype=bool)
         from emojax.cache import file_identity
 
@@ -237,14 +245,16 @@ class Featurizer:
             return matrix, present
         keys = [_digest(file_identity(paths[i])) for i in available]
 
-        def compute(indices):
+        def compute(indices, bar):
             if not hasattr(encoder, "compute_one"):  # batched neural encoders: NaN rows for unreadable files
-                return encoder.compute([paths[available[i]] for i in indices], progress=self.progress)
+                values = encoder.compute([paths[available[i]] for i in indices], progress=False)
+                bar.update(len(indices))
+                return values
             rows = []
-            for i in tqdm(indices, desc=f"{modality} features ({split.name})", disable=not self.progress,
-                          leave=False):
+            for i in indices:
                 value = encoder.compute_one(paths[available[i]])
                 rows.append(value if value is not None else np.full(encoder.dim, np.nan, np.float32))
+                bar.update(1)
             return np.stack(rows)
 
         values = self._cached(encoder.namespace, keys, compute, desc=f"{modality} features ({split.name})",
@@ -258,18 +268,28 @@ class Featurizer:
             log.warning("%s: %d %s file(s) unreadable, treated as missing", split.name, skipped, modality)
         return matrix, present
 
-    def _cached(self, namespace, keys, compute, desc, keep=None) -> np.ndarray:
-        """Rows for ``keys``: cached ones read, the rest computed (and stored when ``keep``)."""
+    def _cached(self, namespace: str, keys: Sequence[str], compute: Callable, desc: str,
+                keep: Optional[Callable[[np.ndarray], bool]] = None) -> np.ndarray:
+        """Rows for ``keys``: cached ones read, the rest computed (and stored when ``keep``).
+
+        ``compute(indices, bar)`` returns the rows of ``indices`` and advances the progress bar
+        ``bar`` by one per row. Missing rows are computed in batches of :attr:`write_rows`
+        through :meth:`~emojax.cache.FeatureCache.get_or_compute`, which stores each batch as a
+        shard when it is done: a crash during a long pass over a large encoder keeps every
+        finished batch, and the rerun computes only the rest.
+        """
         if self.cache is None:
-            return np.asarray(compute(list(range(len(keys)))), dtype=np.float32)
+            with tqdm(total=len(keys), desc=desc, disable=not self.progress, leave=False) as bar:
+                return np.asarray(compute(list(range(len(keys))), bar), dtype=np.float32)
         found = self.cache.get_many(namespace, keys)
         missing = [i for i, k in enumerate(keys) if k not in found]
         if missing:
             log.info("%s: computing %d of %d (the rest cached)", desc, len(missing), len(keys))
-            computed = np.asarray(compute(missing), dtype=np.float32)
-            store = [j for j in range(len(missing)) if keep is None or keep(computed[j])]
-            if store:
-                self.cache.put_many(namespace, [keys[missing[j]] for j in store], computed[store])
+            with tqdm(total=len(missing), desc=desc, disable=not self.progress, leave=False) as bar:
+                computed = self.cache.get_or_compute(
+                    namespace, [keys[i] for i in missing],
+                    lambda idx: np.asarray(compute([missing[j] for j in idx], bar), dtype=np.float32),
+                    batch_size=self.write_rows, progress=False, keep=keep)
             for j, i in enumerate(missing):
                 found[keys[i]] = computed[j]
         return np.stack([np.asarray(found[k], dtype=np.float32) for k in keys])

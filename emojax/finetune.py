@@ -22,7 +22,11 @@ stored on disk beside the feature cache (``{cache}/_inputs/{key}``, memory-mappe
 digest of the encoder family, its preprocessing and the files' identities), so an epoch reads
 them instead of decoding every file again. A missing or unreadable file is logged, its modality
 is absent for that sample, and a blank input of the right shape stands in for it (its feature is
-masked out).
+masked out). ``index.json`` records each ``.bin`` file's size and sha256, checked when the store is
+opened: a store with a missing index, a truncated file or changed bytes (which would otherwise
+fail on every rerun, or train on garbage) is reported, naming the file, and prepared again. A
+store is written into a temporary folder and renamed into place, so a crash never leaves half of
+one.
 
 Batches are collated to one shape per family (Whisper: its window; video: the config's frames),
 except wav2vec2: a training batch is padded to the length bucket of its longest clip (one
@@ -37,6 +41,7 @@ import json
 import logging
 import os
 import pathlib
+import secrets
 import shutil
 import tempfile
 from typing import Any, Optional, Sequence
@@ -54,6 +59,15 @@ log = logging.getLogger(__name__)
 
 TUNING_MODES = ("trainable", "lora")
 INPUTS_VERSION = 1
+_HASH_BLOCK = 8 << 20
+# (path, size, mtime_ns) of stored input files whose sha256 matched in this process: a store is
+# hashed once per process, not once per split or run that opens it.
+_VERIFIED_FILES: set[tuple[str, int, int]] = set()
+
+
+class StoredInputsError(ValueError):
+    """A stored input set fails its checks (missing index, wrong size, checksum mismatch); the
+    message names the file."""
 
 
 # ---------------------------------------------------------------------------------------------
@@ -76,20 +90,69 @@ class ArrayRows:
         return [np.arange(len(self))]
 
 
+def _file_sha256(path: pathlib.Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(_HASH_BLOCK), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
 class StoredRows:
     """Per-sample media inputs stored once on disk: one flat memory-mapped file per input name,
-    each sample's array at its offset with its own shape (so clips of any length fit)."""
+    each sample's array at its offset with its own shape (so clips of any length fit).
 
-    def __init__(self, folder: pathlib.Path, collate):
+    Opening checks every file against ``index.json`` (size, and with ``verify`` its sha256), so
+    a damaged store raises :class:`StoredInputsError` naming the file instead of failing later in
+    a reshape or feeding garbage to training.
+    """
+
+    def __init__(self, folder: pathlib.Path, collate, *, verify: bool = True):
         self.folder = pathlib.Path(folder)
         self.collate = collate
-        index = json.loads((self.folder / "index.json").read_text())
-        self.names = list(index["names"])
-        self.present = np.asarray(index["present"], bool)
-        self.group_keys = list(index["groups"])
-        self.rows = index["rows"]  # per sample: {name: [offset, shape]}
-        self.data = {name: np.memmap(self.folder / f"{name}.bin", dtype=np.dtype(index["dtypes"][name]), mode="r")
-                     for name in self.names}
+        index_path = self.folder / "index.json"
+        try:
+            index = json.loads(index_path.read_text())
+        except FileNotFoundError:
+            raise StoredInputsError(f"{index_path} is missing") from None
+        except (OSError, ValueError) as err:
+            raise StoredInputsError(f"{index_path} is unreadable ({err})") from None
+        try:
+            self.names = list(index["names"])
+            self.present = np.asarray(index["present"], bool)
+            self.group_keys = list(index["groups"])
+            self.rows = index["rows"]  # per sample: {name: [offset, shape]}
+            dtypes = {name: np.dtype(index["dtypes"][name]) for name in self.names}
+            files = index.get("files")
+            if files is None:
+                raise StoredInputsError(f"{index_path} was written without file checksums, so the store "
+                                        "cannot be verified")
+            for name in self.names:
+                self._check(self.folder / f"{name}.bin", int(files[name]["bytes"]), str(files[name]["sha256"]),
+                            verify)
+            self.data = {name: np.memmap(self.folder / f"{name}.bin", dtype=dtypes[name], mode="r")
+                         for name in self.names}
+        except StoredInputsError:
+            raise
+        except (KeyError, TypeError, ValueError, OSError) as err:
+            raise StoredInputsError(f"{index_path} does not describe a readable store ({err!r})") from None
+
+    @staticmethod
+    def _check(path: pathlib.Path, size: int, sha256: str, verify: bool) -> None:
+        """Raise :class:`StoredInputsError` unless ``path`` has the recorded size (and sha256)."""
+        try:
+            stat = path.stat()
+        except FileNotFoundError:
+            raise StoredInputsError(f"{path} is missing") from None
+        if stat.st_size != size:
+            raise StoredInputsError(f"{path} has {stat.st_size} bytes, index.json records {size} (truncated or "
+                                    "overwritten)")
+        memo = (str(path.resolve()), stat.st_size, stat.st_mtime_ns)
+        if not verify or memo in _VERIFIED_FILES:
+            return
+        if _file_sha256(path) != sha256:
+            raise StoredInputsError(f"{path} does not match its sha256 in index.json (its bytes changed)")
+        _VERIFIED_FILES.add(memo)
 
     def __len__(self) -> int:
         return len(self.rows)
@@ -116,28 +179,47 @@ def _digest(*parts) -> str:
     return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()
 
 
+def _discard_store(folder: pathlib.Path) -> None:
+    """Remove a damaged store: renamed away first (atomic), so no reader ever sees it half deleted."""
+    aside = folder.with_name(f".{folder.name}-discarded-{secrets.token_hex(4)}")
+    try:
+        os.rename(folder, aside)
+    except FileNotFoundError:  # another process discarded it first
+        return
+    except OSError:
+        aside = folder
+    shutil.rmtree(aside, ignore_errors=True)
+
+
 def store_inputs(root: pathlib.Path, encoder, paths: Sequence[Optional[str]], *, desc: str,
                  progress: bool = True) -> StoredRows:
     """The preprocessed inputs of ``paths`` for the media ``encoder`` (read from ``root`` when
-    stored before; otherwise prepared, with a progress bar, and stored atomically)."""
+    stored before and intact; otherwise prepared, with a progress bar, and stored atomically).
+
+    A stored set that fails its checks (see :class:`StoredRows`) is reported, naming the file,
+    removed and prepared again, so a damaged store never needs removing by hand.
+    """
     from emojax.cache import file_identity
     from emojax.data.media import MediaError
 
     identities = [file_identity(p) if p else None for p in paths]
     key = _digest("inputs", INPUTS_VERSION, encoder.family, encoder.preprocessing(), identities)[:32]
     folder = pathlib.Path(root) / key
-    if (folder / "index.json").is_file():
+    if folder.exists():
         try:
             rows = StoredRows(folder, encoder.collate)
             if len(rows) == len(paths):
                 return rows
-        except (OSError, ValueError, KeyError) as err:
-            log.warning("%s: stored inputs unreadable (%s); preparing them again", folder, err)
-        shutil.rmtree(folder, ignore_errors=True)
+            problem = f"{folder / 'index.json'} holds {len(rows)} rows for {len(paths)} inputs"
+        except StoredInputsError as err:
+            problem = str(err)
+        log.warning("%s: stored %s inputs fail their check: %s; preparing them again", desc, encoder.modality,
+                    problem)
+        _discard_store(folder)
     pathlib.Path(root).mkdir(parents=True, exist_ok=True)
     tmp = pathlib.Path(tempfile.mkdtemp(prefix=f".{key}-", dir=root))
     try:
-        handles, dtypes, offsets, rows, present, groups = {}, {}, {}, [], [], []
+        handles, digests, dtypes, offsets, rows, present, groups = {}, {}, {}, {}, [], [], []
         skipped = 0
         for path in tqdm(list(paths), desc=desc, disable=not progress, leave=False):
             item, ok = None, False
@@ -154,28 +236,41 @@ def store_inputs(root: pathlib.Path, encoder, paths: Sequence[Optional[str]], *,
                 value = np.ascontiguousarray(value)
                 if name not in handles:
                     handles[name] = open(tmp / f"{name}.bin", "wb")
+                    digests[name] = hashlib.sha256()
                     dtypes[name], offsets[name] = value.dtype.str, 0
-                value = value.astype(np.dtype(dtypes[name]), copy=False)
-                handles[name].write(value.tobytes())
+                value = np.ascontiguousarray(value.astype(np.dtype(dtypes[name]), copy=False))
+                data = value.tobytes()
+                handles[name].write(data)
+                digests[name].update(data)
                 row[name] = [offsets[name], list(value.shape)]
                 offsets[name] += int(value.size)
             rows.append(row)
             present.append(ok)
             groups.append(encoder.group(item))
         for handle in handles.values():
+            handle.flush()
+            os.fsync(handle.fileno())
             handle.close()
         if skipped:
             log.warning("%s: %d %s file(s) unreadable, treated as missing", desc, skipped, encoder.modality)
-        (tmp / "index.json").write_text(json.dumps({"names": list(handles), "dtypes": dtypes, "rows": rows,
-                                                    "present": present, "groups": groups}))
+        files = {name: {"bytes": offsets[name] * np.dtype(dtypes[name]).itemsize, "sha256": digests[name].hexdigest()}
+                 for name in handles}
+        with open(tmp / "index.json", "w") as handle:
+            json.dump({"names": list(handles), "dtypes": dtypes, "rows": rows, "present": present,
+                       "groups": groups, "files": files}, handle)
+            handle.flush()
+            os.fsync(handle.fileno())
         try:
             os.rename(tmp, folder)
+            ours = True
         except OSError:  # another process stored the same inputs first
             shutil.rmtree(tmp, ignore_errors=True)
+            ours = False
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    return StoredRows(folder, encoder.collate)
+    # Our own files were hashed as they were written; another process's store is checked in full.
+    return StoredRows(folder, encoder.collate, verify=not ours)
 
 
 # ---------------------------------------------------------------------------------------------
