@@ -9,29 +9,33 @@ README's results table); fine-tuned runs use the suite's prompt + mask-token poo
 ``allow_outside_paths``: media paths that a CSV names (IEMOCAP's ``Wav_Path`` / ``Video_Path``,
 CH-SIMS's ``video_id``) may lead outside ``path`` (``..``, absolute paths). Off by default: such a
 path counts as a missing file, with a warning naming the row. Not part of the run's hash.
+
+``max_seconds``: the longest stretch of one clip (or IEMOCAP segment) that is decoded; a longer
+one is cut to its first ``max_seconds``, with one warning naming it, so one stray 30-minute file
+cannot exhaust the machine. 0 means no cap.
 """
 
 _TEXT_FROZEN = {"pooling": "mean", "context_turns": 0, "prompt": False, "max_length": 64}
 
 PRESETS = {
     "MELD--E": {
-        "kind": "meld", "target": "emotion", "path": "datasets/MELD", "generate": False, "allow_outside_paths": False,
+        "kind": "meld", "target": "emotion", "path": "datasets/MELD", "generate": False, "allow_outside_paths": False, "max_seconds": 60.0,
         "text": dict(_TEXT_FROZEN),
     },
     "MELD--S": {
-        "kind": "meld", "target": "sentiment", "path": "datasets/MELD", "generate": False, "allow_outside_paths": False,
+        "kind": "meld", "target": "sentiment", "path": "datasets/MELD", "generate": False, "allow_outside_paths": False, "max_seconds": 60.0,
         "text": dict(_TEXT_FROZEN),
     },
     "IEMOCAP--E": {
-        "kind": "iemocap", "target": "emotion", "path": "datasets/IEMOCAP", "generate": False, "allow_outside_paths": False,
+        "kind": "iemocap", "target": "emotion", "path": "datasets/IEMOCAP", "generate": False, "allow_outside_paths": False, "max_seconds": 60.0,
         "text": dict(_TEXT_FROZEN),
     },
     "SIMS--S": {
-        "kind": "sims", "target": "sentiment", "path": "datasets/SIMS", "generate": False, "allow_outside_paths": False,
+        "kind": "sims", "target": "sentiment", "path": "datasets/SIMS", "generate": False, "allow_outside_paths": False, "max_seconds": 60.0,
         "text": dict(_TEXT_FROZEN),
     },
     "demo": {
-        "kind": "meld", "target": "emotion", "path": "datasets/demo", "generate": True, "allow_outside_paths": False,
+        "kind": "meld", "target": "emotion", "path": "datasets/demo", "generate": True, "allow_outside_paths": False, "max_seconds": 60.0,
         "text": dict(_TEXT_FROZEN),
     },
 }

@@ -21,6 +21,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from emojax.data import context as text_context
+from emojax.data import media
 from emojax.data.types import Sample, Split
 
 log = logging.getLogger(__name__)
@@ -185,6 +186,7 @@ class Featurizer:
 
         self.cfg = cfg
         self.cache = cache
+        media.set_duration_cap(cfg.dataset.get("max_seconds", media.DEFAULT_DURATION_CAP))
         self.progress = bool(cfg.get("progress", True))
         dtype = jnp.bfloat16 if cfg.precision == "bfloat16" else jnp.float32
         self.modalities = modalities(cfg)
@@ -243,7 +245,8 @@ class Featurizer:
         available = [i for i, p in enumerate(paths) if p]
         if not available:
             return matrix, present
-        keys = [_digest(file_identity(paths[i])) for i in available]
+        # The duration cap is part of the key: a clip cut at another length is another input.
+        keys = [_digest(file_identity(paths[i]), media.duration_cap()) for i in available]
 
         def compute(indices, bar):
             if not hasattr(encoder, "compute_one"):  # batched neural encoders: NaN rows for unreadable files

@@ -51,6 +51,7 @@ import jax.numpy as jnp
 import numpy as np
 from tqdm.auto import tqdm
 
+from emojax.data import media
 from emojax.encoders import lora as lora_lib
 from emojax.encoders.text import encode_pooled
 from emojax.features import padded_batches
@@ -203,7 +204,8 @@ def store_inputs(root: pathlib.Path, encoder, paths: Sequence[Optional[str]], *,
     from emojax.data.media import MediaError
 
     identities = [file_identity(p) if p else None for p in paths]
-    key = _digest("inputs", INPUTS_VERSION, encoder.family, encoder.preprocessing(), identities)[:32]
+    key = _digest("inputs", INPUTS_VERSION, encoder.family, encoder.preprocessing(), identities,
+                  media.duration_cap())[:32]
     folder = pathlib.Path(root) / key
     if folder.exists():
         try:

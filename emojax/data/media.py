@@ -12,6 +12,7 @@ frames, otherwise every frame with the last one repeated up to ``F``.
 """
 from __future__ import annotations
 
+import logging
 import os
 import pathlib
 import re
@@ -19,6 +20,8 @@ import warnings
 from typing import Optional
 
 import numpy as np
+
+log = logging.getLogger(__name__)
 
 # Containers libsndfile decodes itself; anything else goes through librosa (and audioread).
 _SOUNDFILE_SUFFIXES = {".wav", ".flac", ".ogg", ".oga", ".aiff", ".aif", ".au", ".mp3", ".opus", ".caf", ".w64"}
@@ -58,6 +61,35 @@ def media_file(ref: str | os.PathLike) -> str:
     return split_ref(ref)[0]
 
 
+# Longest stretch of one input that is decoded, in seconds (``None``: no limit). One 30-minute
+# file in an utterance dataset would otherwise take gigabytes and minutes; a longer clip is cut
+# to its first ``DURATION_CAP`` seconds, with one warning naming it. Set from the run's
+# ``dataset.max_seconds`` by :func:`set_duration_cap`.
+DEFAULT_DURATION_CAP = 60.0
+_duration_cap: Optional[float] = DEFAULT_DURATION_CAP
+_warned_long: set[str] = set()
+
+
+def set_duration_cap(seconds: Optional[float]) -> None:
+    """Cut every clip (or segment) read from now on to its first ``seconds`` (``None`` or 0: no cap)."""
+    global _duration_cap
+    if seconds is not None and not float(seconds) >= 0:
+        raise ValueError(f"dataset.max_seconds: {seconds!r} must be a non-negative number of seconds (0: no cap)")
+    _duration_cap = float(seconds) if seconds else None
+
+
+def duration_cap() -> Optional[float]:
+    """The cap :func:`read_audio` and :func:`read_video_frames` apply now (``None``: none)."""
+    return _duration_cap
+
+
+def _warn_cut(ref: str, seconds: float) -> None:
+    if ref not in _warned_long:
+        _warned_long.add(ref)
+        log.warning("%s: longer than %.0f s; only its first %.0f s are used (dataset.max_seconds)",
+                    ref, seconds, seconds)
+
+
 def _check_file(path: pathlib.Path, kind: str) -> None:
     if not path.exists():
         raise MediaError(path, f"{kind} file not found; check the dataset folder or drop this sample")
@@ -75,34 +107,48 @@ def read_audio(path: str | os.PathLike, sample_rate: int = 16000) -> np.ndarray:
     are averaged; the signal is resampled to ``sample_rate`` with librosa when it differs.
     Raises ``MediaError`` for a missing, empty or undecodable file, or one without samples.
     """
-    file, segment = split_ref(path)
+    ref = os.fspath(path)
+    file, segment = split_ref(ref)
     path = pathlib.Path(file)
     _check_file(path, "audio")
     import librosa
     import soundfile as sf
 
-    data, rate, failures = None, None, []
+    cap = _duration_cap
+    offset = segment[0] if segment is not None else 0.0
+    length = segment[1] - segment[0] if segment is not None else None  # seconds; None: to the end
+    data, rate, failures, cut = None, None, [], False
     if path.suffix.lower() in _SOUNDFILE_SUFFIXES:
         try:
-            stereo, rate = sf.read(str(path), dtype="float32", always_2d=True)
+            with sf.SoundFile(str(path)) as handle:  # read only the stretch that is used
+                rate = handle.samplerate
+                start = int(round(offset * rate))
+                stop = handle.frames if length is None else min(handle.frames, int(round((offset + length) * rate)))
+                if cap is not None and stop - start > int(round(cap * rate)):
+                    stop, cut = start + int(round(cap * rate)), True
+                handle.seek(min(start, handle.frames))
+                stereo = handle.read(max(0, stop - start), dtype="float32", always_2d=True)
             data = stereo.mean(axis=1)
         except Exception as err:  # libsndfile reports format problems as several types
             failures.append(f"soundfile: {err}")
     if data is None:
+        duration = length if cap is None else (cap + 1.0 if length is None else min(length, cap + 1.0))
         try:
             with warnings.catch_warnings():  # librosa warns before falling back to audioread; we report
                 warnings.simplefilter("ignore", UserWarning)
                 warnings.simplefilter("ignore", FutureWarning)
                 warnings.simplefilter("ignore", DeprecationWarning)
-                data, rate = librosa.load(str(path), sr=None, mono=True)
+                data, rate = librosa.load(str(path), sr=None, mono=True, offset=offset, duration=duration)
         except Exception as err:  # soundfile and audioread raise unrelated exception types
             failures.append(f"librosa/audioread: {type(err).__name__}: {err}".rstrip(": "))
             hint = ("install the ffmpeg program so audioread can decode it, or extract the audio to WAV/FLAC"
                     if path.suffix.lower() not in _SOUNDFILE_SUFFIXES else "the file is corrupt or not audio")
             raise MediaError(path, f"cannot decode audio ({'; '.join(failures)}); {hint}") from None
+        if cap is not None and len(data) > int(round(cap * rate)):
+            data, cut = data[:int(round(cap * rate))], True
+    if cut:
+        _warn_cut(ref, cap)
     data = np.asarray(data, dtype=np.float32)
-    if segment is not None:
-        data = data[int(round(segment[0] * rate)):int(round(segment[1] * rate))]
     if data.size == 0:
         raise MediaError(path, "audio file holds no samples")
     if not np.isfinite(data).all():
@@ -190,12 +236,21 @@ def read_video_frames(path: str | os.PathLike, num_frames: int = 16,
     try:
         reported = int(capture.get(cv2.CAP_PROP_FRAME_COUNT) or 0)
         first, stop = _segment_frames(capture, segment, path) if segment is not None else (0, None)
+        fps, limit = float(capture.get(cv2.CAP_PROP_FPS) or 0.0), None
+        if _duration_cap is not None and fps > 0:
+            limit = first + max(1, int(round(_duration_cap * fps)))
+            if stop is None or stop > limit:
+                stop = limit
+            else:
+                limit = None
         if stop is not None and reported > 0:
             reported = max(0, min(stop, reported) - first)
         wanted = frame_indices(reported, num_frames) if reported > 0 else np.arange(0)
         kept, decoded = _decode(capture, set(wanted.tolist()) if reported > 0 else set(), first, stop)
     finally:
         capture.release()
+    if limit is not None and first + decoded >= limit:
+        _warn_cut(ref, _duration_cap)
     if decoded == 0:
         if segment is not None:
             raise MediaError(ref, f"no decodable frames in the segment [{segment[0]}, {segment[1]}] s "
@@ -221,5 +276,5 @@ def read_video_frames(path: str | os.PathLike, num_frames: int = 16,
     return np.stack(frames).astype(np.uint8, copy=False)
 
 
-__all__ = ["MediaError", "frame_indices", "media_file", "read_audio", "read_video_frames", "segment_ref",
+__all__ = ["DEFAULT_DURATION_CAP", "MediaError", "duration_cap", "frame_indices", "set_duration_cap", "media_file", "read_audio", "read_video_frames", "segment_ref",
            "split_ref"]
