@@ -7,7 +7,8 @@ Layout under the work directory::
         config.json, vocab.txt, tokenizer_config.json, tokenizer.json, special_tokens_map.json, ...
                                           the Hugging Face folder it was loaded from, with the
                                           tokenizer's added special tokens (speaker tokens) saved
-        store.json                        hash, source model name, family, added tokens, time
+        store.json                        hash, source model name, family, added tokens, the
+                                          text encoder's vocab_size before them, time
     checkpoints/training/.../{hash}--{seed}/
         encoders/T -> ../../../../../../encoders/{hash}   relative link, per neural modality
         encoders.json                     modality -> {"hash", "model", "family"} (+ "error" if not stored)
@@ -21,7 +22,9 @@ parameters in memory. An entry is a plain Hugging Face folder: ``TextEncoder.fro
 (or ``--config.encoders.T.model=<entry>``) loads it with the speaker tokens already in the
 vocabulary and the embedding matrix, and computes the same features as the run's encoder.
 (Its ``config.json`` states the grown ``vocab_size``, so an encoder reloaded from an entry with
-added tokens hashes differently from the in-memory encoder that named the entry.)
+added tokens hashes differently from the in-memory encoder that named the entry;
+:func:`stored_hashes` computes the hash the entry was stored under from a reloaded encoder, and
+:func:`check_loaded_encoder` compares it with what a run recorded.)
 
 Entries are written to a temporary folder beside the store and renamed into place, so a reader
 never sees half an entry; of two processes storing the same encoder at once, the one that loses
@@ -34,6 +37,7 @@ process 0 once the run directory holds its config and meta.
 """
 from __future__ import annotations
 
+import copy
 import dataclasses
 import json
 import logging
@@ -327,10 +331,13 @@ def store_encoder(encoder, workdir: str | os.PathLike, *, model: str = "") -> pa
     tmp.mkdir()
     try:
         export_encoder(encoder, tmp, model=model)
-        write_json_atomic(tmp / MANIFEST, {
-            "hash": digest, "model": model or getattr(encoder, "name", ""),
-            "family": encoder_family(encoder), "added_tokens": _added_tokens(encoder),
-            "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
+        manifest = {"hash": digest, "model": model or getattr(encoder, "name", ""),
+                    "family": encoder_family(encoder), "added_tokens": _added_tokens(encoder),
+                    "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+        if getattr(encoder, "tokenizer", None) is not None:
+            # The entry's config.json states the grown rows; the hash was taken with this size.
+            manifest["vocab_size"] = int(encoder.config.vocab_size)
+        write_json_atomic(tmp / MANIFEST, manifest)
         _fsync_tree(tmp)
         try:
             os.rename(tmp, final)
@@ -343,6 +350,51 @@ def store_encoder(encoder, workdir: str | os.PathLike, *, model: str = "") -> pa
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
     return check_entry(final)
+
+
+def _manifest(entry: pathlib.Path) -> dict:
+    """``entry/store.json`` (``{}`` when absent or unreadable: a folder exported outside the store)."""
+    try:
+        return json.loads((entry / MANIFEST).read_text())
+    except (OSError, json.JSONDecodeError):
+        return {}
+
+
+def stored_hashes(encoder, entry: str | os.PathLike) -> set[str]:
+    """The weights hash ``encoder``, loaded from the encoder folder ``entry``, had when it was
+    stored: one hash, or for a text entry written without the manifest's ``vocab_size`` the
+    (at most two) hashes it can have had.
+
+    A text encoder that added tokens kept its source's ``vocab_size`` in its config and grew only
+    its embedding matrix; the entry's ``config.json`` states the grown rows, so the reloaded
+    encoder's own ``weights_hash`` differs although its parameters and vocabulary are the same.
+    The hash is therefore recomputed with the source's ``vocab_size``: the manifest's, else the
+    rows less the added tokens (or all rows, when the tokens took spare rows of a padded matrix)."""
+    if getattr(encoder, "tokenizer", None) is None:
+        return {encoder.weights_hash}
+    rows = int(encoder.config.vocab_size)
+    known = _manifest(pathlib.Path(entry)).get("vocab_size")
+    sizes = {int(known)} if known is not None else {rows, rows - len(_added_tokens(encoder))}
+    hashes = set()
+    for size in sizes:
+        if size == rows:
+            hashes.add(encoder.weights_hash)
+            continue
+        twin = copy.copy(encoder)
+        twin.config = dataclasses.replace(encoder.config, vocab_size=size)
+        twin.params = encoder.params  # the setter drops the copied cached hash
+        hashes.add(twin.weights_hash)
+    return hashes
+
+
+def check_loaded_encoder(encoder, entry: str | os.PathLike, recorded: str, *, record: str | os.PathLike) -> None:
+    """:class:`CheckpointError` naming ``entry`` unless ``encoder``, loaded from it, has the weights
+    hash ``recorded`` (what the run wrote in ``record`` when it trained with that encoder)."""
+    hashes = stored_hashes(encoder, entry)
+    if recorded not in hashes:
+        raise CheckpointError(f"{entry}: the encoder there (weights hash {min(hashes)[:12]}) is not the one the "
+                              f"run trained with ({recorded[:12]} in {record}); the folder was changed or replaced: "
+                              "restore it, or train the run again")
 
 
 def _link(link: pathlib.Path, target: str) -> None:

@@ -79,6 +79,19 @@ def test_infer_batch_csv_reports_bad_files_and_scores_the_rest(tmp_path, demo_ru
         assert table.loc[name, "audio"] == str(tmp_path / "audios" / "dev" / f"{name}.flac")
 
 
+def test_single_input_with_an_undecodable_file_is_refused(tmp_path, demo_run):
+    _, data, estimator = demo_run
+    sample = _dev_samples(data)["dia0_utt0"]
+    (tmp_path / "bad.flac").write_bytes(b"\x00" * 256)
+    (tmp_path / "bad.mp4").write_bytes(b"this is not an mp4 file" * 8)
+    with pytest.raises(ValueError, match=r"--audio: .*bad\.flac"):
+        estimator.predict(text=sample.text, audio=str(tmp_path / "bad.flac"))
+    with pytest.raises(ValueError, match=r"--video: .*bad\.mp4.*OpenCV cannot open"):
+        estimator.predict(text=sample.text, video=str(tmp_path / "bad.mp4"))
+    with pytest.raises(ValueError, match="--text: empty"):
+        estimator.predict(text=" ", audio=sample.audio)
+
+
 def test_infer_batch_folder_of_clips_pairs_by_stem(tmp_path, demo_run):
     _, data, estimator = demo_run
     clips = tmp_path / "clips"

@@ -244,16 +244,16 @@ def test_checkpoint_create_standalone_predicts_like_the_run(workspace, tmp_path,
     alone = Estimator(output)
     assert pathlib.Path(alone.featurizer.encoders["T"].encoder.name) == (output / "encoders" / "T").resolve()
     for text in TEXTS:
-        np.testing.assert_allclose(list(alone.predict(text=text)["probabilities"].values()),
-                                   list(original.predict(text=text)["probabilities"].values()), atol=1e-6)
+        np.testing.assert_allclose(list(alone.predict(text=text, context=[])["probabilities"].values()),
+                                   list(original.predict(text=text, context=[])["probabilities"].values()), atol=1e-6)
     # Moved elsewhere, it loads through load_standalone (the encoder paths follow the folder).
     moved = tmp_path / "moved" / "alone"
     moved.parent.mkdir()
     os.rename(output, moved)
     again = load_standalone(moved)
     assert pathlib.Path(again.featurizer.encoders["T"].encoder.name) == (moved / "encoders" / "T").resolve()
-    np.testing.assert_allclose(list(again.predict(text=TEXTS[0])["probabilities"].values()),
-                               list(original.predict(text=TEXTS[0])["probabilities"].values()), atol=1e-6)
+    np.testing.assert_allclose(list(again.predict(text=TEXTS[0], context=[])["probabilities"].values()),
+                               list(original.predict(text=TEXTS[0], context=[])["probabilities"].values()), atol=1e-6)
     with pytest.raises(FileExistsError, match=re.escape(str(moved))):
         tool.cmd_create_standalone(workspace.runs[0], moved)
     bad = _tool("create-standalone", f"--run_dir={tmp_path / 'norun'}", f"--output={tmp_path / 'x'}")

@@ -219,7 +219,7 @@ def test_sweep_demo_end_to_end(demo_sweep):
                 assert group[split][metric]["std"] == 0.0
         row = next(line for line in text.splitlines() if line.startswith(f"| {run.config_label} |"))
         assert f"{100 * results['test']['weighted_f1']:.2f} ± 0.00" in row
-    assert "| demo T+A+V vallina focal+dist 1xE frozen | distillation | 0 (1/1) |" in text
+    assert "| demo T+A+V vallina focal+dist 1xE frozen T[pool=mean,ctx=0,len=64] | distillation | 0 (1/1) |" in text
 
 
 def test_sweep_second_call_skips_finished_runs(demo_sweep):
@@ -279,7 +279,8 @@ def test_sweep_failed_run_is_reported_and_its_student_skipped(tmp_path):
             run = next(r for r in runs if r.label == label)
             assert teacher == by_name[run.teacher].run_dir
     text = sweep_lib.write_report("makd", workdir, runs, outcomes)
-    row = next(line for line in text.splitlines() if line.startswith("| MELD--E T vallina focal 1xE frozen |"))
+    row = next(line for line in text.splitlines()
+               if line.startswith("| MELD--E T vallina focal 1xE frozen T[pool=mean,ctx=0,len=64] |"))
     assert "0,42,114 (2/3)" in row and "seed 42 failed: FileNotFoundError: dataset.path" in row
     row = next(line for line in text.splitlines() if line.startswith("| MELD--E T+A+V DF-1.0+attn focal+dist"))
     assert "seed 42 skipped: teacher MELD--E/T/focal/seed=42 failed" in row
