@@ -15,6 +15,7 @@ import copy
 import hashlib
 import importlib
 import json
+import math
 import pathlib
 from typing import Any, Mapping
 
@@ -40,9 +41,10 @@ PARTS: dict[str, tuple[str, str]] = {
 DEFAULT_PARTS = {key: default for key, (_, default) in PARTS.items()}
 
 # Fields that say where or how often, not what is trained: they stay out of the hash.
-_UNHASHED = ("seed", "dataset.path", "cache", "progress", "workdir", "train.devices", "encoder.remat")
+_UNHASHED = ("seed", "dataset.path", "dataset.allow_outside_paths", "cache", "progress", "workdir", "train.devices", "encoder.remat")
 
 CATEGORIES = ("training", "distillation")
+DEFAULT_MAX_SECONDS = 60.0  # dataset.max_seconds: emojax.data.media.DEFAULT_DURATION_CAP
 
 
 def presets(part: str) -> dict[str, dict]:
@@ -173,8 +175,16 @@ def tuned_modalities(cfg) -> tuple[str, ...]:
     return tuple(m for m in modalities(cfg) if m in chosen)
 
 
+def _finite(value) -> bool:
+    """Whether ``value`` is a real, finite number (not NaN, inf, a string or a bool)."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
 def validate(cfg) -> None:
     """Raise ``ConfigError`` naming the key for an impossible or inconsistent config."""
+    cap = cfg.dataset.get("max_seconds", DEFAULT_MAX_SECONDS)
+    if isinstance(cap, bool) or not isinstance(cap, (int, float)) or not cap >= 0:
+        raise ConfigError(f"dataset.max_seconds: {cap!r} must be a non-negative number of seconds (0: no cap)")
     mods = cfg.modalities.split("+")
     bad = [m for m in mods if m not in MODALITIES]
     if bad or len(set(mods)) != len(mods):
@@ -223,11 +233,19 @@ def validate(cfg) -> None:
         raise ConfigError(f"dataset.target: {cfg.dataset.target!r} is not emotion or sentiment")
     if cfg.train.select_metric not in ("accuracy", "weighted_f1"):
         raise ConfigError(f"train.select_metric: {cfg.train.select_metric!r} is not accuracy or weighted_f1")
-    for key in ("batch_size", "epochs", "eval_batch_size", "keep_epochs"):
-        if int(cfg.train[key]) < 1:
-            raise ConfigError(f"train.{key}: must be at least 1, got {cfg.train[key]}")
-    if cfg.train.lr <= 0:
-        raise ConfigError(f"train.lr: must be positive, got {cfg.train.lr}")
+    for key in ("batch_size", "epochs", "eval_batch_size", "keep_epochs", "patience"):
+        value = cfg.train[key]
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or value != int(value) or value < 1:
+            raise ConfigError(f"train.{key}: must be a whole number of at least 1, got {value!r}")
+    # NaN compares false with everything, so each check is written to fail for it.
+    if not _finite(cfg.train.lr) or not cfg.train.lr > 0:
+        raise ConfigError(f"train.lr: must be a positive number, got {cfg.train.lr!r}; e.g. --config.train.lr=1e-3")
+    if not _finite(cfg.train.weight_decay) or not cfg.train.weight_decay >= 0:
+        raise ConfigError(f"train.weight_decay: must be a number of at least 0, got {cfg.train.weight_decay!r}")
+    if not _finite(cfg.train.warmup_ratio) or not 0 <= cfg.train.warmup_ratio <= 1:
+        raise ConfigError(f"train.warmup_ratio: must lie in [0, 1], got {cfg.train.warmup_ratio!r}")
+    if not _finite(cfg.train.clip_norm) or not cfg.train.clip_norm > 0:
+        raise ConfigError(f"train.clip_norm: must be a positive number, got {cfg.train.clip_norm!r}")
     if "T" in cfg.encoders:
         text = cfg.encoders.T
         if text.pooling not in ("mask", "mean", "cls"):
@@ -281,6 +299,10 @@ def config_hash(cfg) -> str:
     tree = copy.deepcopy(_plain(cfg))
     for dotted in _UNHASHED:
         _drop(tree, dotted)
+    if tree.get("dataset", {}).get("max_seconds") == DEFAULT_MAX_SECONDS:
+        # The default duration cap leaves the hash as it was before the cap existed, so earlier
+        # runs keep their directories; another cap is another run.
+        tree["dataset"].pop("max_seconds")
     blob = json.dumps(tree, sort_keys=True, separators=(",", ":"), default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:8]
 
@@ -296,10 +318,28 @@ def num_experts(cfg) -> int:
     return int(cfg.classifier.get("experts", 1))
 
 
+def text_label(cfg) -> str:
+    """The text path in a few characters, e.g. ``T[pool=mask,ctx=all,prompt,len=128]``; empty
+    for a run without text. Runs that differ only in how the text is pooled, how many turns of
+    context it sees, the prompt or the token budget score very differently, so their labels
+    (``info``, sweep reports, results.json) must tell them apart."""
+    if "T" not in modalities(cfg) or "T" not in cfg.encoders:
+        return ""
+    text = cfg.encoders.T
+    turns = int(text.get("context_turns", 0))
+    parts = [f"pool={text.get('pooling', 'default')}", f"ctx={'all' if turns < 0 else turns}"]
+    if text.get("prompt", False):
+        parts.append("prompt")
+    parts.append(f"len={text.get('max_length', '?')}")
+    return f"T[{','.join(parts)}]"
+
+
 def run_label(cfg) -> str:
-    """Human-readable one-line description of a run."""
+    """Human-readable one-line description of a run (the text path before the seed, so the
+    label without `` seed=...`` still names one config)."""
+    text = text_label(cfg)
     return (f"{cfg.dataset.name} {cfg.modalities} {cfg.fusion.preset} {loss_label(cfg)} "
-            f"{cfg.classifier.preset} {cfg.mode} seed={cfg.seed}")
+            f"{cfg.classifier.preset} {cfg.mode}{' ' + text if text else ''} seed={cfg.seed}")
 
 
 def run_dir(cfg, workdir: str | pathlib.Path, category: str = "training") -> pathlib.Path:

@@ -9,7 +9,10 @@ and the loss state, so nothing lives outside it.
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import functools
+import hashlib
 import json
 import logging
 import pathlib
@@ -28,8 +31,10 @@ from emojax import config as config_lib
 from emojax import losses as losses_lib
 from emojax import metrics as metrics_lib
 from emojax import store
+from emojax.data.types import SPLITS
 from emojax.features import FeatureSet, Featurizer, feature_stats, padded_batches, standardize
 from emojax.model import EmotionModel, build_model
+from emojax.paths import folder_problem
 
 log = logging.getLogger(__name__)
 
@@ -349,7 +354,8 @@ def load_data(cfg):
     if not path.exists():
         raise FileNotFoundError(f"dataset.path: {path} does not exist (dataset {cfg.dataset.name}); "
                                 f"set --config.dataset.path to the dataset folder")
-    return load_dataset(cfg.dataset.kind, str(path), target=cfg.dataset.target)
+    return load_dataset(cfg.dataset.kind, str(path), target=cfg.dataset.target,
+                        allow_outside_paths=bool(cfg.dataset.get("allow_outside_paths", False)))
 
 
 def feature_cache(cfg, workdir: pathlib.Path):
@@ -442,6 +448,75 @@ def _scores_summary(scores: dict) -> dict:
     return {k: scores[k] for k in ("accuracy", "weighted_f1", "macro_f1")}
 
 
+def _run_category(category: str, teacher) -> str:
+    """The run's category: ``distillation`` with a teacher (and only then)."""
+    if teacher is not None:
+        return "distillation"
+    if category == "distillation":
+        raise config_lib.ConfigError("a distillation run needs a teacher run directory (--teacher=RUN_DIR)")
+    return category
+
+
+def _check_run_paths(cfg, workdir: str | pathlib.Path, run_dir: pathlib.Path) -> None:
+    """Refuse, before anything is computed, folders that cannot be written: the workdir, the run
+    directory, the feature cache or the demo dataset's folder being (under) a file would otherwise
+    fail only once the features are computed."""
+    workdir = pathlib.Path(workdir)
+    problem = folder_problem(workdir) or folder_problem(run_dir)
+    if problem:
+        raise ckpt_lib.CheckpointError(f"workdir: {problem}; give a folder for the runs (it is created if missing)")
+    problem = folder_problem(cfg.cache.dir or workdir / "cache" / "features")
+    if problem and cfg.cache.dir:
+        raise config_lib.ConfigError(f"cache.dir: {problem}; give a folder for the feature cache, or leave it "
+                                     "empty for WORKDIR/cache/features")
+    if problem:
+        raise ckpt_lib.CheckpointError(f"workdir: {problem}; the feature cache goes there: move the file or set "
+                                       "cache.dir")
+    path = pathlib.Path(cfg.dataset.path)
+    if cfg.dataset.get("generate"):
+        problem = folder_problem(path)
+        if problem:
+            raise config_lib.ConfigError(f"dataset.path: {problem}; the demo dataset is generated there: "
+                                         "give a new or empty folder")
+    elif path.exists() and not path.is_dir():
+        raise config_lib.ConfigError(f"dataset.path: {path} is a file; give the dataset's folder")
+
+
+def _one_process_per_run(fit_fn: Callable[..., pathlib.Path]) -> Callable[..., pathlib.Path]:
+    """``fit`` holding its run directory's lock (:class:`emojax.checkpoint.RunLock`) from before
+    any work to the end, after the cheap checks of the config and paths: a second identical
+    command is refused at once, naming the holder, instead of writing the same checkpoints. In a
+    multi-host run process 0 holds it for all."""
+    @functools.wraps(fit_fn)
+    def locked(cfg, workdir: str | pathlib.Path, *, category: str = "training", max_epochs: Optional[int] = None,
+               teacher: Optional[str | pathlib.Path] = None) -> pathlib.Path:
+        config_lib.validate(cfg)
+        run_dir = config_lib.run_dir(cfg, workdir, _run_category(category, teacher))
+        _check_run_paths(cfg, workdir, run_dir)
+        lock = ckpt_lib.RunLock(run_dir) if jax.process_index() == 0 else contextlib.nullcontext()
+        with lock:
+            return fit_fn(cfg, workdir, category=category, max_epochs=max_epochs, teacher=teacher)
+
+    return locked
+
+
+def progress_at(progress: dict, epoch: int, metric: str) -> dict:
+    """``progress`` as it stood after ``epoch``: its history cut there, the best epoch and the
+    early-stopping count replayed from it. Used when a run resumes from an older training state
+    than progress.json names (the newer ones were damaged), so the replayed epochs select and
+    stop exactly as the uninterrupted run did."""
+    replayed = {"epoch": 0, "history": [], "best_epoch": 0, "best_score": -1.0, "bad_epochs": 0, "finished": False}
+    for row in progress["history"][:epoch]:
+        replayed["history"].append(row)
+        replayed["epoch"] = row["epoch"]
+        if row["dev"][metric] > replayed["best_score"]:
+            replayed.update(best_epoch=row["epoch"], best_score=row["dev"][metric], bad_epochs=0)
+        else:
+            replayed["bad_epochs"] += 1
+    return {**progress, **replayed}
+
+
+@_one_process_per_run
 def fit(cfg, workdir: str | pathlib.Path, *, category: str = "training", max_epochs: Optional[int] = None,
         teacher: Optional[str | pathlib.Path] = None) -> pathlib.Path:
     """Train (or resume) the run ``cfg`` describes under ``workdir``; returns its run directory.
@@ -454,21 +529,31 @@ def fit(cfg, workdir: str | pathlib.Path, *, category: str = "training", max_epo
     printed first; the student starts from the teacher's parameters wherever a tensor of the
     same path and shape exists; the teacher's logits, computed inside the jitted step from its
     frozen parameters, feed the configured ``dist`` loss for all student modalities at once.
+
+    The run records its data (``data.json``: :func:`data_record`); started again on other data
+    (another folder, a changed CSV) it raises :class:`DataChangedError` before anything is
+    computed or written, finished or not.
     """
-    if teacher is not None:
-        category = "distillation"
-        if "dist" not in cfg.loss.extras:
-            raise config_lib.ConfigError("loss: a distillation run needs the dist loss; add it, e.g. loss=focal+dist")
-    elif category == "distillation":
-        raise config_lib.ConfigError("a distillation run needs a teacher run directory (--teacher=RUN_DIR)")
+    category = _run_category(category, teacher)
+    if teacher is not None and "dist" not in cfg.loss.extras:
+        raise config_lib.ConfigError("loss: a distillation run needs the dist loss; add it, e.g. loss=focal+dist")
     # -- data, features, model ------------------------------------------------------------
+    # The data is checked against the run's record before the (costly) features are computed;
+    # a dataset generated on first use exists only after prepare, so it is checked then.
+    data = None
+    if pathlib.Path(cfg.dataset.path).is_dir():
+        data = check_data_record(cfg, config_lib.run_dir(cfg, workdir, category))
     prep = prepare(cfg, workdir, category)
     run_dir = prep.run_dir
+    if data is None:
+        data = check_data_record(cfg, run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     _check_same_config(cfg, run_dir)
     primary = jax.process_index() == 0  # in a multi-host run only process 0 writes files
     if primary:
         config_lib.save_config(cfg, run_dir / "config.json")
+        if not (run_dir / DATA_RECORD).exists():  # a new run, or one from before runs recorded their data
+            ckpt_lib.write_json_atomic(run_dir / DATA_RECORD, data)
         _write_meta(prep)
         store.link_run_encoders(run_dir, prep.featurizer, workdir)
     train_data, dev_data = prep.features["train"], prep.features.get("dev")
@@ -521,9 +606,22 @@ def fit(cfg, workdir: str | pathlib.Path, *, category: str = "training", max_epo
     checkpoints = ckpt_lib.RunCheckpoints(run_dir, keep_epochs=int(cfg.train.keep_epochs), primary=primary)
     progress = checkpoints.progress() or {"epoch": 0, "history": [], "best_epoch": 0, "best_score": -1.0,
                                           "bad_epochs": 0, "finished": False}
-    if progress["epoch"] > 0:
-        state = checkpoints.restore_state(progress["epoch"], state)
-        log.info("resuming %s after epoch %d", run_dir, progress["epoch"])
+    if progress["epoch"] > 0 and not progress["finished"]:
+        # The newest intact state: damaged ones are moved aside (logged) and the run replays the
+        # epochs after the one it resumes from. A finished run needs only its best parameters.
+        try:
+            resumed, state = checkpoints.restore_latest(progress["epoch"], state)
+        except ckpt_lib.CheckpointError:
+            checkpoints.close()
+            raise
+        if resumed < progress["epoch"]:
+            log.warning("%s: progress.json names epoch %d but its training state is damaged or missing; "
+                        "resuming after epoch %d", run_dir, progress["epoch"], resumed)
+            progress = progress_at(progress, resumed, metric)
+            if primary:
+                ckpt_lib.write_json_atomic(checkpoints.progress_path, progress)
+        if resumed:
+            log.info("resuming %s after epoch %d", run_dir, resumed)
     if parallel is not None:
         state = parallel.replicate(state)
         log.info("data parallel over %d %s devices", parallel.count, parallel.devices[0].platform)
@@ -587,8 +685,10 @@ def fit(cfg, workdir: str | pathlib.Path, *, category: str = "training", max_epo
         return run_dir
 
     # -- the selected epoch, scored once on dev and test -----------------------------------
-    best = checkpoints.restore_best(best_target(state, prep.tuning), progress["best_epoch"])
-    checkpoints.close()
+    try:
+        best = checkpoints.restore_best(best_target(state, prep.tuning), progress["best_epoch"])
+    finally:
+        checkpoints.close()
     best_params = best
     if prep.tuning is not None:
         best_params = best["params"]
@@ -692,6 +792,82 @@ def _usable_extras(cfg, modalities, distillation: bool = False) -> dict:
     return usable
 
 
+# ---------------------------------------------------------------------------------------------
+# What a run was trained on
+# ---------------------------------------------------------------------------------------------
+DATA_RECORD = "data.json"
+
+# The CSV files each dataset loader reads (emojax.data.meld / iemocap / sims).
+_DATASET_CSVS = {"meld": tuple(f"{split}_sent_emo.csv" for split in SPLITS),
+                 "iemocap": tuple(f"IEMOCAP_{split}.csv" for split in SPLITS),
+                 "sims": ("label.csv",)}
+
+
+class DataChangedError(ckpt_lib.CheckpointError):
+    """The dataset a run recorded (folder, CSV contents) is not the one given now: resuming would
+    mix two datasets' epochs and normalisation statistics, and rescoring a finished run would
+    overwrite its results with scores of other data."""
+
+
+def dataset_files(kind: str, path: str | pathlib.Path) -> list[pathlib.Path]:
+    """The CSV files the loader of ``kind`` reads in the dataset folder ``path`` (those present;
+    every ``*.csv`` directly in the folder for a kind without a known layout)."""
+    path = pathlib.Path(path)
+    names = _DATASET_CSVS.get(str(kind))
+    if names is None:
+        return sorted(p for p in path.glob("*.csv") if p.is_file())
+    return [path / name for name in names if (path / name).is_file()]
+
+
+def _sha256(path: pathlib.Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def data_record(cfg) -> dict:
+    """What a run is trained and scored on: the dataset folder (absolute) and the SHA-256 of each
+    CSV file its loader reads (``{"path", "kind", "files": {name: sha256}}``)."""
+    path = pathlib.Path(cfg.dataset.path).resolve()
+    return {"path": str(path), "kind": str(cfg.dataset.kind),
+            "files": {p.name: _sha256(p) for p in dataset_files(cfg.dataset.kind, path)}}
+
+
+def check_data_record(cfg, run_dir: pathlib.Path) -> dict:
+    """The data record of ``cfg``'s dataset now; :class:`DataChangedError` when ``run_dir`` holds
+    a record (``data.json``) of other data: another folder, or a CSV file changed, added or
+    removed. A run without a record (new, or written before runs recorded their data) passes."""
+    current = data_record(cfg)
+    record_path = pathlib.Path(run_dir) / DATA_RECORD
+    if not record_path.exists():
+        return current
+    try:
+        recorded = json.loads(record_path.read_text())
+    except json.JSONDecodeError as err:
+        raise ckpt_lib.CheckpointError(f"{record_path}: unreadable ({err}); delete it to record the "
+                                       "current data with the next start") from err
+    old_path, new_path = recorded.get("path"), current["path"]
+    if old_path != new_path:
+        raise DataChangedError(f"{record_path}: this run was trained on {old_path}, not {new_path}; give "
+                               f"--config.dataset.path={old_path}, or use a new --workdir to train on {new_path}")
+    old_files, new_files = recorded.get("files", {}), current["files"]
+    for name in sorted(set(old_files) | set(new_files)):
+        old, new = old_files.get(name), new_files.get(name)
+        if old == new:
+            continue
+        if old is None:
+            change = "is new"
+        elif new is None:
+            change = "is gone"
+        else:
+            change = f"has changed (sha256 {old[:12]} in {record_path}, now {new[:12]})"
+        raise DataChangedError(f"{pathlib.Path(new_path) / name}: {change} since the run {run_dir} was trained "
+                               "on it; restore the data, or use a new --workdir to train on the new data")
+    return current
+
+
 def _check_same_config(cfg, run_dir: pathlib.Path) -> None:
     path = run_dir / "config.json"
     if path.exists():
@@ -748,6 +924,7 @@ def write_results(prep: Prepared, eval_step: Callable, params, progress: dict, *
 def load_run(run_dir: str | pathlib.Path, workdir: Optional[str | pathlib.Path] = None):
     """Rebuild a finished run: ``(prep, eval_step, best_params)``."""
     run_dir = pathlib.Path(run_dir)
+    progress = ckpt_lib.finished_run(run_dir)  # before any model is loaded
     cfg = config_lib.load_config(run_dir / "config.json")
     cfg.progress = False
     workdir = pathlib.Path(workdir) if workdir else _workdir_of(run_dir)
@@ -756,12 +933,8 @@ def load_run(run_dir: str | pathlib.Path, workdir: Optional[str | pathlib.Path] 
     eval_step = jax.jit(make_eval_step(prep.model))
     optimizer = make_optimizer(cfg, 1)
     state = init_state(prep, optimizer)
-    checkpoints = ckpt_lib.RunCheckpoints(run_dir, keep_epochs=int(cfg.train.keep_epochs))
-    progress = checkpoints.progress()
-    if not progress:
-        raise ckpt_lib.CheckpointError(f"{run_dir}: no progress.json; is this a run directory?")
-    params = checkpoints.restore_best(best_target(state, prep.tuning), progress["best_epoch"])
-    checkpoints.close()
+    with ckpt_lib.RunCheckpoints(run_dir, keep_epochs=int(cfg.train.keep_epochs)) as checkpoints:
+        params = checkpoints.restore_best(best_target(state, prep.tuning), progress["best_epoch"])
     if prep.tuning is not None:
         # Every split's tuned features from the fine-tuned encoders of the selected epoch.
         prep.features = tuned_features(prep, params["encoder"], int(cfg.train.eval_batch_size))

@@ -11,16 +11,13 @@ Writes ``benchmark.json`` and ``benchmark.md`` to --output_dir and prints the Ma
 import logging as std_logging
 import sys
 
-from absl import app, flags
+from absl import flags
 from ml_collections import config_flags
 
 from emojax import benchmark as benchmark_lib
 from emojax import config as config_lib
-from emojax.checkpoint import CheckpointError
-from emojax.data.types import DatasetError
-from emojax.encoders.hub import WeightError
-
-USER_ERRORS = (config_lib.ConfigError, DatasetError, CheckpointError, WeightError, FileNotFoundError)
+from emojax.checkpoint import finished_run
+from launch import _errors
 
 _RUN = flags.DEFINE_string("run", None, "A finished run directory written by launch/train.py.")
 _CONFIG = config_flags.DEFINE_config_file(
@@ -37,25 +34,30 @@ _CACHE_DIR = flags.DEFINE_string("cache_dir", None, "Parent folder of the tempor
 
 def main(argv):
     if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+        raise _errors.UserError(f"unexpected arguments: {argv[1:]}; give options as --flag=value")
     if (_RUN.value is None) == (_CONFIG.value is None):
-        raise app.UsageError("give exactly one of --run=RUN_DIR or --config=configs/train.py:...")
+        raise _errors.UserError("give exactly one of --run=RUN_DIR or --config=configs/train.py:...")
     if _STEPS.value < 1:
-        raise app.UsageError("--steps must be at least 1")
+        raise _errors.UserError(f"--steps: {_STEPS.value} must be at least 1")
+    _errors.check_folder(_OUTPUT_DIR.value, "--output_dir")
+    _errors.check_folder(_CACHE_DIR.value, "--cache_dir")
+    if _DATASET_PATH.value is not None:
+        _errors.check_folder(_DATASET_PATH.value, "--dataset_path", must_exist=True)
+    if _RUN.value is not None:
+        finished_run(_RUN.value)  # before any model is loaded
+    else:
+        config_lib.validate(_CONFIG.value)
     std_logging.getLogger("absl").setLevel(std_logging.WARNING)
-    try:
-        if _RUN.value is not None:
-            setup = benchmark_lib.setup_from_run(_RUN.value, dataset_path=_DATASET_PATH.value,
-                                                 max_samples=_MAX_SAMPLES.value)
-        else:
-            setup = benchmark_lib.setup_from_config(_CONFIG.value, max_samples=_MAX_SAMPLES.value)
-        result = benchmark_lib.run_benchmark(setup, _OUTPUT_DIR.value, steps=_STEPS.value, cache_dir=_CACHE_DIR.value,
-                                             report=lambda message: print(message, file=sys.stderr, flush=True))
-    except USER_ERRORS as err:
-        sys.exit(f"error: {err}")
+    if _RUN.value is not None:
+        setup = benchmark_lib.setup_from_run(_RUN.value, dataset_path=_DATASET_PATH.value,
+                                             max_samples=_MAX_SAMPLES.value)
+    else:
+        setup = benchmark_lib.setup_from_config(_CONFIG.value, max_samples=_MAX_SAMPLES.value)
+    result = benchmark_lib.run_benchmark(setup, _OUTPUT_DIR.value, steps=_STEPS.value, cache_dir=_CACHE_DIR.value,
+                                         report=lambda message: print(message, file=sys.stderr, flush=True))
     print(benchmark_lib.format_markdown(result))
     print(_OUTPUT_DIR.value)
 
 
 if __name__ == "__main__":
-    app.run(main)
+    _errors.run(main)

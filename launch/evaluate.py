@@ -2,20 +2,25 @@
 
     python -m launch.evaluate --run_dir=runs/checkpoints/training/demo/.../1a2b3c4d--0
 
-Prints the metrics tables and writes ``evaluation.json`` beside ``results.json``.
+Prints the metrics tables and writes ``evaluation.json`` beside ``results.json``. A run directory
+that does not exist, is a workdir, is unfinished or has a damaged best checkpoint is reported as
+one ``error:`` line.
 """
-from absl import app, flags
+from absl import flags
 
 from emojax import checkpoint as ckpt_lib
 from emojax import metrics as metrics_lib
 from emojax.train import load_run, score
+from launch import _errors
 
 _RUN_DIR = flags.DEFINE_string("run_dir", None, "A run directory written by launch/train.py.", required=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "The run's workdir (default: found from run_dir).")
 
 
 def main(argv):
-    del argv
+    if len(argv) > 1:
+        raise _errors.UserError(f"unexpected arguments: {argv[1:]}; give options as --flag=value")
+    _errors.check_folder(_WORKDIR.value, "--workdir", must_exist=True)
     prep, eval_step, params, progress = load_run(_RUN_DIR.value, _WORKDIR.value)
     out = {"best_epoch": progress["best_epoch"]}
     for split in ("dev", "test"):
@@ -32,4 +37,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    _errors.run(main)

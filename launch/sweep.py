@@ -18,9 +18,10 @@ import logging as std_logging
 import pathlib
 import sys
 
-from absl import app, flags
+from absl import flags
 
 from emojax import sweep as sweep_lib
+from launch import _errors
 
 _SWEEP = flags.DEFINE_string("sweep", None, "The sweep: a module under configs/experiments/ (baseline/unimodal, mdn, "
                              "makd, ...); --sweep=list lists them.")
@@ -38,31 +39,27 @@ _SET = flags.DEFINE_multi_string("set", [], "key=value: set a config field in ev
 
 def main(argv):
     if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+        raise _errors.UserError(f"unexpected arguments: {argv[1:]}; give options as --flag=value")
     std_logging.getLogger("absl").setLevel(std_logging.WARNING)
     name = _SWEEP.value
     if not name or name == "list":
         print("\n".join(sweep_lib.available_sweeps()))
         if not name:
-            raise app.UsageError("give --sweep=NAME (one of the names above)")
+            raise _errors.UserError("give --sweep=NAME (one of the names above)")
         return
     workdir = pathlib.Path(_WORKDIR.value)
-    try:
-        runs = sweep_lib.plan(sweep_lib.load_sweep(name), workdir, _DATA_ROOT.value,
-                              overrides=sweep_lib.parse_assignments(_SET.value), only=_ONLY.value)
-    except sweep_lib.SweepError as err:
-        sys.exit(f"error: {err}")
+    _errors.check_folder(workdir, "--workdir")
+    _errors.check_folder(_DATA_ROOT.value, "--data_root")
+    runs = sweep_lib.plan(sweep_lib.load_sweep(name), workdir, _DATA_ROOT.value,
+                          overrides=sweep_lib.parse_assignments(_SET.value), only=_ONLY.value)
     if not runs:
-        sys.exit(f"error: no run of sweep {name!r} matches --only={_ONLY.value!r}")
+        _errors.fail(f"no run of sweep {name!r} matches --only={_ONLY.value!r}")
     print(f"sweep {name}: " + sweep_lib.format_plan(runs), flush=True)
     if _DRY_RUN.value:
         return
     log_dir = workdir / "sweeps" / name.strip("/").replace("/", "-") / "logs"
-    try:
-        outcomes = sweep_lib.execute(runs, workdir, parallel=_PARALLEL.value, devices=_DEVICES.value or None,
-                                     log_dir=log_dir, echo=lambda line: print(line, flush=True))
-    except sweep_lib.SweepError as err:
-        sys.exit(f"error: {err}")
+    outcomes = sweep_lib.execute(runs, workdir, parallel=_PARALLEL.value, devices=_DEVICES.value or None,
+                                 log_dir=log_dir, echo=lambda line: print(line, flush=True))
     text = sweep_lib.write_report(name, workdir, runs, outcomes)
     md_path, json_path = sweep_lib.report_paths(name, workdir)
     print()
@@ -73,4 +70,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    _errors.run(main)

@@ -34,6 +34,8 @@ from typing import Optional, TextIO
 
 from absl import app, flags
 
+from launch import _errors
+
 COMMANDS = ("info", "cache", "gc", "create-standalone", "extract-encoders")
 SORT_KEYS = ("dev_wf1", "dev_acc", "test_wf1", "test_acc", "best_epoch", "label", "path")
 
@@ -300,15 +302,9 @@ def main(argv):
     if command not in COMMANDS:
         raise app.UsageError(f"unknown command {command!r}; choose one of {', '.join(COMMANDS)}")
     std_logging.getLogger("absl").setLevel(std_logging.WARNING)
-    from emojax.checkpoint import CheckpointError
-    from emojax.config import ConfigError
-    from emojax.encoders.hub import WeightError
-
-    try:
-        dispatch(command)
-    except (ToolError, CheckpointError, ConfigError, WeightError, FileNotFoundError, FileExistsError) as err:
-        sys.exit(f"error: {err}")
+    dispatch(command)
 
 
 if __name__ == "__main__":
-    app.run(main)
+    # FileExistsError: create-standalone / extract-encoders refuse an --output that is not new.
+    _errors.run(main, extra=(ToolError, FileExistsError))

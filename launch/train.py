@@ -7,21 +7,19 @@ r"""Train and evaluate one run.
 Prints the dev and test metrics of the epoch selected on dev; the last line printed is the run
 directory. ``--teacher=RUN_DIR`` distils a finished (text) run into this one in the same training
 run (``loss=...+dist``); the teacher's dev and test scores are printed first. Started again with the same config, a killed run resumes from its last epoch.
+
+One run directory is trained by one process at a time: a second identical command is refused with
+the first one's pid. A mistake in the flags, config or paths is reported as one ``error:`` line
+before any work starts.
 """
 import logging as std_logging
-import sys
 
-from absl import app, flags, logging
+from absl import flags, logging
 from ml_collections import config_flags
 
 from emojax import config as config_lib
-from emojax.checkpoint import CheckpointError
-from emojax.data.types import DatasetError
-from emojax.encoders.hub import WeightError
 from emojax.train import fit
-
-# Errors about the user's input: reported as one line, not a traceback.
-USER_ERRORS = (config_lib.ConfigError, DatasetError, CheckpointError, WeightError, FileNotFoundError)
+from launch import _errors
 
 _CONFIG = config_flags.DEFINE_config_file(
     "config", "configs/train.py", "Run config: configs/train.py:key=value,... (see configs/train.py).",
@@ -42,25 +40,24 @@ _PROCESS_ID = flags.DEFINE_integer("process_id", None, "This process's id (0 wri
 
 def main(argv):
     if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+        raise _errors.UserError(f"unexpected arguments: {argv[1:]}; give options as --flag=value")
+    cfg = _CONFIG.value
+    config_lib.validate(cfg)
+    _errors.check_folder(_WORKDIR.value, "--workdir")
+    if _TEACHER.value is not None:
+        from emojax.checkpoint import finished_run
+
+        finished_run(_TEACHER.value)
     if _DISTRIBUTED.value:
         from emojax import distributed
 
         try:
             distributed.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
         except (RuntimeError, ValueError) as err:
-            sys.exit(f"error: {err}")
+            _errors.fail(str(err))
     std_logging.getLogger("absl").setLevel(std_logging.WARNING)
-    cfg = _CONFIG.value
-    try:
-        config_lib.validate(cfg)
-    except config_lib.ConfigError as err:
-        raise app.UsageError(f"config: {err}") from None
     logging.info("run: %s", config_lib.run_label(cfg))
-    try:
-        run_dir = fit(cfg, _WORKDIR.value, teacher=_TEACHER.value)
-    except USER_ERRORS as err:
-        sys.exit(f"error: {err}")
+    run_dir = fit(cfg, _WORKDIR.value, teacher=_TEACHER.value)
     import jax
 
     if jax.process_index() != 0:
@@ -71,4 +68,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    _errors.run(main)

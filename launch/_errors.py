@@ -1,0 +1,144 @@
+"""One line, not a traceback, for a user's mistake, in every launcher.
+
+``run(main)`` replaces ``absl.app.run(main)``: a bad flag (an unknown ``--config.*`` key, a config
+part that does not exist, a value of the wrong type), a usage mistake, or an error the library
+raises about the user's input (config, dataset, checkpoint, weights, paths) ends the program with
+``error: <what is wrong>; <what to do>`` on stderr and exit status 1. Anything else is a bug and
+keeps its traceback.
+"""
+from __future__ import annotations
+
+import pathlib
+import sys
+from typing import Callable, NoReturn, Optional, Sequence
+
+from absl import app, flags
+
+from emojax.paths import folder_problem
+
+
+class UserError(ValueError):
+    """A flag's value cannot be used (a path that is a file, an output that would overwrite the
+    input); the message names the flag and says what to do."""
+
+
+# The library's errors about the user's input, as (module, class). A module that was never imported
+# cannot have raised its error, so they are looked up among the loaded modules only: naming them
+# here imports nothing, and a light command such as ``launch.tool info`` does not load JAX.
+_LIBRARY_ERRORS = (
+    ("emojax.config", "ConfigError"),
+    ("emojax.checkpoint", "CheckpointError"),
+    ("emojax.data.types", "DatasetError"),
+    ("emojax.data.demo", "DemoError"),
+    ("emojax.encoders.hub", "WeightError"),
+    ("emojax.encoders.export", "ExportError"),
+    ("emojax.sweep", "SweepError"),
+)
+
+
+def user_errors(extra: Sequence[type[BaseException]] = ()) -> tuple[type[BaseException], ...]:
+    """The exception classes reported as one line: the library's, ``extra`` and a missing file."""
+    found: list[type[BaseException]] = [UserError, app.UsageError, FileNotFoundError, *extra]
+    for module, name in _LIBRARY_ERRORS:
+        loaded = sys.modules.get(module)
+        if loaded is not None and hasattr(loaded, name):
+            found.append(getattr(loaded, name))
+    return tuple(found)
+
+
+def one_line(text: str) -> str:
+    """``text`` on one line (a multi-line message's lines joined with ``; ``)."""
+    return "; ".join(line.strip() for line in str(text).splitlines() if line.strip())
+
+
+def fail(message: str) -> NoReturn:
+    """Print ``error: message`` and exit with status 1."""
+    sys.exit(f"error: {one_line(message)}")
+
+
+def check_folder(path: Optional[str | pathlib.Path], flag: str, *, must_exist: bool = False) -> None:
+    """Refuse ``path`` for a folder flag when it, or a folder above it, is a file (or, with
+    ``must_exist``, when it does not exist); checked before any work starts."""
+    if path is None or str(path) == "":
+        return
+    path = pathlib.Path(path)
+    if must_exist and not path.exists():
+        raise UserError(f"{flag}: {path} does not exist; give an existing folder")
+    problem = folder_problem(path)
+    if problem:
+        raise UserError(f"{flag}: {problem}; give a folder (it is created if missing)")
+
+
+def _unknown_key_message(err: BaseException, argv: Sequence[str]) -> Optional[str]:
+    """For an override of a config key that does not exist (``--config.train.epochz=3``;
+    ml_collections raises KeyError / AttributeError with a "Did you mean" hint): the flag, the
+    key and the hint on one line, or ``None`` when ``err`` is not that."""
+    text = err.args[0] if err.args else ""
+    while isinstance(text, BaseException):
+        text = text.args[0] if text.args else ""
+    lines = [line.strip() for line in str(text).splitlines() if line.strip()]
+    if not lines:
+        return None
+    key = lines[0].strip("'\"")
+    if not key or " " in key:
+        return None
+    hint = " ".join(lines[1:]).replace("Did you mean", "did you mean")
+    flag = next((arg for arg in argv if arg.startswith("--") and "." in arg.split("=", 1)[0]
+                 and key in arg.split("=", 1)[0].lstrip("-").split(".")[1:]), None)
+    where = flag or "a --config override"
+    return (f"{where}: unknown config key {key!r}; " + (hint if hint else "see configs/train.py for the keys"))
+
+
+def _flag_error_message(err: flags.Error) -> str:
+    """A flag error in one line. A config file that raised while being read is reported by absl
+    with the whole traceback inside the message: keep the flag and the exception's own line."""
+    text = str(err).removeprefix("flag ")
+    if "Traceback (most recent call last)" not in text:
+        return one_line(text)
+    head = text.split(": Error whilst", 1)[0] if ": Error whilst" in text else "--config"
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    last = next((line for line in reversed(lines) if not line.startswith("Pass --help")), lines[-1])
+    # "emojax.config.ConfigError: unknown config part ..." -> "unknown config part ..."
+    exception, sep, message = last.partition(": ")
+    if sep and " " not in exception:
+        last = message
+    return f"{head}: {last}"
+
+
+def parse_flags(argv: list[str]) -> list[str]:
+    """``absl.flags`` parsing with a bad flag reported as one line (absl's default prints the usage
+    and, for a config file, an embedded traceback)."""
+    try:
+        remaining = flags.FLAGS(argv)
+    except flags.Error as err:
+        fail(_flag_error_message(err))
+    except (KeyError, AttributeError) as err:
+        message = _unknown_key_message(err, argv)
+        if message is None:
+            raise
+        fail(message)
+    for name in list(flags.FLAGS):
+        value = flags.FLAGS[name].value
+        # ml_collections defers a config file that cannot be loaded to the first use of the
+        # config (deep inside the program); report it now.
+        if type(value).__name__ == "_ErrorConfig":
+            lines = [line.strip() for line in str(value.__dict__.get("_error", "")).splitlines() if line.strip()]
+            fail(f"--{name}: cannot load the config file ({lines[-1] if lines else 'unknown error'}); "
+                 "give e.g. --config=configs/train.py:key=value,... from the repository root")
+    return remaining
+
+
+def guarded(main: Callable[[list[str]], None], extra: Sequence[type[BaseException]] = ()) -> Callable[[list[str]], None]:
+    """``main`` with the user errors (:func:`user_errors`) reported as one line."""
+    def wrapper(argv: list[str]) -> None:
+        try:
+            return main(argv)
+        except user_errors(extra) as err:
+            fail(str(err))
+
+    return wrapper
+
+
+def run(main: Callable[[list[str]], None], extra: Sequence[type[BaseException]] = ()) -> None:
+    """``absl.app.run(main)`` with every user error, from the flags on, reported as one line."""
+    app.run(guarded(main, extra), flags_parser=parse_flags)
