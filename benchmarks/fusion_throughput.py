@@ -15,7 +15,9 @@ from absl import app, flags
 
 from emojax import config as config_lib
 from emojax.model import build_model
-from emojax.train import DataParallel, TrainState, make_optimizer, make_train_step
+from emojax.training.parallel import DataParallel
+from emojax.training.state import TrainState, make_optimizer
+from emojax.training.steps import make_train_step
 
 _BATCH = flags.DEFINE_integer("batch", 32, "Batch size.")
 _DIM = flags.DEFINE_integer("dim", 768, "Feature size of every modality.")

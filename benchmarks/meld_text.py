@@ -15,7 +15,8 @@ import numpy as np
 from absl import app, flags
 
 from emojax import config as config_lib
-from emojax import train as train_lib
+from emojax.training.loop import fit
+from emojax.training.preparation import prepare
 
 _DATA = flags.DEFINE_string("data", "../shared/datasets/MELD", "MELD folder (train/dev CSVs).")
 _WORKDIR = flags.DEFINE_string("workdir", "runs/bench-meld-text", "Where runs and the feature cache go.")
@@ -59,7 +60,7 @@ def main(argv):
         cfg.seed = _SEED.value
         cfg.encoders.T.update(pooling=pooling, context_turns=turns, prompt=prompt, max_length=length)
         start = time.perf_counter()
-        run_dir = train_lib.fit(cfg, _WORKDIR.value)
+        run_dir = fit(cfg, _WORKDIR.value)
         wall = time.perf_counter() - start
         results = json.loads((run_dir / "results.json").read_text())
         history = json.loads((run_dir / "history.json").read_text())
@@ -71,13 +72,13 @@ def main(argv):
                "feature_s": first.get("feature_seconds", float("nan")),
                "later_epoch_s": later["seconds"], "wall_s": wall, "run_dir": str(run_dir)}
         if name == "mean/utt/64":
-            prep = train_lib.prepare(cfg, _WORKDIR.value)
+            prep = prepare(cfg, _WORKDIR.value)
             row["probe"] = {k: 100 * v for k, v in probe(prep).items()}
         if _SEEDS.value:
             scores = [(row["dev_accuracy"], row["dev_weighted_f1"])]
             for seed in _SEEDS.value:
                 cfg.seed = int(seed)
-                other = json.loads((train_lib.fit(cfg, _WORKDIR.value) / "results.json").read_text())
+                other = json.loads((fit(cfg, _WORKDIR.value) / "results.json").read_text())
                 scores.append((100 * other["dev"]["accuracy"], 100 * other["dev"]["weighted_f1"]))
             scores = np.array(scores)
             row["seeds"] = {"n": len(scores), "accuracy_mean": scores[:, 0].mean(), "accuracy_std": scores[:, 0].std(),

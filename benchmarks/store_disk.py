@@ -3,7 +3,7 @@ r"""Disk use of N runs that share one frozen encoder, with the encoder store and
     python benchmarks/store_disk.py [--runs=5 --epochs=2 --workdir=runs/bench-store]
 
 Trains ``--runs`` text runs on the demo dataset (seeds 0..N-1, the demo's frozen
-all-MiniLM-L6-v2 with its speaker tokens) in one work directory; ``emojax.train.fit`` stores the
+all-MiniLM-L6-v2 with its speaker tokens) in one work directory; ``emojax.training.fit`` stores the
 encoder once under ``checkpoints/encoders/{hash}`` and links it from every run. Then it counts
 the bytes of the work directory's checkpoints two ways: as stored (links are links, the store
 entry once) and as it would be with a copy of the encoder in every run (the same walk, following
@@ -19,8 +19,8 @@ from absl import app, flags
 
 from emojax import config as config_lib
 from emojax import store
-from emojax import train as train_lib
 from emojax.benchmark import machine_description
+from emojax.training.loop import fit
 
 _RUNS = flags.DEFINE_integer("runs", 5, "Number of runs (seeds 0..N-1) sharing the encoder.")
 _EPOCHS = flags.DEFINE_integer("epochs", 2, "Epochs per run.")
@@ -56,7 +56,7 @@ def main(argv):
         cfg.train.epochs = _EPOCHS.value
         cfg.seed = seed
         cfg.progress = False
-        runs.append(train_lib.fit(cfg, workdir))
+        runs.append(fit(cfg, workdir))
     elapsed = time.perf_counter() - start
     checkpoints = workdir / "checkpoints"
     entries = store.store_entries(workdir)

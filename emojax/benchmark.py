@@ -41,7 +41,12 @@ import numpy as np
 from emojax import config as config_lib
 from emojax import metrics as metrics_lib
 from emojax.data.types import Split
+from emojax.evaluation import predict_proba
 from emojax.features import FeatureSet, Featurizer, feature_stats, standardize
+from emojax.training.batches import batch_of
+from emojax.training.preparation import Prepared, load_data
+from emojax.training.state import init_state, make_optimizer, usable_extras
+from emojax.training.steps import make_eval_step, make_train_step
 
 WARMUP_STEPS = 2
 
@@ -63,8 +68,6 @@ class Setup:
 
 def _load_dev(cfg, max_samples: int):
     """``(dataset, dev split)``, the split cut to its first ``max_samples`` samples when given."""
-    from emojax.train import load_data
-
     dataset = load_data(cfg)
     split = dataset.splits.get("dev")
     if split is None:
@@ -146,7 +149,6 @@ class EncoderMeter:
 def evaluate_dev(setup: Setup, cache, eval_step: Callable) -> tuple[float, np.ndarray, dict]:
     """One evaluation of the dev split with ``cache`` (``None``: disabled): ``(seconds, probs, scores)``."""
     from emojax import cache as cache_lib
-    from emojax.train import predict_proba
 
     cache_lib._IDENTITY_MEMO.clear()  # hash the media files again, as a new process would
     setup.featurizer.cache = cache
@@ -165,7 +167,6 @@ def evaluate_dev(setup: Setup, cache, eval_step: Callable) -> tuple[float, np.nd
 def measure_evaluation(setup: Setup, cache_root: pathlib.Path) -> tuple[dict, dict]:
     """The three evaluation passes; returns ``(evaluation, encoders)`` for the report."""
     from emojax.cache import FeatureCache
-    from emojax.train import make_eval_step
 
     meter = EncoderMeter(setup.featurizer)
     eval_step = jax.jit(make_eval_step(setup.model))
@@ -206,7 +207,6 @@ def measure_evaluation(setup: Setup, cache_root: pathlib.Path) -> tuple[dict, di
 
 def measure_train_step(setup: Setup, steps: int) -> dict:
     """Samples/s of the jit-compiled training step on random features of the run's input sizes."""
-    from emojax import train as train_lib
     from emojax.data.types import inverse_frequency_weights
 
     cfg, model = setup.cfg, setup.model
@@ -247,20 +247,20 @@ def measure_train_step(setup: Setup, steps: int) -> dict:
                 items.append(item)
             inputs[m] = ArrayRows(tuner.encoder.collate(items))
         data.inputs = inputs
-    prep = train_lib.Prepared(cfg=cfg, run_dir=pathlib.Path("."), class_names=setup.class_names,
-                              features={"train": data}, not_scored=(), featurizer=setup.featurizer,
-                              model=model, feature_seconds=0.0, feature_stats={}, tuning=tuning)
-    extras = train_lib._usable_extras(cfg, model.modalities, distillation=True)
+    prep = Prepared(cfg=cfg, run_dir=pathlib.Path("."), class_names=setup.class_names,
+                    features={"train": data}, not_scored=(), featurizer=setup.featurizer,
+                    model=model, feature_seconds=0.0, feature_stats={}, tuning=tuning)
+    extras = usable_extras(cfg, model.modalities, distillation=True)
     skipped = [name for name in extras if name == "dist"]  # needs a teacher run's logits
     extras = {k: v for k, v in extras.items() if k not in skipped}
-    optimizer = train_lib.make_optimizer(cfg, WARMUP_STEPS + steps)
-    state = train_lib.init_state(prep, optimizer, extras)
+    optimizer = make_optimizer(cfg, WARMUP_STEPS + steps)
+    state = init_state(prep, optimizer, extras)
     weights = inverse_frequency_weights(data.labels, classes) if cfg.loss.classification == "weighted" else None
-    step = jax.jit(train_lib.make_train_step(model, optimizer, loss_kind=cfg.loss.classification,
-                                             class_weights=weights, extras=extras,
-                                             combine=cfg.loss.get("combine", "sum"), tuning=tuning),
+    step = jax.jit(make_train_step(model, optimizer, loss_kind=cfg.loss.classification,
+                                   class_weights=weights, extras=extras,
+                                   combine=cfg.loss.get("combine", "sum"), tuning=tuning),
                    donate_argnums=0)
-    inputs = train_lib.batch_of(data, np.arange(batch))
+    inputs = batch_of(data, np.arange(batch))
     base = {"encoder_base": tuning.base_args} if tuning is not None and tuning.base_args is not None else {}
     start = time.perf_counter()
     for _ in range(WARMUP_STEPS):

@@ -36,9 +36,10 @@ from emojax.data import context as text_context
 from emojax.data import csvutil, paths
 from emojax.data.media import split_ref
 from emojax.data.types import Sample, Split
+from emojax.evaluation import predict_proba
 from emojax.features import FeatureSet, Featurizer, standardize
 from emojax.model import build_model
-from emojax.train import make_eval_step, predict_proba
+from emojax.training.steps import make_eval_step
 
 log = logging.getLogger(__name__)
 

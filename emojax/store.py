@@ -32,7 +32,7 @@ the rename uses the winner's entry. An existing entry is never rewritten. Links 
 the whole work directory can be moved or copied. Classic (librosa / OpenCV) encoders have no
 weights and are not stored.
 
-Wiring: ``emojax.train.fit`` calls ``link_run_encoders(run_dir, prep.featurizer, workdir)`` on
+Wiring: ``emojax.training.fit`` calls ``link_run_encoders(run_dir, prep.featurizer, workdir)`` on
 process 0 once the run directory holds its config and meta.
 """
 from __future__ import annotations

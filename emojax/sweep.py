@@ -13,7 +13,7 @@ specs, plain dicts::
 every config (``dataset.path`` = ``data_root/<the dataset's folder>``, then the spec's overrides,
 then the command line's), places each run (``emojax.config.run_dir``) and orders them so every
 teacher comes before its students. :func:`execute` runs them: in this process through
-``emojax.train.fit`` (one after another), or as ``python -m launch.train`` subprocesses, N at a
+``emojax.training.fit`` (one after another), or as ``python -m launch.train`` subprocesses, N at a
 time, each pinned to a GPU with ``CUDA_VISIBLE_DEVICES``. A finished run (``results.json``) is
 skipped, an interrupted one resumes (``fit`` does that), a failed one is recorded with its error
 and its students are skipped with the reason. :func:`aggregate` and :func:`format_report` turn the
@@ -401,7 +401,7 @@ def execute(runs: Sequence[Run], workdir, *, parallel: int = 1, devices: Optiona
     """Run ``runs`` (ordered by :func:`plan`); returns ``{name: Outcome}``.
 
     With ``parallel`` 1 and no ``devices``, runs go one after another in this process through
-    ``runner(cfg, workdir, category=..., teacher=...)`` (default ``emojax.train.fit``). Otherwise
+    ``runner(cfg, workdir, category=..., teacher=...)`` (default ``emojax.training.fit``). Otherwise
     up to ``parallel`` subprocesses run at once (``command(run, workdir, teacher_dir)``, default
     :func:`launcher_command`), each with ``CUDA_VISIBLE_DEVICES`` set to the least busy of
     ``devices`` (default ``0..parallel-1``; with more runs than devices, several share one and
@@ -421,7 +421,8 @@ def execute(runs: Sequence[Run], workdir, *, parallel: int = 1, devices: Optiona
 
 def _execute_here(runs, workdir, *, runner, echo) -> dict[str, Outcome]:
     if runner is None:
-        from emojax.train import fit as runner
+        # Imported on use: planning and listing sweeps stay free of JAX.
+        from emojax.training.loop import fit as runner
     by_name = {run.name: run for run in runs}
     outcomes: dict[str, Outcome] = {}
     total = len(runs)

@@ -10,7 +10,7 @@ from absl import flags
 
 from emojax import checkpoint as ckpt_lib
 from emojax import metrics as metrics_lib
-from emojax.train import load_run, score
+from emojax.evaluation import load_run, score
 from launch import _errors
 
 _RUN_DIR = flags.DEFINE_string("run_dir", None, "A run directory written by launch/train.py.", required=True)

@@ -18,7 +18,7 @@ from absl import flags, logging
 from ml_collections import config_flags
 
 from emojax import config as config_lib
-from emojax.train import fit
+from emojax.training.loop import fit
 from launch import _errors
 
 _CONFIG = config_flags.DEFINE_config_file(

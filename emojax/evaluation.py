@@ -1,0 +1,127 @@
+"""Scoring and results: class probabilities, scores, a run's results files, a finished run rebuilt.
+
+Kept apart from the epoch loop (:mod:`emojax.training.loop`) so that scoring a finished run
+(``launch.evaluate``, inference, benchmarks) needs only the evaluation step and the data, never
+the training machinery. The loop calls :func:`write_results` once, on the selected epoch.
+"""
+from __future__ import annotations
+
+import pathlib
+from typing import Callable, Optional
+
+import jax
+import numpy as np
+
+from emojax import checkpoint as ckpt_lib
+from emojax import config as config_lib
+from emojax import metrics as metrics_lib
+from emojax.features import FeatureSet, padded_batches
+from emojax.training.batches import batch_of
+from emojax.training.parallel import DataParallel
+from emojax.training.preparation import Prepared, prepare, tuned_features
+from emojax.training.state import best_target, init_state, make_optimizer
+from emojax.training.steps import make_eval_step
+
+
+def predict_proba(eval_step: Callable, params, data: FeatureSet, batch_size: int,
+                  parallel: Optional[DataParallel] = None) -> np.ndarray:
+    """Class probabilities ``(n, classes)`` for every sample, in batches of ``batch_size`` (the
+    last one padded to that size and masked, so one compiled shape serves every batch and padding
+    rows never reach the real rows through attention across the batch). With ``parallel``, every
+    batch is padded to a multiple of the device count and split across the devices."""
+    out = []
+    for index, padded in padded_batches(len(data), batch_size, parallel.count if parallel is not None else 1):
+        batch = batch_of(data, padded)
+        mask = np.arange(len(padded)) < len(index)
+        if parallel is not None:
+            batch, mask = parallel.shard(batch), parallel.shard(mask)
+        logits = eval_step(params, batch["features"], batch["present"], mask)
+        out.append(np.asarray(jax.nn.softmax(logits, axis=-1))[:len(index)])
+    return np.concatenate(out) if out else np.zeros((0, 0), np.float32)
+
+
+def score(eval_step: Callable, params, data: FeatureSet, num_classes: int, batch_size: int,
+          parallel: Optional[DataParallel] = None) -> dict:
+    """The classification scores (accuracy, weighted and macro F1, per class, confusion) of ``data``."""
+    probs = predict_proba(eval_step, params, data, batch_size, parallel)
+    return metrics_lib.classification_scores(data.labels, probs.argmax(-1), num_classes)
+
+
+def scores_summary(scores: dict) -> dict:
+    """The headline numbers of ``scores``, as a run's history and a teacher's record keep them."""
+    return {k: scores[k] for k in ("accuracy", "weighted_f1", "macro_f1")}
+
+
+def write_meta(prep: Prepared) -> None:
+    """``meta.json`` (class names, input sizes, label, hash, feature statistics, speaker tokens)
+    and the text encoder's preprocessing: what inference needs to rebuild the run's inputs."""
+    meta = {"class_names": list(prep.class_names), "input_dims": prep.featurizer.dims,
+            "label": config_lib.run_label(prep.cfg), "hash": config_lib.config_hash(prep.cfg),
+            "feature_stats": prep.feature_stats}
+    text = prep.featurizer.encoders.get("T")
+    if text is not None:
+        meta["speaker_tokens"] = list(getattr(text, "speaker_tokens", []))
+        text.encoder.save_preprocessing(prep.run_dir / "preprocessing" / "T")
+    ckpt_lib.write_json_atomic(prep.run_dir / "meta.json", meta)
+
+
+def write_results(prep: Prepared, eval_step: Callable, params, progress: dict, *,
+                  parallel: Optional[DataParallel] = None, write: bool = True) -> dict:
+    """Score dev and test with ``params``; write results.json, history, tables and plots
+    (unless ``write`` is false: the other processes of a multi-host run score, and stay silent)."""
+    cfg, run_dir, names = prep.cfg, prep.run_dir, prep.class_names
+    results: dict = {"best_epoch": progress["best_epoch"], "label": config_lib.run_label(cfg),
+                     "hash": config_lib.config_hash(cfg), "seed": int(cfg.seed), "class_names": list(names)}
+    report = [f"# {results['label']}", "", f"selected epoch (dev {cfg.train.select_metric}): {progress['best_epoch']}", ""]
+    for split in ("dev", "test"):
+        if split not in prep.features:
+            results[split] = {"scored": False, "reason": f"no {split} split in {cfg.dataset.path}"}
+            report += [f"### {split}", "", f"not scored: no {split} split in {cfg.dataset.path}", ""]
+            continue
+        scores = score(eval_step, params, prep.features[split], len(names), int(cfg.train.eval_batch_size),
+                       parallel)
+        scores["class_names"] = list(names)
+        results[split] = {"scored": True, **scores}
+        if not write:
+            continue
+        metrics_lib.plot_confusion(scores["confusion"], names, run_dir / f"confusion_{split}.png",
+                                   title=f"{split}: acc {100 * scores['accuracy']:.2f}, "
+                                         f"wF1 {100 * scores['weighted_f1']:.2f}")
+        report += [metrics_lib.format_table(scores, names, title=split), "",
+                   metrics_lib.format_confusion(scores["confusion"], names), ""]
+    if not write:
+        return results
+    ckpt_lib.write_json_atomic(run_dir / "results.json", results)
+    ckpt_lib.write_json_atomic(run_dir / "history.json", progress["history"])
+    metrics_lib.plot_history(progress["history"], run_dir / "history.png", cfg.train.select_metric)
+    (run_dir / "metrics.md").write_text("\n".join(report))
+    return results
+
+
+def load_run(run_dir: str | pathlib.Path, workdir: Optional[str | pathlib.Path] = None):
+    """Rebuild a finished run: ``(prep, eval_step, best_params, progress)``."""
+    run_dir = pathlib.Path(run_dir)
+    progress = ckpt_lib.finished_run(run_dir)  # before any model is loaded
+    cfg = config_lib.load_config(run_dir / "config.json")
+    cfg.progress = False
+    workdir = pathlib.Path(workdir) if workdir else _workdir_of(run_dir)
+    prep = prepare(cfg, workdir)
+    prep.run_dir = run_dir
+    eval_step = jax.jit(make_eval_step(prep.model))
+    optimizer = make_optimizer(cfg, 1)
+    state = init_state(prep, optimizer)
+    with ckpt_lib.RunCheckpoints(run_dir, keep_epochs=int(cfg.train.keep_epochs)) as checkpoints:
+        params = checkpoints.restore_best(best_target(state, prep.tuning), progress["best_epoch"])
+    if prep.tuning is not None:
+        # Every split's tuned features from the fine-tuned encoders of the selected epoch.
+        prep.features = tuned_features(prep, params["encoder"], int(cfg.train.eval_batch_size))
+        params = params["params"]
+    return prep, eval_step, params, progress
+
+
+def _workdir_of(run_dir: pathlib.Path) -> pathlib.Path:
+    """``{workdir}/checkpoints/{category}/...`` -> ``workdir`` (six levels up)."""
+    parts = run_dir.resolve().parts
+    if "checkpoints" in parts:
+        return pathlib.Path(*parts[:len(parts) - 1 - parts[::-1].index("checkpoints")])
+    return run_dir.parent

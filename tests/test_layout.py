@@ -1,0 +1,179 @@
+"""The package's layering, read from the source with ``ast`` (nothing is imported).
+
+* The library (``emojax/``) imports neither the experiment presets (``configs/``) nor the
+  command-line apps (``launch/``): those sit on top of it, and a notebook or another program
+  uses the library without them.
+* Scoring and prediction (``emojax.evaluation``, ``emojax.inference``, ``launch/tool.py``) never
+  reach the epoch loop (``emojax.training.loop``), directly or through other modules: a finished
+  run is scored and used without the training machinery.
+
+Imports are collected from the whole module, those inside functions included (they run when the
+function does), and importing ``a.b.c`` counts as importing ``a`` and ``a.b`` too, since Python
+runs the packages' ``__init__`` files first.
+"""
+from __future__ import annotations
+
+import ast
+import collections
+import pathlib
+import re
+from typing import Iterator, Optional
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+LIBRARY = "emojax"
+APPS = ("configs", "launch")
+
+# Library modules allowed to import configs/ for now, each with why.
+KNOWN_EXCEPTIONS = {
+    # The config parts (PARTS, presets, compose) read their defaults from configs/*.PRESETS;
+    # those defaults are to move into configs/, and this exception with them.
+    "emojax/config.py",
+    # Sweeps are discovered and loaded as modules under configs/experiments/ (available_sweeps,
+    # load_sweep); that lookup is to move out of the library along with the config defaults.
+    "emojax/sweep.py",
+}
+
+LOOP = "emojax.training.loop"
+SCORING = ("emojax.evaluation", "emojax.inference", "launch.tool")
+
+_IMPORTLIB_CALLS = {"import_module", "__import__", "find_spec"}
+_APP_MODULE = re.compile(r"(%s)(\.\w+)*\.?" % "|".join(APPS))
+
+
+def _module_name(path: pathlib.Path) -> str:
+    parts = list(path.relative_to(ROOT).with_suffix("").parts)
+    if parts[-1] == "__init__":
+        parts.pop()
+    return ".".join(parts)
+
+
+def _modules(*packages: str) -> dict[str, pathlib.Path]:
+    """Dotted name -> source file, for every module of ``packages``."""
+    found = {}
+    for package in packages:
+        for path in sorted((ROOT / package).rglob("*.py")):
+            found[_module_name(path)] = path
+    return found
+
+
+def _leading_text(node: ast.AST) -> Optional[str]:
+    """The constant start of a string expression: ``"a.b"``, ``f"a.{x}"``, ``"a." + x``."""
+    if isinstance(node, ast.Constant) and isinstance(node.value, str):
+        return node.value
+    if isinstance(node, ast.JoinedStr) and node.values:
+        return _leading_text(node.values[0])
+    if isinstance(node, ast.BinOp) and isinstance(node.op, ast.Add):
+        return _leading_text(node.left)
+    return None
+
+
+def _is_importlib_call(node: ast.AST) -> bool:
+    if not isinstance(node, ast.Call):
+        return False
+    func = node.func
+    name = func.attr if isinstance(func, ast.Attribute) else func.id if isinstance(func, ast.Name) else None
+    return name in _IMPORTLIB_CALLS
+
+
+def imported_names(path: pathlib.Path) -> Iterator[str]:
+    """The dotted names ``path`` imports: ``import`` and ``from ... import`` statements anywhere in
+    the module (``from a import b`` gives ``a`` and ``a.b``: ``b`` may be a module), and the modules
+    named to ``importlib.import_module`` / ``__import__`` / ``find_spec``. A module that imports by
+    a computed name also yields its string constants that are names of configs/ or launch/
+    modules: a name kept in a table and imported later is still an import."""
+    tree = ast.parse(path.read_text(), str(path))
+    module = _module_name(path)
+    package = module if path.name == "__init__.py" else module.rpartition(".")[0]
+    dynamic = False
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            yield from (alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                anchor = package.split(".")[:len(package.split(".")) - (node.level - 1)]
+                base = ".".join(anchor + ([base] if base else []))
+            yield base
+            yield from (f"{base}.{alias.name}" for alias in node.names if alias.name != "*")
+        elif _is_importlib_call(node) and node.args:
+            text = _leading_text(node.args[0])
+            if text is None or text.endswith("."):
+                dynamic = True
+            if text:
+                yield text.rstrip(".")
+    if dynamic:
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Constant) and isinstance(node.value, str) and _APP_MODULE.fullmatch(node.value):
+                yield node.value.rstrip(".")
+
+
+def import_graph(modules: dict[str, pathlib.Path]) -> dict[str, set[str]]:
+    """Module -> the modules of ``modules`` it imports, the packages above each included."""
+    graph = {}
+    for name, path in modules.items():
+        edges = set()
+        for imported in imported_names(path):
+            parts = imported.split(".")
+            edges.update(prefix for prefix in (".".join(parts[:i]) for i in range(1, len(parts) + 1))
+                         if prefix in modules and prefix != name)
+        graph[name] = edges
+    return graph
+
+
+def import_path(graph: dict[str, set[str]], start: str, goal: str) -> Optional[list[str]]:
+    """A chain of imports from ``start`` to ``goal`` (breadth first: a shortest one), or ``None``."""
+    parent: dict[str, Optional[str]] = {start: None}
+    queue = collections.deque([start])
+    while queue:
+        node = queue.popleft()
+        if node == goal:
+            chain = []
+            while node is not None:
+                chain.append(node)
+                node = parent[node]
+            return chain[::-1]
+        for nxt in sorted(graph.get(node, ())):
+            if nxt not in parent:
+                parent[nxt] = node
+                queue.append(nxt)
+    return None
+
+
+def test_library_imports_neither_configs_nor_launch():
+    offenders = {}
+    for name, path in _modules(LIBRARY).items():
+        relative = path.relative_to(ROOT).as_posix()
+        if relative in KNOWN_EXCEPTIONS:
+            continue
+        bad = sorted({imported for imported in imported_names(path) if imported.split(".")[0] in APPS})
+        if bad:
+            offenders[relative] = bad
+    assert not offenders, f"library modules importing configs/ or launch/: {offenders}"
+
+
+def test_known_exceptions_still_exist():
+    # An exception for a file that no longer exists (or no longer imports configs/) is stale.
+    for relative in KNOWN_EXCEPTIONS:
+        path = ROOT / relative
+        assert path.is_file(), relative
+        assert any(name.split(".")[0] in APPS for name in imported_names(path)), \
+            f"{relative} no longer imports configs/ or launch/; drop it from KNOWN_EXCEPTIONS"
+
+
+def test_scoring_never_reaches_the_epoch_loop():
+    modules = _modules(LIBRARY, "launch")
+    graph = import_graph(modules)
+    assert LOOP in modules
+    for start in SCORING:
+        assert start in modules, start
+        chain = import_path(graph, start, LOOP)
+        assert chain is None, f"{start} reaches {LOOP}: {' -> '.join(chain)}"
+
+
+def test_import_graph_sees_the_imports():
+    # The check above means something only if the graph holds the real edges.
+    graph = import_graph(_modules(LIBRARY, "launch"))
+    assert import_path(graph, "launch.train", LOOP) == ["launch.train", LOOP]
+    assert "emojax.training.steps" in graph["emojax.evaluation"]
+    assert "emojax.training" in graph["emojax.evaluation"]  # the package above runs first
+    assert import_path(graph, "launch.tool", "emojax.evaluation") is not None  # through inference
