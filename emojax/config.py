@@ -148,7 +148,8 @@ def compose(arg: str | None = None) -> ml_collections.ConfigDict:
             "devices": 0,  # data parallel over this many local devices; 0 = all of them
         },
         "precision": "float32",
-        "cache": {"dir": "", "host_bytes": 8 << 30, "device_bytes": 4 << 30},
+        "cache": {"dir": "", "host_bytes": 8 << 30, "device_bytes": 4 << 30,
+                  "media_workers": 0},  # threads decoding media (0: one per core)
         "progress": True,
     }
     return ml_collections.ConfigDict(cfg)

@@ -10,6 +10,7 @@ text, or the media file's content hash), so a changed file or encoder never retu
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import json
 import logging
@@ -147,29 +148,52 @@ class _TextFeatures:
 
 
 class _MediaFeatures:
-    """A classic (librosa / OpenCV) encoder over media files; unreadable files are skipped."""
+    """A classic (librosa / OpenCV) encoder over media files; unreadable files are skipped.
+
+    Files are decoded and their features computed on a pool of ``workers`` threads (0: every
+    core; see ``emojax.data.media.map_references``): OpenCV, soundfile and most of librosa's
+    numerical work release the GIL. Video segments of one recording are read in one pass. Rows
+    come back in input order, so the features, the skip warnings and the progress are those of
+    one file after another, whatever the pool size.
+    """
+
+    # threads that decode and compute (cache.media_workers; 0: every core), set by the Featurizer
+    workers: int = 0
 
     def __init__(self, modality: str, spec):
         from emojax.encoders import classic
 
         self.modality = modality
-        self.function: Callable[[str], np.ndarray] = (
-            classic.audio_features if modality == "A" else classic.video_features)
+        if modality == "A":
+            self.decode, self.finish = classic.read_audio_clips, functools.partial(
+                classic.audio_features_from_samples, sr=classic.SAMPLE_RATE)
+        else:
+            self.decode, self.finish = classic.read_video_clips, classic.video_features_from_frames
         self.dim = classic.AUDIO_DIM if modality == "A" else classic.VIDEO_DIM
         self.namespace = _digest(spec.family, classic.FEATURE_VERSION, spec.get("pooling", "default"))[:24]
         # path -> why it could not be read, for callers that report unreadable files per input
         # (emojax.inference.predict_table); cleared by whoever reads it.
         self.errors: dict[str, str] = {}
 
-    def compute_one(self, path: str) -> Optional[np.ndarray]:
-        from emojax.data.media import MediaError
+    def compute(self, paths: Sequence[str], progress: bool = False, bar=None) -> np.ndarray:
+        """Features ``(len(paths), dim)`` float32; rows of unreadable files are NaN (logged, and
+        recorded in :attr:`errors`). ``bar``: a progress bar advanced by one per file."""
+        from emojax.data.media import MediaError, map_references
 
-        try:
-            return np.asarray(self.function(path), dtype=np.float32)
-        except MediaError as err:
-            log.warning("skipping %s input: %s", self.modality, err)
-            self.errors[str(path)] = str(err)
-            return None
+        paths = [str(p) for p in paths]
+        out = np.full((len(paths), self.dim), np.nan, np.float32)
+        results = map_references(paths, self.decode, self.finish, workers=self.workers,
+                                 by_file=self.modality == "V")
+        for index, value in enumerate(tqdm(results, total=len(paths), desc=f"{self.modality} features",
+                                           disable=not progress, leave=False)):
+            if isinstance(value, MediaError):
+                log.warning("skipping %s input: %s", self.modality, value)
+                self.errors[paths[index]] = str(value)
+            else:
+                out[index] = np.asarray(value, dtype=np.float32)
+            if bar is not None:
+                bar.update(1)
+        return out
 
 
 class Featurizer:
@@ -214,6 +238,13 @@ class Featurizer:
                                      "choose classic-audio / classic-video / whisper / wav2vec2 / videomae / clip")
                 # Batched neural encoder (Whisper, wav2vec2 / data2vec-audio, VideoMAE, CLIP).
                 self.encoders[modality] = media_encoders.media_encoder(modality, spec, dtype)
+        # Threads decoding media for the audio / video encoders (cache.media_workers; 0: every core).
+        # Read with get: configs written before the field existed mean every core.
+        workers = cfg.get("cache", {}).get("media_workers", 0)
+        self.media_workers = media.media_workers(workers)
+        for modality, encoder in self.encoders.items():
+            if modality != "T":
+                encoder.workers = self.media_workers
         self.dims = {m: enc.dim for m, enc in self.encoders.items()}
 
     # -- whole splits ---------------------------------------------------------------------
@@ -249,11 +280,13 @@ class Featurizer:
         keys = [_digest(file_identity(paths[i]), media.duration_cap()) for i in available]
 
         def compute(indices, bar):
+            if isinstance(encoder, _MediaFeatures):  # per-file rows from the media pool, NaN when unreadable
+                return encoder.compute([paths[available[i]] for i in indices], progress=False, bar=bar)
             if not hasattr(encoder, "compute_one"):  # batched neural encoders: NaN rows for unreadable files
                 values = encoder.compute([paths[available[i]] for i in indices], progress=False)
                 bar.update(len(indices))
                 return values
-            rows = []
+            rows = []  # an encoder with only a per-file compute_one: one file after another
             for i in indices:
                 value = encoder.compute_one(paths[available[i]])
                 rows.append(value if value is not None else np.full(encoder.dim, np.nan, np.float32))

@@ -192,10 +192,43 @@ def _discard_store(folder: pathlib.Path) -> None:
     shutil.rmtree(aside, ignore_errors=True)
 
 
+def _tuning_items(encoder, paths: Sequence[Optional[str]], workers: Optional[int]):
+    """``encoder.tuning_item`` of every path (``None`` for a path that is ``None``), or its
+    ``MediaError``, in order; decoded and preprocessed on the encoder's media pool when it has one
+    (``encoder.inputs``: one pass per recording, every core), else through the same pool one
+    file per task."""
+    from emojax.data.media import MediaError, map_references
+
+    given = [str(p) for p in paths if p]
+    if hasattr(encoder, "inputs"):
+        results = encoder.inputs(given, tuning=True, workers=workers)
+    else:
+        def decode(group):
+            out = []
+            for path in group:
+                try:
+                    out.append(encoder.tuning_item(path))
+                except MediaError as err:
+                    out.append(err)
+            return out
+
+        results = map_references(given, decode, workers=getattr(encoder, "workers", 0) if workers is None else workers,
+                                 by_file=False)
+    try:
+        for path in paths:
+            yield next(results) if path else None
+    finally:
+        results.close()
+
+
 def store_inputs(root: pathlib.Path, encoder, paths: Sequence[Optional[str]], *, desc: str,
-                 progress: bool = True) -> StoredRows:
+                 progress: bool = True, workers: Optional[int] = None) -> StoredRows:
     """The preprocessed inputs of ``paths`` for the media ``encoder`` (read from ``root`` when
     stored before and intact; otherwise prepared, with a progress bar, and stored atomically).
+
+    Files are decoded and preprocessed on ``workers`` threads (default: the encoder's
+    ``workers``, i.e. ``cache.media_workers``; 0: every core) and written in order, so the
+    store's bytes do not depend on the pool size.
 
     A stored set that fails its checks (see :class:`StoredRows`) is reported, naming the file,
     removed and prepared again, so a damaged store never needs removing by hand.
@@ -220,17 +253,16 @@ def store_inputs(root: pathlib.Path, encoder, paths: Sequence[Optional[str]], *,
         _discard_store(folder)
     pathlib.Path(root).mkdir(parents=True, exist_ok=True)
     tmp = pathlib.Path(tempfile.mkdtemp(prefix=f".{key}-", dir=root))
+    loaded = _tuning_items(encoder, paths, workers)  # a generator: starts with the first item asked for
     try:
         handles, digests, dtypes, offsets, rows, present, groups = {}, {}, {}, {}, [], [], []
         skipped = 0
-        for path in tqdm(list(paths), desc=desc, disable=not progress, leave=False):
-            item, ok = None, False
-            if path:
-                try:
-                    item, ok = encoder.tuning_item(str(path)), True
-                except MediaError as err:
-                    log.warning("skipping %s input: %s", encoder.modality, err)
-                    skipped += 1
+        for item in tqdm(loaded, total=len(paths), desc=desc, disable=not progress, leave=False):
+            ok = item is not None and not isinstance(item, MediaError)
+            if isinstance(item, MediaError):
+                log.warning("skipping %s input: %s", encoder.modality, item)
+                skipped += 1
+                item = None
             if item is None:
                 item = encoder.blank_item()
             row = {}
@@ -271,6 +303,8 @@ def store_inputs(root: pathlib.Path, encoder, paths: Sequence[Optional[str]], *,
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+    finally:
+        loaded.close()  # stop the decoding threads now, not when a traceback is dropped
     # Our own files were hashed as they were written; another process's store is checked in full.
     return StoredRows(folder, encoder.collate, verify=not ours)
 

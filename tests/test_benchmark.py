@@ -82,8 +82,8 @@ def test_benchmark_config_every_field_and_cached_evaluation_runs_no_encoder(tmp_
         return wrapped
 
     monkeypatch.setattr(text_lib.TextEncoder, "encode", counting("T", text_lib.TextEncoder.encode))
-    monkeypatch.setattr(classic, "audio_features", counting("A", classic.audio_features))
-    monkeypatch.setattr(classic, "video_features", counting("V", classic.video_features))
+    monkeypatch.setattr(classic, "audio_features_from_samples", counting("A", classic.audio_features_from_samples))
+    monkeypatch.setattr(classic, "video_features_from_frames", counting("V", classic.video_features_from_frames))
     setup = bench.setup_from_config(demo_config(demo_data, tiny_bert))
 
     # The warm-cache pass on its own: every feature read from the shards, no encoder called.

@@ -12,12 +12,14 @@ frames, otherwise every frame with the last one repeated up to ``F``.
 """
 from __future__ import annotations
 
+import concurrent.futures
 import logging
 import os
 import pathlib
 import re
+import threading
 import warnings
-from typing import Optional
+from typing import Any, Callable, Hashable, Iterator, Optional, Sequence
 
 import numpy as np
 
@@ -68,6 +70,7 @@ def media_file(ref: str | os.PathLike) -> str:
 DEFAULT_DURATION_CAP = 60.0
 _duration_cap: Optional[float] = DEFAULT_DURATION_CAP
 _warned_long: set[str] = set()
+_warned_lock = threading.Lock()  # readers run on worker threads: one warning per clip, not one per thread
 
 
 def set_duration_cap(seconds: Optional[float]) -> None:
@@ -84,10 +87,12 @@ def duration_cap() -> Optional[float]:
 
 
 def _warn_cut(ref: str, seconds: float) -> None:
-    if ref not in _warned_long:
+    with _warned_lock:
+        if ref in _warned_long:
+            return
         _warned_long.add(ref)
-        log.warning("%s: longer than %.0f s; only its first %.0f s are used (dataset.max_seconds)",
-                    ref, seconds, seconds)
+    log.warning("%s: longer than %.0f s; only its first %.0f s are used (dataset.max_seconds)",
+                ref, seconds, seconds)
 
 
 def _check_file(path: pathlib.Path, kind: str) -> None:
@@ -172,32 +177,60 @@ def frame_indices(frame_count: int, num_frames: int) -> np.ndarray:
     return np.floor(np.linspace(0, frame_count, num_frames, endpoint=False)).astype(np.int64)
 
 
-def _decode(capture, wanted: set[int], first: int = 0, stop: Optional[int] = None
+FrameTransform = Callable[[np.ndarray], np.ndarray]
+
+
+def _frame_converter(size: Optional[tuple[int, int]], transform: Optional[FrameTransform]
+                     ) -> Callable[[np.ndarray], np.ndarray]:
+    """BGR frame as decoded -> the RGB frame returned: ``size`` (area interpolation), then ``transform``.
+
+    Applied to each kept frame as soon as it is decoded, so only the shrunk copies are held.
+    """
+    import cv2
+
+    def convert(frame: np.ndarray) -> np.ndarray:
+        frame = cv2.cvtColor(frame, cv2.COLOR_BGR2RGB)
+        if size is not None:
+            height, width = int(size[0]), int(size[1])
+            frame = cv2.resize(frame, (width, height), interpolation=cv2.INTER_AREA)
+        if transform is not None:
+            frame = transform(frame)
+        return frame
+
+    return convert
+
+
+def _decode(capture, wanted: set[int], stop: Optional[int], convert: Callable[[np.ndarray], np.ndarray]
             ) -> tuple[dict[int, np.ndarray], int]:
-    """Read the clip through once from its start, keeping the BGR frames whose index (counted from
-    frame ``first``) is in ``wanted``; frames from ``stop`` on are not read. Returns the kept
-    frames and the number of frames decoded from ``first`` on."""
-    for _ in range(first):  # grab() without retrieving: exact, where seeking in AVI/DivX is not
-        if not capture.grab():
-            return {}, 0
+    """Read the clip through once from its start, keeping (converted) the frames whose index is in
+    ``wanted``; frames from ``stop`` on are not read. Returns the kept frames and the number of
+    frames decoded. Frames not kept are only grabbed: exact, where seeking in AVI/DivX is not."""
     kept, index = {}, 0
-    while stop is None or first + index < stop:
+    while stop is None or index < stop:
         if index in wanted:
             ok, frame = capture.read()
             if not ok:
                 break
-            kept[index] = frame
+            kept[index] = convert(frame)
         elif not capture.grab():
             break
         index += 1
     return kept, index
 
 
-def _segment_frames(capture, segment: tuple[float, float], path) -> tuple[int, int]:
-    """Frame range ``[first, stop)`` of a time segment, by the container's frame rate."""
+def _open_capture(path: pathlib.Path):
     import cv2
 
-    fps = float(capture.get(cv2.CAP_PROP_FPS) or 0.0)
+    capture = cv2.VideoCapture(str(path))
+    if not capture.isOpened():
+        capture.release()
+        raise MediaError(path, "OpenCV cannot open this video (corrupt file or unsupported codec); "
+                               "re-encode it to H.264 or MPEG-4 in an .mp4 container")
+    return capture
+
+
+def _segment_frames(fps: float, segment: tuple[float, float], path) -> tuple[int, int]:
+    """Frame range ``[first, stop)`` of a time segment, by the container's frame rate."""
     if not fps > 0:
         raise MediaError(path, "the video reports no frame rate, so the segment "
                                f"[{segment[0]}, {segment[1]}] s cannot be located; re-encode it")
@@ -206,75 +239,277 @@ def _segment_frames(capture, segment: tuple[float, float], path) -> tuple[int, i
     return first, stop
 
 
+class _Plan:
+    """One segment's frame range, duration-cap limit and frames to keep (absolute indices)."""
+
+    __slots__ = ("first", "stop", "limit", "wanted")
+
+    def __init__(self, first: int, stop: Optional[int], limit: Optional[int], wanted: np.ndarray):
+        self.first, self.stop, self.limit, self.wanted = first, stop, limit, wanted
+
+    def decoded(self, total: int) -> int:
+        """Frames of this segment among the ``total`` decoded from the file's start."""
+        end = total if self.stop is None else min(self.stop, total)
+        return max(0, end - self.first)
+
+
+def _pass(capture, plans: Sequence[_Plan], wanted: set[int], convert) -> tuple[dict[int, np.ndarray], int]:
+    """One decoding pass from the start of a freshly opened ``capture`` up to the last frame any
+    plan covers."""
+    stops = [p.stop for p in plans]
+    return _decode(capture, wanted, None if any(s is None for s in stops) else max(stops), convert)
+
+
+def _read_segments(path: pathlib.Path, segments: Sequence[Optional[tuple[float, float]]], names: Sequence[str],
+                   num_frames: int, size: Optional[tuple[int, int]], transform: Optional[FrameTransform]
+                   ) -> list:
+    """:func:`read_video_segments`, with ``names`` (the references as given) in messages."""
+    import cv2
+
+    results: list = [None] * len(segments)
+    try:
+        _check_file(path, "video")
+        capture = _open_capture(path)
+    except MediaError as err:
+        return [err] * len(segments)
+    try:
+        reported_total = int(capture.get(cv2.CAP_PROP_FRAME_COUNT) or 0)
+        fps = float(capture.get(cv2.CAP_PROP_FPS) or 0.0)
+        cap = _duration_cap
+        plans: dict[int, _Plan] = {}
+        for k, segment in enumerate(segments):
+            try:
+                first, stop = _segment_frames(fps, segment, path) if segment is not None else (0, None)
+            except MediaError as err:
+                results[k] = err
+                continue
+            limit = None
+            if cap is not None and fps > 0:
+                limit = first + max(1, int(round(cap * fps)))
+                if stop is None or stop > limit:
+                    stop = limit
+                else:
+                    limit = None
+            reported = reported_total
+            if stop is not None and reported > 0:
+                reported = max(0, min(stop, reported) - first)
+            # The container's frame count is a first guess at which frames to keep.
+            wanted = first + frame_indices(reported, num_frames) if reported > 0 else np.zeros(0, np.int64)
+            plans[k] = _Plan(first, stop, limit, wanted)
+        if not plans:
+            return results
+        convert = _frame_converter(size, transform)
+        kept, total = _pass(capture, list(plans.values()),
+                            set(np.concatenate([p.wanted for p in plans.values()]).tolist()), convert)
+    finally:
+        capture.release()
+    retry: dict[int, np.ndarray] = {}
+    for k, plan in plans.items():
+        decoded = plan.decoded(total)
+        if plan.limit is not None and plan.first + decoded >= plan.limit:
+            _warn_cut(names[k], cap)
+        if decoded == 0:
+            segment = segments[k]
+            results[k] = (MediaError(names[k], f"no decodable frames in the segment [{segment[0]}, {segment[1]}] s "
+                                               "(does the recording end before it?)") if segment is not None else
+                          MediaError(path, "video has no decodable frames; re-encode it"))
+            continue
+        indices = plan.first + frame_indices(decoded, num_frames)
+        if set(indices.tolist()) <= kept.keys():
+            results[k] = np.stack([kept[int(i)] for i in indices])
+        else:
+            retry[k] = indices
+    if retry:
+        # The container's frame count was wrong: read again, now that the true counts are known.
+        try:
+            capture = _open_capture(path)
+            try:
+                kept, _ = _pass(capture, [plans[k] for k in retry],
+                                set(np.concatenate(list(retry.values())).tolist()), convert)
+            finally:
+                capture.release()
+        except MediaError:
+            kept = {}
+        for k, indices in retry.items():
+            if set(indices.tolist()) <= kept.keys():
+                results[k] = np.stack([kept[int(i)] for i in indices])
+            else:
+                results[k] = MediaError(path, "video decodes differently on a second read; re-encode it")
+    return results
+
+
+def read_video_segments(path: str | os.PathLike, segments: Sequence[Optional[tuple[float, float]]],
+                        num_frames: int = 16, size: Optional[tuple[int, int]] = None, *,
+                        transform: Optional[FrameTransform] = None) -> list:
+    """The frames of every segment ``(start, end)`` (seconds; ``None``: the whole file) of one
+    video, read in one pass: a list with, per segment, what :func:`read_video_frames` returns for
+    its reference, or the ``MediaError`` it raises.
+
+    The file is opened once and decoded from its start up to the last frame any segment needs,
+    keeping only the frames the segments take, where one read per segment would decode the
+    recording's start again for every utterance. ``transform`` maps each kept RGB frame (after
+    ``size``) to what the caller needs, as soon as it is decoded: a shrinking transform bounds the
+    memory of many segments of a large video.
+    """
+    file = os.fspath(path)
+    names = [file if s is None else segment_ref(file, *s) for s in segments]
+    return _read_segments(pathlib.Path(file), list(segments), names, num_frames, size, transform)
+
+
+def read_video_references(refs: Sequence[str | os.PathLike], num_frames: int = 16,
+                          size: Optional[tuple[int, int]] = None, *,
+                          transform: Optional[FrameTransform] = None) -> list:
+    """:func:`read_video_segments` for references (:func:`segment_ref` or plain paths): one pass per
+    file, results in the order of ``refs``, messages naming each reference as given."""
+    refs = [os.fspath(r) for r in refs]
+    by_file: dict[str, list[int]] = {}
+    for k, ref in enumerate(refs):
+        by_file.setdefault(media_file(ref), []).append(k)
+    results: list = [None] * len(refs)
+    for file, members in by_file.items():
+        parts = _read_segments(pathlib.Path(file), [split_ref(refs[k])[1] for k in members],
+                               [refs[k] for k in members], num_frames, size, transform)
+        for k, part in zip(members, parts):
+            results[k] = part
+    return results
+
+
 def read_video_frames(path: str | os.PathLike, num_frames: int = 16,
-                      size: Optional[tuple[int, int]] = None) -> np.ndarray:
+                      size: Optional[tuple[int, int]] = None, *,
+                      transform: Optional[FrameTransform] = None) -> np.ndarray:
     """``num_frames`` RGB frames of a video, spread over the clip: ``(num_frames, H, W, 3)`` uint8.
 
     ``path`` may be a segment reference (:func:`segment_ref`): the frames are then taken from the
     frames inside ``[start, end]`` seconds only (frame ``floor(start * fps)`` up to, not including,
     ``ceil(end * fps)``). ``size`` is ``(height, width)`` to resize every frame to (area
-    interpolation), or ``None`` to keep the clip's size. Frames are chosen by
+    interpolation), or ``None`` to keep the clip's size; ``transform`` is then applied to each
+    kept frame as it is decoded (see :func:`read_video_segments`). Frames are chosen by
     :func:`frame_indices` over the frames actually decoded (the container's frame count is only
     a first guess). Raises ``MediaError`` for a missing, empty or undecodable file, one without
     frames, or a segment that starts after the recording ends.
     """
-    ref = os.fspath(path)
-    file, segment = split_ref(ref)
-    path = pathlib.Path(file)
-    _check_file(path, "video")
-    import cv2
+    result = read_video_references([path], num_frames, size, transform=transform)[0]
+    if isinstance(result, MediaError):
+        raise result
+    return result
 
-    def open_capture():
-        capture = cv2.VideoCapture(str(path))
-        if not capture.isOpened():
-            capture.release()
-            raise MediaError(path, "OpenCV cannot open this video (corrupt file or unsupported codec); "
-                                   "re-encode it to H.264 or MPEG-4 in an .mp4 container")
-        return capture
 
-    capture = open_capture()
+# -- many references on a thread pool ---------------------------------------------------------
+
+def media_workers(workers: Optional[int] = 0) -> int:
+    """Threads that decode media: ``workers``, or every core (``os.cpu_count()``) for 0 / ``None``."""
+    if workers is None or int(workers) == 0:
+        return max(1, os.cpu_count() or 1)
+    if int(workers) < 0:
+        raise ValueError(f"cache.media_workers: {workers!r} must be 0 (every core) or a positive number of threads")
+    return int(workers)
+
+
+def _opencv_threads(threads: Optional[int]) -> Optional[int]:
+    """Set OpenCV's thread count (a process-wide setting) and return the previous one; ``None``
+    (nothing set) without OpenCV or when ``threads`` is ``None``."""
+    if threads is None:
+        return None
     try:
-        reported = int(capture.get(cv2.CAP_PROP_FRAME_COUNT) or 0)
-        first, stop = _segment_frames(capture, segment, path) if segment is not None else (0, None)
-        fps, limit = float(capture.get(cv2.CAP_PROP_FPS) or 0.0), None
-        if _duration_cap is not None and fps > 0:
-            limit = first + max(1, int(round(_duration_cap * fps)))
-            if stop is None or stop > limit:
-                stop = limit
-            else:
-                limit = None
-        if stop is not None and reported > 0:
-            reported = max(0, min(stop, reported) - first)
-        wanted = frame_indices(reported, num_frames) if reported > 0 else np.arange(0)
-        kept, decoded = _decode(capture, set(wanted.tolist()) if reported > 0 else set(), first, stop)
+        import cv2
+    except ImportError:  # audio-only installs
+        return None
+    previous = cv2.getNumThreads()
+    cv2.setNumThreads(int(threads))
+    return previous
+
+
+def _decode_group(decode: Callable[[list[str]], list], refs: list[str]) -> list:
+    try:
+        out = list(decode(refs))
+    except MediaError as err:  # a file-level failure: every reference into it
+        return [err] * len(refs)
+    if len(out) != len(refs):
+        raise AssertionError(f"{refs[0]}: the reader returned {len(out)} results for {len(refs)} references")
+    return out
+
+
+def _finish_one(finish: Optional[Callable[[Any], Any]], value: Any) -> Any:
+    if finish is None or isinstance(value, MediaError):
+        return value
+    try:
+        return finish(value)
+    except MediaError as err:
+        return err
+
+
+def map_references(refs: Sequence[str | os.PathLike], decode: Callable[[list[str]], list],
+                   finish: Optional[Callable[[Any], Any]] = None, *, workers: Optional[int] = 0,
+                   by_file: bool = True, ahead: Optional[int] = None) -> Iterator[Any]:
+    """``finish(decoded)`` of every reference, or its ``MediaError``, in the order of ``refs``,
+    computed on a pool of :func:`media_workers` threads.
+
+    ``decode(group)`` gets a list of references into one file (``by_file``; otherwise one
+    reference at a time) and returns one decoded value or ``MediaError`` per reference, e.g.
+    :func:`read_video_references`: a recording's segments then cost one pass over it. ``finish``
+    (the per-input preprocessing or feature) runs as its own task per reference, so one large
+    recording's segments still spread over the cores. Work is submitted at most ``ahead``
+    references (default: twice the threads plus 8) beyond the one the caller waits for, which
+    bounds the memory held, and results come back strictly in order, so whatever the caller does
+    with them (batches, logs, progress) is the same as a serial loop's. A ``MediaError`` is
+    returned in the reference's place; any other exception is raised when its reference is reached.
+    """
+    refs = [os.fspath(r) for r in refs]
+    n = len(refs)
+    if n == 0:
+        return
+    threads = media_workers(workers)
+    ahead = max(1, int(ahead) if ahead is not None else 2 * threads + 8)
+    members: dict[Hashable, list[int]] = {}
+    for i, ref in enumerate(refs):
+        members.setdefault(media_file(ref) if by_file else i, []).append(i)
+    groups = list(members.values())  # by first reference
+    group_of, position = [0] * n, [0] * n
+    for g, indices in enumerate(groups):
+        for p, i in enumerate(indices):
+            group_of[i], position[i] = g, p
+    decoded: list[Optional[concurrent.futures.Future]] = [None] * len(groups)
+    left = [len(indices) for indices in groups]  # references of each group not yet handed out
+    finished: dict[int, concurrent.futures.Future] = {}
+    pool = concurrent.futures.ThreadPoolExecutor(threads, thread_name_prefix="media")
+    # While several workers run, OpenCV's own threads (resizing, colour conversion) would only
+    # contend with them for the cores: one each, restored when the pool is done.
+    previous_cv_threads = _opencv_threads(1 if threads > 1 else None)
+    submitted = 0
+
+    def start_finish(j: int) -> None:
+        values = decoded[group_of[j]].result()
+        if finish is None or isinstance(values[position[j]], MediaError):
+            finished[j] = concurrent.futures.Future()
+            finished[j].set_result(values[position[j]])
+        else:
+            finished[j] = pool.submit(_finish_one, finish, values[position[j]])
+        values[position[j]] = None  # held by the task now; dropped once it is done
+
+    def ready(j: int) -> bool:
+        future = decoded[group_of[j]]
+        return future is not None and future.done() and future.exception() is None
+
+    try:
+        for i in range(n):
+            while submitted < len(groups) and groups[submitted][0] < i + ahead:
+                decoded[submitted] = pool.submit(_decode_group, decode, [refs[j] for j in groups[submitted]])
+                submitted += 1
+            if i not in finished:
+                start_finish(i)
+            for j in range(i + 1, min(n, i + ahead)):
+                if j not in finished and ready(j):
+                    start_finish(j)
+            yield finished.pop(i).result()
+            g = group_of[i]
+            left[g] -= 1
+            if left[g] == 0:
+                decoded[g] = None
     finally:
-        capture.release()
-    if limit is not None and first + decoded >= limit:
-        _warn_cut(ref, _duration_cap)
-    if decoded == 0:
-        if segment is not None:
-            raise MediaError(ref, f"no decodable frames in the segment [{segment[0]}, {segment[1]}] s "
-                                  "(does the recording end before it?)")
-        raise MediaError(path, "video has no decodable frames; re-encode it")
-    indices = frame_indices(decoded, num_frames)
-    if not set(indices.tolist()) <= kept.keys():
-        # The container's frame count was wrong: read again, now that the true count is known.
-        capture = open_capture()
-        try:
-            kept, _ = _decode(capture, set(indices.tolist()), first, stop)
-        finally:
-            capture.release()
-        if not set(indices.tolist()) <= kept.keys():
-            raise MediaError(path, "video decodes differently on a second read; re-encode it")
-    frames = []
-    for i in indices:
-        frame = cv2.cvtColor(kept[int(i)], cv2.COLOR_BGR2RGB)
-        if size is not None:
-            height, width = int(size[0]), int(size[1])
-            frame = cv2.resize(frame, (width, height), interpolation=cv2.INTER_AREA)
-        frames.append(frame)
-    return np.stack(frames).astype(np.uint8, copy=False)
+        pool.shutdown(wait=True, cancel_futures=True)
+        _opencv_threads(previous_cv_threads)
 
 
-__all__ = ["DEFAULT_DURATION_CAP", "MediaError", "duration_cap", "frame_indices", "set_duration_cap", "media_file", "read_audio", "read_video_frames", "segment_ref",
-           "split_ref"]
+__all__ = ["DEFAULT_DURATION_CAP", "MediaError", "duration_cap", "frame_indices", "map_references", "media_file",
+           "media_workers", "read_audio", "read_video_frames", "read_video_references", "read_video_segments",
+           "segment_ref", "set_duration_cap", "split_ref"]

@@ -16,8 +16,9 @@ Audio, at 16 kHz (frames of 32 ms every 10 ms), ``AUDIO_DIM`` values:
 - ``rhythm``: onsets per second and mean onset strength (a speech-rate cue);
 - ``duration`` in seconds.
 
-Video, over 16 frames sampled evenly (``read_video_frames``) and scaled to at most 192 pixels,
-``VIDEO_DIM`` values:
+Video, over 16 frames sampled evenly (``read_video_frames``) and scaled to at most 192 pixels
+(:func:`shrink_frame`, applied as each frame is decoded, so a long or large clip never holds
+full-size frames; the values are those of scaling the full frames afterwards), ``VIDEO_DIM`` values:
 
 - ``face``: OpenCV's bundled frontal-face Haar cascade, run on every other sampled frame: share
   of those frames with a face, mean count, size of the largest face (fraction of the frame, mean
@@ -41,10 +42,12 @@ import functools
 import itertools
 import os
 import pathlib
+import threading
+from typing import Sequence
 
 import numpy as np
 
-from emojax.data.media import MediaError, read_audio, read_video_frames
+from emojax.data.media import MediaError, read_audio, read_video_frames, read_video_references
 
 FEATURE_VERSION = "classic-v2"
 
@@ -216,11 +219,22 @@ def audio_features(path: str | os.PathLike) -> np.ndarray:
     return audio_features_from_samples(read_audio(path, SAMPLE_RATE), SAMPLE_RATE)
 
 
+def read_audio_clips(refs: Sequence[str]) -> list:
+    """The samples :func:`audio_features` reads, per reference (or its ``MediaError``)."""
+    out = []
+    for ref in refs:
+        try:
+            out.append(read_audio(ref, SAMPLE_RATE))
+        except MediaError as err:
+            out.append(err)
+    return out
+
+
 # -- video ---------------------------------------------------------------------------------------
 
 @functools.lru_cache(maxsize=1)
-def face_detector():
-    """OpenCV's bundled frontal-face Haar cascade (``cv2.CascadeClassifier``)."""
+def _cascade_file() -> str:
+    """Path of OpenCV's bundled frontal-face Haar cascade that loads."""
     import cv2
 
     name = "haarcascade_frontalface_default.xml"
@@ -228,12 +242,36 @@ def face_detector():
     bundled = getattr(getattr(cv2, "data", None), "haarcascades", None)  # absent from some builds
     candidates = itertools.chain([pathlib.Path(bundled) / name] if bundled else [], sorted(package.rglob(name)))
     for path in candidates:
-        if path.is_file():
-            detector = cv2.CascadeClassifier(str(path))
-            if not detector.empty():
-                return detector
+        if path.is_file() and not cv2.CascadeClassifier(str(path)).empty():
+            return str(path)
     raise RuntimeError(f"OpenCV's {name} was not found in the cv2 package at {package}; reinstall "
                        "opencv-python-headless 4.x from PyPI, which bundles the Haar cascades")
+
+
+_detectors = threading.local()
+_detector_generation = [0]  # bumped by face_detector.cache_clear(): every thread loads its cascade again
+
+
+def face_detector():
+    """OpenCV's bundled frontal-face Haar cascade (``cv2.CascadeClassifier``), one per thread.
+
+    A classifier keeps the image it is scanning as internal state, so threads that compute
+    features at the same time (the featurizer's media pool) must not share one.
+    """
+    import cv2
+
+    if getattr(_detectors, "generation", None) != _detector_generation[0]:
+        _detectors.detector = cv2.CascadeClassifier(_cascade_file())
+        _detectors.generation = _detector_generation[0]
+    return _detectors.detector
+
+
+def _clear_face_detectors() -> None:
+    _cascade_file.cache_clear()
+    _detector_generation[0] += 1
+
+
+face_detector.cache_clear = _clear_face_detectors  # as for the lru_cache it was: locate the cascade again
 
 
 def _colour(rgb: np.ndarray, hsv: np.ndarray) -> list[float]:
@@ -321,6 +359,33 @@ def _motion(gray: np.ndarray) -> list[float]:
             *direction]
 
 
+def _shrunk_size(height: int, width: int) -> tuple[int, int] | None:
+    """``(width, height)`` of a frame scaled to at most ``MAX_SIDE`` pixels, ``None`` when it fits."""
+    scale = min(1.0, MAX_SIDE / max(height, width))
+    if scale >= 1.0:
+        return None
+    return max(1, round(width * scale)), max(1, round(height * scale))
+
+
+def shrink_frame(frame: np.ndarray) -> np.ndarray:
+    """An RGB frame ``(H, W, 3)`` scaled (area interpolation) to at most ``MAX_SIDE`` pixels.
+
+    The scaling :func:`video_features_from_frames` applies, done per frame as it is decoded: the
+    result is the same array, and frames already this small pass through it unchanged, so the
+    features do not change while a 720p clip holds 16 small frames instead of 16 full ones.
+    """
+    import cv2
+
+    size = _shrunk_size(*frame.shape[:2])
+    return frame if size is None else cv2.resize(frame, size, interpolation=cv2.INTER_AREA)
+
+
+def read_video_clips(refs: Sequence[str]) -> list:
+    """The shrunk frames :func:`video_features` reads, per reference (or its ``MediaError``); the
+    segments of one recording are read in one pass (``emojax.data.media.read_video_references``)."""
+    return read_video_references(refs, VIDEO_FRAMES, transform=shrink_frame)
+
+
 def video_features_from_frames(frames: np.ndarray) -> np.ndarray:
     """Features of RGB frames ``(F, H, W, 3)`` uint8: ``(VIDEO_DIM,)`` float32."""
     import cv2
@@ -329,11 +394,8 @@ def video_features_from_frames(frames: np.ndarray) -> np.ndarray:
     if frames.ndim != 4 or frames.shape[-1] != 3 or len(frames) == 0:
         raise ValueError(f"frames: expected (frames, height, width, 3) RGB, got shape {frames.shape}")
     frames = frames.astype(np.uint8, copy=False)
-    height, width = frames.shape[1:3]
-    scale = min(1.0, MAX_SIDE / max(height, width))
-    if scale < 1.0:
-        size = (max(1, round(width * scale)), max(1, round(height * scale)))
-        frames = np.stack([cv2.resize(f, size, interpolation=cv2.INTER_AREA) for f in frames])
+    if _shrunk_size(*frames.shape[1:3]) is not None:
+        frames = np.stack([shrink_frame(f) for f in frames])
     gray = np.stack([cv2.cvtColor(f, cv2.COLOR_RGB2GRAY) for f in frames])
     hsv = np.stack([cv2.cvtColor(f, cv2.COLOR_RGB2HSV) for f in frames])
 
@@ -348,10 +410,10 @@ def video_features_from_frames(frames: np.ndarray) -> np.ndarray:
 
 def video_features(path: str | os.PathLike) -> np.ndarray:
     """``(VIDEO_DIM,)`` float32 features of a video file; ``MediaError`` when it cannot be read."""
-    return video_features_from_frames(read_video_frames(path, VIDEO_FRAMES))
+    return video_features_from_frames(read_video_frames(path, VIDEO_FRAMES, transform=shrink_frame))
 
 
 __all__ = ["AUDIO_DIM", "VIDEO_DIM", "FEATURE_VERSION", "AUDIO_FEATURE_NAMES", "VIDEO_FEATURE_NAMES",
            "AUDIO_BLOCKS", "VIDEO_BLOCKS", "MediaError", "audio_features", "video_features", "audio_index",
            "video_index", "audio_features_from_samples", "video_features_from_frames", "voiced_pitch",
-           "face_detector"]
+           "face_detector", "read_audio_clips", "read_video_clips", "shrink_frame"]

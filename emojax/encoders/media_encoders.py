@@ -39,6 +39,14 @@ Pooling (``encoders.X.pooling``; ``default`` is the suite's choice):
   over the frames (:func:`emojax.encoders.clip_vision.clip_video_features`); ``mean`` = the mean
   of every token of every frame's last hidden state.
 
+Files are decoded and preprocessed on a pool of ``workers`` threads (0: every core; the
+Featurizer sets it from ``cache.media_workers``) while the encoder runs the batches, the
+references handed back in input order (``emojax.data.media.map_references``), so the batches,
+and with them the features, are the same whatever the pool size. A family splits its input into
+``decode_group`` (the files' samples or frames; the segments of one recording read in one pass,
+video frames shrunk to the processor's resize as they are decoded) and ``prepare`` /
+``tuning_prepare`` (the model input of one decoded file).
+
 Compiled shapes stay fixed: every call runs ``BATCH_SIZE`` rows (a short batch repeats its last
 input), Whisper and the video encoders have one input shape, wav2vec2 one per length bucket, and
 each sample is padded to its own bucket, so its feature does not depend on the other files
@@ -176,6 +184,10 @@ class _MediaEncoder:
 
     family: str = ""
     modality: str = ""
+    # threads that decode and preprocess media (cache.media_workers; 0: every core)
+    workers: int = 0
+    # whether decode_group gets every reference into one file at once (video: one pass per recording)
+    by_file: bool = False
 
     def __init__(self, spec, dtype=jnp.float32):
         self.spec = spec
@@ -197,9 +209,36 @@ class _MediaEncoder:
         """What decides the model input besides the file (part of the cache namespace)."""
         raise NotImplementedError
 
+    def decode_group(self, paths: list[str]) -> list:
+        """The decoded content (samples, frames) of each of ``paths``, or its ``MediaError``."""
+        raise NotImplementedError
+
+    def prepare(self, decoded) -> Any:
+        """The model input of one decoded file (runs on a worker thread)."""
+        return decoded
+
+    def tuning_prepare(self, decoded) -> dict[str, np.ndarray]:
+        """The stored fine-tuning input of one decoded file (runs on a worker thread)."""
+        raise NotImplementedError
+
+    def _one(self, path: str):
+        decoded = self.decode_group([str(path)])[0]
+        if isinstance(decoded, Exception):
+            raise decoded
+        return decoded
+
     def load(self, path: str):
         """The decoded, preprocessed input of one file (raises ``MediaError``)."""
-        raise NotImplementedError
+        return self.prepare(self._one(path))
+
+    def inputs(self, paths: Sequence[str], *, tuning: bool = False, workers: Optional[int] = None):
+        """:meth:`load` (``tuning``: :meth:`tuning_item`) of every path, or its ``MediaError``, in
+        order, decoded and preprocessed on a pool of ``workers`` threads (default :attr:`workers`)."""
+        from emojax.data.media import map_references
+
+        return map_references([str(p) for p in paths], self.decode_group,
+                              self.tuning_prepare if tuning else self.prepare,
+                              workers=self.workers if workers is None else workers, by_file=self.by_file)
 
     def bucket(self, item) -> Any:
         """Inputs with the same bucket are batched together (one compiled shape per bucket)."""
@@ -218,7 +257,7 @@ class _MediaEncoder:
 
     def tuning_item(self, path: str) -> dict[str, np.ndarray]:
         """The stored fine-tuning input of one file (raises ``MediaError``)."""
-        raise NotImplementedError
+        return self.tuning_prepare(self._one(path))
 
     def blank_item(self) -> dict[str, np.ndarray]:
         """A stand-in input for a missing or unreadable file (its feature is masked out)."""
@@ -260,9 +299,14 @@ class _MediaEncoder:
 
     # shared
     def compute(self, paths: Sequence[str], progress: bool = False) -> np.ndarray:
-        """Features ``(len(paths), dim)`` float32; rows of unreadable files are NaN."""
+        """Features ``(len(paths), dim)`` float32; rows of unreadable files are NaN.
+
+        Inputs are loaded ahead on the worker pool while the batches run, and consumed in order,
+        so each batch holds the same inputs as in a serial loop.
+        """
         from emojax.data.media import MediaError
 
+        paths = [str(p) for p in paths]
         out = np.full((len(paths), self.dim), np.nan, np.float32)
         pending: dict[Any, list[tuple[int, Any]]] = {}
 
@@ -274,13 +318,11 @@ class _MediaEncoder:
             for row, (index, _) in enumerate(group):
                 out[index] = values[row]
 
-        for index, path in enumerate(tqdm(list(paths), desc=f"{self.family} features", disable=not progress,
-                                          leave=False)):
-            try:
-                item = self.load(str(path))
-            except MediaError as err:
-                log.warning("skipping %s input: %s", self.modality, err)
-                self.errors[str(path)] = str(err)
+        for index, item in enumerate(tqdm(self.inputs(paths), total=len(paths), desc=f"{self.family} features",
+                                          disable=not progress, leave=False)):
+            if isinstance(item, MediaError):
+                log.warning("skipping %s input: %s", self.modality, item)
+                self.errors[paths[index]] = str(item)
                 continue
             key = self.bucket(item)
             pending.setdefault(key, []).append((index, item))
@@ -314,15 +356,21 @@ class WhisperFeatures(_MediaEncoder):
     def preprocessing(self) -> dict:
         return {"extractor": _settings(self.extractor)}
 
-    def load(self, path):
-        from emojax.data.media import read_audio
+    def decode_group(self, paths):
+        return _read_audio_group(paths, int(self.extractor.sampling_rate))
 
-        return read_audio(path, int(self.extractor.sampling_rate))
-
-    def run(self, items, bucket):
+    def prepare(self, decoded):
+        """``(mel, mask)`` of one clip: the extractor works clip by clip (each padded to its
+        window), so one clip's log-mel equals its row of a batch's, and it can be computed on a
+        worker thread."""
         from emojax.encoders.whisper import whisper_preprocess
 
-        mel, mask = whisper_preprocess(items, self.extractor, sampling_rate=int(self.extractor.sampling_rate))
+        mel, mask = whisper_preprocess([decoded], self.extractor, sampling_rate=int(self.extractor.sampling_rate))
+        return mel[0], mask[0]
+
+    def run(self, items, bucket):
+        mel = np.stack([item[0] for item in items])
+        mask = np.stack([item[1] for item in items])
         return self.frozen({"mel": jnp.asarray(mel), "mel_mask": jnp.asarray(mask)})
 
     forward = staticmethod(whisper_forward)
@@ -330,12 +378,9 @@ class WhisperFeatures(_MediaEncoder):
     def settings(self):
         return {}
 
-    def tuning_item(self, path):
-        from emojax.encoders.whisper import whisper_preprocess
-
-        mel, mask = whisper_preprocess([self.load(path)], self.extractor,
-                                       sampling_rate=int(self.extractor.sampling_rate))
-        return {"mel": mel[0].astype(np.float32), "mel_mask": mask[0].astype(np.int32)}
+    def tuning_prepare(self, decoded):
+        mel, mask = self.prepare(decoded)
+        return {"mel": mel.astype(np.float32), "mel_mask": mask.astype(np.int32)}
 
     def blank_item(self):
         frames = int(self.extractor.nb_max_frames)
@@ -370,10 +415,9 @@ class Wav2Vec2Features(_MediaEncoder):
     def preprocessing(self) -> dict:
         return {"extractor": _settings(self.extractor), "buckets": self.buckets, "masked": self.masked}
 
-    def load(self, path):
-        from emojax.data.media import read_audio
-
-        return read_audio(path, int(self.extractor.sampling_rate))[: self.buckets[-1]]
+    def decode_group(self, paths):
+        return [wave if isinstance(wave, Exception) else wave[: self.buckets[-1]]
+                for wave in _read_audio_group(paths, int(self.extractor.sampling_rate))]
 
     def bucket(self, item) -> int:
         return next(b for b in self.buckets if b >= len(item))
@@ -395,9 +439,9 @@ class Wav2Vec2Features(_MediaEncoder):
     def settings(self):
         return {"pooling": self.pooling, "masked": self.masked}
 
-    def tuning_item(self, path):
+    def tuning_prepare(self, decoded):
         """The clip normalised by the extractor, unpadded (padding comes per batch)."""
-        wave = np.asarray(self.load(path), np.float32)
+        wave = np.asarray(decoded, np.float32)
         out = self.extractor(wave, sampling_rate=int(self.extractor.sampling_rate), return_tensors="np")
         return {"audio": np.asarray(out["input_values"], np.float32).reshape(-1)}
 
@@ -427,9 +471,47 @@ def _image_processor(cls, folder, height: int, width: int):
     return cls(size={"shortest_edge": min(height, width)}, crop_size={"height": height, "width": width})
 
 
+def _frame_resizer(processor):
+    """The processor's own resize of one RGB frame ``(H, W, 3)`` (its size, its resampling), or
+    ``None`` when it does not resize.
+
+    Applied to each frame as it is decoded (``read_video_frames(transform=...)``), it leaves the
+    frames exactly as the processor would have resized them, so the processor then runs with
+    ``do_resize=False`` and gives the same pixels, while a clip holds frames of the model's scale
+    instead of full-size ones. The processor resizes frame by frame, so doing it earlier changes
+    nothing but when it happens.
+    """
+    if not processor.do_resize:
+        return None
+    from transformers.image_utils import ChannelDimension
+
+    return functools.partial(processor.resize, size=processor.size, resample=processor.resample,
+                             input_data_format=ChannelDimension.LAST)
+
+
+def _read_frames_group(paths: list[str], num_frames: int, processor) -> list:
+    from emojax.data.media import read_video_references
+
+    return read_video_references(paths, num_frames, transform=_frame_resizer(processor))
+
+
+def _read_audio_group(paths: list[str], rate: int) -> list:
+    from emojax.data.media import MediaError, read_audio
+
+    out = []
+    for path in paths:
+        try:
+            out.append(read_audio(path, rate))
+        except MediaError as err:
+            out.append(err)
+    return out
+
+
 def _unnormalised(processor, images) -> np.ndarray:
-    """The processor's resized and cropped frames, ``uint8``, channels first (no rescale / normalise)."""
-    pixels = processor(images, return_tensors="np", do_rescale=False, do_normalize=False)["pixel_values"]
+    """The processor's cropped frames (already resized by :func:`_frame_resizer`), ``uint8``,
+    channels first (no rescale / normalise)."""
+    pixels = processor(images, return_tensors="np", do_resize=False, do_rescale=False,
+                       do_normalize=False)["pixel_values"]
     return np.asarray(pixels).astype(np.uint8)
 
 
@@ -467,11 +549,13 @@ class VideoMAEFeatures(_MediaEncoder):
     def preprocessing(self) -> dict:
         return {"processor": _settings(self.processor), "num_frames": self.config.num_frames}
 
-    def load(self, path):
-        from emojax.data.media import read_video_frames
+    by_file = True
 
-        frames = read_video_frames(path, num_frames=self.config.num_frames)
-        pixels = self.processor([list(frames)], return_tensors="np")["pixel_values"][0]
+    def decode_group(self, paths):
+        return _read_frames_group(paths, self.config.num_frames, self.processor)
+
+    def prepare(self, decoded):
+        pixels = self.processor([list(decoded)], return_tensors="np", do_resize=False)["pixel_values"][0]
         return np.asarray(pixels, np.float32)  # (frames, channels, height, width)
 
     def run(self, items, bucket):
@@ -479,12 +563,9 @@ class VideoMAEFeatures(_MediaEncoder):
 
     forward = staticmethod(videomae_forward)
 
-    def tuning_item(self, path):
+    def tuning_prepare(self, decoded):
         """The frames resized and cropped, ``uint8`` (rescaled and normalised inside the step)."""
-        from emojax.data.media import read_video_frames
-
-        frames = read_video_frames(path, num_frames=self.config.num_frames)
-        return {"frames": _unnormalised(self.processor, [list(frames)])[0]}
+        return {"frames": _unnormalised(self.processor, [list(decoded)])[0]}
 
     def blank_item(self):
         return {"frames": np.zeros((self.config.num_frames, self.config.num_channels) + tuple(self.config.image_size),
@@ -516,11 +597,13 @@ class CLIPFeatures(_MediaEncoder):
     def preprocessing(self) -> dict:
         return {"processor": _settings(self.processor), "num_frames": self.num_frames}
 
-    def load(self, path):
-        from emojax.data.media import read_video_frames
+    by_file = True
 
-        frames = read_video_frames(path, num_frames=self.num_frames)
-        pixels = self.processor(images=list(frames), return_tensors="np")["pixel_values"]
+    def decode_group(self, paths):
+        return _read_frames_group(paths, self.num_frames, self.processor)
+
+    def prepare(self, decoded):
+        pixels = self.processor(images=list(decoded), return_tensors="np", do_resize=False)["pixel_values"]
         return np.asarray(pixels, np.float32)  # (frames, channels, height, width)
 
     def run(self, items, bucket):
@@ -528,12 +611,9 @@ class CLIPFeatures(_MediaEncoder):
 
     forward = staticmethod(clip_forward)
 
-    def tuning_item(self, path):
+    def tuning_prepare(self, decoded):
         """The frames resized and cropped, ``uint8`` (rescaled and normalised inside the step)."""
-        from emojax.data.media import read_video_frames
-
-        frames = read_video_frames(path, num_frames=self.num_frames)
-        return {"frames": _unnormalised(self.processor, list(frames))}
+        return {"frames": _unnormalised(self.processor, list(decoded))}
 
     def blank_item(self):
         size = self.config.image_size
