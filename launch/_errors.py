@@ -5,9 +5,12 @@ part that does not exist, a value of the wrong type), a usage mistake, or an err
 raises about the user's input (config, dataset, checkpoint, weights, paths) ends the program with
 ``error: <what is wrong>; <what to do>`` on stderr and exit status 1. Anything else is a bug and
 keeps its traceback.
+
+It also keeps the libraries' routine chatter out of the output (:func:`quiet_logging`).
 """
 from __future__ import annotations
 
+import logging
 import pathlib
 import sys
 from typing import Callable, NoReturn, Optional, Sequence
@@ -128,9 +131,26 @@ def parse_flags(argv: list[str]) -> list[str]:
     return remaining
 
 
+# Loggers whose INFO lines say nothing a user acts on: Orbax (through absl's logger) reports every
+# checkpoint manager it creates and every read; JAX reports each accelerator backend it did not
+# find ("Unable to initialize backend 'tpu'") and the platform it fell back to.
+_CHATTY_LOGGERS = {"absl": logging.WARNING, "orbax": logging.WARNING, "jax._src.xla_bridge": logging.ERROR}
+
+
+def quiet_logging() -> None:
+    """Keep the chatter of :data:`_CHATTY_LOGGERS` out of the output, unless the user asked for a
+    log level (``--verbosity`` / ``-v``): then every line stays. The program's own warnings and
+    progress lines are untouched, and which devices JAX uses is not changed."""
+    if "verbosity" in flags.FLAGS and flags.FLAGS["verbosity"].present:
+        return
+    for name, level in _CHATTY_LOGGERS.items():
+        logging.getLogger(name).setLevel(level)
+
+
 def guarded(main: Callable[[list[str]], None], extra: Sequence[type[BaseException]] = ()) -> Callable[[list[str]], None]:
     """``main`` with the user errors (:func:`user_errors`) reported as one line."""
     def wrapper(argv: list[str]) -> None:
+        quiet_logging()
         try:
             return main(argv)
         except user_errors(extra) as err:

@@ -2,6 +2,7 @@
 
 Read top to bottom, ``fit`` is the recipe: data -> features -> model -> optimizer -> resume ->
 epochs (train, score dev, checkpoint, early stop) -> best epoch -> dev and test scored once.
+Each epoch's curves go to the run's TensorBoard events (:mod:`emojax.training.events`).
 
 Around it: the checks that run before any work (config, paths, the run's data record), the lock
 that keeps one process per run directory, and the replay of progress when a run resumes from an
@@ -17,6 +18,7 @@ import time
 from typing import Callable, Optional
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 from tqdm.auto import tqdm
 
@@ -26,11 +28,14 @@ from emojax import store
 from emojax.data.types import inverse_frequency_weights
 from emojax.evaluation import score, scores_summary, write_meta, write_results
 from emojax.paths import folder_problem
+from emojax.progress import progress_bar
 from emojax.training.batches import train_batches
 from emojax.training.distillation import load_teacher, transfer_matching
+from emojax.training.events import RunEvents, as_floats
 from emojax.training.parallel import data_parallel
 from emojax.training.preparation import DATA_RECORD, check_data_record, prepare, tuned_features
-from emojax.training.state import best_target, init_state, make_optimizer, trainable_tree, usable_extras
+from emojax.training.state import (best_target, init_state, learning_rate_schedule, make_optimizer,
+                                   trainable_tree, usable_extras)
 from emojax.training.steps import make_eval_step, make_train_step
 
 log = logging.getLogger(__name__)
@@ -113,6 +118,29 @@ def progress_at(progress: dict, epoch: int, metric: str) -> dict:
         else:
             replayed["bad_epochs"] += 1
     return {**progress, **replayed}
+
+
+def learning_rates(cfg, total_steps: int, first_step: int, last_step: int) -> dict[str, list[float]]:
+    """Event tag -> the learning rate of each global step ``first_step..last_step``: step ``k``
+    is the optimizer's update number ``k - 1`` on the schedule :func:`make_optimizer` builds (the
+    fine-tuned encoders' own peak rate too, when they train)."""
+    counts = jnp.arange(first_step - 1, last_step)
+    rates = {"train/learning_rate": as_floats(learning_rate_schedule(cfg, total_steps)(counts))}
+    if cfg.mode != "frozen":
+        rates["train/encoder_learning_rate"] = as_floats(
+            learning_rate_schedule(cfg, total_steps, cfg.encoder.lr)(counts))
+    return rates
+
+
+def epoch_line(epoch: int, train_loss: float, dev_scores: dict, seconds: float, improved: bool,
+               feature_seconds: Optional[float] = None) -> str:
+    """The line printed after an epoch; the first epoch of a run also says how long its
+    features took (often most of a short run's time, and cached for the next run)."""
+    line = (f"epoch {epoch}: loss {train_loss:.4f}  dev acc {100 * dev_scores['accuracy']:.2f}  "
+            f"dev wF1 {100 * dev_scores['weighted_f1']:.2f}  ({seconds:.1f}s")
+    if feature_seconds is not None:
+        line += f"; features {feature_seconds:.1f}s"
+    return line + ")" + ("  *" if improved else "")
 
 
 @_one_process_per_run
@@ -223,6 +251,7 @@ def fit(cfg, workdir: str | pathlib.Path, *, category: str = "training", max_epo
     if parallel is not None:
         state = parallel.replicate(state)
         log.info("data parallel over %d %s devices", parallel.count, parallel.devices[0].platform)
+    events = RunEvents(run_dir, first_step=int(state.step) + 1, enabled=primary)
 
     # -- epochs ---------------------------------------------------------------------------
     epochs_run = 0
@@ -232,10 +261,10 @@ def fit(cfg, workdir: str | pathlib.Path, *, category: str = "training", max_epo
             break
         epoch = progress["epoch"] + 1
         start = time.perf_counter()
-        losses = []
+        losses, grad_norms = [], []
         last_dev = progress["history"][-1]["dev"] if progress["history"] else None
-        bar = tqdm(train_batches(train_data, batch_size, int(cfg.seed), epoch), total=steps_per_epoch,
-                   desc=f"epoch {epoch}/{total_epochs}", disable=not cfg.progress, leave=False)
+        bar = progress_bar(train_batches(train_data, batch_size, int(cfg.seed), epoch), enabled=bool(cfg.progress),
+                           total=steps_per_epoch, desc=f"epoch {epoch}/{total_epochs}", leave=False)
         for batch in bar:
             if distill is not None:
                 batch.update(distill.batch(batch["index"]))
@@ -244,6 +273,7 @@ def fit(cfg, workdir: str | pathlib.Path, *, category: str = "training", max_epo
                 batch = parallel.shard(batch)
             state, logs = train_step(state, batch, *teacher_args, **base_kw)
             losses.append(logs["loss"])
+            grad_norms.append(logs.get("grad_norm"))
             if len(losses) % 10 == 0 or len(losses) == steps_per_epoch:
                 postfix = {"loss": f"{float(np.mean(jax.device_get(losses[-10:]))):.4f}"}
                 if last_dev:
@@ -254,6 +284,7 @@ def fit(cfg, workdir: str | pathlib.Path, *, category: str = "training", max_epo
         if not np.isfinite(train_loss):
             raise FloatingPointError(f"epoch {epoch}: training loss is {train_loss}; lower train.lr "
                                      f"(now {cfg.train.lr}) or check the features")
+        train_seconds = time.perf_counter() - start
         if prep.tuning is not None:
             dev_data = prep.tuning.refresh(prep.features["dev"], state.encoder, eval_batch)
         dev_scores = score(eval_step, state.params, dev_data, len(prep.class_names), eval_batch, parallel)
@@ -271,12 +302,23 @@ def fit(cfg, workdir: str | pathlib.Path, *, category: str = "training", max_epo
         if progress["bad_epochs"] >= int(cfg.train.patience) or epoch >= total_epochs:
             progress["finished"] = True
         if cfg.progress and primary:
-            tqdm.write(f"epoch {epoch}: loss {train_loss:.4f}  dev acc {100 * dev_scores['accuracy']:.2f}  "
-                       f"dev wF1 {100 * dev_scores['weighted_f1']:.2f}  ({seconds:.1f}s)"
-                       + ("  *" if improved else ""))
+            tqdm.write(epoch_line(epoch, train_loss, dev_scores, seconds, improved, row.get("feature_seconds")))
+        # Before the checkpoint: a run killed in between replays this epoch, and the resumed
+        # run's events file hides these points (its purge step), so none is lost or doubled.
+        if events.enabled and losses:
+            last_step = int(row["steps"])
+            events.train_epoch(epoch=epoch, last_step=last_step, losses=as_floats(jax.device_get(losses)),
+                               learning_rates=learning_rates(cfg, total_steps, last_step - len(losses) + 1,
+                                                             last_step),
+                               grad_norms=(None if grad_norms[0] is None
+                                           else as_floats(jax.device_get(grad_norms))),
+                               epoch_loss=train_loss, steps_per_second=len(losses) / max(train_seconds, 1e-9))
+            events.dev(last_step, row["dev"])
+            events.flush()
         checkpoints.save_epoch(epoch, state, progress,
                                best_params=best_target(state, prep.tuning) if improved else None)
         epochs_run += 1
+    events.close()
 
     if not progress["finished"]:
         checkpoints.close()

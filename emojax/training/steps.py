@@ -32,6 +32,9 @@ def make_train_step(model: EmotionModel, optimizer: optax.GradientTransformation
     With a ``teacher`` model the teacher's logits are computed inside the step from
     ``teacher_params`` (frozen: stop-gradient, never optimised) and feed the ``dist`` loss.
 
+    ``logs`` holds the total ``loss``, its parts and ``grad_norm`` (the gradient's global norm
+    before clipping).
+
     The total loss is ``classification + auxiliary (fusion, classifier) + sum_i weight_i extra_i``;
     with ``combine="uncertainty"`` the classification and extra losses are weighed by learned
     sigmas instead (``emojax.losses.combine_losses``) and the auxiliary loss is added as is.
@@ -88,7 +91,9 @@ def make_train_step(model: EmotionModel, optimizer: optax.GradientTransformation
         (loss, (logs, loss_state)), grads = jax.value_and_grad(loss_fn, has_aux=True)(trainable)
         updates, opt_state = optimizer.update(grads, state.opt_state, trainable)
         trainable = optax.apply_updates(trainable, updates)
-        logs = {"loss": loss, **logs}
+        # The gradient's global norm before clipping, for the run's curves: read from the same
+        # gradients, it changes neither the loss nor the update.
+        logs = {"loss": loss, "grad_norm": optax.global_norm(grads), **logs}
         new_state = state.replace(step=state.step + 1, params=trainable["model"], opt_state=opt_state, rng=rng,
                                   loss_state=loss_state, loss_params=trainable["losses"],
                                   encoder=trainable.get("encoder", state.encoder))
