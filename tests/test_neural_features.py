@@ -2,9 +2,11 @@
 unreadable files skipped, a training run on them, and the config errors.
 
 Tiny random checkpoints in the Hugging Face layout are written to temporary folders: Whisper,
-wav2vec2 and CLIP by transformers' Flax models (``save_pretrained``: ``flax_model.msgpack``),
-data2vec-audio, VideoMAE and ModernBERT (no Flax model in transformers) as PyTorch-named
-``model.safetensors``; each with its transformers feature extractor / image processor or tokenizer.
+wav2vec2 and CLIP as the ``flax_model.msgpack`` transformers' Flax models saved (parameter
+structures frozen under ``tests/fixtures/flax_oracles``, since transformers 5 has no Flax models;
+written by ``tests/flax_checkpoints.py``), data2vec-audio, VideoMAE and ModernBERT (never a Flax
+model in transformers) as PyTorch-named ``model.safetensors``; each with its transformers config
+and feature extractor / image processor or tokenizer.
 The dataset is the generated MELD-format demo (FLAC audio, MP4 video), 14 / 7 / 7 utterances.
 """
 import json
@@ -12,11 +14,11 @@ import logging
 import pathlib
 import shutil
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
+import flax_checkpoints as fc
 from emojax import config as config_lib
 from emojax.encoders import hub
 
@@ -28,14 +30,14 @@ SIZES = {"train": 14, "dev": 7, "test": 7}
 
 # -- tiny checkpoints --------------------------------------------------------------------------
 
-def _random_like(shapes, seed):
-    rng = np.random.default_rng(seed)
-
-    def draw(path, leaf):
-        centre = 1.0 if jax.tree_util.keystr(path).endswith(("['scale']", "['weight_g']")) else 0.0
-        return jnp.asarray(rng.normal(centre, 0.2, leaf.shape).astype(np.float32))
-
-    return jax.tree_util.tree_map_with_path(draw, shapes)
+def _write_flax_msgpack(folder: pathlib.Path, hf_config, structure: str, seed: int) -> pathlib.Path:
+    """Random weights with the frozen parameter structure of the transformers Flax model for
+    ``hf_config``, saved as that model's ``save_pretrained`` did: ``config.json`` +
+    ``flax_model.msgpack``."""
+    hf_config.architectures = [type(hf_config).__name__.replace("Config", "Model")]
+    fc.save_msgpack(folder, fc.random_params(fc.structure(structure), seed, 0.2, ones=("scale", "weight_g")),
+                    hf_config)
+    return folder
 
 
 class _RandomState(hub.StateReader):
@@ -77,11 +79,7 @@ def write_whisper(folder):
                                         encoder_ffn_dim=FFN, decoder_layers=1, decoder_attention_heads=HEADS,
                                         decoder_ffn_dim=FFN, num_mel_bins=16, max_source_positions=100,
                                         max_target_positions=8, vocab_size=20)
-    model = transformers.FlaxWhisperModel(config, _do_init=False)
-    ids = jnp.zeros((1, 1), "i4")
-    shapes = jax.eval_shape(lambda: model.module.init(jax.random.PRNGKey(0), jnp.zeros((1, 16, 200)), ids,
-                                                      jnp.ones_like(ids), ids))
-    model.save_pretrained(str(folder), params=_random_like(shapes["params"], 1))
+    _write_flax_msgpack(folder, config, "features-whisper", 1)
     # a 2 s window: 200 mel frames, the 100 positions of this encoder
     transformers.WhisperFeatureExtractor(feature_size=16, chunk_length=2).save_pretrained(str(folder))
     return folder
@@ -95,9 +93,7 @@ def write_wav2vec2(folder):
                                          conv_stride=(5, 2, 2), conv_bias=True, feat_extract_norm="layer",
                                          do_stable_layer_norm=True, num_conv_pos_embeddings=8,
                                          num_conv_pos_embedding_groups=4, vocab_size=8)
-    model = transformers.FlaxWav2Vec2Model(config, _do_init=False)
-    shapes = jax.eval_shape(lambda: model.module.init(jax.random.PRNGKey(0), jnp.zeros((1, 800))))
-    model.save_pretrained(str(folder), params=_random_like(shapes["params"], 2))
+    _write_flax_msgpack(folder, config, "features-wav2vec2", 2)
     transformers.Wav2Vec2FeatureExtractor(do_normalize=True, return_attention_mask=True).save_pretrained(str(folder))
     return folder
 
@@ -135,9 +131,7 @@ def write_clip(folder):
 
     config = transformers.CLIPVisionConfig(hidden_size=HIDDEN, intermediate_size=FFN, num_hidden_layers=LAYERS,
                                            num_attention_heads=HEADS, image_size=32, patch_size=16, projection_dim=8)
-    model = transformers.FlaxCLIPVisionModel(config, _do_init=False)
-    shapes = jax.eval_shape(lambda: model.module.init(jax.random.PRNGKey(0), jnp.zeros((1, 32, 32, 3))))
-    model.save_pretrained(str(folder), params=_random_like(shapes["params"], 5))
+    _write_flax_msgpack(folder, config, "features-clip", 5)
     transformers.CLIPImageProcessor(size={"shortest_edge": 32},
                                     crop_size={"height": 32, "width": 32}).save_pretrained(str(folder))
     return folder

@@ -2,7 +2,10 @@
 
 The golden folders hold tiny random checkpoints (PyTorch tensor names) and what transformers'
 PyTorch models return for fixed inputs; the CLIP tower is also checked against transformers'
-``FlaxCLIPVisionModel`` loaded from the ``flax_model.msgpack`` it saves.
+``FlaxCLIPVisionModel`` on random weights saved as ``flax_model.msgpack``. transformers 5 has no
+Flax models: that model's outputs and parameter structure are frozen under
+``tests/fixtures/flax_oracles`` (``tests/scripts/make_flax_oracles.py``, run with transformers
+4.57) and the msgpack file is written by ``tests/flax_checkpoints.py``.
 """
 import json
 import pathlib
@@ -13,6 +16,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+import flax_checkpoints as fc
 from emojax.encoders.clip_vision import clip_video_features, clip_vision_apply, load_clip_vision
 from emojax.encoders.modernbert import load_modernbert, modernbert_apply
 from emojax.encoders.videomae import load_videomae, videomae_apply, videomae_pool
@@ -192,29 +196,15 @@ def test_clip_vision_parity_bf16(clip_golden):
 
 @pytest.fixture(scope="module")
 def clip_flax(tmp_path_factory):
-    """A random ``FlaxCLIPVisionModel`` saved as ``flax_model.msgpack``, and its outputs on 6
-    images (two videos of three frames)."""
-    transformers = pytest.importorskip("transformers")
-    config = transformers.CLIPVisionConfig(hidden_size=32, intermediate_size=48, num_hidden_layers=2,
-                                           num_attention_heads=4, image_size=24, patch_size=6, projection_dim=8)
-    model = transformers.FlaxCLIPVisionModel(config, _do_init=False)
-    # Random parameters of the model's own structure (LayerNorm scales away from 1, so the norms
-    # are really exercised); shapes come from tracing the module's init, which is much faster
-    # than running it.
-    shapes = jax.eval_shape(lambda: model.module.init(jax.random.PRNGKey(0), jnp.zeros((1, 24, 24, 3))))
-    rng = np.random.default_rng(3)
-
-    def draw(path, leaf):
-        centre = 1.0 if jax.tree_util.keystr(path).endswith("['scale']") else 0.0
-        return jnp.asarray(rng.normal(centre, 0.2, leaf.shape).astype(np.float32))
-
-    params = jax.tree_util.tree_map_with_path(draw, shapes["params"])
+    """Random weights of ``FlaxCLIPVisionModel``'s structure (LayerNorm scales away from 1, so the
+    norms are really exercised) saved as ``flax_model.msgpack``, and the Flax model's frozen
+    outputs on 6 images (two videos of three frames)."""
+    oracle = fc.oracle_arrays("clip-vision")
+    params = fc.random_params(fc.structure("clip-vision"), 3, 0.2, ones=("scale",))
     folder = tmp_path_factory.mktemp("clip-flax")
-    model.save_pretrained(str(folder), params=params)
+    fc.save_msgpack(folder, params, json.loads(fc.oracle_path("clip-vision", "config.json").read_text()))
     assert (folder / "flax_model.msgpack").exists()
-    pixels = rng.normal(size=(6, 3, 24, 24)).astype(np.float32)
-    out = jax.jit(lambda p, x: model(pixel_values=x, params=p))(params, pixels)
-    return folder, pixels, np.asarray(out.last_hidden_state), np.asarray(out.pooler_output)
+    return folder, oracle["pixel_values"], oracle["last_hidden_state"], oracle["pooler_output"]
 
 
 def test_clip_vision_parity_flax(clip_flax):

@@ -4,16 +4,20 @@ cache against a full recompute, and the estimator's speech-to-text fallback.
 References: the golden ``whisper-asr`` tokens (a plain greedy argmax loop of transformers' PyTorch
 ``WhisperForConditionalGeneration`` from decoder start id 3), and
 ``FlaxWhisperForConditionalGeneration.generate`` on a tiny random checkpoint saved here as
-``flax_model.msgpack`` and as PyTorch-named ``model.safetensors``.
+``flax_model.msgpack`` and as PyTorch-named ``model.safetensors``. transformers 5 has no Flax
+models: the tokens ``generate`` returned, the model's parameter structure, ``config.json`` and
+``generation_config.json`` are frozen under ``tests/fixtures/flax_oracles``
+(``tests/scripts/make_flax_oracles.py``, run with transformers 4.57).
 """
 import json
+import shutil
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 import soundfile as sf
 
+import flax_checkpoints as fc
 from emojax.encoders.whisper_decoder import (decode_step, decoder_apply, greedy_decode, init_cache,
                                              load_whisper_asr, cross_keys_values)
 from emojax.encoders.whisper import whisper_apply
@@ -43,54 +47,39 @@ def test_whisper_asr_parity_golden_greedy_tokens():
 
 @pytest.fixture(scope="module")
 def tiny_asr(tmp_path_factory):
-    """A random ``FlaxWhisperForConditionalGeneration`` (multilingual generation settings, a byte-level
-    tokenizer, a 1 s feature extractor) saved as msgpack and as PyTorch-named SafeTensors."""
-    from transformers import (FlaxWhisperForConditionalGeneration, WhisperConfig, WhisperFeatureExtractor,
-                              WhisperTokenizer)
+    """Random weights of ``FlaxWhisperForConditionalGeneration``'s structure (multilingual
+    generation settings, a byte-level tokenizer, a 1 s feature extractor) saved as msgpack and as
+    PyTorch-named SafeTensors, with the tokens the Flax model's ``generate`` returned for them."""
+    from transformers import WhisperFeatureExtractor, WhisperTokenizer
 
-    config = WhisperConfig(vocab_size=40, d_model=24, encoder_layers=2, encoder_attention_heads=4, encoder_ffn_dim=40,
-                           decoder_layers=2, decoder_attention_heads=4, decoder_ffn_dim=40, num_mel_bins=16,
-                           max_source_positions=50, max_target_positions=32, decoder_start_token_id=START,
-                           eos_token_id=EOT, pad_token_id=EOT, bos_token_id=EOT, begin_suppress_tokens=None,
-                           suppress_tokens=None)
-    model = FlaxWhisperForConditionalGeneration(config, _do_init=False)
-    ids = jnp.zeros((1, 1), "i4")
-    shapes = jax.eval_shape(lambda: model.module.init(jax.random.PRNGKey(0), jnp.zeros((1, 16, 100)), ids,
-                                                      jnp.ones_like(ids), ids))
-    params = randomised(shapes["params"], seed=7)
-    gen = model.generation_config
-    gen.is_multilingual = True
-    gen.lang_to_id = {"<|en|>": EN, "<|zh|>": ZH}
-    gen.task_to_id = {"transcribe": TRANSCRIBE, "translate": TRANSLATE}
-    gen.no_timestamps_token_id = NO_TS
-    gen.suppress_tokens = [VOCAB["q"], VOCAB["x"]]
-    gen.begin_suppress_tokens = [VOCAB["Ġ"], EOT]
+    oracle = fc.oracle_arrays("whisper-asr")
+    params = randomised(fc.structure("whisper-asr"), seed=7)
     root = tmp_path_factory.mktemp("whisper-asr")
-    model.save_pretrained(str(root / "msgpack"), params=params)
+    folder = fc.save_msgpack(root / "msgpack", params, json.loads(fc.oracle_path("whisper-asr", "config.json")
+                                                                  .read_text()))
+    shutil.copy(fc.oracle_path("whisper-asr", "generation_config.json"), folder / "generation_config.json")
     (root / "vocab.json").write_text(json.dumps(VOCAB))
     (root / "merges.txt").write_text("#version: 0.2\n")
     tokenizer = WhisperTokenizer(str(root / "vocab.json"), str(root / "merges.txt"), unk_token=SPECIAL[0],
                                  bos_token=SPECIAL[0], eos_token=SPECIAL[0], pad_token=SPECIAL[0])
     tokenizer.add_special_tokens({"additional_special_tokens": SPECIAL[1:]})
-    extractor = WhisperFeatureExtractor(feature_size=16, chunk_length=1)
-    for folder in (root / "msgpack",):
-        tokenizer.save_pretrained(str(folder))
-        extractor.save_pretrained(str(folder))
-    torch_named_copy(root / "msgpack", root / "torch", params)
-    for name in ("generation_config.json", "vocab.json", "merges.txt", "tokenizer_config.json",
-                 "special_tokens_map.json", "preprocessor_config.json"):
-        (root / "torch" / name).write_bytes((root / "msgpack" / name).read_bytes())
-    mel = np.random.default_rng(3).normal(size=(3, 16, 100)).astype(np.float32)
-    return dict(root=root, model=model, params=params, mel=mel)
+    tokenizer.save_pretrained(str(folder))
+    WhisperFeatureExtractor(feature_size=16, chunk_length=1).save_pretrained(str(folder))
+    torch_named_copy(folder, root / "torch", params)
+    for path in folder.iterdir():  # tokenizer, extractor and generation files, whichever transformers wrote
+        if path.name not in ("config.json", fc.MSGPACK):
+            shutil.copy(path, root / "torch" / path.name)
+    return dict(root=root, params=params, mel=oracle["input_features"],
+                generated={language: oracle[f"sequences_{language.strip('<|>')}"] for language in ("<|en|>", "<|zh|>")})
 
 
 def test_whisper_asr_parity_flax_generate_both_layouts(tiny_asr):
     """Forced language/task/no-timestamps tokens, suppress and begin-suppress tokens, EOS and
-    padding: the same token ids as ``FlaxWhisperForConditionalGeneration.generate``."""
-    reference, params, mel = tiny_asr["model"], tiny_asr["params"], tiny_asr["mel"]
+    padding: the same token ids as ``FlaxWhisperForConditionalGeneration.generate`` (frozen)."""
+    mel = tiny_asr["mel"]
     for language in ("<|en|>", "<|zh|>"):
-        expected = np.asarray(reference.generate(mel, params=params, language=language, task="transcribe",
-                                                 max_new_tokens=14).sequences)
+        expected = tiny_asr["generated"][language]  # generate(..., task="transcribe", max_new_tokens=14)
+        assert expected.shape == (3, 15)
         for layout in ("msgpack", "torch"):
             model = load_whisper_asr(str(tiny_asr["root"] / layout))
             prompt = model.prompt(language=language.strip("<|>"), task="transcribe")

@@ -485,8 +485,14 @@ def _frame_resizer(processor):
         return None
     from transformers.image_utils import ChannelDimension
 
-    return functools.partial(processor.resize, size=processor.size, resample=processor.resample,
-                             input_data_format=ChannelDimension.LAST)
+    def resize(frame: np.ndarray) -> np.ndarray:
+        # Channels first: the PIL-backed processors of transformers 5 (no torchvision) ignore a
+        # channels-last input format in resize; both versions honour channels first.
+        out = processor.resize(np.moveaxis(frame, -1, 0), size=processor.size, resample=processor.resample,
+                               input_data_format=ChannelDimension.FIRST)
+        return np.ascontiguousarray(np.moveaxis(out, 0, -1))
+
+    return resize
 
 
 def _read_frames_group(paths: list[str], num_frames: int, processor) -> list:

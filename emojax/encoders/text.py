@@ -17,6 +17,7 @@ same for both.
 from __future__ import annotations
 
 import functools
+import json
 import os
 import pathlib
 from typing import Optional, Sequence
@@ -33,6 +34,30 @@ from emojax.encoders.modernbert import ModernBertConfig, load_modernbert, modern
 POOLINGS = ("mask", "mean", "cls")
 # Sequence lengths a batch is padded to: one compilation per bucket actually used.
 _BUCKETS = (16, 32, 64, 128, 256, 512)
+
+
+def load_tokenizer(folder: str | os.PathLike, **kwargs):
+    """transformers' tokenizer for a folder: ``AutoTokenizer``, else the class its
+    ``tokenizer_config.json`` names.
+
+    transformers 5 maps some model types (``modernbert``) to the ``tokenizers``-library backend
+    alone, which needs a ``tokenizer.json``; a folder holding only a ``vocab.txt`` and naming its
+    class (``BertTokenizer``) still loads through that class, as it did with transformers 4.
+    """
+    import transformers
+
+    try:
+        return transformers.AutoTokenizer.from_pretrained(str(folder), **kwargs)
+    except (OSError, ValueError) as err:
+        path = pathlib.Path(folder) / "tokenizer_config.json"
+        try:
+            name = json.loads(path.read_text()).get("tokenizer_class") if path.is_file() else None
+        except (OSError, json.JSONDecodeError):
+            name = None
+        named = getattr(transformers, name, None) if isinstance(name, str) else None
+        if named is None or not hasattr(named, "from_pretrained"):
+            raise err
+        return named.from_pretrained(str(folder), **kwargs)
 
 
 def pool_positions(input_ids, *, pooling: str, mask_token_id: Optional[int] = None):
@@ -136,15 +161,13 @@ class TextEncoder:
         ``preprocessing``: a folder written by :meth:`save_preprocessing`; the tokens added
         there are added again, in the same order, so token ids and embedding rows match.
         """
-        from transformers import AutoTokenizer
-
         folder = hub.resolve_model(name_or_path)
         if hub.load_config(folder).get("model_type") == "modernbert":
             params, config = load_modernbert(str(folder))
         else:
             params, config = load_bert(str(folder))
         try:
-            tokenizer = AutoTokenizer.from_pretrained(str(folder), truncation_side="left")
+            tokenizer = load_tokenizer(folder, truncation_side="left")
         except (OSError, ValueError) as err:
             raise hub.WeightError(f"{folder}: no usable tokenizer files ({err})") from None
         encoder = cls(str(name_or_path), tokenizer, params, config, pooling=pooling, max_length=max_length,
@@ -154,9 +177,7 @@ class TextEncoder:
         return encoder
 
     def _replay_added_tokens(self, folder: pathlib.Path) -> None:
-        from transformers import AutoTokenizer
-
-        saved = AutoTokenizer.from_pretrained(str(folder))
+        saved = load_tokenizer(folder)
         known = self.tokenizer.get_vocab()
         extra = sorted(((i, t) for t, i in saved.get_added_vocab().items() if t not in known))
         self.add_special_tokens([t for _, t in extra])
@@ -187,8 +208,10 @@ class TextEncoder:
         """
         tokens = [str(t) for t in tokens]
         known = set(self.tokenizer.get_vocab())
-        added = self.tokenizer.add_special_tokens({"additional_special_tokens": tokens},
-                                                  replace_additional_special_tokens=False)
+        # The second argument keeps the tokens added before (earlier speakers) special too; it is
+        # given by position because transformers 5 renamed it (replace_additional_special_tokens
+        # -> replace_extra_special_tokens), and both versions still take "additional_special_tokens".
+        added = self.tokenizer.add_special_tokens({"additional_special_tokens": tokens}, False)
         new_ids = sorted({i for t, i in zip(tokens, self.tokenizer.convert_tokens_to_ids(tokens)) if t not in known})
         if not new_ids:
             return added
