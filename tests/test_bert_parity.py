@@ -264,7 +264,9 @@ def test_bert_pool_positions_equal_the_indexed_last_hidden_state():
     expected = grad(params, config, None)
     for c in (config, dataclasses.replace(config, remat=True)):
         for a, b in zip(jax.tree_util.tree_leaves(grad(params, c, at)), jax.tree_util.tree_leaves(expected)):
-            np.testing.assert_allclose(a, b, atol=1e-5, rtol=1e-5)
+            # Two programs with different float32 summation orders (XLA may fuse and thread them
+            # differently from one machine to the next); a wrong position would be off by O(0.1).
+            np.testing.assert_allclose(a, b, atol=5e-5, rtol=1e-4)
 
 
 def test_bert_rejects_inputs_longer_than_positions():
