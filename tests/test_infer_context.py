@@ -22,8 +22,7 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 TEXT_PATHS = {
     "mean": dict(pooling="mean", context_turns=0, prompt=False, max_length=64),
     "mask-context-prompt": dict(pooling="mask", context_turns=2, prompt=True, max_length=64),
-    "cls-whole-dialogue": dict(pooling="cls", context_turns=-1, prompt=False, max_length=64),
-    "mask-prompt-short": dict(pooling="mask", context_turns=3, prompt=True, max_length=16),
+    "cls-whole-dialogue-short": dict(pooling="cls", context_turns=-1, prompt=False, max_length=16),
 }
 
 
@@ -84,8 +83,8 @@ def test_batch_prediction_of_a_split_csv_reproduces_the_test_scoring(meld_run, t
     assert confusion.tolist() == results["confusion"]
 
 
-def test_rows_in_another_order_give_the_same_predictions(meld_run, text_meld, tmp_path):
-    _, run_dir = meld_run
+def test_rows_in_another_order_give_the_same_predictions(meld_runs, text_meld, tmp_path):
+    run_dir = meld_runs("mask-context-prompt")
     estimator = Estimator(run_dir)
     frame = pd.read_csv(text_meld / "test_sent_emo.csv")
     shuffled = frame.sample(frac=1.0, random_state=3)
