@@ -163,6 +163,18 @@ def read_audio(path: str | os.PathLike, sample_rate: int = 16000) -> np.ndarray:
     return np.ascontiguousarray(data, dtype=np.float32)
 
 
+def read_audios(refs, sample_rate: int = 16000) -> list:
+    """:func:`read_audio` of each reference: its samples, or its ``MediaError`` in its place (the
+    per-file readers of a pool report a bad file and go on)."""
+    out: list = []
+    for ref in refs:
+        try:
+            out.append(read_audio(ref, sample_rate))
+        except MediaError as err:
+            out.append(err)
+    return out
+
+
 def frame_indices(frame_count: int, num_frames: int) -> np.ndarray:
     """Indices of the ``num_frames`` frames taken from a clip of ``frame_count`` frames: ``(num_frames,)``.
 
@@ -511,5 +523,5 @@ def map_references(refs: Sequence[str | os.PathLike], decode: Callable[[list[str
 
 
 __all__ = ["DEFAULT_DURATION_CAP", "MediaError", "duration_cap", "frame_indices", "map_references", "media_file",
-           "media_workers", "read_audio", "read_video_frames", "read_video_references", "read_video_segments",
+           "media_workers", "read_audio", "read_audios", "read_video_frames", "read_video_references", "read_video_segments",
            "segment_ref", "set_duration_cap", "split_ref"]

@@ -47,7 +47,7 @@ from typing import Sequence
 
 import numpy as np
 
-from emojax.data.media import MediaError, read_audio, read_video_frames, read_video_references
+from emojax.data.media import MediaError, read_audio, read_audios, read_video_frames, read_video_references
 
 FEATURE_VERSION = "classic-v2"
 
@@ -221,13 +221,7 @@ def audio_features(path: str | os.PathLike) -> np.ndarray:
 
 def read_audio_clips(refs: Sequence[str]) -> list:
     """The samples :func:`audio_features` reads, per reference (or its ``MediaError``)."""
-    out = []
-    for ref in refs:
-        try:
-            out.append(read_audio(ref, SAMPLE_RATE))
-        except MediaError as err:
-            out.append(err)
-    return out
+    return read_audios(refs, SAMPLE_RATE)
 
 
 # -- video ---------------------------------------------------------------------------------------

@@ -74,6 +74,7 @@ import jax.numpy as jnp
 import numpy as np
 from tqdm.auto import tqdm
 
+from emojax.data.media import read_audios
 from emojax.encoders import hub
 
 log = logging.getLogger(__name__)
@@ -357,7 +358,7 @@ class WhisperFeatures(_MediaEncoder):
         return {"extractor": _settings(self.extractor)}
 
     def decode_group(self, paths):
-        return _read_audio_group(paths, int(self.extractor.sampling_rate))
+        return read_audios(paths, int(self.extractor.sampling_rate))
 
     def prepare(self, decoded):
         """``(mel, mask)`` of one clip: the extractor works clip by clip (each padded to its
@@ -417,7 +418,7 @@ class Wav2Vec2Features(_MediaEncoder):
 
     def decode_group(self, paths):
         return [wave if isinstance(wave, Exception) else wave[: self.buckets[-1]]
-                for wave in _read_audio_group(paths, int(self.extractor.sampling_rate))]
+                for wave in read_audios(paths, int(self.extractor.sampling_rate))]
 
     def bucket(self, item) -> int:
         return next(b for b in self.buckets if b >= len(item))
@@ -499,18 +500,6 @@ def _read_frames_group(paths: list[str], num_frames: int, processor) -> list:
     from emojax.data.media import read_video_references
 
     return read_video_references(paths, num_frames, transform=_frame_resizer(processor))
-
-
-def _read_audio_group(paths: list[str], rate: int) -> list:
-    from emojax.data.media import MediaError, read_audio
-
-    out = []
-    for path in paths:
-        try:
-            out.append(read_audio(path, rate))
-        except MediaError as err:
-            out.append(err)
-    return out
 
 
 def _unnormalised(processor, images) -> np.ndarray:
