@@ -27,7 +27,7 @@ _FAMILIES = flags.DEFINE_list("families", ["whisper", "wav2vec2", "clip"], "Enco
 _MODES = flags.DEFINE_list("modes", ["frozen", "trainable", "lora"], "Training modes.")
 _BATCH = flags.DEFINE_integer("batch_size", 8, "Samples per train step.")
 _STEPS = flags.DEFINE_integer("steps", 3, "Timed steps per configuration.")
-_REMAT = flags.DEFINE_bool("remat", False, "encoder.remat=True (per-layer rematerialisation).")
+_REMAT = flags.DEFINE_bool("remat", False, "finetune.remat=True (per-layer rematerialisation).")
 _OUTPUT = flags.DEFINE_string("output", "", "JSON file for the results (optional).")
 
 MODALITY = {"whisper": "A", "wav2vec2": "A", "clip": "V"}
@@ -72,7 +72,7 @@ def main(argv):
                 cfg.dataset.path = str(tmp / "demo")
                 cfg.encoders[modality].update(family=family, model=str(folder))
                 cfg.train.batch_size = _BATCH.value
-                cfg.encoder.remat = _REMAT.value
+                cfg.finetune.remat = _REMAT.value
                 result = measure_train_step(setup_from_config(cfg, max_samples=8), _STEPS.value)
                 row = {"family": family, "encoder": SHAPES[family], "mode": mode, "remat": _REMAT.value, **result}
                 rows.append(row)

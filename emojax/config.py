@@ -41,7 +41,11 @@ PARTS: dict[str, tuple[str, str]] = {
 DEFAULT_PARTS = {key: default for key, (_, default) in PARTS.items()}
 
 # Fields that say where or how often, not what is trained: they stay out of the hash.
-_UNHASHED = ("seed", "dataset.path", "dataset.allow_outside_paths", "cache", "progress", "workdir", "train.devices", "encoder.remat")
+_UNHASHED = ("seed", "dataset.path", "dataset.allow_outside_paths", "cache", "progress", "workdir", "train.devices",
+             "encoder.remat")  # hashed under the legacy name of ``finetune`` (see config_hash)
+# Earlier configs kept the fine-tuning settings under ``encoder`` (beside ``encoders``, the
+# per-modality encoders); load_config and migrate_config move them to ``finetune``.
+LEGACY_FINETUNE_KEY = "encoder"
 
 CATEGORIES = ("training", "distillation")
 DEFAULT_MAX_SECONDS = 60.0  # dataset.max_seconds: emojax.data.media.DEFAULT_DURATION_CAP
@@ -127,7 +131,7 @@ def compose(arg: str | None = None) -> ml_collections.ConfigDict:
         "modalities": chosen["encoders"],
         "encoders": encoders,
         "mode": mode.pop("mode"),
-        "encoder": {"lr": mode.pop("encoder_lr", 0.0), "tune": "all", "remat": False, "lora": mode.pop("lora", {
+        "finetune": {"lr": mode.pop("encoder_lr", 0.0), "tune": "all", "remat": False, "lora": mode.pop("lora", {
             "rank": 64, "alpha": 128.0, "dropout": 0.1, "targets": "query,key,value,dense"})},
         "fusion": {"preset": chosen["fusion"], **_resolve("fusion", chosen["fusion"])},
         "classifier": {"preset": chosen["experts"], **_resolve("experts", chosen["experts"])},
@@ -165,11 +169,11 @@ TUNABLE_FAMILIES = ("bert", "modernbert", "whisper", "wav2vec2", "videomae", "cl
 
 
 def tuned_modalities(cfg) -> tuple[str, ...]:
-    """The modalities whose encoder a ``trainable`` / ``lora`` run fine-tunes (``encoder.tune``:
+    """The modalities whose encoder a ``trainable`` / ``lora`` run fine-tunes (``finetune.tune``:
     ``all`` = every encoder with weights, or modalities such as ``T`` / ``T+A``); none when frozen."""
     if cfg.mode == "frozen":
         return ()
-    tune = str(cfg.encoder.get("tune", "all")).strip()
+    tune = str(cfg.finetune.get("tune", "all")).strip()
     if tune == "all":
         return tuple(m for m in modalities(cfg) if cfg.encoders[m].get("family", "bert") in TUNABLE_FAMILIES)
     chosen = [m.strip() for m in tune.replace(",", "+").split("+") if m.strip()]
@@ -257,31 +261,31 @@ def validate(cfg) -> None:
         if text.context_turns < -1:
             raise ConfigError(f"encoders.T.context_turns: {text.context_turns} must be -1 (all) or >= 0")
     if cfg.mode != "frozen":
-        # trainable / lora fine-tune the encoders encoder.tune names inside the train step
+        # trainable / lora fine-tune the encoders finetune.tune names inside the train step
         # (emojax.finetune); the others stay frozen.
-        tune = str(cfg.encoder.get("tune", "all")).strip()
+        tune = str(cfg.finetune.get("tune", "all")).strip()
         if tune != "all":
             chosen = [m.strip() for m in tune.replace(",", "+").split("+") if m.strip()]
             for m in chosen or [""]:
                 if m not in mods:
-                    raise ConfigError(f"encoder.tune: {tune!r}: {m!r} is not a modality of this run "
+                    raise ConfigError(f"finetune.tune: {tune!r}: {m!r} is not a modality of this run "
                                       f"({cfg.modalities}); use all or e.g. {'+'.join(mods)}")
                 if cfg.encoders[m].get("family") not in TUNABLE_FAMILIES:
-                    raise ConfigError(f"encoder.tune: encoders.{m}.family {cfg.encoders[m].family!r} has no weights "
+                    raise ConfigError(f"finetune.tune: encoders.{m}.family {cfg.encoders[m].family!r} has no weights "
                                       f"to fine-tune; choose from {', '.join(TUNABLE_FAMILIES)}")
         if not tuned_modalities(cfg):
             raise ConfigError(f"mode: {cfg.mode!r} fine-tunes encoders with weights, but encoders={cfg.modalities!r} "
                               "has none (classic audio / video features); use mode=frozen")
-        if not float(cfg.encoder.lr) > 0:
-            raise ConfigError(f"encoder.lr: must be positive when mode={cfg.mode!r}, got {cfg.encoder.lr}")
+        if not float(cfg.finetune.lr) > 0:
+            raise ConfigError(f"finetune.lr: must be positive when mode={cfg.mode!r}, got {cfg.finetune.lr}")
         if cfg.mode == "lora":
-            spec = cfg.encoder.lora
+            spec = cfg.finetune.lora
             if int(spec.rank) < 1:
-                raise ConfigError(f"encoder.lora.rank: must be at least 1, got {spec.rank}")
+                raise ConfigError(f"finetune.lora.rank: must be at least 1, got {spec.rank}")
             if not 0.0 <= float(spec.dropout) < 1.0:
-                raise ConfigError(f"encoder.lora.dropout: {spec.dropout} must lie in [0, 1)")
+                raise ConfigError(f"finetune.lora.dropout: {spec.dropout} must lie in [0, 1)")
             if not str(spec.targets).strip():
-                raise ConfigError("encoder.lora.targets: empty; e.g. query,key,value,dense")
+                raise ConfigError("finetune.lora.targets: empty; e.g. query,key,value,dense")
 
 
 def _plain(cfg) -> Any:
@@ -298,6 +302,10 @@ def _drop(tree: dict, dotted: str) -> None:
 def config_hash(cfg) -> str:
     """Stable 8-hex-digit hash of everything that changes what is trained (not seed or paths)."""
     tree = copy.deepcopy(_plain(cfg))
+    if "finetune" in tree:
+        # ``finetune`` was called ``encoder`` when the first runs were hashed; hashing it under
+        # that name keeps every run's directory where it was.
+        tree[LEGACY_FINETUNE_KEY] = tree.pop("finetune")
     for dotted in _UNHASHED:
         _drop(tree, dotted)
     if tree.get("dataset", {}).get("max_seconds") == DEFAULT_MAX_SECONDS:
@@ -357,9 +365,18 @@ def save_config(cfg, path: str | pathlib.Path) -> None:
     pathlib.Path(path).write_text(json.dumps(_plain(cfg), indent=2, sort_keys=True, default=str))
 
 
+def migrate_config(tree: dict) -> dict:
+    """A run config as written by an earlier emojax, in today's names: the fine-tuning settings
+    ``encoder`` become ``finetune``. The hash (and so the run directory) does not change."""
+    if LEGACY_FINETUNE_KEY in tree and "finetune" not in tree:
+        tree = dict(tree)
+        tree["finetune"] = tree.pop(LEGACY_FINETUNE_KEY)
+    return tree
+
+
 def load_config(path: str | pathlib.Path) -> ml_collections.ConfigDict:
     path = pathlib.Path(path)
     try:
-        return ml_collections.ConfigDict(json.loads(path.read_text()))
+        return ml_collections.ConfigDict(migrate_config(json.loads(path.read_text())))
     except (OSError, json.JSONDecodeError) as err:
         raise ConfigError(f"{path}: cannot read the run config ({err})") from err

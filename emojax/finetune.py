@@ -1,7 +1,7 @@
 """Encoders trained with the head: ``mode=trainable`` (every encoder weight) and ``mode=lora``
 (low-rank adapters, :mod:`emojax.encoders.lora`), for text, audio and video.
 
-``encoder.tune`` picks the modalities whose encoder is fine-tuned: ``all`` (default: every
+``finetune.tune`` picks the modalities whose encoder is fine-tuned: ``all`` (default: every
 encoder with weights, i.e. BERT / RoBERTa / ModernBERT, Whisper, wav2vec2 / data2vec-audio,
 VideoMAE, CLIP; classic librosa / OpenCV encoders have none) or a list such as ``T`` or ``T+A``.
 The other modalities keep their frozen, cached features.
@@ -326,10 +326,10 @@ class _Tuner:
         # The frozen base weights travel as a jit argument (never baked into the program as
         # constants); a trainable run needs none.
         self.base_args = jax.tree_util.tree_map(jnp.asarray, self.base) if self.mode == "lora" else None
-        self.remat = bool(cfg.encoder.get("remat", False))
+        self.remat = bool(cfg.finetune.get("remat", False))
         self.mean = np.asarray(stats[self.modality]["mean"], np.float32)
         self.std = np.asarray(stats[self.modality]["std"], np.float32)
-        spec = cfg.encoder.lora
+        spec = cfg.finetune.lora
         self.rank, self.alpha = int(spec.rank), float(spec.alpha)
         self.lora_dropout, self.targets = float(spec.dropout), str(spec.targets)
         self._forward = jax.jit(lambda trainable, base, inputs: self.features(trainable, base, inputs))

@@ -149,7 +149,7 @@ def test_benchmark_train_step_of_lora_config_trains_adapters(text_meld, tiny_ber
     cfg = config_lib.compose("dataset=MELD--E,encoders=T,mode=lora")
     cfg.dataset.path = str(text_meld)
     cfg.encoders.T.model = str(tiny_bert)
-    cfg.encoder.lora.rank = 4
+    cfg.finetune.lora.rank = 4
     cfg.train.batch_size = 8
     result = measure_train_step(setup_from_config(cfg, max_samples=8), steps=2)
     per_layer = 4 * (32 * 4 + 4 * 32) + (32 * 4 + 4 * 64) + (64 * 4 + 4 * 32)

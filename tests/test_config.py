@@ -1,4 +1,5 @@
 """Config composition, validation, hashing and run directories."""
+import json
 import pathlib
 import subprocess
 import sys
@@ -51,23 +52,23 @@ def test_config_validation_names_key():
     cfg = config_lib.compose("dataset=MELD--E,encoders=A+V,mode=trainable")
     with pytest.raises(config_lib.ConfigError, match=r"mode: .trainable. fine-tunes encoders with weights"):
         config_lib.validate(cfg)
-    # encoder.tune: which encoders train (all = every encoder with weights)
+    # finetune.tune: which encoders train (all = every encoder with weights)
     cfg = config_lib.compose("dataset=MELD--E,encoders=T+A+V,mode=lora")
     assert config_lib.tuned_modalities(cfg) == ("T",)  # classic audio / video have no weights
     cfg.encoders.A.update(family="whisper", model="openai/whisper-base", pooling="default")
     config_lib.validate(cfg)
     assert config_lib.tuned_modalities(cfg) == ("T", "A")
-    cfg.encoder.tune = "A"
+    cfg.finetune.tune = "A"
     assert config_lib.tuned_modalities(cfg) == ("A",)
-    for tune, message in (("V", r"encoder\.tune: encoders\.V\.family 'classic-video' has no weights"),
-                          ("T+X", r"encoder\.tune: 'T\+X': 'X' is not a modality of this run"), ("", "encoder\.tune")):
-        cfg.encoder.tune = tune
+    for tune, message in (("V", r"finetune\.tune: encoders\.V\.family 'classic-video' has no weights"),
+                          ("T+X", r"finetune\.tune: 'T\+X': 'X' is not a modality of this run"), ("", "finetune\.tune")):
+        cfg.finetune.tune = tune
         with pytest.raises(config_lib.ConfigError, match=message):
             config_lib.validate(cfg)
     assert config_lib.tuned_modalities(config_lib.compose("dataset=MELD--E,encoders=T")) == ()  # frozen
     cfg = config_lib.compose("dataset=MELD--E,encoders=T,mode=lora")
-    cfg.encoder.lora.rank = 0
-    with pytest.raises(config_lib.ConfigError, match=r"encoder\.lora\.rank"):
+    cfg.finetune.lora.rank = 0
+    with pytest.raises(config_lib.ConfigError, match=r"finetune\.lora\.rank"):
         config_lib.validate(cfg)
     cfg = config_lib.compose("dataset=MELD--E")
     cfg.train.batch_size = 0
@@ -125,3 +126,21 @@ print(cfg.seed, cfg.dataset.path, cfg.loss.classification, c.run_dir(cfg, flags.
     wrong_type = subprocess.run([sys.executable, "-c", code, args[0], "--config.train.epochs=many"], cwd=ROOT,
                                 capture_output=True, text=True)
     assert wrong_type.returncode != 0 and "epochs" in wrong_type.stderr
+
+
+def test_finetune_settings_renamed_with_runs_kept_in_place(tmp_path):
+    """``cfg.finetune`` was ``cfg.encoder``: hashes (so run directories) are those computed under
+    the old name, and a config.json written with ``encoder`` loads with ``finetune``."""
+    # Hashes of these configs as computed before the rename.
+    before = {"dataset=MELD--E,encoders=T": "fe33a7a7", "dataset=MELD--E,encoders=T,mode=lora": "b707fc7f",
+              "dataset=IEMOCAP--E,encoders=T+A+V,mode=trainable": "c57b6f16"}
+    for arg, digest in before.items():
+        assert config_lib.config_hash(config_lib.compose(arg)) == digest
+    cfg = config_lib.compose("dataset=MELD--E,encoders=T,mode=lora")
+    old = cfg.to_dict()
+    old["encoder"] = old.pop("finetune")
+    path = tmp_path / "config.json"
+    path.write_text(json.dumps(old))
+    loaded = config_lib.load_config(path)
+    assert "encoder" not in loaded and loaded.finetune.lora.rank == cfg.finetune.lora.rank
+    assert config_lib.config_hash(loaded) == before["dataset=MELD--E,encoders=T,mode=lora"]

@@ -21,8 +21,8 @@ def tuning_config(data, bert, mode, epochs=3):
     cfg.train.patience = 100
     cfg.train.batch_size = 16
     cfg.train.lr = 1e-2
-    cfg.encoder.lr = 1e-3
-    cfg.encoder.lora.update(rank=4, alpha=8.0)
+    cfg.finetune.lr = 1e-3
+    cfg.finetune.lora.update(rank=4, alpha=8.0)
     cfg.progress = False
     return cfg
 

@@ -37,8 +37,8 @@ def tuning_config(demo, mode, epochs=3, **encoders):
     cfg = make_config(demo, **encoders)
     cfg.mode = mode
     cfg.train.update(epochs=epochs, patience=100, batch_size=7, lr=1e-2)
-    cfg.encoder.lr = 1e-3
-    cfg.encoder.lora.update(rank=4, alpha=8.0)
+    cfg.finetune.lr = 1e-3
+    cfg.finetune.lora.update(rank=4, alpha=8.0)
     return cfg
 
 
@@ -107,7 +107,7 @@ def test_finetune_media_lora_run_tunes_audio_and_video_and_estimator_uses_them(t
 
 def test_finetune_media_trainable_with_text_frozen_and_unreadable_file(tmp_path, media_checkpoints, media_demo,
                                                                        tiny_bert, caplog, monkeypatch):
-    """``encoder.tune=A``: only wav2vec2 is tuned (BERT stays frozen); a corrupt audio file is a
+    """``finetune.tune=A``: only wav2vec2 is tuned (BERT stays frozen); a corrupt audio file is a
     logged skip (the sample lacks audio), and the stored inputs are read back, not recomputed."""
     import logging
     import shutil
@@ -117,7 +117,7 @@ def test_finetune_media_trainable_with_text_frozen_and_unreadable_file(tmp_path,
     demo = tmp_path / "demo"
     shutil.copytree(media_demo, demo)
     cfg = tuning_config(demo, "trainable", epochs=2, T=("bert", tiny_bert), A=("wav2vec2", media_checkpoints["wav2vec2"]))
-    cfg.encoder.tune = "A"
+    cfg.finetune.tune = "A"
     from emojax.data import load_dataset
 
     broken = pathlib.Path(load_dataset("meld", str(demo), target="emotion").splits["train"].samples[3].audio)

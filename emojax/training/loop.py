@@ -128,7 +128,7 @@ def learning_rates(cfg, total_steps: int, first_step: int, last_step: int) -> di
     rates = {"train/learning_rate": as_floats(learning_rate_schedule(cfg, total_steps)(counts))}
     if cfg.mode != "frozen":
         rates["train/encoder_learning_rate"] = as_floats(
-            learning_rate_schedule(cfg, total_steps, cfg.encoder.lr)(counts))
+            learning_rate_schedule(cfg, total_steps, cfg.finetune.lr)(counts))
     return rates
 
 

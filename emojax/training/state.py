@@ -56,12 +56,12 @@ def make_optimizer(cfg, total_steps: int) -> optax.GradientTransformation:
     """AdamW with warm-up + linear decay and global-norm gradient clipping.
 
     When encoders are fine-tuned (``mode`` trainable / lora) the encoders' part of the
-    trainable tree (key ``"encoder"``) gets its own AdamW with peak rate ``encoder.lr`` on the
+    trainable tree (key ``"encoder"``) gets its own AdamW with peak rate ``finetune.lr`` on the
     same schedule shape; the clipping norm covers everything."""
     head = optax.adamw(learning_rate_schedule(cfg, total_steps), weight_decay=cfg.train.weight_decay)
     if cfg.mode == "frozen":
         return optax.chain(optax.clip_by_global_norm(cfg.train.clip_norm), head)
-    encoder = optax.adamw(learning_rate_schedule(cfg, total_steps, cfg.encoder.lr),
+    encoder = optax.adamw(learning_rate_schedule(cfg, total_steps, cfg.finetune.lr),
                           weight_decay=cfg.train.weight_decay)
 
     def labels(tree):

@@ -20,8 +20,8 @@ def main(data, bert, workdir, devices, loss, mode="frozen"):
     cfg.dataset.path, cfg.encoders.T.model = data, bert
     if mode != "frozen":
         cfg.encoders.T.update(pooling="mean", prompt=False, context_turns=0)
-        cfg.encoder.lr = 1e-3
-        cfg.encoder.lora.update(rank=4, alpha=8.0)
+        cfg.finetune.lr = 1e-3
+        cfg.finetune.lora.update(rank=4, alpha=8.0)
     cfg.train.update(epochs=3, batch_size=16, lr=1e-2, patience=100, devices=int(devices), eval_batch_size=40)
     cfg.progress = False
     run_dir = train_lib.fit(cfg, workdir)
