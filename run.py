@@ -48,6 +48,7 @@ def main(argv) -> int:
         print(__doc__)
         return 2
     ensure_env()
+    # configs/ and launch/ are not installed with the package: they run from this checkout.
     env = dict(os.environ, PYTHONPATH=str(ROOT), HF_HUB_DISABLE_TELEMETRY="1")
     if argv[1] == "demo":
         cmd = [PYTHON, "-m", "launch.train",

@@ -30,19 +30,22 @@ everything to ``--output`` as JSON.
 import os
 import pathlib
 import statistics
+import sys
 import time
 
 import numpy as np
 import soundfile as sf
 from absl import app, flags
 
-from emojax import config as config_lib
 from emojax.benchmark import machine_description, machine_line
 from emojax.checkpoint import write_json_atomic
 from emojax.data import media
 from emojax.data.types import Sample, Split
 from emojax.encoders import classic
 from emojax.features import Featurizer
+
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))  # configs/ is in the checkout, not installed
+from configs.compose import compose  # noqa: E402
 
 _CLIPS = flags.DEFINE_integer("clips", 200, "MELD-shaped clips (1280 x 720, 25 fps, 3 s).")
 _REPEATS = flags.DEFINE_integer("repeats", 3, "Alternated repetitions of every pair.")
@@ -142,7 +145,7 @@ def suite_video_features(paths: list[str]) -> np.ndarray:
 
 def featurizer_features(modality: str, paths: list[str], workers: int) -> np.ndarray:
     """The Featurizer's classic features of ``paths`` (no cache, as a first run computes them)."""
-    cfg = config_lib.compose(f"dataset=MELD--E,encoders={modality}")
+    cfg = compose(f"dataset=MELD--E,encoders={modality}")
     cfg.progress = False
     cfg.cache.media_workers = workers
     samples = [Sample(f"bench/d{i}_u0", f"d{i}", 0, "A", "", p if modality == "A" else None,

@@ -9,14 +9,17 @@ logistic-regression probe on the same mean-pooled utterance features, as a refer
 """
 import json
 import pathlib
+import sys
 import time
 
 import numpy as np
 from absl import app, flags
 
-from emojax import config as config_lib
 from emojax.training.loop import fit
 from emojax.training.preparation import prepare
+
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))  # configs/ is in the checkout, not installed
+from configs.compose import compose  # noqa: E402
 
 _DATA = flags.DEFINE_string("data", "../shared/datasets/MELD", "MELD folder (train/dev CSVs).")
 _WORKDIR = flags.DEFINE_string("workdir", "runs/bench-meld-text", "Where runs and the feature cache go.")
@@ -55,7 +58,7 @@ def main(argv):
     for name, (pooling, turns, prompt, length) in COMBINATIONS.items():
         if _ONLY.value and name not in _ONLY.value:
             continue
-        cfg = config_lib.compose(f"dataset=MELD--E,encoders=T,loss={_LOSS.value}")
+        cfg = compose(f"dataset=MELD--E,encoders=T,loss={_LOSS.value}")
         cfg.dataset.path = _DATA.value
         cfg.seed = _SEED.value
         cfg.encoders.T.update(pooling=pooling, context_turns=turns, prompt=prompt, max_length=length)

@@ -13,14 +13,17 @@ counted; it is shared either way. Prints a Markdown table.
 import os
 import pathlib
 import shutil
+import sys
 import time
 
 from absl import app, flags
 
-from emojax import config as config_lib
 from emojax import store
 from emojax.benchmark import machine_description
 from emojax.training.loop import fit
+
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))  # configs/ is in the checkout, not installed
+from configs.compose import compose  # noqa: E402
 
 _RUNS = flags.DEFINE_integer("runs", 5, "Number of runs (seeds 0..N-1) sharing the encoder.")
 _EPOCHS = flags.DEFINE_integer("epochs", 2, "Epochs per run.")
@@ -51,7 +54,7 @@ def main(argv):
     runs = []
     start = time.perf_counter()
     for seed in range(_RUNS.value):
-        cfg = config_lib.compose("dataset=demo,encoders=T,loss=ce")
+        cfg = compose("dataset=demo,encoders=T,loss=ce")
         cfg.dataset.path = _DATASET.value
         cfg.train.epochs = _EPOCHS.value
         cfg.seed = seed

@@ -1,5 +1,7 @@
-"""Composable experiment configuration parts (``ml_collections``).
+"""Experiment configuration as code, on top of the ``emojax`` library (which never imports it).
 
-Each module holds a ``PRESETS`` mapping from a part name to a plain dict; ``configs/train.py``
-composes them from a ``key=value,...`` string (see ``emojax.config.compose``).
+``default.py`` holds every default of a run; each part module (``datasets.py``, ``fusion.py``, ...)
+a ``PRESETS`` mapping from a part name to a plain dict; ``compose.py`` builds a run config from a
+``key=value,...`` string of parts and ``train.py`` is the ``--config=configs/train.py:...`` entry of
+the launchers. ``experiments/`` holds the sweeps.
 """

@@ -3,7 +3,7 @@
 ``MELD--E`` is emotion (7 classes) on MELD, ``MELD--S`` sentiment (3), ``IEMOCAP--E`` six
 emotions, ``SIMS--S`` CH-SIMS sentiment (3), ``demo`` the generated MELD-format demo set.
 The text settings are those of the frozen text path that scored best on MELD dev (see the
-README's results table); fine-tuned runs use the suite's prompt + mask-token pooling instead
+MELD text table in docs/benchmarks.md); fine-tuned runs use the suite's prompt + mask-token pooling instead
 (``mode=trainable`` / ``mode=lora`` set it).
 
 ``allow_outside_paths``: media paths that a CSV names (IEMOCAP's ``Wav_Path`` / ``Video_Path``,

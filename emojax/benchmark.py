@@ -43,6 +43,7 @@ from emojax import metrics as metrics_lib
 from emojax.data.types import Split
 from emojax.evaluation import predict_proba
 from emojax.features import FeatureSet, Featurizer, feature_stats, standardize
+from emojax.files import write_json_atomic, write_text_atomic
 from emojax.training.batches import batch_of
 from emojax.training.preparation import Prepared, load_data
 from emojax.training.state import init_state, make_optimizer, usable_extras
@@ -333,8 +334,6 @@ def run_benchmark(setup: Setup, output_dir: str | os.PathLike, *, steps: int = 5
     """Measure ``setup`` (see the module docstring); writes benchmark.json / benchmark.md to
     ``output_dir`` and returns the JSON's content. ``cache_dir``: where the temporary feature
     cache goes (removed afterwards; default: the system's temporary folder)."""
-    from emojax.checkpoint import write_json_atomic
-
     output_dir = pathlib.Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     if cache_dir is not None:
@@ -363,7 +362,7 @@ def run_benchmark(setup: Setup, output_dir: str | os.PathLike, *, steps: int = 5
         "machine": machine_description(),
     }
     write_json_atomic(output_dir / "benchmark.json", result)
-    (output_dir / "benchmark.md").write_text(format_markdown(result))
+    write_text_atomic(output_dir / "benchmark.md", format_markdown(result))
     return result
 
 

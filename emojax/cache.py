@@ -42,10 +42,11 @@ from typing import Callable, Optional, Sequence
 
 import numpy as np
 from safetensors import SafetensorError, safe_open
-from safetensors.numpy import save_file
-from tqdm.auto import tqdm
+from safetensors.numpy import save
 
 from emojax.data.media import split_ref
+from emojax.files import file_sha256, write_bytes_atomic
+from emojax.progress import progress_bar
 
 log = logging.getLogger(__name__)
 
@@ -55,11 +56,6 @@ _DTYPE_BYTES = {"F32": 4, "F16": 2, "BF16": 2, "F64": 8}
 ROW_DIGESTS = "row_sha256"  # shard metadata: JSON list, the sha256 of each row (see row_digest)
 CORRUPT_SUFFIX = ".corrupt"  # a shard that failed its checks is renamed to {name}.safetensors.corrupt
 WRITE_BATCH_ROWS = 256  # rows computed and stored as one shard by get_or_compute
-
-
-def cache_key(*parts) -> str:
-    """A sha256 hex key of JSON-serialisable parts."""
-    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()
 
 
 _IDENTITY_MEMO: dict[tuple, str] = {}
@@ -77,11 +73,7 @@ def file_identity(path: str | os.PathLike) -> str:
     stat = os.stat(file)
     memo_key = (os.path.abspath(file), stat.st_size, stat.st_mtime_ns)
     if memo_key not in _IDENTITY_MEMO:
-        digest = hashlib.sha256()
-        with open(file, "rb") as handle:
-            for block in iter(lambda: handle.read(1 << 20), b""):
-                digest.update(block)
-        _IDENTITY_MEMO[memo_key] = f"{os.path.basename(file)}:{stat.st_size}:{digest.hexdigest()}"
+        _IDENTITY_MEMO[memo_key] = f"{os.path.basename(file)}:{stat.st_size}:{file_sha256(file)}"
     identity = _IDENTITY_MEMO[memo_key]
     return identity if segment is None else f"{identity}#t={segment[0]:.4f},{segment[1]:.4f}"
 
@@ -338,17 +330,9 @@ class FeatureCache:
         folder.mkdir(parents=True, exist_ok=True)
         name = f"shard-{time.time_ns()}-{os.getpid()}-{secrets.token_hex(4)}{_SUFFIX}"
         final = folder / name
-        tmp = folder / f".{name}.tmp"
         digests = [row_digest(key, row) for key, row in zip(keys, array)]
-        try:
-            save_file({"features": array}, str(tmp),
-                      metadata={"keys": json.dumps(keys), ROW_DIGESTS: json.dumps(digests)})
-            with open(tmp, "rb") as handle:
-                os.fsync(handle.fileno())
-            os.replace(tmp, final)
-        finally:
-            if tmp.exists():
-                tmp.unlink()
+        write_bytes_atomic(final, save({"features": array},
+                                       metadata={"keys": json.dumps(keys), ROW_DIGESTS: json.dumps(digests)}))
         self._verified.add(final)  # written from these rows just now
         index = self._namespace_index(namespace)
         for row, key in enumerate(keys):
@@ -367,8 +351,8 @@ class FeatureCache:
         keys = list(keys)
         found = self.get_many(namespace, keys)
         missing = [i for i, key in enumerate(keys) if key not in found]
-        bar = tqdm(total=len(missing), desc=desc or f"features {namespace[:8]}",
-                   disable=not progress or not missing, leave=False)
+        bar = progress_bar(total=len(missing), desc=desc or f"features {namespace[:8]}",
+                           enabled=progress and bool(missing), leave=False)
         try:
             for start in range(0, len(missing), batch_size):
                 chunk = missing[start:start + batch_size]

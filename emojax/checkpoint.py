@@ -26,7 +26,6 @@ import os
 import pathlib
 import socket
 import sys
-import tempfile
 import weakref
 from typing import Any, Optional
 
@@ -34,6 +33,8 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 import tensorstore as ts
+
+from emojax.files import write_json_atomic  # noqa: F401 - re-exported: run files are written with it
 
 log = logging.getLogger(__name__)
 
@@ -48,22 +49,6 @@ class CheckpointError(RuntimeError):
 
 class RunBusyError(CheckpointError):
     """Another process holds the run directory's lock; the message names the run and the holder."""
-
-
-def write_json_atomic(path: str | pathlib.Path, payload: Any) -> None:
-    path = pathlib.Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as handle:
-            json.dump(payload, handle, indent=2, sort_keys=True, default=float)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
 
 
 def finished_run(run_dir: str | pathlib.Path) -> dict:

@@ -1,23 +1,20 @@
-"""Experiment configuration: compose parts, validate, hash, label and place runs.
+"""Run configs: validate, hash, label and place runs, save and load them.
 
-A run's config is an ``ml_collections.ConfigDict`` composed from named parts kept under
-``configs/`` (each module there has a ``PRESETS`` dict)::
-
-    compose("dataset=MELD--E,encoders=T+A+V,loss=focal,fusion=DF-1.0+attn")
-
-Parts not named take their default (``DEFAULT_PARTS``). Any field can then be overridden
-(``--config.seed=114`` on the command line, or ``cfg.seed = 114`` in a notebook);
-``validate`` checks the result before any work starts, naming the key at fault.
+A run's config is an ``ml_collections.ConfigDict``. The repository builds one from named parts
+(``configs/compose.py``: ``compose("dataset=MELD--E,encoders=T+A+V,loss=focal")``, the same as
+``--config=configs/train.py:...`` on the command line); a finished run's is its ``config.json``
+(:func:`load_config`). Any field can be changed before the run (``--config.seed=114``, or
+``cfg.seed = 114`` in a notebook); :func:`validate` checks the result before any work starts,
+naming the key at fault. This module reads finished configs only: it knows no presets.
 """
 from __future__ import annotations
 
 import copy
 import hashlib
-import importlib
 import json
 import math
 import pathlib
-from typing import Any, Mapping
+from typing import Any
 
 import ml_collections
 
@@ -28,18 +25,6 @@ class ConfigError(ValueError):
     """A config is unknown, mistyped or impossible; the message names the key."""
 
 
-# part key -> (module under configs/, default preset)
-PARTS: dict[str, tuple[str, str]] = {
-    "dataset": ("configs.datasets", "demo"),
-    "encoders": ("configs.encoders", "T+A+V"),
-    "fusion": ("configs.fusion", "vallina"),
-    "loss": ("configs.losses", "ce"),
-    "experts": ("configs.experts", "1xE"),
-    "mode": ("configs.modes", "frozen"),
-    "dropout": ("configs.dropout", "none"),
-}
-DEFAULT_PARTS = {key: default for key, (_, default) in PARTS.items()}
-
 # Fields that say where or how often, not what is trained: they stay out of the hash.
 _UNHASHED = ("seed", "dataset.path", "dataset.allow_outside_paths", "cache", "progress", "workdir", "train.devices",
              "encoder.remat")  # hashed under the legacy name of ``finetune`` (see config_hash)
@@ -49,114 +34,6 @@ LEGACY_FINETUNE_KEY = "encoder"
 
 CATEGORIES = ("training", "distillation")
 DEFAULT_MAX_SECONDS = 60.0  # dataset.max_seconds: emojax.data.media.DEFAULT_DURATION_CAP
-
-
-def presets(part: str) -> dict[str, dict]:
-    """The ``PRESETS`` dict of a config part (``dataset``, ``fusion``, ...)."""
-    if part not in PARTS:
-        raise ConfigError(f"unknown config part {part!r}; known parts: {', '.join(PARTS)}")
-    module = importlib.import_module(PARTS[part][0])
-    return module.PRESETS
-
-
-def parse_parts(arg: str | None) -> dict[str, str]:
-    """``"dataset=MELD--E,loss=focal"`` -> ``{"dataset": "MELD--E", "loss": "focal"}``."""
-    chosen: dict[str, str] = {}
-    for item in filter(None, (arg or "").split(",")):
-        key, sep, value = item.partition("=")
-        key, value = key.strip(), value.strip()
-        if not sep or not value:
-            raise ConfigError(f"config part {item!r} is not of the form key=value "
-                              f"(keys: {', '.join(PARTS)})")
-        if key not in PARTS:
-            raise ConfigError(f"unknown config part {key!r} in {arg!r}; known parts: {', '.join(PARTS)}")
-        if key in chosen:
-            raise ConfigError(f"config part {key!r} is given twice in {arg!r}")
-        chosen[key] = value
-    return chosen
-
-
-def _resolve(part: str, value: str) -> dict:
-    """A preset, or for ``fusion``/``loss`` a ``base+overlay+...`` combination."""
-    table = presets(part)
-    if value in table:
-        return copy.deepcopy(table[value])
-    if part in ("fusion", "loss") and "+" in value:
-        names = value.split("+")
-        base, extras = names[0], names[1:]
-        if base not in table:
-            raise ConfigError(f"unknown {part} {base!r} (in {part}={value}); choices: {', '.join(sorted(table))}")
-        merged = copy.deepcopy(table[base])
-        for extra in extras:
-            key = extra if extra in table else f"+{extra}"
-            if key not in table:
-                raise ConfigError(f"unknown {part} part {extra!r} (in {part}={value}); "
-                                  f"choices: {', '.join(sorted(table))}")
-            _merge(merged, copy.deepcopy(table[key]))
-        return merged
-    raise ConfigError(f"unknown {part} {value!r}; choices: {', '.join(sorted(table))}")
-
-
-def _merge(into: dict, overlay: Mapping) -> dict:
-    for key, value in overlay.items():
-        if isinstance(value, Mapping) and isinstance(into.get(key), dict):
-            _merge(into[key], value)
-        else:
-            into[key] = value
-    return into
-
-
-def compose(arg: str | None = None) -> ml_collections.ConfigDict:
-    """Build a full run config from ``key=value`` parts (see the module docstring)."""
-    chosen = {**DEFAULT_PARTS, **parse_parts(arg)}
-    dataset = _resolve("dataset", chosen["dataset"])
-    encoders = _resolve("encoders", chosen["encoders"])
-    mode = _resolve("mode", chosen["mode"])
-    loss = _resolve("loss", chosen["loss"])
-    loss.setdefault("classification", "ce")
-    loss.setdefault("extras", {})
-    loss.setdefault("combine", "sum")
-    text = dataset.pop("text")
-    if "T" in encoders:
-        if mode["mode"] != "frozen":
-            # Fine-tuned encoders learn to read the suite's prompt at the mask position.
-            text.update(pooling="mask", context_turns=-1, prompt=True, max_length=128)
-        encoders["T"].update(text)
-    for spec in encoders.values():
-        spec.setdefault("pooling", "default")
-    cfg = {
-        "parts": chosen,
-        "seed": 0,
-        "dataset": {"name": chosen["dataset"], **dataset},
-        "modalities": chosen["encoders"],
-        "encoders": encoders,
-        "mode": mode.pop("mode"),
-        "finetune": {"lr": mode.pop("encoder_lr", 0.0), "tune": "all", "remat": False, "lora": mode.pop("lora", {
-            "rank": 64, "alpha": 128.0, "dropout": 0.1, "targets": "query,key,value,dense"})},
-        "fusion": {"preset": chosen["fusion"], **_resolve("fusion", chosen["fusion"])},
-        "classifier": {"preset": chosen["experts"], **_resolve("experts", chosen["experts"])},
-        "loss": {"preset": chosen["loss"], **loss},
-        "modality_dropout": float(_resolve("dropout", chosen["dropout"])["p"]),
-        "model": {"hidden_dim": 256, "dropout": 0.2},
-        "train": {
-            "batch_size": 32,
-            "epochs": 30,
-            "lr": 1e-3,
-            "weight_decay": 0.01,
-            "warmup_ratio": 0.1,
-            "clip_norm": 1.0,
-            "patience": 8,
-            "select_metric": "weighted_f1",
-            "keep_epochs": 2,
-            "eval_batch_size": 256,
-            "devices": 0,  # data parallel over this many local devices; 0 = all of them
-        },
-        "precision": "float32",
-        "cache": {"dir": "", "host_bytes": 8 << 30, "device_bytes": 4 << 30,
-                  "media_workers": 0},  # threads decoding media (0: one per core)
-        "progress": True,
-    }
-    return ml_collections.ConfigDict(cfg)
 
 
 def modalities(cfg) -> tuple[str, ...]:
@@ -278,6 +155,10 @@ def validate(cfg) -> None:
                               "has none (classic audio / video features); use mode=frozen")
         if not float(cfg.finetune.lr) > 0:
             raise ConfigError(f"finetune.lr: must be positive when mode={cfg.mode!r}, got {cfg.finetune.lr}")
+        tune_layers = cfg.finetune.get("tune_layers", 0)  # absent: every layer (emojax.finetune_text)
+        if isinstance(tune_layers, bool) or not isinstance(tune_layers, int) or tune_layers < 0:
+            raise ConfigError(f"finetune.tune_layers: {tune_layers!r} must be a whole number of top text-encoder "
+                              "layers to fine-tune, at least 0 (0: all of them)")
         if cfg.mode == "lora":
             spec = cfg.finetune.lora
             if int(spec.rank) < 1:
@@ -343,10 +224,20 @@ def text_label(cfg) -> str:
     return f"T[{','.join(parts)}]"
 
 
+def context_label(cfg) -> str:
+    """The dialogue context head (``model.context``, :mod:`emojax.dialogue`), e.g.
+    ``ctx[gru,causal,1x256]``; empty for a run without one."""
+    spec = (cfg.get("model") or {}).get("context") or {}
+    if not spec or spec.get("kind", "transformer") == "none":
+        return ""
+    return (f"ctx[{spec.get('kind', 'transformer')}{',causal' if spec.get('causal') else ''},"
+            f"{spec.get('layers', 2)}x{spec.get('dim', 256)}]")
+
+
 def run_label(cfg) -> str:
-    """Human-readable one-line description of a run (the text path before the seed, so the
-    label without `` seed=...`` still names one config)."""
-    text = text_label(cfg)
+    """Human-readable one-line description of a run (the text path and context head before the
+    seed, so the label without `` seed=...`` still names one config)."""
+    text = " ".join(filter(None, (text_label(cfg), context_label(cfg))))
     return (f"{cfg.dataset.name} {cfg.modalities} {cfg.fusion.preset} {loss_label(cfg)} "
             f"{cfg.classifier.preset} {cfg.mode}{' ' + text if text else ''} seed={cfg.seed}")
 

@@ -17,6 +17,7 @@ from emojax import config as config_lib
 from emojax import metrics as metrics_lib
 from emojax.features import FeatureSet, padded_batches
 from emojax.training.batches import batch_of
+from emojax.training.dialogue_batches import dialogue_batch, dialogue_layout, scoring_plan
 from emojax.training.parallel import DataParallel
 from emojax.training.preparation import Prepared, prepare, tuned_features
 from emojax.training.state import best_target, init_state, make_optimizer
@@ -28,7 +29,12 @@ def predict_proba(eval_step: Callable, params, data: FeatureSet, batch_size: int
     """Class probabilities ``(n, classes)`` for every sample, in batches of ``batch_size`` (the
     last one padded to that size and masked, so one compiled shape serves every batch and padding
     rows never reach the real rows through attention across the batch). With ``parallel``, every
-    batch is padded to a multiple of the device count and split across the devices."""
+    batch is padded to a multiple of the device count and split across the devices.
+
+    A model with a dialogue context head (``eval_step.dialogue_context``) gets whole dialogues
+    instead: :func:`predict_dialogue_proba`."""
+    if getattr(eval_step, "dialogue_context", False):
+        return predict_dialogue_proba(eval_step, params, data, batch_size, parallel)
     out = []
     for index, padded in padded_batches(len(data), batch_size, parallel.count if parallel is not None else 1):
         batch = batch_of(data, padded)
@@ -38,6 +44,27 @@ def predict_proba(eval_step: Callable, params, data: FeatureSet, batch_size: int
         logits = eval_step(params, batch["features"], batch["present"], mask)
         out.append(np.asarray(jax.nn.softmax(logits, axis=-1))[:len(index)])
     return np.concatenate(out) if out else np.zeros((0, 0), np.float32)
+
+
+def predict_dialogue_proba(eval_step: Callable, params, data: FeatureSet, batch_size: int,
+                           parallel: Optional[DataParallel] = None) -> np.ndarray:
+    """Class probabilities ``(n, classes)`` of a model with a dialogue context head: every
+    dialogue of ``data`` (its rows by position; a set without dialogue fields is one dialogue per
+    row) scored whole, in dialogue batches of ``batch_size`` padded slots
+    (:func:`emojax.training.dialogue_batches.scoring_plan`), rows in ``data``'s order."""
+    layout = dialogue_layout(data)
+    multiple = parallel.count if parallel is not None else 1
+    out = None
+    for group in scoring_plan(layout, batch_size, multiple):
+        batch = dialogue_batch(data, layout, group, batch_size, multiple)
+        args = (batch["features"], batch["present"], batch["mask"], batch["speakers"])
+        if parallel is not None:
+            args = parallel.shard(args)
+        probs = np.asarray(jax.nn.softmax(eval_step(params, *args), axis=-1))
+        if out is None:
+            out = np.zeros((len(data), probs.shape[-1]), np.float32)
+        out[batch["index"][batch["mask"]]] = probs[batch["mask"]]
+    return out if out is not None else np.zeros((0, 0), np.float32)
 
 
 def score(eval_step: Callable, params, data: FeatureSet, num_classes: int, batch_size: int,

@@ -11,19 +11,18 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import hashlib
-import json
 import logging
 import os
 import pathlib
 from typing import Callable, Optional, Sequence
 
 import numpy as np
-from tqdm.auto import tqdm
 
 from emojax.data import context as text_context
 from emojax.data import media
 from emojax.data.types import Sample, Split
+from emojax.files import digest
+from emojax.progress import progress_bar
 
 log = logging.getLogger(__name__)
 
@@ -61,6 +60,12 @@ class FeatureSet:
     # Encoder inputs of the modalities a trainable / lora run fine-tunes (emojax.finetune):
     # modality -> rows with ``batch(index)`` (text token ids, stored media inputs); None otherwise.
     inputs: Optional[dict] = None
+    # Each row's dialogue, position in it (``Sample.index``) and speaker name, for the dialogue
+    # batches of a run with a context head (emojax.training.dialogue_batches.with_dialogues);
+    # ``None`` where unknown: each row is then a dialogue of its own.
+    dialogues: Optional[np.ndarray] = None  # (n,) object
+    positions: Optional[np.ndarray] = None  # (n,) int
+    speakers: Optional[np.ndarray] = None  # (n,) object
 
     def __len__(self) -> int:
         return len(self.uids)
@@ -99,11 +104,6 @@ def standardize(data: FeatureSet, stats: dict) -> FeatureSet:
     return dataclasses.replace(data, features=features)
 
 
-def _digest(*parts) -> str:
-    blob = json.dumps(parts, sort_keys=True, default=str).encode()
-    return hashlib.sha256(blob).hexdigest()
-
-
 class _TextFeatures:
     """A frozen text encoder with the dataset's speaker tokens and the configured text format."""
 
@@ -131,7 +131,7 @@ class _TextFeatures:
 
         spec = self.spec
         # The compute dtype is part of the key: bfloat16 features differ from float32 ones.
-        self.namespace = _digest("text", spec.model, self.encoder.weights_hash, spec.pooling,
+        self.namespace = digest("text", spec.model, self.encoder.weights_hash, spec.pooling,
                                  int(spec.max_length), int(spec.context_turns), bool(spec.prompt),
                                  str(jnp.dtype(self.dtype)))[:24]
 
@@ -170,7 +170,7 @@ class _MediaFeatures:
         else:
             self.decode, self.finish = classic.read_video_clips, classic.video_features_from_frames
         self.dim = classic.AUDIO_DIM if modality == "A" else classic.VIDEO_DIM
-        self.namespace = _digest(spec.family, classic.FEATURE_VERSION, spec.get("pooling", "default"))[:24]
+        self.namespace = digest(spec.family, classic.FEATURE_VERSION, spec.get("pooling", "default"))[:24]
         # path -> why it could not be read, for callers that report unreadable files per input
         # (emojax.inference.predict_table); cleared by whoever reads it.
         self.errors: dict[str, str] = {}
@@ -184,8 +184,8 @@ class _MediaFeatures:
         out = np.full((len(paths), self.dim), np.nan, np.float32)
         results = map_references(paths, self.decode, self.finish, workers=self.workers,
                                  by_file=self.modality == "V")
-        for index, value in enumerate(tqdm(results, total=len(paths), desc=f"{self.modality} features",
-                                           disable=not progress, leave=False)):
+        for index, value in enumerate(progress_bar(results, total=len(paths), desc=f"{self.modality} features",
+                                                   enabled=progress, leave=False)):
             if isinstance(value, MediaError):
                 log.warning("skipping %s input: %s", self.modality, value)
                 self.errors[paths[index]] = str(value)
@@ -259,7 +259,7 @@ class Featurizer:
         n = len(split.samples)
         if modality == "T":
             texts = encoder.texts(split)
-            keys = [_digest(t) for t in texts]
+            keys = [digest(t) for t in texts]
 
             def compute_text(indices, bar):
                 values = encoder.compute([texts[i] for i in indices], False)
@@ -277,7 +277,7 @@ class Featurizer:
         if not available:
             return matrix, present
         # The duration cap is part of the key: a clip cut at another length is another input.
-        keys = [_digest(file_identity(paths[i]), media.duration_cap()) for i in available]
+        keys = [digest(file_identity(paths[i]), media.duration_cap()) for i in available]
 
         def compute(indices, bar):
             if isinstance(encoder, _MediaFeatures):  # per-file rows from the media pool, NaN when unreadable
@@ -315,13 +315,13 @@ class Featurizer:
         finished batch, and the rerun computes only the rest.
         """
         if self.cache is None:
-            with tqdm(total=len(keys), desc=desc, disable=not self.progress, leave=False) as bar:
+            with progress_bar(total=len(keys), desc=desc, enabled=self.progress, leave=False) as bar:
                 return np.asarray(compute(list(range(len(keys))), bar), dtype=np.float32)
         found = self.cache.get_many(namespace, keys)
         missing = [i for i, k in enumerate(keys) if k not in found]
         if missing:
             log.info("%s: computing %d of %d (the rest cached)", desc, len(missing), len(keys))
-            with tqdm(total=len(missing), desc=desc, disable=not self.progress, leave=False) as bar:
+            with progress_bar(total=len(missing), desc=desc, enabled=self.progress, leave=False) as bar:
                 computed = self.cache.get_or_compute(
                     namespace, [keys[i] for i in missing],
                     lambda idx: np.asarray(compute([missing[j] for j in idx], bar), dtype=np.float32),

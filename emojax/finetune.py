@@ -32,6 +32,12 @@ Batches are collated to one shape per family (Whisper: its window; video: the co
 except wav2vec2: a training batch is padded to the length bucket of its longest clip (one
 compiled step per bucket), and evaluation groups clips by bucket so that each one is padded to
 its own bucket, exactly as the frozen feature path and the estimator compute it.
+
+The text tuner lives in :mod:`emojax.finetune_text`: token ids padded per length bucket, and
+``finetune.tune_layers=K``, which trains the top ``K`` layers from stored hidden states of the
+frozen ones. ``tune_layers`` applies to the text families only; a Whisper, wav2vec2, VideoMAE or
+CLIP encoder of the same run is fine-tuned whole (their hidden states, hundreds to thousands of
+positions of each clip, would take far more disk than their inputs).
 """
 from __future__ import annotations
 
@@ -49,18 +55,17 @@ from typing import Any, Optional, Sequence
 import jax
 import jax.numpy as jnp
 import numpy as np
-from tqdm.auto import tqdm
 
 from emojax.data import media
 from emojax.encoders import lora as lora_lib
-from emojax.encoders.text import encode_pooled
 from emojax.features import padded_batches
+from emojax.files import digest, file_sha256
+from emojax.progress import progress_bar
 
 log = logging.getLogger(__name__)
 
 TUNING_MODES = ("trainable", "lora")
 INPUTS_VERSION = 1
-_HASH_BLOCK = 8 << 20
 # (path, size, mtime_ns) of stored input files whose sha256 matched in this process: a store is
 # hashed once per process, not once per split or run that opens it.
 _VERIFIED_FILES: set[tuple[str, int, int]] = set()
@@ -89,14 +94,6 @@ class ArrayRows:
     def groups(self) -> list[np.ndarray]:
         """Row groups that evaluation batches separately (one here)."""
         return [np.arange(len(self))]
-
-
-def _file_sha256(path: pathlib.Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(_HASH_BLOCK), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 class StoredRows:
@@ -151,7 +148,7 @@ class StoredRows:
         memo = (str(path.resolve()), stat.st_size, stat.st_mtime_ns)
         if not verify or memo in _VERIFIED_FILES:
             return
-        if _file_sha256(path) != sha256:
+        if file_sha256(path) != sha256:
             raise StoredInputsError(f"{path} does not match its sha256 in index.json (its bytes changed)")
         _VERIFIED_FILES.add(memo)
 
@@ -174,10 +171,6 @@ class StoredRows:
         for i, key in enumerate(self.group_keys):
             keys.setdefault(json.dumps(key), []).append(i)
         return [np.asarray(v) for v in keys.values()]
-
-
-def _digest(*parts) -> str:
-    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()
 
 
 def _discard_store(folder: pathlib.Path) -> None:
@@ -237,7 +230,7 @@ def store_inputs(root: pathlib.Path, encoder, paths: Sequence[Optional[str]], *,
     from emojax.data.media import MediaError
 
     identities = [file_identity(p) if p else None for p in paths]
-    key = _digest("inputs", INPUTS_VERSION, encoder.family, encoder.preprocessing(), identities,
+    key = digest("inputs", INPUTS_VERSION, encoder.family, encoder.preprocessing(), identities,
                   media.duration_cap())[:32]
     folder = pathlib.Path(root) / key
     if folder.exists():
@@ -257,7 +250,7 @@ def store_inputs(root: pathlib.Path, encoder, paths: Sequence[Optional[str]], *,
     try:
         handles, digests, dtypes, offsets, rows, present, groups = {}, {}, {}, {}, [], [], []
         skipped = 0
-        for item in tqdm(loaded, total=len(paths), desc=desc, disable=not progress, leave=False):
+        for item in progress_bar(loaded, total=len(paths), desc=desc, enabled=progress, leave=False):
             ok = item is not None and not isinstance(item, MediaError)
             if isinstance(item, MediaError):
                 log.warning("skipping %s input: %s", encoder.modality, item)
@@ -390,49 +383,6 @@ class _Tuner:
                 f"{adapters:,} trainable parameters ({100 * adapters / total:.2f}% of {total:,})")
 
 
-class TextTuner(_Tuner):
-    """BERT / RoBERTa / ModernBERT over the run's text format (token ids in memory)."""
-
-    modality = "T"
-
-    def __init__(self, cfg, text_features, stats: dict):
-        """``text_features``: the Featurizer's text encoder (tokenizer and base parameters, speaker
-        tokens added)."""
-        from emojax.encoders.modernbert import ModernBertConfig
-
-        self.wrapper = text_features
-        self.encoder = encoder = text_features.encoder
-        self.is_modernbert = isinstance(encoder.config, ModernBertConfig)
-        self.family = "modernbert" if self.is_modernbert else str(getattr(encoder.config, "model_type", "bert"))
-        super().__init__(cfg, encoder.params, stats)
-        self.config = dataclasses.replace(encoder.config, remat=self.remat)
-
-    def _pooled(self, params, inputs, rng, deterministic):
-        return encode_pooled(params, inputs["input_ids"], inputs["attention_mask"], config=self.config,
-                             dtype=self.encoder.dtype, pooling=self.encoder.pooling,
-                             mask_token_id=self.encoder.tokenizer.mask_token_id, deterministic=deterministic, rng=rng)
-
-    def tokens(self, texts) -> dict:
-        """``{"input_ids", "attention_mask"}`` ``(n, max_length)`` int32, padded on the right,
-        truncated from the left (the prompt and the mask token at the end are kept)."""
-        ids = self.encoder.token_ids(texts)
-        width = self.encoder.max_length
-        input_ids = np.full((len(ids), width), self.encoder.pad_token_id, np.int32)
-        attention = np.zeros((len(ids), width), np.int32)
-        for row, sequence in enumerate(ids):
-            input_ids[row, :len(sequence)] = sequence
-            attention[row, :len(sequence)] = 1
-        return {"input_ids": input_ids, "attention_mask": attention}
-
-    def input_rows(self, split, root=None, progress=False) -> ArrayRows:
-        return ArrayRows(self.tokens(self.wrapper.texts(split)))
-
-    def install(self, trainable) -> None:
-        """The featurizer's text encoder computes with the tuned weights from now on."""
-        self.encoder.params = self.merged(trainable)
-        self.wrapper.update_namespace()
-
-
 class MediaTuner(_Tuner):
     """Whisper, wav2vec2 / data2vec-audio, VideoMAE or CLIP (inputs stored on disk)."""
 
@@ -441,6 +391,9 @@ class MediaTuner(_Tuner):
         self.modality = modality
         self.encoder = encoder
         self.family = encoder.family
+        if int(cfg.finetune.get("tune_layers", 0) or 0):
+            log.warning("finetune.tune_layers applies to the text encoder; the %s encoder (%s) is fine-tuned whole",
+                        modality, self.family)
         super().__init__(cfg, encoder.params, stats)
         self.config = dataclasses.replace(encoder.config, remat=self.remat)
 
@@ -475,6 +428,8 @@ class Tuning:
         for modality in self.modalities:
             wrapper = featurizer.encoders[modality]
             if modality == "T":
+                from emojax.finetune_text import TextTuner  # it builds on this module's _Tuner
+
                 self.tuners[modality] = TextTuner(cfg, wrapper, stats)
             else:
                 self.tuners[modality] = MediaTuner(cfg, modality, wrapper, stats)

@@ -32,9 +32,9 @@ Attention layers take ``batch_as_sequence`` (default ``True``, the suite's atten
 batch; see :mod:`emojax.layers`) and an optional ``batch_mask (B,) bool`` that keeps padding rows
 out of the keys in that mode.
 
-Missing modalities: :func:`apply_missing` puts a learned placeholder in place of an absent
-modality, :func:`modality_dropout` draws the training-time modality dropout, and
-:class:`FusionWithPlaceholders` wraps any fusion with both and owns the placeholder parameters.
+Missing modalities: the layers here expect every configured modality. The head
+(:class:`emojax.model.EmotionModel`) puts its learned placeholder in place of an absent modality
+and draws the training-time modality dropout before calling the fusion.
 """
 from __future__ import annotations
 
@@ -60,7 +60,8 @@ def _check_features(features: Mapping, modalities, layer: str) -> None:
     missing = [m for m in modalities if m not in features]
     if missing:
         raise KeyError(f"fusion {layer}: no features for modality {', '.join(missing)} (got {', '.join(features)}); "
-                       "give every configured modality, using apply_missing for absent ones")
+                       "give every configured modality, with a placeholder for absent ones "
+                       "(as emojax.model.EmotionModel does)")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -362,20 +363,26 @@ class DisentanglementFusion(nn.Module):
             if self.parts == "private":
                 return private_mix, _zero()
 
-        shared_projector = SelfAttentionProjector(self.shared_dim * (count - 1), 4 * count, 2 * count,
-                                                  name="shared_projector", **attention)
-        shared = {m: shared_projector(features[m], **call) for m in names}
+        # The shared projector runs once over the modalities stacked ``(M, B, d)``: each modality
+        # still attends within itself, and its products get M times the rows.
+        shared_stack = SelfAttentionProjector(self.shared_dim * (count - 1), 4 * count, 2 * count,
+                                              name="shared_projector", **attention)(
+            jnp.stack([features[m] for m in names]), **call)
+        shared = {m: shared_stack[i] for i, m in enumerate(names)}
         weights = NoisyRouter(count, name="shared_router")(stopped, deterministic=deterministic)
-        stacked = jnp.stack([shared[m] for m in names], 1)
-        shared_mix = jnp.einsum("bn,bnk->bk", weights.astype(stacked.dtype), stacked)
+        shared_mix = jnp.einsum("bn,nbk->bk", weights.astype(shared_stack.dtype), shared_stack)
 
         aux = _zero()
         if compute_aux or (compute_aux is None and not deterministic) or self.is_initializing():
             cross_projectors = {m: SelfAttentionProjector(self.shared_dim, 4 * (count - 1), 2 ** (count - 1),
                                                           name=f"cross_projector_{m}", **attention) for m in names}
             predictors = {m: Projector(dims[m], 4, self.dropout, name=f"predictor_{m}") for m in names}
-            cross = {m: jnp.concatenate([cross_projectors[m](features[n], **call) for n in names if n != m], axis=-1)
-                     for m in names}
+            # cross_m: cross_projector_m over the other modalities stacked ``(M-1, B, d)``, then
+            # laid side by side ``(B, (M-1) shared_dim)``.
+            cross = {}
+            for m in names:
+                out = cross_projectors[m](jnp.stack([features[n] for n in names if n != m]), **call)
+                cross[m] = jnp.moveaxis(out, 0, 1).reshape(out.shape[1], -1)
             feature_loss = sum(smooth_l1(shared[m], jax.lax.stop_gradient(cross[m])) for m in names)
             reconstruction = sum(smooth_l1(predictors[m](cross[m], deterministic=deterministic),
                                            jax.lax.stop_gradient(features[m])) for m in names)

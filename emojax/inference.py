@@ -10,8 +10,9 @@ folder of clips paired by file stem. It writes one output row per input row; a r
 file is missing or unreadable gets its error message in the ``error`` column and the others are
 still scored. Rows of a dataset's CSV (MELD, IEMOCAP, CH-SIMS) are built and scored as the run
 built and scored its own splits (dialogue order, context turns, prompt, speaker tokens, evaluation
-batches); rows of any other table, and single inputs, are scored alone (batch size 1), a run with
-dialogue context taking the previous turns from ``context=``.
+batches, and for a run with a dialogue context head whole dialogues); rows of any other table, and
+single inputs, are scored alone (batch size 1), a run with dialogue context taking the previous
+turns from ``context=``.
 """
 from __future__ import annotations
 
@@ -22,7 +23,6 @@ import logging
 import os
 import pathlib
 import re
-import tempfile
 from typing import Any, Optional, Sequence
 
 import jax
@@ -38,7 +38,10 @@ from emojax.data.media import split_ref
 from emojax.data.types import Sample, Split
 from emojax.evaluation import predict_proba
 from emojax.features import FeatureSet, Featurizer, standardize
+from emojax.files import write_text_atomic
 from emojax.model import build_model
+from emojax.progress import progress_bar
+from emojax.training.dialogue_batches import with_dialogues
 from emojax.training.steps import make_eval_step
 
 log = logging.getLogger(__name__)
@@ -208,6 +211,12 @@ class Estimator:
             return 0
         return None if int(spec.context_turns) < 0 else int(spec.context_turns)
 
+    @property
+    def dialogue_context(self) -> bool:
+        """Whether the run has a dialogue context head (:mod:`emojax.dialogue`): it classifies an
+        utterance with the rest of its dialogue in view."""
+        return self.model.context is not None
+
     def predict(self, text: Optional[str] = None, audio: Optional[str] = None,
                 video: Optional[str] = None, *, context: Optional[Sequence] = None,
                 speaker: Optional[str] = None) -> dict:
@@ -220,6 +229,10 @@ class Estimator:
         as if it opened its dialogue. ``speaker`` names the utterance's speaker as the turns name
         them (default: a speaker of its own). The input is built as training built it (speaker
         tokens by first appearance, the same turns window and prompt).
+
+        On a run with a dialogue context head the turns and the utterance form one dialogue (the
+        turns with their text only) that the head reads whole, as scoring reads a split's
+        dialogues; without ``context`` the utterance is a dialogue of its own (logged).
         """
         if text is not None and not text.strip():
             raise ValueError("--text: empty transcript; give the utterance's words, or leave --text out to use "
@@ -246,21 +259,39 @@ class Estimator:
                 reasons = getattr(self.featurizer.encoders[m], "errors", {})
                 message = reasons.pop(str(path), f"{path}: {kind} file could not be read")
                 raise ValueError(f"--{kind}: {message}")
-        present = {m: data.present[m][last] & given[m] for m in self.modalities}
-        data = FeatureSet({m: data.features[m][last] for m in self.modalities}, present, data.labels[last],
-                          [data.uids[-1]])
-        data = standardize(data, self.feature_stats)
-        probs = predict_proba(self._eval_step, self.params, data, batch_size=1)[0]
+        if self.dialogue_context:
+            # The head reads the whole dialogue; the turns bring their text, no media.
+            present = {m: np.concatenate([data.present[m][:-1], data.present[m][-1:] & given[m]])
+                       for m in self.modalities}
+            data = with_dialogues(dataclasses.replace(data, present=present), Split("infer", [*turns, sample]))
+            probs = predict_proba(self._eval_step, self.params, standardize(data, self.feature_stats),
+                                  batch_size=int(self.cfg.train.eval_batch_size))[-1]
+        else:
+            present = {m: data.present[m][last] & given[m] for m in self.modalities}
+            data = FeatureSet({m: data.features[m][last] for m in self.modalities}, present, data.labels[last],
+                              [data.uids[-1]])
+            data = standardize(data, self.feature_stats)
+            probs = predict_proba(self._eval_step, self.params, data, batch_size=1)[0]
         result = self._result(probs)
         if transcript is not None:
             result["transcript"] = transcript
         return result
 
     def _context_samples(self, context: Optional[Sequence], text: Optional[str], speaker: str) -> list[Sample]:
-        """The previous turns as samples of one dialogue (text only)."""
-        if self.context_turns == 0 or text is None:
+        """The previous turns as samples of one dialogue (text only): for the run's text input when it
+        holds context turns, and for a dialogue context head."""
+        text_path = self.context_turns != 0 and text is not None
+        head = self.dialogue_context and "T" in self.modalities
+        if not text_path and not head:
             if context:
-                log.info("%s: the run's text input holds no dialogue context; --context is not used", self.run_dir)
+                reason = ("the turns are text and this run has no text modality" if self.dialogue_context
+                          else "the run's text input holds no dialogue context")
+                log.info("%s: %s; --context is not used", self.run_dir, reason)
+            return []
+        if context is None and not text_path:
+            log.warning("%s: no previous turns given: the dialogue context head reads the utterance as a dialogue "
+                        "of its own; give them with --context='Speaker: text' (context=[...] in Python)",
+                        self.run_dir)
             return []
         if context is None:
             window = "the whole dialogue so far" if self.context_turns is None else \
@@ -400,7 +431,7 @@ class Estimator:
         self._check_speakers(split, "this table")
         self.featurizer.progress = progress
         try:
-            data = self.featurizer.split_features(split)
+            data = with_dialogues(self.featurizer.split_features(split), split)
         finally:
             self.featurizer.progress = False
         for j, i in enumerate(order):
@@ -624,13 +655,11 @@ def predict_table(estimator: Estimator, source: str | os.PathLike, output_csv: O
     audio and no text), ``error`` (empty when the row was scored). A missing or undecodable media file the run needs
     fails its row only.
     """
-    from tqdm.auto import tqdm
-
     inputs = read_table_inputs(source, media_root=media_root, split=split, allow_outside_paths=allow_outside_paths)
     if any(item.dialogue is not None for item in inputs):
         outcomes = estimator.predict_dialogues(inputs, progress=progress)
         return _table(estimator, inputs, outcomes, output_csv)
-    if estimator.context_turns != 0 and any(item.text for item in inputs):
+    if estimator.dialogue_context or (estimator.context_turns != 0 and any(item.text for item in inputs)):
         log.warning("%s: this run was trained with dialogue context, but %s has no dialogue columns "
                     "(MELD's Dialogue_ID / Utterance_ID, IEMOCAP's Dialogue_ID / Start_Time, CH-SIMS's "
                     "video_id / clip_id): every row is scored as a dialogue's first utterance",
@@ -640,7 +669,7 @@ def predict_table(estimator: Estimator, source: str | os.PathLike, output_csv: O
             if m in item.problems:
                 item.error = item.error or item.problems[m]
     outcomes: list[tuple[Optional[dict], Optional[str]]] = []
-    bar = tqdm(total=len(inputs), desc="predicting", unit="row", disable=not progress)
+    bar = progress_bar(total=len(inputs), desc="predicting", unit="row", enabled=progress)
     for start in range(0, len(inputs), max(1, int(chunk_size))):
         chunk = inputs[start:start + max(1, int(chunk_size))]
         triples = [(item.text, item.audio, item.video) for item in chunk]
@@ -684,17 +713,5 @@ def _table(estimator: Estimator, inputs: Sequence[TableInput], outcomes, output_
                *(["estimate"] if estimator.provides_estimate else []), "error"]
     table = pd.DataFrame.from_records(records, columns=columns)
     if output_csv is not None:
-        _write_csv_atomic(table, pathlib.Path(output_csv))
+        write_text_atomic(output_csv, table.to_csv(index=False))
     return table
-
-
-def _write_csv_atomic(table, path: pathlib.Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        table.to_csv(tmp, index=False)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)

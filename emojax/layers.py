@@ -52,14 +52,16 @@ class Projector(nn.Module):
 
 
 def attention_weights(q, k, num_heads: int, batch_mask: Optional[jax.Array] = None):
-    """Scaled dot-product weights of the batch-as-sequence mode: ``(heads, B_q, B_k)`` float32.
+    """Scaled dot-product weights of the batch-as-sequence mode: ``(..., heads, B_q, B_k)`` float32
+    for ``q (..., B_q, D)``, ``k (..., B_k, D)`` (leading axes: independent groups, each its own
+    sequence).
 
     ``batch_mask`` ``(B_k,)`` bool: keys whose entry is False get zero weight.
     """
     size = q.shape[-1] // num_heads
-    qh = q.reshape(q.shape[0], num_heads, size).transpose(1, 0, 2)
-    kh = k.reshape(k.shape[0], num_heads, size).transpose(1, 0, 2)
-    scores = jnp.einsum("hqd,hkd->hqk", qh, kh, preferred_element_type=jnp.float32) / math.sqrt(size)
+    qh = q.reshape(*q.shape[:-1], num_heads, size)
+    kh = k.reshape(*k.shape[:-1], num_heads, size)
+    scores = jnp.einsum("...qhd,...khd->...hqk", qh, kh, preferred_element_type=jnp.float32) / math.sqrt(size)
     if batch_mask is not None:
         scores = jnp.where(batch_mask[None, None, :], scores, jnp.finfo(jnp.float32).min)
     return jax.nn.softmax(scores, axis=-1)
@@ -70,8 +72,9 @@ class MultiheadAttention(nn.Module):
     layout (``in_proj_weight (3D, D)`` or ``q/k/v_proj_weight`` when the key size differs,
     ``in_proj_bias (3D,)``, ``out_proj_weight (D, D)``, ``out_proj_bias (D,)``).
 
-    ``query (B, D)``, ``key``/``value`` ``(B, key_dim)`` -> ``(B, D)``. See the module docstring
-    for ``batch_as_sequence``. ``dropout`` applies to the attention weights (the suite: 0).
+    ``query (..., B, D)``, ``key``/``value`` ``(..., B, key_dim)`` -> ``(..., B, D)``; leading axes
+    are independent groups (each attends within itself). See the module docstring for
+    ``batch_as_sequence``. ``dropout`` applies to the attention weights (the suite: 0).
     """
 
     embed_dim: int
@@ -90,30 +93,38 @@ class MultiheadAttention(nn.Module):
         init = nn.initializers.xavier_uniform()
         if kd == d:
             w = self.param("in_proj_weight", init, (3 * d, d))
-            wq, wk, wv = w[:d], w[d:2 * d], w[2 * d:]
         else:
+            w = None
             wq = self.param("q_proj_weight", init, (d, d))
             wk = self.param("k_proj_weight", init, (d, kd))
             wv = self.param("v_proj_weight", init, (d, kd))
         b = self.param("in_proj_bias", nn.initializers.zeros, (3 * d,))
         wo = self.param("out_proj_weight", init, (d, d))
         bo = self.param("out_proj_bias", nn.initializers.zeros, (d,))
-        v = value @ wv.T.astype(value.dtype) + b[2 * d:].astype(value.dtype)
         if not self.batch_as_sequence:
             # One key per sample: the softmax weight is exactly 1.
+            v = value @ (wv if w is None else w[2 * d:]).T.astype(value.dtype) + b[2 * d:].astype(value.dtype)
             return v @ wo.T.astype(v.dtype) + bo.astype(v.dtype)
-        q = query @ wq.T.astype(query.dtype) + b[:d].astype(query.dtype)
-        k = key @ wk.T.astype(key.dtype) + b[d:2 * d].astype(key.dtype)
+        if w is not None and query is key and key is value:
+            # Self-attention: one product with the whole in_proj_weight gives q, k and v (no sliced
+            # copies of the weight, and its gradient comes out whole, not as three padded parts).
+            q, k, v = jnp.split(query @ w.T.astype(query.dtype) + b.astype(query.dtype), 3, axis=-1)
+        else:
+            if w is not None:
+                wq, wk, wv = w[:d], w[d:2 * d], w[2 * d:]
+            q = query @ wq.T.astype(query.dtype) + b[:d].astype(query.dtype)
+            k = key @ wk.T.astype(key.dtype) + b[d:2 * d].astype(key.dtype)
+            v = value @ wv.T.astype(value.dtype) + b[2 * d:].astype(value.dtype)
         probs = attention_weights(q, k, self.num_heads, batch_mask)
         probs = nn.Dropout(self.dropout)(probs, deterministic=deterministic)
-        size = d // self.num_heads
-        vh = v.reshape(-1, self.num_heads, size).transpose(1, 0, 2)
-        out = jnp.einsum("hqk,hkd->hqd", probs.astype(vh.dtype), vh).transpose(1, 0, 2).reshape(-1, d)
+        vh = v.reshape(*v.shape[:-1], self.num_heads, d // self.num_heads)
+        out = jnp.einsum("...hqk,...khd->...qhd", probs.astype(vh.dtype), vh).reshape(*q.shape[:-1], d)
         return out @ wo.T.astype(out.dtype) + bo.astype(out.dtype)
 
 
 class SelfAttentionProjector(nn.Module):
-    """``Projector(Dropout(LayerNorm(attention(x, x, x) + x)))``: ``(B, in) -> (B, out)``.
+    """``Projector(Dropout(LayerNorm(attention(x, x, x) + x)))``: ``(..., B, in) -> (..., B, out)``
+    (leading axes: independent groups, as in :class:`MultiheadAttention`).
 
     Submodules ``multihead_attn``, ``norm``, ``proj`` (the suite's names).
     """

@@ -1,20 +1,27 @@
-"""The recognition head: per-modality features -> placeholders -> fusion -> classifier -> logits.
+"""The recognition head: per-modality features -> placeholders -> fusion -> [dialogue context] ->
+classifier -> logits.
 
 ``EmotionModel`` is a Flax module, so ``model.init(rngs, ...)`` gives its parameter pytree and
 ``model.apply(params, ...)`` is a pure function of parameters, inputs and RNG keys.
 
 RNG streams used in training (``deterministic=False``): ``dropout`` (feature and fusion
 dropout), ``router`` (noise of noisy routers) and ``modality`` (modality dropout).
+
+With a dialogue context head (``context``, :mod:`emojax.dialogue`) the rows of a batch are padded
+dialogues, ``speakers (dialogues, turns)`` giving their shape: the fusion still works per
+utterance on the flattened rows (``batch_mask`` keeps padding out of attention across the batch),
+then the head runs over each dialogue's fused vectors before the classifier.
 """
 from __future__ import annotations
 
-from typing import Mapping
+from typing import Mapping, Optional
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
 from emojax import classifier as classifier_lib
+from emojax import dialogue as dialogue_lib
 from emojax import fusion as fusion_lib
 
 
@@ -39,14 +46,21 @@ class EmotionModel(nn.Module):
     dropout: float = 0.1
     modality_dropout: float = 0.0
     dtype: jnp.dtype = jnp.float32
+    # The dialogue context head's settings (emojax.dialogue.context_spec); None: no head.
+    context: Optional[Mapping] = None
 
     @nn.compact
     def __call__(self, features: Mapping[str, jax.Array], present: Mapping[str, jax.Array], *,
-                 deterministic: bool = True, batch_mask=None):
+                 deterministic: bool = True, batch_mask=None, speakers=None):
         """Returns ``(logits (batch, classes) float32, aux_loss scalar, fused (batch, F))``.
 
         ``batch_mask (batch,) bool`` marks real rows of a padded batch: with attention across the
         batch (the suite's mode) padding rows are kept out of the keys, so they change nothing.
+
+        ``speakers (dialogues, turns) int`` (context head only): the batch's rows are
+        ``dialogues * turns`` padded dialogue slots, row ``d * turns + t`` being turn ``t`` of
+        dialogue ``d``, with its speaker number; ``batch_mask`` then marks the real turns. Without
+        it every row is a dialogue of one utterance.
         """
         dims = dict(self.input_dims)
         keep = {m: present[m].astype(bool) for m in self.modalities}
@@ -76,11 +90,29 @@ class EmotionModel(nn.Module):
         # modalities (CMCL, SCL, FRL): ``apply(..., mutable=["intermediates"])`` returns them.
         self.sow("intermediates", "fusion_inputs", inputs)
         fused, aux = fusion(inputs, deterministic=deterministic, batch_mask=batch_mask)
-        hidden = nn.Dropout(self.dropout)(fused, deterministic=deterministic)
+        hidden = fused
+        if self.context is not None:
+            hidden = self._dialogue_context(fused, speakers, batch_mask, deterministic)
+        hidden = nn.Dropout(self.dropout)(hidden, deterministic=deterministic)
         classifier = classifier_lib.build_classifier(self.classifier["name"], num_classes=self.num_classes,
                                                      **_options(self.classifier))
         logits, aux_classifier = classifier(hidden, deterministic=deterministic)
         return logits.astype(jnp.float32), (aux + aux_classifier).astype(jnp.float32), fused
+
+    def _dialogue_context(self, fused, speakers, batch_mask, deterministic: bool):
+        """``fused (dialogues * turns, F)`` -> the context head's ``(dialogues * turns, dim)``."""
+        rows = fused.shape[0]
+        if speakers is None:
+            speakers = jnp.zeros((rows, 1), jnp.int32)
+        dialogues, turns = speakers.shape
+        if dialogues * turns != rows:
+            raise ValueError(f"context head: speakers of shape {speakers.shape} do not describe the batch's "
+                             f"{rows} rows (dialogues x turns)")
+        mask = jnp.ones((rows,), bool) if batch_mask is None else jnp.asarray(batch_mask, bool)
+        head = dialogue_lib.DialogueContext(**self.context, dtype=self.dtype, name="context")
+        out = head(fused.reshape(dialogues, turns, -1), speakers, mask.reshape(dialogues, turns),
+                   deterministic=deterministic)
+        return out.reshape(rows, -1)
 
 
 def build_model(cfg, input_dims: Mapping[str, int], num_classes: int) -> EmotionModel:
@@ -98,4 +130,5 @@ def build_model(cfg, input_dims: Mapping[str, int], num_classes: int) -> Emotion
         dropout=float(cfg.model.dropout),
         modality_dropout=float(cfg.modality_dropout),
         dtype=jnp.bfloat16 if cfg.precision == "bfloat16" else jnp.float32,
+        context=dialogue_lib.context_spec(cfg),
     )

@@ -27,3 +27,9 @@ def progress_bar(iterable: Optional[Iterable] = None, *, enabled: bool = True, *
     """``tqdm(iterable, **kwargs)``, off unless :func:`bars_shown` (``enabled`` is the caller's
     own switch, e.g. ``cfg.progress``)."""
     return tqdm(iterable, disable=not bars_shown(enabled), **kwargs)
+
+
+def write_line(message: str) -> None:
+    """Print a summary line (an epoch's scores, a stage's result) above any bar being drawn, so
+    the bar is not broken; shown wherever the output goes, bars or not."""
+    tqdm.write(message)

@@ -33,7 +33,8 @@ import shutil
 import time
 
 from emojax import config as config_lib
-from emojax.checkpoint import CheckpointError, write_json_atomic
+from emojax.checkpoint import CheckpointError
+from emojax.files import building_folder, publish_folder, write_json_atomic
 from emojax.store import RUN_LINKS, export_encoder, resolve_run_encoder, run_encoders
 
 MANIFEST = "standalone.json"
@@ -106,11 +107,7 @@ def create_standalone(run_dir: str | os.PathLike, output: str | os.PathLike) -> 
     progress = _finished_run(run_dir)
     _empty_output(output)
     cfg = config_lib.load_config(run_dir / "config.json")
-    tmp = output.parent / f".{output.name}.tmp-{os.getpid()}"
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    tmp.mkdir(parents=True)
-    try:
+    with building_folder(output, prefix=f".{output.name}.tmp-") as tmp:
         for name in _RUN_FILES:
             if (run_dir / name).is_file():
                 shutil.copyfile(run_dir / name, tmp / name)
@@ -125,12 +122,9 @@ def create_standalone(run_dir: str | os.PathLike, output: str | os.PathLike) -> 
                     "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
                     "encoders": {m: {**info, "path": f"{RUN_LINKS}/{m}"} for m, info in encoders.items()}}
         write_json_atomic(tmp / MANIFEST, manifest)
-        if output.exists():
-            output.rmdir()
-        os.rename(tmp, output)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
+        if not publish_folder(tmp, output):
+            raise FileExistsError(f"{output}: was filled by something else while the run was copied; "
+                                  "choose a new folder")
     _point_config(output)
     return output
 

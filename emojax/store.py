@@ -50,7 +50,8 @@ from typing import Any, Optional
 
 import numpy as np
 
-from emojax.checkpoint import CheckpointError, write_json_atomic
+from emojax.checkpoint import CheckpointError
+from emojax.files import building_folder, publish_folder, write_json_atomic
 
 log = logging.getLogger(__name__)
 
@@ -286,13 +287,6 @@ def export_encoder(encoder, folder: str | os.PathLike, *, model: str = "", verif
     return folder
 
 
-def _fsync_tree(folder: pathlib.Path) -> None:
-    for path in folder.rglob("*"):
-        if path.is_file():
-            with open(path, "rb") as handle:
-                os.fsync(handle.fileno())
-
-
 def _added_tokens(encoder) -> list[str]:
     """Tokens added on top of the base vocabulary (speaker tokens), in id order."""
     try:
@@ -326,10 +320,7 @@ def store_encoder(encoder, workdir: str | os.PathLike, *, model: str = "") -> pa
     final = root / digest
     if final.exists():
         return check_entry(final)
-    root.mkdir(parents=True, exist_ok=True)
-    tmp = root / f"{_TMP_PREFIX}{digest[:16]}-{os.getpid()}-{secrets.token_hex(4)}"
-    tmp.mkdir()
-    try:
+    with building_folder(final, prefix=f"{_TMP_PREFIX}{digest[:16]}-") as tmp:
         export_encoder(encoder, tmp, model=model)
         manifest = {"hash": digest, "model": model or getattr(encoder, "name", ""),
                     "family": encoder_family(encoder), "added_tokens": _added_tokens(encoder),
@@ -338,17 +329,10 @@ def store_encoder(encoder, workdir: str | os.PathLike, *, model: str = "") -> pa
             # The entry's config.json states the grown rows; the hash was taken with this size.
             manifest["vocab_size"] = int(encoder.config.vocab_size)
         write_json_atomic(tmp / MANIFEST, manifest)
-        _fsync_tree(tmp)
-        try:
-            os.rename(tmp, final)
+        if publish_folder(tmp, final, sync=True):
             log.info("encoder store: wrote %s", final)
-        except OSError:
-            if not final.exists():
-                raise
+        else:
             log.info("encoder store: %s was written by another process; using it", final)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
     return check_entry(final)
 
 

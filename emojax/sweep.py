@@ -1,7 +1,7 @@
 """Sweeps: many runs described as data, ordered, run (one by one or several at once) and tabulated.
 
-A sweep is a Python module under ``configs/experiments/`` whose ``get_sweep()`` returns a list of run
-specs, plain dicts::
+A sweep is a list of run specs, plain dicts (the repository's sweeps are the ``get_sweep()``
+functions of ``configs/experiments/``, loaded by ``configs.experiments.load_sweep``)::
 
     {"name": "MELD--E/T+A+V/DF-1.0+attn/focal+dist/seed=0",
      "parts": "dataset=MELD--E,encoders=T+A+V,fusion=DF-1.0+attn,loss=focal+dist",
@@ -9,12 +9,14 @@ specs, plain dicts::
      "category": "distillation",                # or "training"
      "teacher": "MELD--E/T/focal/seed=0"}       # the name of another spec, or None
 
-:func:`spec` builds one with a readable name. From the specs, :func:`plan` composes and checks
-every config (``dataset.path`` = ``data_root/<the dataset's folder>``, then the spec's overrides,
-then the command line's), places each run (``emojax.config.run_dir``) and orders them so every
-teacher comes before its students. :func:`execute` runs them: in this process through
-``emojax.training.fit`` (one after another), or as ``python -m launch.train`` subprocesses, N at a
-time, each pinned to a GPU with ``CUDA_VISIBLE_DEVICES``. A finished run (``results.json``) is
+:func:`spec` builds one with a readable name. From the specs, :func:`plan` composes every config
+with the ``compose`` it is given (``parts`` string -> ``ConfigDict``; the repository's is
+``configs.compose.compose``), sets ``dataset.path`` = ``data_root/<the dataset's folder>``, then
+the spec's overrides, then the command line's, checks it, places each run
+(``emojax.config.run_dir``) and orders them so every teacher comes before its students.
+:func:`execute` runs them: in this process through ``emojax.training.fit`` (one after another), or
+as subprocesses (the ``command`` it is given; ``launch.sweep`` starts ``python -m launch.train``),
+N at a time, each pinned to a GPU with ``CUDA_VISIBLE_DEVICES``. A finished run (``results.json``) is
 skipped, an interrupted one resumes (``fit`` does that), a failed one is recorded with its error
 and its students are skipped with the reason. :func:`aggregate` and :func:`format_report` turn the
 runs' ``results.json`` into a table: per config (everything but the seed), the mean and standard
@@ -24,14 +26,11 @@ from __future__ import annotations
 
 import ast
 import dataclasses
-import importlib
 import json
 import logging
 import os
 import pathlib
-import pkgutil
 import subprocess
-import sys
 import time
 import traceback
 from typing import Any, Callable, Iterable, Mapping, Optional, Sequence
@@ -39,10 +38,10 @@ from typing import Any, Callable, Iterable, Mapping, Optional, Sequence
 import numpy as np
 
 from emojax import config as config_lib
+from emojax.files import write_text_atomic
 
 log = logging.getLogger(__name__)
 
-ROOT = pathlib.Path(__file__).resolve().parents[1]  # the repository (configs/, launch/)
 SEEDS = (0, 42, 114)
 METRICS = ("accuracy", "weighted_f1")
 SPLITS = ("dev", "test")
@@ -54,54 +53,35 @@ class SweepError(ValueError):
 
 
 # ---------------------------------------------------------------------------------------------
-# Specs and sweep modules
+# Specs
 # ---------------------------------------------------------------------------------------------
+def part_values(parts: str) -> list[str]:
+    """``"dataset=MELD--E,loss=focal"`` -> ``["MELD--E", "focal"]``: the values of a ``key=value,...``
+    string, in its order. Which keys and values exist is the composer's to say (:func:`plan`)."""
+    values, keys = [], set()
+    for item in filter(None, parts.split(",")):
+        key, sep, value = (text.strip() for text in item.partition("="))
+        if not sep or not key or not value:
+            raise SweepError(f"run spec parts {parts!r}: {item!r} is not of the form key=value")
+        if key in keys:
+            raise SweepError(f"run spec parts {parts!r}: {key!r} is given twice")
+        keys.add(key)
+        values.append(value)
+    return values
+
+
 def spec(parts: str, seed: int, *, name: Optional[str] = None, teacher: Optional[str] = None,
          category: Optional[str] = None, **overrides) -> dict:
-    """One run spec. ``name`` defaults to the part values and seed (``MELD--E/T/focal/seed=0``);
-    ``category`` to ``distillation`` with a teacher, ``training`` without; ``overrides`` are
-    dotted config fields given with ``__`` for the dots (``train__epochs=5``)."""
-    chosen = config_lib.parse_parts(parts)
+    """One run spec. ``name`` defaults to the part values, in the order given, and the seed
+    (``dataset=MELD--E,encoders=T,loss=focal`` -> ``MELD--E/T/focal/seed=0``); ``category`` to
+    ``distillation`` with a teacher, ``training`` without; ``overrides`` are dotted config fields
+    given with ``__`` for the dots (``train__epochs=5``)."""
+    values = part_values(parts)
     if name is None:
-        name = "/".join([*(chosen[key] for key in config_lib.PARTS if key in chosen), f"seed={seed}"])
+        name = "/".join([*values, f"seed={seed}"])
     return {"name": name, "parts": parts,
             "overrides": {"seed": int(seed), **{k.replace("__", "."): v for k, v in overrides.items()}},
             "category": category or ("distillation" if teacher else "training"), "teacher": teacher}
-
-
-def sweep_module_name(name: str) -> str:
-    """``baseline/unimodal`` -> ``configs.experiments.baseline.unimodal``; ``mdn-ablation`` -> ``...mdn_ablation``."""
-    return "configs.experiments." + name.strip("/").replace("/", ".").replace("-", "_")
-
-
-def available_sweeps() -> list[str]:
-    """The sweep names under ``configs/experiments/`` (``baseline/unimodal``, ``mdn``, ...)."""
-    import configs.experiments as package
-
-    names = []
-    prefix = "configs.experiments."
-    for info in pkgutil.walk_packages(package.__path__, prefix=prefix):
-        if info.ispkg:
-            continue
-        module = importlib.import_module(info.name)
-        if callable(getattr(module, "get_sweep", None)):
-            names.append(info.name[len(prefix):].replace(".", "/").replace("_", "-"))
-    return sorted(names)
-
-
-def load_sweep(name: str) -> list[dict]:
-    """The run specs of the sweep ``name`` (its module's ``get_sweep()``)."""
-    module_name = sweep_module_name(name)
-    try:
-        module = importlib.import_module(module_name)
-    except ModuleNotFoundError as err:
-        if err.name and module_name.startswith(err.name):
-            raise SweepError(f"unknown sweep {name!r} (no module {module_name}); "
-                             f"sweeps: {', '.join(available_sweeps())}") from None
-        raise
-    if not callable(getattr(module, "get_sweep", None)):
-        raise SweepError(f"sweep {name!r}: {module_name} has no get_sweep() function")
-    return list(module.get_sweep())
 
 
 def check_specs(specs: Sequence[Mapping]) -> None:
@@ -133,9 +113,10 @@ def check_specs(specs: Sequence[Mapping]) -> None:
 # ---------------------------------------------------------------------------------------------
 # Configs
 # ---------------------------------------------------------------------------------------------
-def dataset_folder(dataset: str) -> str:
-    """The folder name of a dataset part (``MELD--E`` -> ``MELD``): that of its default path."""
-    return pathlib.PurePath(config_lib.presets("dataset")[dataset]["path"]).name
+def dataset_folder(cfg) -> str:
+    """The folder name of a freshly composed config's dataset: that of its default path
+    (``datasets/MELD`` -> ``MELD``)."""
+    return pathlib.PurePath(cfg.dataset.path).name
 
 
 def parse_assignments(items: Iterable[str]) -> dict[str, str]:
@@ -241,15 +222,16 @@ def run_status(run_dir: pathlib.Path) -> str:
     return "new"
 
 
-def build_run(item: Mapping, workdir, data_root, overrides: Optional[Mapping[str, Any]] = None) -> Run:
-    """Compose, override, validate and place one spec."""
+def build_run(item: Mapping, workdir, data_root, overrides: Optional[Mapping[str, Any]] = None, *,
+              compose: Callable[[str], Any]) -> Run:
+    """Compose (``compose(item["parts"])``), override, validate and place one spec."""
     name = item["name"]
     try:
-        cfg = config_lib.compose(item["parts"])
+        cfg = compose(item["parts"])
     except config_lib.ConfigError as err:
         raise SweepError(f"run {name!r}: {err}") from None
     applied: dict[str, Any] = {}
-    fields = [("dataset.path", str(pathlib.Path(data_root) / dataset_folder(cfg.dataset.name))),
+    fields = [("dataset.path", str(pathlib.Path(data_root) / dataset_folder(cfg))),
               *dict(item.get("overrides") or {}).items(), *dict(overrides or {}).items()]
     for key, value in fields:
         try:
@@ -278,12 +260,14 @@ def _get(cfg, key: str):
     return node
 
 
-def plan(specs: Sequence[Mapping], workdir, data_root="datasets", *, overrides: Optional[Mapping[str, Any]] = None,
-         only: Optional[str] = None) -> list[Run]:
+def plan(specs: Sequence[Mapping], workdir, data_root="datasets", *, compose: Callable[[str], Any],
+         overrides: Optional[Mapping[str, Any]] = None, only: Optional[str] = None) -> list[Run]:
     """The runs of ``specs``, teachers before their students (otherwise in the sweep's order).
-    ``only`` keeps the runs whose name or label contains it, with the teachers they need."""
+    ``compose`` turns a spec's ``parts`` into a fresh config (``configs.compose.compose``); it
+    raises ``emojax.config.ConfigError`` for an unknown part. ``only`` keeps the runs whose name
+    or label contains it, with the teachers they need."""
     check_specs(specs)
-    runs = {item["name"]: build_run(item, workdir, data_root, overrides) for item in specs}
+    runs = {item["name"]: build_run(item, workdir, data_root, overrides, compose=compose) for item in specs}
     seen: dict[pathlib.Path, str] = {}
     for run in runs.values():
         if run.run_dir in seen:
@@ -370,17 +354,6 @@ def _finish(run: Run, outcome: Outcome) -> Outcome:
     return outcome
 
 
-def launcher_command(run: Run, workdir, teacher_dir: Optional[pathlib.Path] = None) -> list[str]:
-    """The ``python -m launch.train`` command line of ``run`` (what a subprocess runs)."""
-    argv = [sys.executable, "-m", "launch.train", f"--config={ROOT / 'configs' / 'train.py'}:{run.parts}"]
-    for key, value in run.overrides.items():
-        argv.append(f"--config.{key}={value}")
-    argv.append(f"--workdir={pathlib.Path(workdir).absolute()}")
-    if teacher_dir is not None:
-        argv.append(f"--teacher={pathlib.Path(teacher_dir).absolute()}")
-    return argv
-
-
 def _slug(name: str) -> str:
     return "".join(c if c.isalnum() or c in "-_.=+" else "_" for c in name.replace("/", "__"))
 
@@ -396,25 +369,30 @@ def _last_error_line(path: pathlib.Path) -> str:
 
 def execute(runs: Sequence[Run], workdir, *, parallel: int = 1, devices: Optional[Sequence[str]] = None,
             runner: Optional[Callable] = None, command: Optional[Callable] = None,
-            log_dir: Optional[pathlib.Path] = None, echo: Callable[[str], None] = print,
-            poll_seconds: float = 0.5) -> dict[str, Outcome]:
+            env: Optional[Mapping[str, str]] = None, log_dir: Optional[pathlib.Path] = None,
+            echo: Callable[[str], None] = print, poll_seconds: float = 0.5) -> dict[str, Outcome]:
     """Run ``runs`` (ordered by :func:`plan`); returns ``{name: Outcome}``.
 
     With ``parallel`` 1 and no ``devices``, runs go one after another in this process through
     ``runner(cfg, workdir, category=..., teacher=...)`` (default ``emojax.training.fit``). Otherwise
-    up to ``parallel`` subprocesses run at once (``command(run, workdir, teacher_dir)``, default
-    :func:`launcher_command`), each with ``CUDA_VISIBLE_DEVICES`` set to the least busy of
-    ``devices`` (default ``0..parallel-1``; with more runs than devices, several share one and
-    JAX's memory preallocation is turned off) and its output in ``log_dir/<run>.log``; a student
-    starts once its teacher has finished. Interrupted, the subprocesses are stopped.
+    up to ``parallel`` subprocesses run at once: ``command(run, workdir, teacher_dir)`` is the
+    argument list of one (``launch.sweep`` gives ``python -m launch.train`` with the run's parts
+    and overrides), started in this process's working directory with its environment plus
+    ``env``, and ``CUDA_VISIBLE_DEVICES`` set to the least busy of ``devices`` (default
+    ``0..parallel-1``; with more runs than devices, several share one and JAX's memory
+    preallocation is turned off); its output goes to ``log_dir/<run>.log``. A student starts once
+    its teacher has finished. Interrupted, the subprocesses are stopped.
     """
     if parallel < 1:
         raise SweepError(f"--parallel: {parallel} must be at least 1")
     if parallel == 1 and not devices:
         return _execute_here(runs, workdir, runner=runner, echo=echo)
+    if command is None:
+        raise SweepError("runs in subprocesses (parallel > 1 or devices) need command(run, workdir, teacher_dir) "
+                         "-> argv; python -m launch.sweep passes python -m launch.train, or run with parallel=1")
     devices = [str(d) for d in (devices or range(parallel))]
-    return _execute_subprocesses(runs, workdir, parallel=parallel, devices=devices,
-                                 command=command or launcher_command,
+    return _execute_subprocesses(runs, workdir, parallel=parallel, devices=devices, command=command,
+                                 env=dict(env or {}),
                                  log_dir=pathlib.Path(log_dir or pathlib.Path(workdir) / "sweeps" / "logs"),
                                  echo=echo, poll_seconds=poll_seconds)
 
@@ -456,7 +434,7 @@ def _execute_here(runs, workdir, *, runner, echo) -> dict[str, Outcome]:
     return outcomes
 
 
-def _execute_subprocesses(runs, workdir, *, parallel, devices, command, log_dir, echo,
+def _execute_subprocesses(runs, workdir, *, parallel, devices, command, env, log_dir, echo,
                           poll_seconds) -> dict[str, Outcome]:
     by_name = {run.name: run for run in runs}
     outcomes: dict[str, Outcome] = {}
@@ -465,7 +443,6 @@ def _execute_subprocesses(runs, workdir, *, parallel, devices, command, log_dir,
     load = {device: 0 for device in devices}
     total, started = len(runs), 0
     log_dir.mkdir(parents=True, exist_ok=True)
-    env_path = os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))
     try:
         while pending or running:
             # Settle what needs no process: finished runs, students of failed teachers.
@@ -489,11 +466,11 @@ def _execute_subprocesses(runs, workdir, *, parallel, devices, command, log_dir,
                 teacher_dir = by_name[run.teacher].run_dir if run.teacher else None
                 log_path = log_dir / f"{_slug(run.name)}.log"
                 handle = open(log_path, "a")
-                env = dict(os.environ, CUDA_VISIBLE_DEVICES=device, PYTHONPATH=env_path)
+                child_env = {**os.environ, **env, "CUDA_VISIBLE_DEVICES": device}
                 if parallel > len(devices):
                     # Runs share a GPU: JAX must not grab most of its memory for the first one.
-                    env.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
-                process = subprocess.Popen(command(run, workdir, teacher_dir), cwd=ROOT, env=env,
+                    child_env.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
+                process = subprocess.Popen(command(run, workdir, teacher_dir), env=child_env,
                                            stdout=handle, stderr=subprocess.STDOUT)
                 started += 1
                 load[device] += 1
@@ -661,11 +638,8 @@ def write_report(name: str, workdir, runs: Sequence[Run], outcomes: Optional[Map
     groups = aggregate(records)
     text = format_report(name, groups, records, workdir=str(workdir))
     md_path, json_path = report_paths(name, workdir)
-    md_path.parent.mkdir(parents=True, exist_ok=True)
-    md_path.write_text(text)
+    write_text_atomic(md_path, text)
     payload = {"sweep": name, "workdir": str(workdir), "std": "population (ddof=0) over seeds",
                "groups": groups, "runs": records}
-    tmp = json_path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(payload, indent=2, default=str))
-    os.replace(tmp, json_path)
+    write_text_atomic(json_path, json.dumps(payload, indent=2, default=str))
     return text

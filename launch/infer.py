@@ -28,8 +28,8 @@ from typing import Optional
 from absl import app, flags
 
 from emojax.checkpoint import finished_run
+from emojax.folder_checks import folder_problem
 from emojax.inference import Estimator, predict_table
-from emojax.paths import folder_problem
 from launch import _errors
 
 _RUN_DIR = flags.DEFINE_string("run_dir", None, "A run directory written by launch/train.py.", required=True)

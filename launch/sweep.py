@@ -20,8 +20,10 @@ import sys
 
 from absl import flags
 
+from configs.compose import compose
+from configs.experiments import available_sweeps, load_sweep
 from emojax import sweep as sweep_lib
-from launch import _errors
+from launch import _commands, _errors
 
 _SWEEP = flags.DEFINE_string("sweep", None, "The sweep: a module under configs/experiments/ (baseline/unimodal, mdn, "
                              "makd, ...); --sweep=list lists them.")
@@ -43,14 +45,14 @@ def main(argv):
     std_logging.getLogger("absl").setLevel(std_logging.WARNING)
     name = _SWEEP.value
     if not name or name == "list":
-        print("\n".join(sweep_lib.available_sweeps()))
+        print("\n".join(available_sweeps()))
         if not name:
             raise _errors.UserError("give --sweep=NAME (one of the names above)")
         return
     workdir = pathlib.Path(_WORKDIR.value)
     _errors.check_folder(workdir, "--workdir")
     _errors.check_folder(_DATA_ROOT.value, "--data_root")
-    runs = sweep_lib.plan(sweep_lib.load_sweep(name), workdir, _DATA_ROOT.value,
+    runs = sweep_lib.plan(load_sweep(name), workdir, _DATA_ROOT.value, compose=compose,
                           overrides=sweep_lib.parse_assignments(_SET.value), only=_ONLY.value)
     if not runs:
         _errors.fail(f"no run of sweep {name!r} matches --only={_ONLY.value!r}")
@@ -59,6 +61,7 @@ def main(argv):
         return
     log_dir = workdir / "sweeps" / name.strip("/").replace("/", "-") / "logs"
     outcomes = sweep_lib.execute(runs, workdir, parallel=_PARALLEL.value, devices=_DEVICES.value or None,
+                                 command=_commands.train_command, env=_commands.checkout_env(),
                                  log_dir=log_dir, echo=lambda line: print(line, flush=True))
     text = sweep_lib.write_report(name, workdir, runs, outcomes)
     md_path, json_path = sweep_lib.report_paths(name, workdir)

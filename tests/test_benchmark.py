@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from emojax import benchmark as bench
-from emojax import config as config_lib
+from configs.compose import compose
 from emojax import train as train_lib
 from emojax.cache import FeatureCache
 from emojax.data.demo import generate_demo
@@ -34,7 +34,7 @@ def demo_data(tmp_path_factory):
 
 
 def demo_config(data, bert):
-    cfg = config_lib.compose("dataset=demo,encoders=T+A+V,loss=focal+spcl")
+    cfg = compose("dataset=demo,encoders=T+A+V,loss=focal+spcl")
     cfg.dataset.path, cfg.dataset.generate = str(data), False
     cfg.encoders.T.model = str(bert)
     cfg.train.batch_size, cfg.progress = 8, False
@@ -109,7 +109,7 @@ def test_benchmark_config_every_field_and_cached_evaluation_runs_no_encoder(tmp_
 
 
 def test_benchmark_run_dir_scores_as_the_run_did(tmp_path, text_meld, tiny_bert):
-    cfg = config_lib.compose("dataset=MELD--E,encoders=T")
+    cfg = compose("dataset=MELD--E,encoders=T")
     cfg.dataset.path, cfg.encoders.T.model = str(text_meld), str(tiny_bert)
     cfg.train.epochs, cfg.train.batch_size, cfg.train.lr, cfg.progress = 3, 16, 1e-2, False
     run_dir = train_lib.fit(cfg, tmp_path / "runs")
@@ -146,7 +146,7 @@ def test_benchmark_train_step_of_lora_config_trains_adapters(text_meld, tiny_ber
     tiny BERT's six projections per layer (hidden 32, MLP 64, 2 layers) trains 3,584 parameters."""
     from emojax.benchmark import measure_train_step, setup_from_config
 
-    cfg = config_lib.compose("dataset=MELD--E,encoders=T,mode=lora")
+    cfg = compose("dataset=MELD--E,encoders=T,mode=lora")
     cfg.dataset.path = str(text_meld)
     cfg.encoders.T.model = str(tiny_bert)
     cfg.finetune.lora.rank = 4

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from safetensors.numpy import save_file
 
-from emojax import config as config_lib
+from configs.compose import compose
 from emojax.cache import CORRUPT_SUFFIX, FeatureCache
 from emojax.data.media import MediaError
 from emojax.data.types import Sample, Split
@@ -150,7 +150,7 @@ def _audio_split(tmp_path, n):
 
 
 def _featurizer(cache, encoder):
-    cfg = config_lib.compose("dataset=MELD--E,encoders=A")
+    cfg = compose("dataset=MELD--E,encoders=A")
     cfg.encoders.A.family = "classic-audio"
     cfg.progress = False
     featurizer = Featurizer(cfg, cache=cache)

@@ -1,4 +1,4 @@
-"""Config composition, validation, hashing and run directories."""
+"""Config composition (configs/), validation, hashing and run directories (emojax.config)."""
 import json
 import pathlib
 import subprocess
@@ -6,54 +6,57 @@ import sys
 
 import pytest
 
+from configs import compose as compose_lib
+from configs import default
+from configs.compose import compose, presets
 from emojax import config as config_lib
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 
 def test_config_compose_parts():
-    cfg = config_lib.compose("dataset=MELD--E,encoders=T+A+V,loss=focal")
+    cfg = compose("dataset=MELD--E,encoders=T+A+V,loss=focal")
     assert cfg.dataset.kind == "meld" and cfg.dataset.target == "emotion"
     assert config_lib.modalities(cfg) == ("T", "A", "V")
     assert cfg.loss.classification == "focal"
     assert set(cfg.encoders) == {"T", "A", "V"}
     assert cfg.mode == "frozen"
-    cfg = config_lib.compose("dataset=IEMOCAP--E,encoders=A+V,mode=frozen,dropout=MD-0.2")
+    cfg = compose("dataset=IEMOCAP--E,encoders=A+V,mode=frozen,dropout=MD-0.2")
     assert cfg.dataset.kind == "iemocap" and cfg.modalities == "A+V" and cfg.modality_dropout == 0.2
 
 
 def test_config_unknown_part_and_preset_named():
     with pytest.raises(config_lib.ConfigError, match="datset"):
-        config_lib.compose("datset=MELD--E")
+        compose("datset=MELD--E")
     with pytest.raises(config_lib.ConfigError, match="MELD--X"):
-        config_lib.compose("dataset=MELD--X")
+        compose("dataset=MELD--X")
     with pytest.raises(config_lib.ConfigError, match="key=value"):
-        config_lib.compose("dataset")
+        compose("dataset")
 
 
 def test_config_fusion_needs_several_modalities():
-    multi = [name for name, p in config_lib.presets("fusion").items() if p.get("min_modalities", 1) > 1]
+    multi = [name for name, p in presets("fusion").items() if p.get("min_modalities", 1) > 1]
     assert "tensor" in multi and "low-rank" in multi
     for name in multi:
-        cfg = config_lib.compose(f"encoders=T,fusion={name}")
+        cfg = compose(f"encoders=T,fusion={name}")
         with pytest.raises(config_lib.ConfigError, match="fusion"):
             config_lib.validate(cfg)
-        config_lib.validate(config_lib.compose(f"encoders=T+A,fusion={name}"))
+        config_lib.validate(compose(f"encoders=T+A,fusion={name}"))
 
 
 def test_config_validation_names_key():
-    cfg = config_lib.compose("dataset=MELD--E,encoders=T")
+    cfg = compose("dataset=MELD--E,encoders=T")
     cfg.encoders.T.pooling = "max"
     with pytest.raises(config_lib.ConfigError, match=r"encoders\.T\.pooling"):
         config_lib.validate(cfg)
-    cfg = config_lib.compose("dataset=MELD--E,encoders=T,mode=trainable")
+    cfg = compose("dataset=MELD--E,encoders=T,mode=trainable")
     config_lib.validate(cfg)
     assert cfg.encoders.T.pooling == "mask" and cfg.encoders.T.prompt  # the suite's fine-tuning text path
-    cfg = config_lib.compose("dataset=MELD--E,encoders=A+V,mode=trainable")
+    cfg = compose("dataset=MELD--E,encoders=A+V,mode=trainable")
     with pytest.raises(config_lib.ConfigError, match=r"mode: .trainable. fine-tunes encoders with weights"):
         config_lib.validate(cfg)
     # finetune.tune: which encoders train (all = every encoder with weights)
-    cfg = config_lib.compose("dataset=MELD--E,encoders=T+A+V,mode=lora")
+    cfg = compose("dataset=MELD--E,encoders=T+A+V,mode=lora")
     assert config_lib.tuned_modalities(cfg) == ("T",)  # classic audio / video have no weights
     cfg.encoders.A.update(family="whisper", model="openai/whisper-base", pooling="default")
     config_lib.validate(cfg)
@@ -65,20 +68,20 @@ def test_config_validation_names_key():
         cfg.finetune.tune = tune
         with pytest.raises(config_lib.ConfigError, match=message):
             config_lib.validate(cfg)
-    assert config_lib.tuned_modalities(config_lib.compose("dataset=MELD--E,encoders=T")) == ()  # frozen
-    cfg = config_lib.compose("dataset=MELD--E,encoders=T,mode=lora")
+    assert config_lib.tuned_modalities(compose("dataset=MELD--E,encoders=T")) == ()  # frozen
+    cfg = compose("dataset=MELD--E,encoders=T,mode=lora")
     cfg.finetune.lora.rank = 0
     with pytest.raises(config_lib.ConfigError, match=r"finetune\.lora\.rank"):
         config_lib.validate(cfg)
-    cfg = config_lib.compose("dataset=MELD--E")
+    cfg = compose("dataset=MELD--E")
     cfg.train.batch_size = 0
     with pytest.raises(config_lib.ConfigError, match=r"train\.batch_size"):
         config_lib.validate(cfg)
 
 
 def test_config_hash_stable_and_run_dir_convention(tmp_path):
-    a = config_lib.compose("dataset=MELD--E,encoders=T+A+V,loss=focal")
-    b = config_lib.compose("loss=focal,encoders=T+A+V,dataset=MELD--E")
+    a = compose("dataset=MELD--E,encoders=T+A+V,loss=focal")
+    b = compose("loss=focal,encoders=T+A+V,dataset=MELD--E")
     assert config_lib.config_hash(a) == config_lib.config_hash(b)
     b.seed = 114
     b.dataset.path = "elsewhere"
@@ -93,8 +96,8 @@ def test_config_hash_stable_and_run_dir_convention(tmp_path):
     assert rel[4] == "1xE--T+A+V"
     assert rel[5] == f"{config_lib.config_hash(a)}--114"
     # The hash is a pure function of the config: a fresh interpreter agrees.
-    code = ("from emojax import config as c; x = c.compose('dataset=MELD--E,encoders=T+A+V,loss=focal');"
-            "print(c.config_hash(x))")
+    code = ("from configs.compose import compose; from emojax import config as c;"
+            "x = compose('dataset=MELD--E,encoders=T+A+V,loss=focal'); print(c.config_hash(x))")
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
     assert out.stdout.strip() == config_lib.config_hash(a)
 
@@ -135,8 +138,8 @@ def test_finetune_settings_renamed_with_runs_kept_in_place(tmp_path):
     before = {"dataset=MELD--E,encoders=T": "fe33a7a7", "dataset=MELD--E,encoders=T,mode=lora": "b707fc7f",
               "dataset=IEMOCAP--E,encoders=T+A+V,mode=trainable": "c57b6f16"}
     for arg, digest in before.items():
-        assert config_lib.config_hash(config_lib.compose(arg)) == digest
-    cfg = config_lib.compose("dataset=MELD--E,encoders=T,mode=lora")
+        assert config_lib.config_hash(compose(arg)) == digest
+    cfg = compose("dataset=MELD--E,encoders=T,mode=lora")
     old = cfg.to_dict()
     old["encoder"] = old.pop("finetune")
     path = tmp_path / "config.json"
@@ -144,3 +147,76 @@ def test_finetune_settings_renamed_with_runs_kept_in_place(tmp_path):
     loaded = config_lib.load_config(path)
     assert "encoder" not in loaded and loaded.finetune.lora.rank == cfg.finetune.lora.rank
     assert config_lib.config_hash(loaded) == before["dataset=MELD--E,encoders=T,mode=lora"]
+
+
+# Hashes (so run directories) of these configs as computed while the defaults and presets were
+# read inside emojax/config.py; configs/ must rebuild every one of them.
+HASHES_OF_EXISTING_RUNS = {
+    "": "e7903ec2",
+    "dataset=demo,encoders=T+A+V,fusion=vallina,loss=ce": "e7903ec2",
+    "dataset=MELD--E,encoders=T": "fe33a7a7",
+    "dataset=MELD--E,encoders=T,mode=lora": "b707fc7f",
+    "dataset=MELD--E,encoders=T,mode=trainable": "75d258e6",
+    "dataset=IEMOCAP--E,encoders=T+A+V,mode=trainable": "c57b6f16",
+    "dataset=MELD--S,encoders=T+A,fusion=DF-1.0+attn,loss=focal+dist": "d5cc6641",
+    "dataset=IEMOCAP--E,encoders=T+A+V,fusion=DF-2.0+concat,loss=weight+frl-iemocap": "b4e14dbf",
+    "dataset=SIMS--S,encoders=T+V,fusion=self-attention+per-sample,mode=lora": "69f018dd",
+    "dataset=MELD--E,encoders=A+V,fusion=low-rank,experts=8xE-top2,dropout=MD-0.2": "7ab783cc",
+    "dataset=MELD--E,encoders=T+A+V,fusion=tensor,loss=focal+spcl+uncertainty,experts=64xE": "bdc102f6",
+    "dataset=demo,encoders=V,dropout=MD-0.1,loss=focal+cmcl": "7ea43cb2",
+    "dataset=SIMS--S,encoders=A,fusion=private,loss=apcl,experts=4xE": "6a0e5394",
+    "dataset=MELD--E,encoders=T+A,fusion=cross-attention+residual,mode=lora,dropout=MD-0.3": "f516dde3",
+}
+
+
+def test_config_hashes_of_existing_runs_unchanged():
+    for arg, digest in HASHES_OF_EXISTING_RUNS.items():
+        assert config_lib.config_hash(compose(arg)) == digest, arg
+
+
+def test_config_defaults_come_from_configs_default(monkeypatch):
+    """Every field the parts do not set is configs/default.py's, and a changed default reaches
+    every composed config."""
+    fields = {key: value for key, value in default.get_config().to_dict().items() if key not in ("parts", "loss",
+                                                                                                    "finetune")}
+    assert {"seed", "train", "model", "cache", "precision", "progress"} <= set(fields)
+    for arg in HASHES_OF_EXISTING_RUNS:
+        cfg = compose(arg).to_dict()
+        assert {key: cfg[key] for key in fields} == fields, arg
+        chosen = {**default.get_config().parts.to_dict(), **compose_lib.parse_parts(arg)}
+        assert cfg["parts"] == chosen, arg
+    frozen = compose("mode=frozen")
+    assert frozen.finetune.to_dict() == default.get_config().finetune.to_dict()
+    assert frozen.loss.combine == "sum" and frozen.loss.classification == "ce" and not frozen.loss.extras
+    base = default.get_config
+
+    def changed():
+        cfg = base()
+        cfg.train.epochs = 7
+        cfg.parts.dataset = "MELD--S"
+        return cfg
+
+    monkeypatch.setattr(default, "get_config", changed)
+    cfg = compose("encoders=T")
+    assert cfg.train.epochs == 7 and cfg.dataset.name == "MELD--S" and cfg.dataset.target == "sentiment"
+
+
+def test_config_optional_part_is_left_out_until_named(monkeypatch):
+    """A part without a default (registered with one line in PARTS) changes neither the config
+    nor its hash when it is not named or named with an empty preset; named, its preset is merged
+    where it says."""
+    monkeypatch.setitem(compose_lib.PARTS, "window", compose_lib.Part(
+        {"none": {}, "short": {"turns": 2, "gate": True}}, into="model.context"))
+    arg = "dataset=MELD--E,encoders=T"
+    plain = compose(arg)
+    assert "window" not in plain.parts and "context" not in plain.model
+    assert config_lib.config_hash(plain) == HASHES_OF_EXISTING_RUNS[arg]
+    assert compose(arg + ",window=none").to_dict() == plain.to_dict()  # a preset that sets nothing: not named
+    named = compose(arg + ",window=short")
+    assert named.parts.window == "short"
+    assert named.model.to_dict() == {**plain.model.to_dict(), "context": {"turns": 2, "gate": True}}
+    assert config_lib.config_hash(named) != config_lib.config_hash(plain)
+    with pytest.raises(config_lib.ConfigError, match=r"unknown window 'long'; choices: none, short"):
+        compose(arg + ",window=long")
+    with pytest.raises(config_lib.ConfigError, match="known parts: dataset, .*, window"):
+        compose("windows=short")

@@ -5,6 +5,7 @@ import jax
 import numpy as np
 import pytest
 
+from configs.compose import compose
 from emojax import config as config_lib
 from emojax import losses as losses_lib
 from emojax import train as train_lib
@@ -13,8 +14,8 @@ from emojax.model import build_model
 
 def test_distillation_step_uses_frozen_teacher_logits():
     rng = np.random.default_rng(0)
-    teacher_cfg = config_lib.compose("encoders=T,fusion=vallina")
-    student_cfg = config_lib.compose("encoders=T+A,fusion=vallina,loss=focal+dist")
+    teacher_cfg = compose("encoders=T,fusion=vallina")
+    student_cfg = compose("encoders=T+A,fusion=vallina,loss=focal+dist")
     student_cfg.model.dropout = 0.0  # the training forward then equals the evaluation one
     teacher = build_model(teacher_cfg, {"T": 6}, 5)
     student = build_model(student_cfg, {"T": 6, "A": 4}, 5)
@@ -54,7 +55,7 @@ def test_distillation_step_uses_frozen_teacher_logits():
 
 
 def _text_cfg(parts, data, bert, epochs):
-    cfg = config_lib.compose(parts)
+    cfg = compose(parts)
     cfg.dataset.path = str(data)
     cfg.encoders.T.model = str(bert)
     cfg.train.update(epochs=epochs, batch_size=16, lr=1e-2, patience=100)

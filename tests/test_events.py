@@ -11,7 +11,7 @@ import sys
 import numpy as np
 import pytest
 
-from emojax import config as config_lib
+from configs.compose import compose
 from emojax.progress import bars_shown
 from emojax.training import loop
 from emojax.training.events import EVENTS_DIR, RunEvents, event_files, read_scalars
@@ -20,7 +20,7 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 
 def tiny_config(data, bert, epochs=2):
-    cfg = config_lib.compose("dataset=MELD--E,encoders=T,loss=ce")
+    cfg = compose("dataset=MELD--E,encoders=T,loss=ce")
     cfg.dataset.path = str(data)
     cfg.encoders.T.model = str(bert)
     cfg.train.epochs = epochs

@@ -20,6 +20,7 @@ import numpy as np
 import pytest
 
 from emojax import checkpoint as ckpt_lib
+from configs.compose import compose
 from emojax import config as config_lib
 from emojax import train as train_lib
 
@@ -28,7 +29,7 @@ EPOCHS = 3
 
 
 def text_config(data, bert, cache_dir, epochs=EPOCHS):
-    cfg = config_lib.compose("dataset=MELD--E,encoders=T")
+    cfg = compose("dataset=MELD--E,encoders=T")
     cfg.dataset.path = str(data)
     cfg.encoders.T.model = str(bert)
     cfg.train.update(epochs=epochs, batch_size=16, lr=1e-2, patience=100)

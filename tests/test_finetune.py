@@ -6,14 +6,14 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from emojax import config as config_lib
+from configs.compose import compose
 from emojax import train as train_lib
 from emojax.encoders import lora as lora_lib
 from emojax.encoders.bert import bert_apply, load_bert
 
 
 def tuning_config(data, bert, mode, epochs=3):
-    cfg = config_lib.compose(f"dataset=MELD--E,encoders=T,mode={mode}")
+    cfg = compose(f"dataset=MELD--E,encoders=T,mode={mode}")
     cfg.dataset.path = str(data)
     cfg.encoders.T.model = str(bert)
     cfg.encoders.T.update(pooling="mean", prompt=False, context_turns=0)

@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 import soundfile as sf
 
-from emojax import config as config_lib
+from configs.compose import compose
 from emojax import train as train_lib
 from emojax.data import load_dataset
 from emojax.data.demo import generate_demo
@@ -26,7 +26,7 @@ def demo_run(tmp_path_factory, tiny_bert):
     """A finished T+A+V run on a small generated demo set (real FLAC / MP4 files)."""
     root = tmp_path_factory.mktemp("infer-batch")
     data = generate_demo(root / "demo", seed=0, sizes=SMALL)
-    cfg = config_lib.compose("dataset=demo,encoders=T+A+V")
+    cfg = compose("dataset=demo,encoders=T+A+V")
     cfg.dataset.path, cfg.dataset.generate = str(data), False
     cfg.encoders.T.model = str(tiny_bert)
     cfg.train.epochs, cfg.train.batch_size, cfg.progress = 2, 8, False
@@ -124,7 +124,7 @@ def test_infer_batch_folder_of_clips_pairs_by_stem(tmp_path, demo_run):
 
 
 def test_infer_batch_sentiment_run_writes_the_suite_estimate(tmp_path, text_meld, tiny_bert):
-    cfg = config_lib.compose("dataset=MELD--S,encoders=T")
+    cfg = compose("dataset=MELD--S,encoders=T")
     cfg.dataset.path, cfg.encoders.T.model = str(text_meld), str(tiny_bert)
     cfg.train.epochs, cfg.train.batch_size, cfg.progress = 2, 16, False
     estimator = Estimator(train_lib.fit(cfg, tmp_path / "runs"))

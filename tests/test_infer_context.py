@@ -12,7 +12,7 @@ import pandas as pd
 import pytest
 
 from conftest import shared_path
-from emojax import config as config_lib
+from configs.compose import compose
 from emojax import train as train_lib
 from emojax.inference import Estimator, predict_table
 
@@ -50,7 +50,7 @@ def meld_runs(tmp_path_factory, text_meld, tiny_bert):
 
     def run_for(name):
         if name not in runs:
-            cfg = config_lib.compose("dataset=MELD--E,encoders=T")
+            cfg = compose("dataset=MELD--E,encoders=T")
             cfg.dataset.path, cfg.encoders.T.model = str(text_meld), str(tiny_bert)
             cfg.encoders.T.update(TEXT_PATHS[name])
             runs[name] = _train(cfg, tmp_path_factory.mktemp(f"ctx-{name}"))
@@ -161,7 +161,7 @@ def iemocap_run(tmp_path_factory, tiny_bert):
             write_ramp_video(root / video, seconds=float(frame.End_Time.max()) + 1.0)
         for wav in frame.Wav_Path:
             write_tone(root / wav, 1.0)
-    cfg = config_lib.compose("dataset=IEMOCAP--E,encoders=T+V,fusion=self-attention")
+    cfg = compose("dataset=IEMOCAP--E,encoders=T+V,fusion=self-attention")
     cfg.dataset.path, cfg.encoders.T.model = str(root), str(tiny_bert)
     cfg.encoders.T.update(TEXT_PATHS["mask-context-prompt"])
     return root, _train(cfg, tmp_path_factory.mktemp("iemocap-runs"))

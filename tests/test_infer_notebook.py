@@ -1,18 +1,18 @@
-"""The README's notebook cell runs as written and trains a head that beats the majority class."""
+"""The notebook cell of docs/notebook.md runs as written and trains a head that beats the majority class."""
 import pathlib
 import re
 
 import numpy as np
 import pytest
 
-README = pathlib.Path(__file__).resolve().parents[1] / "README.md"
+README = pathlib.Path(__file__).resolve().parents[1] / "docs" / "notebook.md"
 
 
 def notebook_snippet() -> str:
     text = README.read_text()
     found = re.search(r"<!-- notebook-snippet -->\n```python\n(.*?)```", text, re.S)
     if found is None:
-        pytest.fail("README.md has no python block after <!-- notebook-snippet -->")
+        pytest.fail("docs/notebook.md has no python block after <!-- notebook-snippet -->")
     return found.group(1)
 
 
@@ -23,7 +23,7 @@ def test_infer_notebook_snippet_from_readme(tmp_path, monkeypatch, demo_dataset)
     (tmp_path / "datasets").mkdir()
     (tmp_path / "datasets" / "demo").symlink_to(demo_dataset)  # the demo the session generated
     namespace: dict = {}
-    exec(compile(notebook_snippet(), "README.md:notebook-snippet", "exec"), namespace)
+    exec(compile(notebook_snippet(), "docs/notebook.md:notebook-snippet", "exec"), namespace)
 
     dev = namespace["dev_set"]
     probs, scores, fig = namespace["probs"], namespace["scores"], namespace["fig"]

@@ -5,6 +5,8 @@ import pathlib
 import subprocess
 import sys
 
+from configs.compose import PARTS
+
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 
@@ -57,3 +59,15 @@ def test_launch_train_config_errors_before_work(tmp_path):
     missing = _run("launch.train", "--config=configs/train.py:dataset=MELD--E,encoders=T",
                    f"--config.dataset.path={tmp_path / 'nowhere'}", f"--workdir={tmp_path}")
     assert missing.returncode != 0 and "nowhere" in missing.stderr
+
+
+def test_launch_runs_from_the_checkout_in_any_folder(tmp_path):
+    """configs/ and launch/ are not installed: with the checkout on PYTHONPATH (as run.py sets it)
+    a launcher starts from another folder, and a config mistake is still one line."""
+    bad = _run("launch.train", f"--config={ROOT / 'configs' / 'train.py'}:dataset=MELD--E,encoderz=T",
+               f"--workdir={tmp_path}", cwd=tmp_path)
+    assert bad.returncode == 1
+    assert bad.stderr.strip().splitlines() == [
+        f"error: --config={ROOT / 'configs' / 'train.py'}:dataset=MELD--E,encoderz=T: unknown config part "
+        f"'encoderz' in 'dataset=MELD--E,encoderz=T'; known parts: {', '.join(PARTS)}"]
+    assert not (tmp_path / "checkpoints").exists()

@@ -1,8 +1,9 @@
 """The package's layering, read from the source with ``ast`` (nothing is imported).
 
 * The library (``emojax/``) imports neither the experiment presets (``configs/``) nor the
-  command-line apps (``launch/``): those sit on top of it, and a notebook or another program
-  uses the library without them.
+  command-line apps (``launch/``), and starts no program of theirs (no ``"launch.train"`` for
+  ``python -m``, no path built to ``configs``): those sit on top of it, and a notebook or another
+  program uses the library without them. The installed distribution holds the library alone.
 * Scoring and prediction (``emojax.evaluation``, ``emojax.inference``, ``launch/tool.py``) never
   reach the epoch loop (``emojax.training.loop``), directly or through other modules: a finished
   run is scored and used without the training machinery.
@@ -17,21 +18,14 @@ import ast
 import collections
 import pathlib
 import re
+import tomllib
 from typing import Iterator, Optional
+
+import setuptools
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 LIBRARY = "emojax"
 APPS = ("configs", "launch")
-
-# Library modules allowed to import configs/ for now, each with why.
-KNOWN_EXCEPTIONS = {
-    # The config parts (PARTS, presets, compose) read their defaults from configs/*.PRESETS;
-    # those defaults are to move into configs/, and this exception with them.
-    "emojax/config.py",
-    # Sweeps are discovered and loaded as modules under configs/experiments/ (available_sweeps,
-    # load_sweep); that lookup is to move out of the library along with the config defaults.
-    "emojax/sweep.py",
-}
 
 LOOP = "emojax.training.loop"
 SCORING = ("emojax.evaluation", "emojax.inference", "launch.tool")
@@ -107,6 +101,23 @@ def imported_names(path: pathlib.Path) -> Iterator[str]:
                 yield node.value.rstrip(".")
 
 
+def app_names_in_strings(path: pathlib.Path) -> Iterator[str]:
+    """The string constants of ``path``, docstrings aside, that name a configs/ or launch/ module
+    or file: ``"launch.train"`` for ``python -m``, ``"configs"`` or ``"configs/train.py"`` for a
+    path built from the checkout. Messages that mention them in a sentence are not names."""
+    tree = ast.parse(path.read_text(), str(path))
+    docstrings = set()
+    for node in ast.walk(tree):
+        if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)) and node.body:
+            first = node.body[0]
+            if isinstance(first, ast.Expr) and isinstance(first.value, ast.Constant):
+                docstrings.add(id(first.value))
+    for node in ast.walk(tree):
+        if (isinstance(node, ast.Constant) and isinstance(node.value, str) and id(node) not in docstrings
+                and _APP_MODULE.fullmatch(node.value.replace("/", "."))):
+            yield node.value
+
+
 def import_graph(modules: dict[str, pathlib.Path]) -> dict[str, set[str]]:
     """Module -> the modules of ``modules`` it imports, the packages above each included."""
     graph = {}
@@ -142,22 +153,42 @@ def import_path(graph: dict[str, set[str]], start: str, goal: str) -> Optional[l
 def test_library_imports_neither_configs_nor_launch():
     offenders = {}
     for name, path in _modules(LIBRARY).items():
-        relative = path.relative_to(ROOT).as_posix()
-        if relative in KNOWN_EXCEPTIONS:
-            continue
         bad = sorted({imported for imported in imported_names(path) if imported.split(".")[0] in APPS})
         if bad:
-            offenders[relative] = bad
+            offenders[path.relative_to(ROOT).as_posix()] = bad
     assert not offenders, f"library modules importing configs/ or launch/: {offenders}"
 
 
-def test_known_exceptions_still_exist():
-    # An exception for a file that no longer exists (or no longer imports configs/) is stale.
-    for relative in KNOWN_EXCEPTIONS:
-        path = ROOT / relative
-        assert path.is_file(), relative
-        assert any(name.split(".")[0] in APPS for name in imported_names(path)), \
-            f"{relative} no longer imports configs/ or launch/; drop it from KNOWN_EXCEPTIONS"
+def test_library_starts_no_program_of_configs_or_launch():
+    offenders = {}
+    for name, path in _modules(LIBRARY).items():
+        bad = sorted(set(app_names_in_strings(path)))
+        if bad:
+            offenders[path.relative_to(ROOT).as_posix()] = bad
+    assert not offenders, f"library modules naming configs/ or launch/ programs or files: {offenders}"
+
+
+def test_string_check_sees_program_names(tmp_path):
+    # The check above means something only if it catches each form (and spares sentences and
+    # docstrings).
+    source = tmp_path / "m.py"
+    source.write_text('"""Run launch.train."""\nimport importlib\n\n\ndef f(root):\n    """configs"""\n'
+                      '    importlib.import_module("configs.experiments." + "x")\n'
+                      '    return ["-m", "launch.train", root / "configs" / "train.py", "see configs/train.py"]\n')
+    assert sorted(app_names_in_strings(source)) == ["configs", "configs.experiments.", "launch.train"]
+
+
+def test_distribution_packages_the_library_only():
+    """``pip install`` takes the packages ``[tool.setuptools.packages.find]`` finds: every package
+    of ``emojax/`` and nothing else (``configs/`` and ``launch/`` run from the checkout)."""
+    config = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"]["find"]
+    finder = setuptools.find_namespace_packages if config.get("namespaces", True) else setuptools.find_packages
+    where = ROOT.joinpath(*config.get("where", ["."])[:1])
+    found = set(finder(str(where), include=config.get("include", ["*"]), exclude=config.get("exclude", ())))
+    library = {".".join(init.parent.relative_to(where).parts) for init in (ROOT / LIBRARY).rglob("__init__.py")}
+    assert LIBRARY in library and "emojax.training" in library
+    assert found == library, f"packaged besides the library: {sorted(found - library)}; " \
+                             f"library packages left out: {sorted(library - found)}"
 
 
 def test_scoring_never_reaches_the_epoch_loop():

@@ -125,6 +125,7 @@ def test_duration_cap_cuts_long_clips_with_one_warning(tmp_path, caplog):
 
     import soundfile as sf
 
+    from configs.compose import compose
     from emojax import config as config_lib
     from emojax.data import media
     from test_iemocap import write_ramp_video
@@ -153,7 +154,7 @@ def test_duration_cap_cuts_long_clips_with_one_warning(tmp_path, caplog):
             media.set_duration_cap(-1)
     finally:
         media.set_duration_cap(media.DEFAULT_DURATION_CAP)
-    cfg = config_lib.compose("dataset=IEMOCAP--E,encoders=T")
+    cfg = compose("dataset=IEMOCAP--E,encoders=T")
     default_hash = config_lib.config_hash(cfg)
     del cfg.dataset["max_seconds"]  # a run written before the cap existed: same hash
     assert config_lib.config_hash(cfg) == default_hash

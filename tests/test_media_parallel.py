@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 
+from configs.compose import compose
 from emojax import config as config_lib
 from emojax.data import media
 from emojax.data.media import MediaError, frame_indices, map_references, read_video_frames, read_video_segments
@@ -225,7 +226,7 @@ def test_media_workers_from_the_config():
     assert media.media_workers(3) == 3
     with pytest.raises(ValueError, match="cache.media_workers"):
         media.media_workers(-1)
-    cfg = config_lib.compose("dataset=MELD--E,encoders=T")
+    cfg = compose("dataset=MELD--E,encoders=T")
     before = config_lib.config_hash(cfg)
     cfg.cache.media_workers = 3
     assert config_lib.config_hash(cfg) == before  # where media is decoded is not what is trained
@@ -254,7 +255,7 @@ def media_split(tmp_path_factory, recordings):
 
 
 def classic_config(workers):
-    cfg = config_lib.compose("dataset=MELD--E,encoders=A+V")
+    cfg = compose("dataset=MELD--E,encoders=A+V")
     cfg.progress = False
     cfg.cache.media_workers = workers
     return cfg

@@ -19,6 +19,7 @@ import numpy as np
 import pytest
 
 import flax_checkpoints as fc
+from configs.compose import compose
 from emojax import config as config_lib
 from emojax.encoders import hub
 
@@ -180,7 +181,7 @@ def dataset(demo):
 def make_config(demo, text=None, **encoders):
     """A run config over the demo for the modalities given as ``X=(family, model[, pooling])``
     (``text``: further ``encoders.T`` settings)."""
-    cfg = config_lib.compose(f"dataset=MELD--E,encoders={'+'.join(m for m in 'TAV' if m in encoders)}")
+    cfg = compose(f"dataset=MELD--E,encoders={'+'.join(m for m in 'TAV' if m in encoders)}")
     cfg.dataset.path = str(demo)
     cfg.progress = False
     for m, (family, model, *pooling) in encoders.items():
@@ -396,7 +397,7 @@ def test_train_fit_with_wav2vec2_and_videomae_encoders(checkpoints, demo, tmp_pa
     ("V", "pooling", "max", "encoders.V.pooling"),
 ])
 def test_neural_encoder_config_errors(modality, field, value, key):
-    cfg = config_lib.compose("encoders=T+A+V")
+    cfg = compose("encoders=T+A+V")
     cfg.encoders.A.family, cfg.encoders.V.family = "whisper", "clip"
     for good in ("default", "mean"):
         cfg.encoders.A.pooling = cfg.encoders.V.pooling = good
@@ -407,7 +408,7 @@ def test_neural_encoder_config_errors(modality, field, value, key):
 
 
 def test_encoder_config_accepts_every_family_and_classic_pooling_error():
-    cfg = config_lib.compose("encoders=T+A+V")
+    cfg = compose("encoders=T+A+V")
     config_lib.validate(cfg)  # the classic defaults
     for text, audio, video, pooling in (("modernbert", "wav2vec2", "videomae", "first"),
                                         ("bert", "wav2vec2", "clip", "mean"),
@@ -416,7 +417,7 @@ def test_encoder_config_accepts_every_family_and_classic_pooling_error():
         cfg.encoders.A.pooling = pooling if audio != "whisper" else "mean"
         cfg.encoders.V.pooling = pooling
         config_lib.validate(cfg)
-    cfg = config_lib.compose("encoders=A")
+    cfg = compose("encoders=A")
     cfg.encoders.A.pooling = "mean"
     with pytest.raises(config_lib.ConfigError, match=r"encoders\.A\.pooling.*classic-audio"):
         config_lib.validate(cfg)

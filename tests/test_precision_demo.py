@@ -6,12 +6,12 @@ import jax
 import numpy as np
 import pytest
 
-from emojax import config as config_lib
+from configs.compose import compose
 from emojax import train as train_lib
 
 
 def _demo_config(path, precision):
-    cfg = config_lib.compose("dataset=demo,encoders=T+A+V,fusion=vallina,loss=ce")
+    cfg = compose("dataset=demo,encoders=T+A+V,fusion=vallina,loss=ce")
     cfg.dataset.path = str(path)
     cfg.precision = precision
     cfg.train.epochs = 8

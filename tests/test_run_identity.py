@@ -14,6 +14,7 @@ import pytest
 from safetensors.numpy import load_file, save_file
 
 from conftest import write_text_meld, write_tiny_bert
+from configs.compose import compose
 from emojax import config as config_lib
 from emojax import store
 from emojax import train as train_lib
@@ -24,7 +25,7 @@ TEXTS = ["i am so happy wonderful", "sad lonely cry", "gross nasty ew"]
 
 
 def _config(data, bert, *, epochs=1, prompt=False):
-    cfg = config_lib.compose("dataset=MELD--E,encoders=T,loss=ce")
+    cfg = compose("dataset=MELD--E,encoders=T,loss=ce")
     cfg.dataset.path = str(data)
     cfg.encoders.T.model = str(bert)
     cfg.encoders.T.prompt = prompt
@@ -39,22 +40,22 @@ def _config(data, bert, *, epochs=1, prompt=False):
 # 1. The label names the text path
 # ---------------------------------------------------------------------------------------------
 def test_label_and_run_dir_differ_by_text_path():
-    base = config_lib.compose("dataset=MELD--E,encoders=T,loss=ce")
+    base = compose("dataset=MELD--E,encoders=T,loss=ce")
     assert config_lib.run_label(base) == "MELD--E T vallina ce 1xE frozen T[pool=mean,ctx=0,len=64] seed=0"
     changes = {"pooling": "cls", "context_turns": 3, "prompt": True, "max_length": 128}
     labels, dirs = {config_lib.run_label(base)}, {config_lib.run_dir(base, "runs")}
     for key, value in changes.items():
-        cfg = config_lib.compose("dataset=MELD--E,encoders=T,loss=ce")
+        cfg = compose("dataset=MELD--E,encoders=T,loss=ce")
         cfg.encoders.T[key] = value
         config_lib.validate(cfg)
         labels.add(config_lib.run_label(cfg))
         dirs.add(config_lib.run_dir(cfg, "runs"))
     assert len(labels) == len(dirs) == 1 + len(changes)
     # Fine-tuned runs read the prompt at the mask token over the whole dialogue.
-    tuned = config_lib.compose("dataset=MELD--E,encoders=T,mode=trainable")
+    tuned = compose("dataset=MELD--E,encoders=T,mode=trainable")
     assert "T[pool=mask,ctx=all,prompt,len=128] seed=0" in config_lib.run_label(tuned)
     # No text modality, no text part; the label without the seed still names the config.
-    assert "T[" not in config_lib.run_label(config_lib.compose("dataset=MELD--E,encoders=A+V"))
+    assert "T[" not in config_lib.run_label(compose("dataset=MELD--E,encoders=A+V"))
     assert config_lib.run_label(base).rsplit(" seed=", 1)[0].endswith("T[pool=mean,ctx=0,len=64]")
 
 

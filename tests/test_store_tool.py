@@ -12,6 +12,7 @@ import types
 import numpy as np
 import pytest
 
+from configs.compose import compose
 from emojax import config as config_lib
 from emojax import store
 from emojax import train as train_lib
@@ -28,7 +29,7 @@ def _tool(*args):
 
 
 def _config(data, bert, seed):
-    cfg = config_lib.compose("dataset=MELD--E,encoders=T,loss=ce")
+    cfg = compose("dataset=MELD--E,encoders=T,loss=ce")
     cfg.dataset.path = str(data)
     cfg.encoders.T.model = str(bert)
     cfg.encoders.T.context_turns = 2  # speaker tokens added to the tokenizer and embeddings

@@ -10,9 +10,12 @@ import textwrap
 import numpy as np
 import pytest
 
+from configs.compose import compose
+from configs.experiments import available_sweeps, load_sweep
 from emojax import config as config_lib
 from emojax import sweep as sweep_lib
 from emojax.data.demo import generate_demo
+from launch._commands import checkout_env, train_command
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
@@ -21,7 +24,7 @@ COUNTS = {"baseline/unimodal": 18, "baseline/multimodal": 24, "mdn": 12, "mdn-ab
 
 
 def _plan(name, workdir="runs", data_root="datasets", **kwargs):
-    return sweep_lib.plan(sweep_lib.load_sweep(name), workdir, data_root, **kwargs)
+    return sweep_lib.plan(load_sweep(name), workdir, data_root, compose=compose, **kwargs)
 
 
 def _parts(run):
@@ -32,7 +35,7 @@ def _parts(run):
 # Expansion, without training
 # ---------------------------------------------------------------------------------------------
 def test_sweep_list_and_counts_of_the_real_sweeps():
-    assert sorted(sweep_lib.available_sweeps()) == sorted(COUNTS)
+    assert sorted(available_sweeps()) == sorted(COUNTS)
     for name, count in COUNTS.items():
         runs = _plan(name, data_root="/data")
         assert len(runs) == count, name
@@ -129,12 +132,17 @@ def test_sweep_bad_specs_name_the_run():
         ([teacher, sweep_lib.spec("dataset=IEMOCAP--E,encoders=T+A,loss=focal+dist", 0, teacher=teacher["name"])],
          "trained on MELD--E"),
         ([teacher, sweep_lib.spec("dataset=MELD--E,encoders=T,loss=focal", 0, name="other")], "are the same run"),
+        ([sweep_lib.spec("dataset=MELD--E,encoderz=T", 0)], "run 'MELD--E/T/seed=0': unknown config part 'encoderz'"),
     ]
     for specs, message in cases:
         with pytest.raises(sweep_lib.SweepError, match=message):
-            sweep_lib.plan(specs, "runs")
+            sweep_lib.plan(specs, "runs", compose=compose)
+    for parts, message in (("dataset", "'dataset' is not of the form key=value"),
+                           ("loss=ce,loss=focal", "given twice")):
+        with pytest.raises(sweep_lib.SweepError, match=message):
+            sweep_lib.spec(parts, 0)
     with pytest.raises(sweep_lib.SweepError, match="unknown sweep 'nope'.*mdn"):
-        sweep_lib.load_sweep("nope")
+        load_sweep("nope")
 
 
 def test_sweep_launcher_command_gives_the_same_run_dir(tmp_path):
@@ -147,7 +155,7 @@ def test_sweep_launcher_command_gives_the_same_run_dir(tmp_path):
                  overrides={"train.epochs": 2, "train.lr": 0.01, "encoders.T.model": "/m/bert", "progress": False})
     teacher, student = runs
     for run, teacher_dir in ((teacher, None), (student, teacher.run_dir)):
-        argv = sweep_lib.launcher_command(run, tmp_path / "runs", teacher_dir)
+        argv = train_command(run, tmp_path / "runs", teacher_dir)
         assert argv[:3] == [sys.executable, "-m", "launch.train"]
         values = flags.FlagValues()
         config_flags.DEFINE_config_file("config", None, "", flag_values=values, lock_config=True,
@@ -309,6 +317,7 @@ _FAKE_LAUNCH = textwrap.dedent("""
                                                       "test": {"accuracy": 0.5, "weighted_f1": 0.5}}))
     with open(record, "a") as handle:
         handle.write(json.dumps({"run_dir": str(run_dir), "device": os.environ["CUDA_VISIBLE_DEVICES"],
+                                 "mark": os.environ.get("SWEEP_MARK"), "cwd": os.getcwd(),
                                  "start": start, "end": time.time()}) + "\\n")
 """)
 
@@ -325,10 +334,13 @@ def test_sweep_parallel_subprocesses_pinned_to_devices_students_wait(tmp_path):
 
     lines = []
     outcomes = sweep_lib.execute(runs, workdir, parallel=3, devices=["3", "5"], command=command,
-                                 log_dir=tmp_path / "logs", echo=lines.append, poll_seconds=0.05)
+                                 env={"SWEEP_MARK": "given"}, log_dir=tmp_path / "logs", echo=lines.append,
+                                 poll_seconds=0.05)
     rows = {row["run_dir"]: row for row in map(json.loads, record.read_text().splitlines())}
     by_name = {r.name: r for r in runs}
     assert {row["device"] for row in rows.values()} == {"3", "5"}
+    # The command's environment is this process's plus env, in this process's directory.
+    assert {(row["mark"], row["cwd"]) for row in rows.values()} == {("given", os.getcwd())}
     for run in runs:
         if run.teacher and outcomes[run.name].status == "done":
             assert rows[str(run.run_dir)]["start"] >= rows[str(by_name[run.teacher].run_dir)]["end"]
@@ -341,6 +353,23 @@ def test_sweep_parallel_subprocesses_pinned_to_devices_students_wait(tmp_path):
     assert max(sum(s <= t < e for s, e in spans) for t, _ in spans) <= 3
     log_file = pathlib.Path(outcomes["IEMOCAP--E/T/focal/seed=0"].log)
     assert "some progress" in log_file.read_text()
+    with pytest.raises(sweep_lib.SweepError, match="need command"):
+        sweep_lib.execute(runs, workdir, parallel=2)
+
+
+def test_sweep_launcher_subprocess_finds_the_checkout(tmp_path):
+    """The runs' ``python -m launch.train`` starts from any working directory: the checkout is
+    on its PYTHONPATH (configs/ and launch/ are not installed)."""
+    run = _plan("demo", tmp_path / "runs", tmp_path / "data")[0]
+    argv = train_command(run, tmp_path / "runs", None)
+    assert pathlib.Path(argv[3].split("=", 1)[1].split(":", 1)[0]) == ROOT / "configs" / "train.py"
+    env = {**os.environ, **checkout_env()}
+    assert env["PYTHONPATH"].split(os.pathsep)[0] == str(ROOT)
+    code = "import configs.train, launch._errors; print(configs.train.__file__)"
+    out = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True,
+                         timeout=120)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert pathlib.Path(out.stdout.strip()) == ROOT / "configs" / "train.py"
 
 
 # ---------------------------------------------------------------------------------------------

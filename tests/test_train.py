@@ -7,12 +7,13 @@ import jax
 import numpy as np
 import pytest
 
+from configs.compose import compose
 from emojax import config as config_lib
 from emojax import train as train_lib
 
 
 def text_config(data, bert, epochs=4, loss="ce"):
-    cfg = config_lib.compose(f"dataset=MELD--E,encoders=T,loss={loss}")
+    cfg = compose(f"dataset=MELD--E,encoders=T,loss={loss}")
     cfg.dataset.path = str(data)
     cfg.encoders.T.model = str(bert)
     cfg.train.epochs = epochs
@@ -127,7 +128,7 @@ def test_train_step_multimodal_losses_uncertainty_total_matches_losses(caplog):
     from emojax import losses as losses_lib
     from emojax.model import build_model
 
-    cfg = config_lib.compose("encoders=T+A+V,fusion=vallina,loss=focal+cmcl+frl-meld+uncertainty")
+    cfg = compose("encoders=T+A+V,fusion=vallina,loss=focal+cmcl+frl-meld+uncertainty")
     cfg.model.dropout = 0.0
     dims = {"T": 6, "A": 6, "V": 6}  # CMCL compares the modalities' features: one size
     model = build_model(cfg, dims, 7)
@@ -173,7 +174,7 @@ def test_train_step_multimodal_losses_uncertainty_total_matches_losses(caplog):
     assert max(jax.tree_util.tree_leaves(moved)) > 0
 
     # On a unimodal run the multimodal losses are skipped with a note.
-    text_cfg = config_lib.compose("encoders=T,loss=ce+cmcl+frl-meld+spcl")
+    text_cfg = compose("encoders=T,loss=ce+cmcl+frl-meld+spcl")
     with caplog.at_level("WARNING"):
         assert list(train_lib._usable_extras(text_cfg, ("T",))) == ["spcl"]
     assert "cmcl needs several modalities" in caplog.text and "frl needs several modalities" in caplog.text
@@ -185,7 +186,7 @@ def test_train_step_multimodal_losses_uncertainty_total_matches_losses(caplog):
     with pytest.raises(ValueError, match="project_inputs"):
         uneven_step(uneven_state, bad)
     with pytest.raises(config_lib.ConfigError, match="dist"):
-        train_lib._usable_extras(config_lib.compose("encoders=T+A,loss=ce+dist"), ("T", "A"))
+        train_lib._usable_extras(compose("encoders=T+A,loss=ce+dist"), ("T", "A"))
 
 
 def test_padded_eval_batch_equals_unpadded_in_fusion_across_the_batch():
@@ -193,7 +194,7 @@ def test_padded_eval_batch_equals_unpadded_in_fusion_across_the_batch():
     masked out: its real rows score as they would alone."""
     from emojax.model import build_model
 
-    cfg = config_lib.compose("encoders=T+A+V,fusion=DF-1.0+attn")
+    cfg = compose("encoders=T+A+V,fusion=DF-1.0+attn")
     cfg.fusion.project_inputs = 24
     dims = {"T": 10, "A": 6, "V": 5}
     model = build_model(cfg, dims, 7)
@@ -239,14 +240,14 @@ def test_data_parallel_8_devices_match_1_device(tmp_path, text_meld, tiny_bert, 
 
 
 def test_data_parallel_config_errors_name_the_key():
-    cfg = config_lib.compose("encoders=T")
+    cfg = compose("encoders=T")
     cfg.train.devices = jax.local_device_count() + 1
     with pytest.raises(config_lib.ConfigError, match="train.devices"):
         train_lib.data_parallel(cfg)
     cfg.train.devices = 1
     assert train_lib.data_parallel(cfg) is None
     # The device count is not part of the config hash: the same run on 1 or 8 devices.
-    other = config_lib.compose("encoders=T")
+    other = compose("encoders=T")
     other.train.devices = 8
     assert config_lib.config_hash(other) == config_lib.config_hash(cfg)
 
@@ -267,7 +268,7 @@ def test_bfloat16_training_reaches_float32_accuracy(tmp_path, text_meld, tiny_be
 def test_bfloat16_step_computes_in_bfloat16_keeps_float32_masters():
     from emojax.model import build_model
 
-    cfg = config_lib.compose("encoders=T+A,fusion=DF-1.0+attn,loss=focal+spcl")
+    cfg = compose("encoders=T+A,fusion=DF-1.0+attn,loss=focal+spcl")
     cfg.precision = "bfloat16"
     cfg.fusion.project_inputs = 16
     model = build_model(cfg, {"T": 8, "A": 8}, 4)

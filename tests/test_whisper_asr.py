@@ -126,12 +126,12 @@ def test_whisper_asr_prompt_errors_and_language_detection(tiny_asr):
 def test_estimator_transcribes_audio_without_text(tiny_asr, tmp_path, text_meld, tiny_bert):
     """A text run given only audio scores the Whisper transcript: the same result as giving that
     text; batch prediction reports it per row, and an unreadable file is that row's error."""
-    from emojax import config as config_lib
+    from configs.compose import compose
     from emojax import train as train_lib
     from emojax.encoders.whisper_decoder import Transcriber
     from emojax.inference import Estimator, predict_table
 
-    cfg = config_lib.compose("dataset=MELD--E,encoders=T,loss=ce")
+    cfg = compose("dataset=MELD--E,encoders=T,loss=ce")
     cfg.dataset.path, cfg.encoders.T.model = str(text_meld), str(tiny_bert)
     cfg.train.epochs, cfg.progress = 1, False
     run = train_lib.fit(cfg, tmp_path / "runs")

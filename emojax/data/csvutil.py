@@ -12,11 +12,11 @@ import dataclasses
 import io
 import logging
 import pathlib
-from typing import Hashable, Iterable, Mapping, Optional, Sequence
+from typing import Hashable, Iterable, Iterator, Mapping, Optional, Sequence
 
 import pandas as pd
 
-from emojax.data.types import DatasetError, Sample, Split
+from emojax.data.types import SPLITS, DatasetError, Sample, Split
 
 log = logging.getLogger(__name__)
 
@@ -88,6 +88,26 @@ def is_empty_split(frame: pd.DataFrame, path: pathlib.Path, split: str, dataset:
                            f"file's rows or point to the complete dataset")
     log.warning("%s: %s has a header but no rows; the %s split is not scored", dataset, path, split)
     return True
+
+
+def split_frames(root: pathlib.Path, file_name: str, dataset: str, *, columns: Iterable[str] = ()
+                 ) -> Iterator[tuple[str, pathlib.Path, Optional[pd.DataFrame]]]:
+    """Each split's CSV, ``root / file_name.format(split=split)``, read in split order:
+    ``(split, path, frame)``, ``frame`` ``None`` for a split that is not scored (its file absent,
+    or a header without rows: a warning says which). The training file must exist and hold rows,
+    else :class:`DatasetError`; every one of ``columns`` must be present (checked first)."""
+    for split in SPLITS:
+        path = root / file_name.format(split=split)
+        if not path.exists():
+            if split == "train":
+                raise DatasetError(f"{path}: {dataset} training file not found")
+            log.warning("%s: %s not found; the %s split is not scored", dataset, path, split)
+            yield split, path, None
+            continue
+        frame = read_csv(path)
+        for column in columns:
+            pick_column(frame, path, [column], column)
+        yield split, path, None if is_empty_split(frame, path, split, dataset) else frame
 
 
 @dataclasses.dataclass

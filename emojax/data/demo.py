@@ -36,11 +36,13 @@ import logging
 import os
 import pathlib
 import shutil
-import tempfile
 import time
 from typing import Mapping, Optional
 
 import numpy as np
+
+from emojax.files import building_folder, publish_folder
+from emojax.progress import progress_bar
 
 log = logging.getLogger(__name__)
 
@@ -292,8 +294,6 @@ def generate_demo(root: str | os.PathLike, *, seed: int = 0, force: bool = False
     non-empty ``root`` without the marker is refused (``DemoError``): only a folder the demo made
     is ever replaced.
     """
-    from tqdm.auto import tqdm
-
     root = pathlib.Path(root)
     sizes = dict(SPLIT_SIZES if sizes is None else sizes)
     if set(sizes) != set(SPLIT_SIZES) or any(int(n) < 3 for n in sizes.values()):
@@ -308,29 +308,21 @@ def generate_demo(root: str | os.PathLike, *, seed: int = 0, force: bool = False
     if root.is_dir() and marker is None and any(root.iterdir()):
         raise DemoError(f"{root}: folder is not empty and has no {MARKER}, so it is not a generated demo; "
                         "choose an empty or new folder for the demo dataset")
-    root.parent.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
-    work = pathlib.Path(tempfile.mkdtemp(prefix=f".{root.name}.partial-", dir=root.parent))
-    try:
-        with tqdm(total=sum(sizes.values()), desc="generating demo dataset", leave=False) as progress:
+    with building_folder(root) as work:
+        with progress_bar(total=sum(sizes.values()), desc="generating demo dataset", leave=False) as progress:
             for index, (name, size) in enumerate(sizes.items()):
                 _write_split(work, index, name, size, seed, progress)
         (work / MARKER).write_text(json.dumps(stamp, indent=1) + "\n")
         _install(work, root, stamp, force)
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
     log.info("demo dataset (seed %d) written to %s in %.1fs", seed, root, time.perf_counter() - start)
     return root
 
 
 def _install(work: pathlib.Path, root: pathlib.Path, stamp: dict, force: bool) -> None:
     """Move a finished demo from ``work`` into ``root``, replacing only what a demo owns."""
-    work.chmod(0o755)  # mkdtemp made it private
-    try:
-        os.rename(work, root)  # atomic when root is absent or an empty folder
+    if publish_folder(work, root):  # atomic when root is absent or an empty folder
         return
-    except OSError:
-        pass
     if _read_marker(root) == stamp and not force:
         return  # another process finished the same demo meanwhile
     for entry in _owned_entries(root):

@@ -29,7 +29,7 @@ from typing import Optional
 
 from emojax.data import csvutil, paths
 from emojax.data.media import segment_ref
-from emojax.data.types import SPLITS, DatasetError, DatasetSplits, Sample
+from emojax.data.types import DatasetError, DatasetSplits, Sample
 
 log = logging.getLogger(__name__)
 
@@ -71,16 +71,8 @@ def load_iemocap(root: str | pathlib.Path, *, target: str = "emotion",
     labels = {name: i for i, name in enumerate(EMOTIONS)}
     labels.update({alias: labels[short] for alias, short in _ALIASES.items()})
     splits, not_scored = {}, []
-    for split in SPLITS:
-        path = root / f"IEMOCAP_{split}.csv"
-        if not path.exists():
-            if split == "train":
-                raise DatasetError(f"{path}: IEMOCAP training file not found")
-            log.warning("IEMOCAP: %s not found; the %s split is not scored", path, split)
-            not_scored.append(split)
-            continue
-        frame = csvutil.read_csv(path)
-        if csvutil.is_empty_split(frame, path, split, "IEMOCAP"):
+    for split, path, frame in csvutil.split_frames(root, "IEMOCAP_{split}.csv", "IEMOCAP"):
+        if frame is None:
             not_scored.append(split)
             continue
         samples = [Sample(uid=f"{split}/{r['name']}", dialogue=r["dialogue"], index=r["index"], speaker=r["speaker"],

@@ -1,13 +1,10 @@
 """MELD: ``{train,dev,test}_sent_emo.csv`` with media under ``audios/{split}`` and ``videos/{split}``."""
 from __future__ import annotations
 
-import logging
 import pathlib
 
 from emojax.data import csvutil
-from emojax.data.types import DatasetError, DatasetSplits, Sample, SPLITS
-
-log = logging.getLogger(__name__)
+from emojax.data.types import DatasetError, DatasetSplits, Sample
 
 EMOTIONS = ("neutral", "joy", "surprise", "anger", "sadness", "disgust", "fear")
 SENTIMENTS = ("neutral", "positive", "negative")
@@ -23,18 +20,8 @@ def load_meld(root: str | pathlib.Path, *, target: str = "emotion") -> DatasetSp
     class_names = EMOTIONS if target == "emotion" else SENTIMENTS
     labels = {name: i for i, name in enumerate(class_names)}
     splits, not_scored = {}, []
-    for split in SPLITS:
-        path = root / f"{split}_sent_emo.csv"
-        if not path.exists():
-            if split == "train":
-                raise DatasetError(f"{path}: MELD training file not found")
-            log.warning("MELD: %s not found; the %s split is not scored", path, split)
-            not_scored.append(split)
-            continue
-        frame = csvutil.read_csv(path)
-        for column in COLUMNS.values():
-            csvutil.pick_column(frame, path, [column], column)
-        if csvutil.is_empty_split(frame, path, split, "MELD"):
+    for split, path, frame in csvutil.split_frames(root, "{split}_sent_emo.csv", "MELD", columns=COLUMNS.values()):
+        if frame is None:
             not_scored.append(split)
             continue
         label_column = COLUMNS[target]

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import hashlib
 import math
 from typing import Any, Optional
 
@@ -18,7 +19,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from emojax.encoders import hub
+from emojax.encoders import core, hub
+from emojax.encoders.core import dense as _dense, dropout as _dropout, layer_norm
 
 Params = dict[str, Any]
 
@@ -73,14 +75,6 @@ class BertConfig:
 ROBERTA_TYPES = ("roberta", "xlm-roberta", "camembert")
 FAMILIES = ("bert",) + ROBERTA_TYPES
 
-_ACTIVATIONS = {
-    "gelu": lambda x: jax.nn.gelu(x, approximate=False),
-    "gelu_new": lambda x: jax.nn.gelu(x, approximate=True),
-    "gelu_pytorch_tanh": lambda x: jax.nn.gelu(x, approximate=True),
-    "relu": jax.nn.relu,
-    "silu": jax.nn.silu,
-}
-
 
 # Where the encoder's tensors may sit in a checkpoint (the prefixes, in the order tried).
 STATE_PREFIXES = ("", "bert.", "roberta.", "model.")
@@ -91,18 +85,7 @@ def load_bert(name_or_path: str, **overrides) -> tuple[Params, BertConfig]:
 
     ``overrides`` replace :class:`BertConfig` fields (e.g. ``remat=True``, ``dropout=0.0``).
     """
-    folder = hub.resolve_model(name_or_path)
-    raw = hub.load_config(folder)
-    if raw.get("model_type", "bert") not in FAMILIES:
-        raise hub.WeightError(f"{folder / 'config.json'}: model_type {raw.get('model_type')!r} is not one of "
-                              f"{FAMILIES}; load it with its own family's loader")
-    if raw.get("hidden_act", "gelu") not in _ACTIVATIONS:
-        raise hub.WeightError(f"{folder / 'config.json'}: hidden_act {raw['hidden_act']!r} is not supported "
-                              f"(known: {sorted(_ACTIVATIONS)})")
-    config = dataclasses.replace(BertConfig.from_hf(raw), **overrides)
-    state = hub.StateReader(hub.load_state_dict(folder), str(folder),
-                            prefixes=STATE_PREFIXES)
-    return params_from_state(state, config), config
+    return core.load(FAMILY, name_or_path, **overrides)
 
 
 def params_from_state(state: hub.StateReader, c: BertConfig) -> Params:
@@ -138,23 +121,9 @@ def params_from_state(state: hub.StateReader, c: BertConfig) -> Params:
     return params
 
 
-def layer_norm(x, p, eps):
-    """LayerNorm in float32 whatever the compute dtype."""
-    x = x.astype(jnp.float32)
-    mean = x.mean(-1, keepdims=True)
-    var = jnp.square(x - mean).mean(-1, keepdims=True)
-    return (x - mean) * jax.lax.rsqrt(var + eps) * p["scale"] + p["bias"]
-
-
-def _dense(x, p, dtype):
-    return jnp.dot(x.astype(dtype), p["w"].astype(dtype)) + p["b"].astype(dtype)
-
-
-def _dropout(x, rate, rng, deterministic):
-    if deterministic or rate == 0.0 or rng is None:
-        return x
-    keep = jax.random.bernoulli(rng, 1.0 - rate, x.shape)
-    return jnp.where(keep, x / (1.0 - rate), 0.0).astype(x.dtype)
+FAMILY = core.register(core.Family(
+    BertConfig, model_types=FAMILIES, default_type="bert", params_from_state=params_from_state,
+    prefixes=STATE_PREFIXES, activations=(("hidden_act", "hidden_act"),)))
 
 
 def position_ids(input_ids, config: BertConfig):
@@ -190,20 +159,84 @@ def _layer(layer, x, bias, c: BertConfig, dtype, rng, deterministic, at=None):
         x = jnp.take_along_axis(x, at[:, None, None], axis=1)
         q, (k, v) = _dense(x, layer["query"], dtype), projected
     q, k, v = split(q * jnp.asarray(scale, q.dtype)), split(k), split(v)
-    scores = jnp.einsum("bqhd,bkhd->bhqk", q, k, preferred_element_type=jnp.float32)
-    probs = jax.nn.softmax(scores + bias, axis=-1)
-    probs = _dropout(probs, c.attention_dropout, rngs[0], deterministic)
-    context = jnp.einsum("bhqk,bkhd->bqhd", probs.astype(dtype), v).reshape(x.shape)
+    context = core.attention(q, k, v, bias=bias, scale=1.0, dropout_rate=c.attention_dropout, rng=rngs[0],
+                             deterministic=deterministic)
     attended = _dropout(_dense(context, layer["attention_out"], dtype), c.dropout, rngs[1], deterministic)
     x = layer_norm(attended.astype(jnp.float32) + x, layer["attention_norm"], c.layer_norm_eps)
-    inner = _ACTIVATIONS[c.hidden_act](_dense(x, layer["intermediate"], dtype))
+    inner = core.ACTIVATIONS[c.hidden_act](_dense(x, layer["intermediate"], dtype))
     out = _dropout(_dense(inner, layer["output"], dtype), c.dropout, rngs[2], deterministic)
     return layer_norm(out.astype(jnp.float32) + x, layer["output_norm"], c.layer_norm_eps)
 
 
+def _dropout_keys(rng, c: BertConfig, deterministic: bool) -> list:
+    """Dropout keys by place: 0 for the embeddings, ``n + 1`` for layer ``n``; the same keys
+    whether the encoder runs whole or in layer ranges (:func:`bert_layers`)."""
+    if rng is None or deterministic:
+        return [None] * (c.num_layers + 1)
+    return list(jax.random.split(rng, c.num_layers + 1))
+
+
+def _check_dropout_rng(c: BertConfig, deterministic: bool, rng) -> None:
+    if not deterministic and rng is None and (c.dropout > 0 or c.attention_dropout > 0):
+        raise ValueError("bert_apply(deterministic=False) applies dropout and needs rng=jax.random.PRNGKey(...)")
+
+
+def bert_embed(params: Params, input_ids, *, config: BertConfig, token_type_ids=None, deterministic: bool = True,
+               rng: Optional[jax.Array] = None):
+    """The input of layer 0, ``(batch, seq, hidden)`` float32: word + position + token-type
+    embeddings, LayerNorm, dropout. ``rng``: the key the whole encoder is given."""
+    c = config
+    if token_type_ids is None:
+        token_type_ids = jnp.zeros_like(input_ids)
+    emb = params["embeddings"]
+    x = (emb["word"][input_ids] + emb["position"][position_ids(input_ids, c)]
+         + emb["token_type"][token_type_ids])
+    x = layer_norm(x, emb["norm"], c.layer_norm_eps)
+    return _dropout(x, c.dropout, _dropout_keys(rng, c, deterministic)[0], deterministic)
+
+
+def bert_layers(layers, hidden, attention_mask, *, config: BertConfig, start: int = 0, dtype=jnp.float32,
+                deterministic: bool = True, rng: Optional[jax.Array] = None, pool_positions=None):
+    """Layers ``start, start + 1, ...`` (``layers``: their parameters, in order) applied to
+    ``hidden`` ``(batch, seq, hidden)``, the output of layer ``start - 1`` (of the embeddings for
+    ``start`` 0); returns the output of the last of them, ``(batch, seq, hidden)`` float32.
+
+    ``pool_positions`` ``(batch,)`` int (the range must end at the encoder's last layer): that
+    layer is computed at those positions only and ``(batch, hidden)`` is returned.
+    ``attention_mask`` ``(batch, seq)``: 1 for tokens, 0 for padding (None: all tokens). ``rng``:
+    the key the whole encoder is given; layer ``n`` draws from its own sub-key, so a run in two
+    ranges applies the same dropout as one pass.
+    """
+    c = config
+    layers = list(layers)
+    stop = start + len(layers)
+    if not 0 <= start <= stop <= c.num_layers:
+        raise ValueError(f"layers {start}..{stop - 1}: this {c.model_type} model has layers 0..{c.num_layers - 1}")
+    if pool_positions is not None and stop != c.num_layers:
+        raise ValueError(f"pool_positions applies at the last layer ({c.num_layers - 1}); these layers stop at "
+                         f"{stop - 1}")
+    _check_dropout_rng(c, deterministic, rng)
+    if attention_mask is None:
+        attention_mask = jnp.ones(hidden.shape[:2], jnp.int32)
+    keys = _dropout_keys(rng, c, deterministic)
+    bias = jnp.where(attention_mask[:, None, None, :] > 0, 0.0, jnp.finfo(jnp.float32).min).astype(jnp.float32)
+    step = _layer
+    if c.remat:
+        step = jax.checkpoint(_layer, static_argnums=(3, 4, 6))
+    x = hidden
+    for n, layer in enumerate(layers, start):
+        at = pool_positions if n == c.num_layers - 1 else None
+        x = step(layer, x, bias, c, dtype, keys[n + 1], deterministic, at)
+    if pool_positions is None:
+        return x
+    if not layers:  # no layer left: the input is the output
+        return jnp.take_along_axis(x, pool_positions[:, None, None], axis=1)[:, 0]
+    return x[:, 0]
+
+
 def bert_apply(params: Params, input_ids, attention_mask, *, config: BertConfig, dtype=jnp.float32,
                deterministic: bool = True, rng: Optional[jax.Array] = None, token_type_ids=None,
-               pool_positions=None):
+               pool_positions=None, layers: Optional[slice] = None, hidden_states=None):
     """Last hidden state ``(batch, seq, hidden)`` float32 for ``input_ids`` ``(batch, seq)`` int.
 
     ``pool_positions`` ``(batch,)`` int: return only the last hidden state at that position of
@@ -211,43 +244,35 @@ def bert_apply(params: Params, input_ids, attention_mask, *, config: BertConfig,
     queries, feed-forward and norms at those positions only, which gives the same values as
     indexing the full output and skips most of that layer's work.
 
+    ``layers`` (a ``slice`` of layer numbers, e.g. ``slice(0, 4)``; default all) runs those
+    layers only and returns the output of the last of them: from the embeddings when the slice
+    starts at 0, else from ``hidden_states`` ``(batch, seq, hidden)``, the output of the layer
+    before (``input_ids`` is then unused and may be None). Running ``slice(0, k)`` and then
+    ``slice(k, None)`` on its output computes what one pass computes.
+
     ``attention_mask`` ``(batch, seq)``: 1 for tokens, 0 for padding (None: all tokens).
     ``token_type_ids`` default to zeros. ``dtype`` is the matmul dtype (float32 or bfloat16);
     softmax and layer norms run in float32. Dropout (hidden and attention, rates from the config)
     applies when ``deterministic`` is False and then needs ``rng``.
     """
     c = config
-    if input_ids.ndim != 2:
-        raise ValueError(f"input_ids must be (batch, seq), got shape {tuple(input_ids.shape)}")
-    if input_ids.shape[1] > c.max_length:
-        raise ValueError(f"input of {input_ids.shape[1]} tokens is longer than the {c.max_length} positions "
-                         f"of this {c.model_type} model; truncate to max_length={c.max_length}")
-    if not deterministic and rng is None and (c.dropout > 0 or c.attention_dropout > 0):
-        raise ValueError("bert_apply(deterministic=False) applies dropout and needs rng=jax.random.PRNGKey(...)")
-    if attention_mask is None:
-        attention_mask = jnp.ones_like(input_ids)
-    if token_type_ids is None:
-        token_type_ids = jnp.zeros_like(input_ids)
-    emb = params["embeddings"]
-    x = (emb["word"][input_ids] + emb["position"][position_ids(input_ids, c)]
-         + emb["token_type"][token_type_ids])
-    x = layer_norm(x, emb["norm"], c.layer_norm_eps)
-    rngs = (jax.random.split(rng, c.num_layers + 1) if (rng is not None and not deterministic)
-            else [None] * (c.num_layers + 1))
-    x = _dropout(x, c.dropout, rngs[0], deterministic)
-    bias = jnp.where(attention_mask[:, None, None, :] > 0, 0.0, jnp.finfo(jnp.float32).min).astype(jnp.float32)
-    step = _layer
-    if c.remat:
-        step = jax.checkpoint(_layer, static_argnums=(3, 4, 6))
-    last = len(params["layers"]) - 1
-    for n, layer in enumerate(params["layers"]):
-        at = pool_positions if n == last else None
-        x = step(layer, x, bias, c, dtype, rngs[n + 1], deterministic, at)
-    if pool_positions is None:
-        return x
-    if last < 0:  # no layers: the embeddings are the output
-        return jnp.take_along_axis(x, pool_positions[:, None, None], axis=1)[:, 0]
-    return x[:, 0]
+    start, stop, stride = (layers if layers is not None else slice(None)).indices(c.num_layers)
+    if stride != 1 or stop < start:
+        raise ValueError(f"layers={layers!r}: give a slice of consecutive layers, e.g. slice(2, None)")
+    _check_dropout_rng(c, deterministic, rng)
+    if hidden_states is None:
+        if start > 0:
+            raise ValueError(f"bert_apply(layers={layers!r}) starts after the embeddings: give hidden_states=, "
+                             f"the output of layer {start - 1}")
+        if input_ids.ndim != 2:
+            raise ValueError(f"input_ids must be (batch, seq), got shape {tuple(input_ids.shape)}")
+        if input_ids.shape[1] > c.max_length:
+            raise ValueError(f"input of {input_ids.shape[1]} tokens is longer than the {c.max_length} positions "
+                             f"of this {c.model_type} model; truncate to max_length={c.max_length}")
+        hidden_states = bert_embed(params, input_ids, config=c, token_type_ids=token_type_ids,
+                                   deterministic=deterministic, rng=rng)
+    return bert_layers(params["layers"][start:stop], hidden_states, attention_mask, config=c, start=start,
+                       dtype=dtype, deterministic=deterministic, rng=rng, pool_positions=pool_positions)
 
 
 def grow_embeddings(params: Params, n_new: int) -> Params:
@@ -267,8 +292,6 @@ def grow_embeddings(params: Params, n_new: int) -> Params:
 def params_hash(params: Params, *extra: str) -> str:
     """SHA-256 over a parameter pytree (leaf paths, shapes, dtypes, bytes, in sorted path order)
     and any ``extra`` strings."""
-    import hashlib
-
     digest = hashlib.sha256()
     for path, leaf in sorted(jax.tree_util.tree_flatten_with_path(params)[0], key=lambda kv: str(kv[0])):
         array = np.asarray(leaf)

@@ -27,18 +27,10 @@ from typing import Any, Optional
 import jax
 import jax.numpy as jnp
 
-from emojax.encoders import hub
+from emojax.encoders import core, hub
 
 Params = dict[str, Any]
 
-_ACTIVATIONS = {
-    "quick_gelu": lambda x: x * jax.nn.sigmoid(1.702 * x),
-    "gelu": lambda x: jax.nn.gelu(x, approximate=False),
-    "gelu_new": lambda x: jax.nn.gelu(x, approximate=True),
-    "gelu_pytorch_tanh": lambda x: jax.nn.gelu(x, approximate=True),
-    "relu": jax.nn.relu,
-    "silu": jax.nn.silu,
-}
 VISION_TYPES = ("clip_vision_model", "clip")
 
 
@@ -109,21 +101,7 @@ def load_clip_vision(name_or_path: str, **overrides) -> tuple[Params, CLIPVision
     format :func:`emojax.encoders.hub.load_state_dict` reads, Flax ``flax_model.msgpack``
     included. ``overrides`` replace :class:`CLIPVisionConfig` fields (e.g. ``remat=True``).
     """
-    folder = hub.resolve_model(name_or_path)
-    raw = hub.load_config(folder)
-    where = folder / "config.json"
-    if raw.get("model_type", "clip_vision_model") not in VISION_TYPES:
-        raise hub.WeightError(f"{where}: model_type {raw.get('model_type')!r} is not one of {VISION_TYPES}; "
-                              "load it with its own family's loader")
-    config = dataclasses.replace(CLIPVisionConfig.from_hf(raw), **overrides)
-    if config.hidden_act not in _ACTIVATIONS:
-        raise hub.WeightError(f"{where}: hidden_act {config.hidden_act!r} is not supported "
-                              f"(known: {sorted(_ACTIVATIONS)})")
-    if config.hidden_size % config.num_heads:
-        raise hub.WeightError(f"{where}: hidden_size {config.hidden_size} is not a multiple of "
-                              f"num_attention_heads {config.num_heads}")
-    state = hub.StateReader(hub.load_state_dict(folder), str(folder), prefixes=STATE_PREFIXES)
-    return params_from_state(state, config), config
+    return core.load(FAMILY, name_or_path, **overrides)
 
 
 def params_from_state(state: hub.StateReader, c: CLIPVisionConfig) -> Params:
@@ -132,10 +110,7 @@ def params_from_state(state: hub.StateReader, c: CLIPVisionConfig) -> Params:
     The patch convolution ``(hidden, channels, patch, patch)`` becomes a dense
     ``(channels * patch * patch, hidden)`` matrix over flattened patches.
     """
-    h, i = c.hidden_size, c.intermediate_size
-
-    dense = state.dense
-
+    h = c.hidden_size
     norm = functools.partial(state.norm, size=h)
 
     kernel = state.take("embeddings.patch_embedding.weight", (h, c.num_channels, c.patch_size, c.patch_size))
@@ -148,40 +123,23 @@ def params_from_state(state: hub.StateReader, c: CLIPVisionConfig) -> Params:
         "post_norm": norm("post_layernorm"),
     }
     for n in range(c.num_layers):
-        p = f"encoder.layers.{n}."
-        params["layers"].append({
-            "norm1": norm(p + "layer_norm1"),
-            "query": dense(p + "self_attn.q_proj", h, h),
-            "key": dense(p + "self_attn.k_proj", h, h),
-            "value": dense(p + "self_attn.v_proj", h, h),
-            "attn_out": dense(p + "self_attn.out_proj", h, h),
-            "norm2": norm(p + "layer_norm2"),
-            "fc1": dense(p + "mlp.fc1", h, i),
-            "fc2": dense(p + "mlp.fc2", i, h),
-        })
+        params["layers"].append(core.block_params(state, f"encoder.layers.{n}.", LAYER_TENSORS, h,
+                                                  c.intermediate_size))
     state.unused(ignore=("text_model.", "text_projection", "visual_projection", "logit_scale", "position_ids"))
     return params
 
 
+# core.transformer_block parameter -> checkpoint tensor (under encoder.layers.{n}.)
+LAYER_TENSORS = {"attn_norm": "layer_norm1", "query": "self_attn.q_proj", "key": "self_attn.k_proj",
+                 "value": "self_attn.v_proj", "attn_out": "self_attn.out_proj", "mlp_norm": "layer_norm2",
+                 "fc1": "mlp.fc1", "fc2": "mlp.fc2"}
+FAMILY = core.register(core.Family(
+    CLIPVisionConfig, model_types=VISION_TYPES, default_type="clip_vision_model", params_from_state=params_from_state,
+    prefixes=STATE_PREFIXES, activations=(("hidden_act", "hidden_act"),),
+    hashed_names={"attn_norm": "norm1", "mlp_norm": "norm2"}))
+
+
 # -- computation -------------------------------------------------------------------------------
-
-def _layer_norm(x, p, eps):
-    x = x.astype(jnp.float32)
-    mean = x.mean(-1, keepdims=True)
-    var = jnp.square(x - mean).mean(-1, keepdims=True)
-    return (x - mean) * jax.lax.rsqrt(var + eps) * p["scale"] + p["bias"]
-
-
-def _dense(x, p, dtype):
-    return jnp.dot(x.astype(dtype), p["w"].astype(dtype)) + p["b"].astype(dtype)
-
-
-def _dropout(x, rate, rng, deterministic):
-    if deterministic or rate == 0.0 or rng is None:
-        return x
-    keep = jax.random.bernoulli(rng, 1.0 - rate, x.shape)
-    return jnp.where(keep, x / (1.0 - rate), 0.0).astype(x.dtype)
-
 
 def patches(pixel_values, config: CLIPVisionConfig):
     """``(batch, channels, height, width)`` -> ``(batch, patches, patch_dim)``, each row a patch
@@ -191,21 +149,9 @@ def patches(pixel_values, config: CLIPVisionConfig):
     return x.transpose(0, 2, 4, 1, 3, 5).reshape(b, g * g, config.patch_dim)
 
 
-def _layer(layer, x, c: CLIPVisionConfig, dtype, rng, deterministic):
-    batch, seq, hidden = x.shape
-    heads, size = c.num_heads, hidden // c.num_heads
-    normed = _layer_norm(x, layer["norm1"], c.layer_norm_eps)
-
-    def project(name):
-        return _dense(normed, layer[name], dtype).reshape(batch, seq, heads, size)
-
-    q, k, v = project("query"), project("key"), project("value")
-    scores = jnp.einsum("bqhd,bkhd->bhqk", q, k, preferred_element_type=jnp.float32) * size ** -0.5
-    probs = _dropout(jax.nn.softmax(scores, axis=-1), c.attention_dropout, rng, deterministic)
-    context = jnp.einsum("bhqk,bkhd->bqhd", probs.astype(dtype), v).reshape(batch, seq, hidden)
-    x = x + _dense(context, layer["attn_out"], dtype).astype(jnp.float32)
-    inner = _ACTIVATIONS[c.hidden_act](_dense(_layer_norm(x, layer["norm2"], c.layer_norm_eps), layer["fc1"], dtype))
-    return x + _dense(inner, layer["fc2"], dtype).astype(jnp.float32)
+def _block(c: CLIPVisionConfig) -> core.Block:
+    return core.Block(num_heads=c.num_heads, eps=c.layer_norm_eps, activation=c.hidden_act,
+                      attention_dropout=c.attention_dropout)
 
 
 def clip_vision_apply(params: Params, pixel_values, *, config: CLIPVisionConfig, dtype=jnp.float32,
@@ -230,11 +176,11 @@ def clip_vision_apply(params: Params, pixel_values, *, config: CLIPVisionConfig,
     x = jnp.dot(patches(pixel_values, c).astype(dtype), params["patch"].astype(dtype)).astype(jnp.float32)
     cls = jnp.broadcast_to(params["class_token"].astype(jnp.float32), (batch, 1, c.hidden_size))
     x = jnp.concatenate([cls, x], axis=1) + params["position"][None]
-    x = _layer_norm(x, params["pre_norm"], c.layer_norm_eps)
-    step = jax.checkpoint(_layer, static_argnums=(2, 3, 5)) if c.remat else _layer
-    for n, layer in enumerate(params["layers"]):
-        x = step(layer, x, c, dtype, rngs[n], deterministic)
-    return x, _layer_norm(x[:, 0], params["post_norm"], c.layer_norm_eps)
+    x = core.layer_norm(x, params["pre_norm"], c.layer_norm_eps)
+    step, block = core.block_step(c.remat), _block(c)
+    for n, layer in enumerate(params["layers"]):  # CLIP's only dropout: on the attention probabilities
+        x = step(layer, x, block, dtype, (rngs[n], None, None, None), deterministic)
+    return x, core.layer_norm(x[:, 0], params["post_norm"], c.layer_norm_eps)
 
 
 def clip_video_features(params: Params, frames, *, config: CLIPVisionConfig, pooling: str = "mean",

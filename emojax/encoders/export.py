@@ -16,23 +16,12 @@ folded into one ``weight`` as ``weight_g`` / ``weight_v``.
 """
 from __future__ import annotations
 
-import importlib
 from typing import Any, Mapping, Sequence
 
 import jax
 import numpy as np
 
-from emojax.encoders import hub
-
-# config class name -> the module with the family's loader (params_from_state, STATE_PREFIXES)
-FAMILIES = {
-    "BertConfig": "emojax.encoders.bert",
-    "ModernBertConfig": "emojax.encoders.modernbert",
-    "WhisperConfig": "emojax.encoders.whisper",
-    "Wav2Vec2Config": "emojax.encoders.wav2vec2",
-    "VideoMAEConfig": "emojax.encoders.videomae",
-    "CLIPVisionConfig": "emojax.encoders.clip_vision",
-}
+from emojax.encoders import core, hub
 
 
 class ExportError(ValueError):
@@ -73,12 +62,13 @@ class _Probe(hub.StateReader):
 
 
 def _loader(config):
-    name = type(config).__name__
-    if name not in FAMILIES:
-        raise ExportError(f"writing the weights of a {name} encoder is not supported; "
-                          f"known: {', '.join(FAMILIES)}")
-    module = importlib.import_module(FAMILIES[name])
-    return module.params_from_state, module.STATE_PREFIXES
+    """The family's loader and tensor prefixes (every family registers itself with
+    :mod:`emojax.encoders.core` when its module is imported, as it is for its config to exist)."""
+    family = core.family_of(config)
+    if family is None:
+        raise ExportError(f"writing the weights of a {type(config).__name__} encoder is not supported; "
+                          f"known: {', '.join(core.known_families())}")
+    return family.params_from_state, family.prefixes
 
 
 def state_dict_from_params(params, config, source_state: Mapping[str, Any], *, source: str = "") -> dict:
@@ -164,4 +154,4 @@ def replaced_names(source_state: Mapping[str, Any], written: Mapping[str, Any]) 
     return out
 
 
-__all__ = ["ExportError", "FAMILIES", "replaced_names", "state_dict_from_params"]
+__all__ = ["ExportError", "replaced_names", "state_dict_from_params"]

@@ -31,8 +31,10 @@ import jax.numpy as jnp
 
 Params = Any
 
-# Module-name groups, across the encoder families (BERT / RoBERTa, ModernBERT, Whisper,
-# wav2vec2, VideoMAE, CLIP). "dense" follows the PEFT habit of naming the output projections.
+# Module-name groups. The projections have three namings: the transformer block shared by Whisper,
+# wav2vec2 / data2vec-audio, VideoMAE and CLIP (emojax.encoders.core: query, key, value, attn_out,
+# fc1, fc2), BERT / RoBERTa (query, key, value, attention_out, intermediate, output) and ModernBERT
+# (qkv, attn_out, mlp_in, mlp_out). "dense" follows the PEFT habit of naming the output projections.
 ALIASES = {
     "attention": ("query", "key", "value", "attention_out", "qkv", "attn_out"),
     "mlp": ("intermediate", "output", "mlp_in", "mlp_out", "fc1", "fc2"),

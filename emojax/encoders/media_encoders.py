@@ -63,8 +63,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import hashlib
-import json
 import logging
 import pathlib
 from typing import Any, Optional, Sequence
@@ -72,10 +70,13 @@ from typing import Any, Optional, Sequence
 import jax
 import jax.numpy as jnp
 import numpy as np
-from tqdm.auto import tqdm
 
 from emojax.data.media import read_audios
 from emojax.encoders import hub
+from emojax.encoders.bert import params_hash
+from emojax.encoders.core import hash_view
+from emojax.files import digest
+from emojax.progress import progress_bar
 
 log = logging.getLogger(__name__)
 
@@ -118,11 +119,6 @@ def _settings(processor) -> dict:
         return repr(value)
 
     return {k: plain(v) for k, v in processor.to_dict().items() if not k.startswith("_")}
-
-
-def _digest(*parts) -> str:
-    blob = json.dumps(parts, sort_keys=True, default=str).encode()
-    return hashlib.sha256(blob).hexdigest()
 
 
 # -- forward passes (module level: encoders of one architecture share compilations) ----------
@@ -291,12 +287,10 @@ class _MediaEncoder:
     def set_params(self, params) -> None:
         """Compute with ``params`` (e.g. fine-tuned weights) from now on; the weights hash and the
         cache namespace follow them."""
-        from emojax.encoders.bert import params_hash
-
         self.params = params
-        self.weights_hash = params_hash(self.params, repr(self.config))
-        self.namespace = _digest(self.family, FEATURE_VERSION, self.model, self.weights_hash, self.preprocessing(),
-                                 self.pooling, str(jnp.dtype(self.dtype)))[:24]
+        self.weights_hash = params_hash(hash_view(self.params, self.config), repr(self.config))
+        self.namespace = digest(self.family, FEATURE_VERSION, self.model, self.weights_hash, self.preprocessing(),
+                                self.pooling, str(jnp.dtype(self.dtype)))[:24]
 
     # shared
     def compute(self, paths: Sequence[str], progress: bool = False) -> np.ndarray:
@@ -319,8 +313,8 @@ class _MediaEncoder:
             for row, (index, _) in enumerate(group):
                 out[index] = values[row]
 
-        for index, item in enumerate(tqdm(self.inputs(paths), total=len(paths), desc=f"{self.family} features",
-                                          disable=not progress, leave=False)):
+        for index, item in enumerate(progress_bar(self.inputs(paths), total=len(paths), desc=f"{self.family} features",
+                                                  enabled=progress, leave=False)):
             if isinstance(item, MediaError):
                 log.warning("skipping %s input: %s", self.modality, item)
                 self.errors[paths[index]] = str(item)

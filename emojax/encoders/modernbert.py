@@ -16,9 +16,10 @@ The computation follows transformers' ``ModernBertModel`` on its padded (eager /
 * GeGLU feed-forward: ``Wi`` gives ``(input, gate)``, ``Wo(act(input) * gate)``;
 * final LayerNorm.
 
-Padding keys get an additive ``finfo(float32).min`` and keys outside the local window are set to
-that same value, as transformers does, so padded query rows carry the same (meaningless but
-defined) values as the reference. ``config`` is a frozen dataclass: a static argument under jit.
+Padding keys and keys outside the local window are masked out (a key mask and
+``jax.nn.dot_product_attention``'s ``local_window_size``); a query that sees no key then attends
+uniformly to all of them, as under transformers' additive ``finfo(float32).min``, so padded query
+rows carry the same (meaningless but defined) values as the reference. ``config`` is a frozen dataclass: a static argument under jit.
 Parameters stay float32; ``dtype=jnp.bfloat16`` runs the matrix products in bfloat16 while rotary
 embeddings, softmax, layer norms and the residual stream stay float32.
 """
@@ -31,20 +32,10 @@ from typing import Any, Optional
 import jax
 import jax.numpy as jnp
 
-from emojax.encoders import hub
+from emojax.encoders import core, hub
+from emojax.encoders.core import dense as _dense, dropout as _dropout, layer_norm as _layer_norm
 
 Params = dict[str, Any]
-
-_ACTIVATIONS = {
-    "gelu": lambda x: jax.nn.gelu(x, approximate=False),
-    "gelu_new": lambda x: jax.nn.gelu(x, approximate=True),
-    "gelu_pytorch_tanh": lambda x: jax.nn.gelu(x, approximate=True),
-    "gelu_python": lambda x: jax.nn.gelu(x, approximate=False),
-    "quick_gelu": lambda x: x * jax.nn.sigmoid(1.702 * x),
-    "relu": jax.nn.relu,
-    "silu": jax.nn.silu,
-    "swish": jax.nn.silu,
-}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -131,25 +122,14 @@ def load_modernbert(name_or_path: str, **overrides) -> tuple[Params, ModernBertC
     Reads base-model checkpoints and task checkpoints (encoder under ``model.``); heads are
     ignored. ``overrides`` replace :class:`ModernBertConfig` fields (e.g. ``remat=True``).
     """
-    folder = hub.resolve_model(name_or_path)
-    raw = hub.load_config(folder)
-    where = folder / "config.json"
-    if raw.get("model_type", "modernbert") != "modernbert":
-        raise hub.WeightError(f"{where}: model_type {raw.get('model_type')!r} is not 'modernbert'; "
-                              "load it with its own family's loader")
+    return core.load(FAMILY, name_or_path, **overrides)
+
+
+def _check_rope(raw: dict, config: ModernBertConfig, where) -> None:
     scaling = raw.get("rope_scaling")
     if scaling and scaling.get("rope_type", scaling.get("type", "default")) != "default":
         raise hub.WeightError(f"{where}: rope_scaling {scaling!r} is not supported (only the default rotary "
                               "embedding); remove it or use a checkpoint without it")
-    if raw.get("hidden_activation", "gelu") not in _ACTIVATIONS:
-        raise hub.WeightError(f"{where}: hidden_activation {raw['hidden_activation']!r} is not supported "
-                              f"(known: {sorted(_ACTIVATIONS)})")
-    config = dataclasses.replace(ModernBertConfig.from_hf(raw), **overrides)
-    if config.hidden_size % config.num_heads:
-        raise hub.WeightError(f"{where}: hidden_size {config.hidden_size} is not a multiple of "
-                              f"num_attention_heads {config.num_heads}")
-    state = hub.StateReader(hub.load_state_dict(folder), str(folder), prefixes=STATE_PREFIXES)
-    return params_from_state(state, config), config
 
 
 def params_from_state(state: hub.StateReader, c: ModernBertConfig) -> Params:
@@ -182,28 +162,12 @@ def params_from_state(state: hub.StateReader, c: ModernBertConfig) -> Params:
     return params
 
 
+FAMILY = core.register(core.Family(
+    ModernBertConfig, model_types=("modernbert",), default_type="modernbert", params_from_state=params_from_state,
+    prefixes=STATE_PREFIXES, activations=(("hidden_act", "hidden_activation"),), check=_check_rope))
+
+
 # -- computation -------------------------------------------------------------------------------
-
-def _layer_norm(x, p, eps):
-    """LayerNorm in float32 (bias optional, as ModernBERT's ``norm_bias=False``)."""
-    x = x.astype(jnp.float32)
-    mean = x.mean(-1, keepdims=True)
-    var = jnp.square(x - mean).mean(-1, keepdims=True)
-    y = (x - mean) * jax.lax.rsqrt(var + eps) * p["scale"]
-    return y + p["bias"] if "bias" in p else y
-
-
-def _dense(x, p, dtype):
-    y = jnp.dot(x.astype(dtype), p["w"].astype(dtype))
-    return y + p["b"].astype(dtype) if "b" in p else y
-
-
-def _dropout(x, rate, rng, deterministic):
-    if deterministic or rate == 0.0 or rng is None:
-        return x
-    keep = jax.random.bernoulli(rng, 1.0 - rate, x.shape)
-    return jnp.where(keep, x / (1.0 - rate), 0.0).astype(x.dtype)
-
 
 def rotary_tables(seq: int, head_dim: int, theta: float):
     """``(cos, sin)``, each ``(seq, head_dim)`` float32, for positions ``0 .. seq-1``.
@@ -225,22 +189,18 @@ def _rotate(x, cos, sin):
 
 
 def attention_biases(attention_mask, local_attention: int):
-    """Additive attention biases ``(global, local)``, each ``(batch, 1, seq, seq)`` float32.
+    """What the global and the local layers attend to: ``(global, local)`` :class:`core.Mask`.
 
-    Global: ``finfo.min`` on padding keys. Local: additionally ``finfo.min`` (replacing, not
-    adding) on keys farther than ``local_attention // 2`` from the query.
+    Global: the tokens (``attention_mask`` ``(batch, seq)`` > 0). Local: the tokens within
+    ``local_attention // 2`` of the query (``jax.nn.dot_product_attention``'s
+    ``local_window_size``). A query that sees no token (padding whose window holds only padding)
+    attends uniformly to every key, as transformers' additive ``finfo.min`` bias makes it.
     """
-    low = jnp.finfo(jnp.float32).min
-    seq = attention_mask.shape[1]
-    global_bias = jnp.where(attention_mask[:, None, None, :] > 0, 0.0, low).astype(jnp.float32)
-    global_bias = jnp.broadcast_to(global_bias, (attention_mask.shape[0], 1, seq, seq))
-    rows = jnp.arange(seq)
-    inside = jnp.abs(rows[:, None] - rows[None, :]) <= local_attention // 2
-    local_bias = jnp.where(inside[None, None], global_bias, low)
-    return global_bias, local_bias
+    tokens = attention_mask > 0
+    return core.Mask(keys=tokens), core.Mask(keys=tokens, window=local_attention // 2)
 
 
-def _layer(layer, x, bias, cos, sin, c: ModernBertConfig, dtype, rng, deterministic):
+def _layer(layer, x, mask, cos, sin, c: ModernBertConfig, dtype, rng, deterministic):
     batch, seq, hidden = x.shape
     heads, size = c.num_heads, c.head_dim
     rngs = jax.random.split(rng, 3) if rng is not None else (None, None, None)
@@ -249,45 +209,100 @@ def _layer(layer, x, bias, cos, sin, c: ModernBertConfig, dtype, rng, determinis
     q = _rotate(qkv[:, :, 0], cos, sin).astype(dtype)
     k = _rotate(qkv[:, :, 1], cos, sin).astype(dtype)
     v = qkv[:, :, 2].astype(dtype)
-    scores = jnp.einsum("bqhd,bkhd->bhqk", q, k, preferred_element_type=jnp.float32) * size ** -0.5
-    probs = jax.nn.softmax(scores + bias, axis=-1)
-    probs = _dropout(probs, c.attention_dropout, rngs[0], deterministic)
-    context = jnp.einsum("bhqk,bkhd->bqhd", probs.astype(dtype), v).reshape(batch, seq, hidden)
+    context = core.attention(q, k, v, mask=mask, scale=size ** -0.5, dropout_rate=c.attention_dropout, rng=rngs[0],
+                             deterministic=deterministic)
     attended = _dropout(_dense(context, layer["attn_out"], dtype), c.attention_dropout, rngs[1], deterministic)
     x = x + attended.astype(jnp.float32)
     inner, gate = jnp.split(_dense(_layer_norm(x, layer["mlp_norm"], c.norm_eps), layer["mlp_in"], dtype), 2, axis=-1)
-    inner = _dropout(_ACTIVATIONS[c.hidden_act](inner) * gate, c.mlp_dropout, rngs[2], deterministic)
+    inner = _dropout(core.ACTIVATIONS[c.hidden_act](inner) * gate, c.mlp_dropout, rngs[2], deterministic)
     return x + _dense(inner, layer["mlp_out"], dtype).astype(jnp.float32)
 
 
+def _dropout_keys(rng, c: ModernBertConfig, deterministic: bool) -> list:
+    """Dropout keys by place: 0 for the embeddings, ``n + 1`` for layer ``n``; the same keys
+    whether the encoder runs whole or in layer ranges (:func:`modernbert_layers`)."""
+    if rng is None or deterministic:
+        return [None] * (c.num_layers + 1)
+    return list(jax.random.split(rng, c.num_layers + 1))
+
+
+def _check_dropout_rng(c: ModernBertConfig, deterministic: bool, rng) -> None:
+    if not deterministic and rng is None and max(c.embedding_dropout, c.attention_dropout, c.mlp_dropout) > 0:
+        raise ValueError("modernbert_apply(deterministic=False) applies dropout and needs rng=jax.random.PRNGKey(...)")
+
+
+def modernbert_embed(params: Params, input_ids, *, config: ModernBertConfig, deterministic: bool = True,
+                     rng: Optional[jax.Array] = None):
+    """The input of layer 0, ``(batch, seq, hidden)`` float32: token embeddings, LayerNorm,
+    dropout. ``rng``: the key the whole encoder is given."""
+    c = config
+    x = _layer_norm(params["embeddings"]["word"][input_ids], params["embeddings"]["norm"], c.norm_eps)
+    return _dropout(x, c.embedding_dropout, _dropout_keys(rng, c, deterministic)[0], deterministic)
+
+
+def modernbert_layers(layers, hidden, attention_mask, *, config: ModernBertConfig, start: int = 0,
+                      dtype=jnp.float32, deterministic: bool = True, rng: Optional[jax.Array] = None,
+                      final_norm: Optional[Params] = None):
+    """Layers ``start, start + 1, ...`` (``layers``: their parameters, in order) applied to
+    ``hidden`` ``(batch, seq, hidden)``, the output of layer ``start - 1`` (of the embeddings for
+    ``start`` 0); returns the output of the last of them ``(batch, seq, hidden)`` float32, after
+    ``final_norm`` when given (the range then ends at the encoder's last layer).
+
+    Each layer attends globally or locally by its own number, so any split into ranges computes
+    what one pass computes; ``rng`` is the key the whole encoder is given (layer ``n`` draws from
+    its own sub-key). ``attention_mask`` ``(batch, seq)``: 1 for tokens, 0 for padding, on the right.
+    """
+    c = config
+    layers = list(layers)
+    stop = start + len(layers)
+    if not 0 <= start <= stop <= c.num_layers:
+        raise ValueError(f"layers {start}..{stop - 1}: this ModernBERT model has layers 0..{c.num_layers - 1}")
+    if final_norm is not None and stop != c.num_layers:
+        raise ValueError(f"final_norm follows the last layer ({c.num_layers - 1}); these layers stop at {stop - 1}")
+    _check_dropout_rng(c, deterministic, rng)
+    if attention_mask is None:
+        attention_mask = jnp.ones(hidden.shape[:2], jnp.int32)
+    seq = hidden.shape[1]
+    keys = _dropout_keys(rng, c, deterministic)
+    global_bias, local_bias = attention_biases(attention_mask, c.local_attention)
+    global_rope = rotary_tables(seq, c.head_dim, c.global_rope_theta)
+    local_rope = rotary_tables(seq, c.head_dim, c.local_rope_theta)
+
+    step = jax.checkpoint(_layer, static_argnums=(5, 6, 8)) if c.remat else _layer
+    x = hidden
+    for n, layer in enumerate(layers, start):
+        bias, (cos, sin) = (global_bias, global_rope) if c.is_global(n) else (local_bias, local_rope)
+        x = step(layer, x, bias, cos, sin, c, dtype, keys[n + 1], deterministic)
+    return x if final_norm is None else _layer_norm(x, final_norm, c.norm_eps)
+
+
 def modernbert_apply(params: Params, input_ids, attention_mask, *, config: ModernBertConfig, dtype=jnp.float32,
-                     deterministic: bool = True, rng: Optional[jax.Array] = None):
+                     deterministic: bool = True, rng: Optional[jax.Array] = None, layers: Optional[slice] = None,
+                     hidden_states=None):
     """Last hidden state ``(batch, seq, hidden)`` float32 (after the final norm).
 
     ``input_ids`` ``(batch, seq)`` int; ``attention_mask`` ``(batch, seq)``: 1 for tokens, 0 for
     padding (None: all tokens). Positions count from 0 at the first column, padding included,
     so pad on the right. ``dtype`` is the matmul dtype (float32 or bfloat16). Dropout (rates from
     the config) applies when ``deterministic`` is False and then needs ``rng``.
+
+    ``layers`` (a ``slice`` of layer numbers; default all) runs those layers only: from the
+    embeddings when it starts at 0, else from ``hidden_states`` ``(batch, seq, hidden)``, the
+    output of the layer before (``input_ids`` is then unused); the final norm applies when the
+    slice reaches the last layer. ``slice(0, k)`` then ``slice(k, None)`` computes one pass.
     """
     c = config
-    if input_ids.ndim != 2:
-        raise ValueError(f"input_ids must be (batch, seq), got shape {tuple(input_ids.shape)}")
-    if not deterministic and rng is None and max(c.embedding_dropout, c.attention_dropout, c.mlp_dropout) > 0:
-        raise ValueError("modernbert_apply(deterministic=False) applies dropout and needs rng=jax.random.PRNGKey(...)")
-    if attention_mask is None:
-        attention_mask = jnp.ones_like(input_ids)
-    seq = input_ids.shape[1]
-    use_rng = rng is not None and not deterministic
-    rngs = jax.random.split(rng, c.num_layers + 1) if use_rng else [None] * (c.num_layers + 1)
-
-    x = _layer_norm(params["embeddings"]["word"][input_ids], params["embeddings"]["norm"], c.norm_eps)
-    x = _dropout(x, c.embedding_dropout, rngs[0], deterministic)
-    global_bias, local_bias = attention_biases(attention_mask, c.local_attention)
-    global_rope = rotary_tables(seq, c.head_dim, c.global_rope_theta)
-    local_rope = rotary_tables(seq, c.head_dim, c.local_rope_theta)
-
-    step = jax.checkpoint(_layer, static_argnums=(5, 6, 8)) if c.remat else _layer
-    for n, layer in enumerate(params["layers"]):
-        bias, (cos, sin) = (global_bias, global_rope) if c.is_global(n) else (local_bias, local_rope)
-        x = step(layer, x, bias, cos, sin, c, dtype, rngs[n + 1], deterministic)
-    return _layer_norm(x, params["final_norm"], c.norm_eps)
+    start, stop, stride = (layers if layers is not None else slice(None)).indices(c.num_layers)
+    if stride != 1 or stop < start:
+        raise ValueError(f"layers={layers!r}: give a slice of consecutive layers, e.g. slice(2, None)")
+    _check_dropout_rng(c, deterministic, rng)
+    if hidden_states is None:
+        if start > 0:
+            raise ValueError(f"modernbert_apply(layers={layers!r}) starts after the embeddings: give "
+                             f"hidden_states=, the output of layer {start - 1}")
+        if input_ids.ndim != 2:
+            raise ValueError(f"input_ids must be (batch, seq), got shape {tuple(input_ids.shape)}")
+        hidden_states = modernbert_embed(params, input_ids, config=c, deterministic=deterministic, rng=rng)
+    return modernbert_layers(params["layers"][start:stop], hidden_states, attention_mask, config=c, start=start,
+                             dtype=dtype, deterministic=deterministic, rng=rng,
+                             final_norm=params["final_norm"] if stop == c.num_layers else None)

@@ -25,11 +25,12 @@ from typing import Optional, Sequence
 import jax
 import jax.numpy as jnp
 import numpy as np
-from tqdm.auto import tqdm
 
 from emojax.encoders import hub
-from emojax.encoders.bert import BertConfig, bert_apply, grow_embeddings, load_bert, params_hash
-from emojax.encoders.modernbert import ModernBertConfig, load_modernbert, modernbert_apply
+from emojax.encoders.bert import BertConfig, bert_apply, bert_layers, grow_embeddings, load_bert, params_hash
+from emojax.encoders.modernbert import (ModernBertConfig, load_modernbert, modernbert_apply, modernbert_embed,
+                                       modernbert_layers)
+from emojax.progress import progress_bar
 
 POOLINGS = ("mask", "mean", "cls")
 # Sequence lengths a batch is padded to: one compilation per bucket actually used.
@@ -100,6 +101,38 @@ def encode_pooled(params, input_ids, attention_mask, *, config, dtype, pooling: 
     at = pool_positions(input_ids, pooling=pooling, mask_token_id=mask_token_id)
     out = bert_apply(params, input_ids, attention_mask, config=config, dtype=dtype, deterministic=deterministic,
                      rng=rng, pool_positions=at)
+    return out if at is not None else pool_hidden(out, attention_mask, input_ids, pooling=pooling)
+
+
+def bucket_widths(max_length: int) -> tuple[int, ...]:
+    """The sequence widths text batches are padded to (a batch: the narrowest that holds its
+    longest row): the buckets below ``max_length``, then ``max_length``."""
+    return tuple(b for b in _BUCKETS if b < int(max_length)) + (int(max_length),)
+
+
+def layer_input(params, input_ids, attention_mask, *, config, start: int, dtype):
+    """The input of layer ``start`` ``(batch, seq, hidden)`` float32: the embeddings and layers
+    ``0 .. start - 1`` of BERT / RoBERTa / ModernBERT, without dropout (frozen layers)."""
+    if isinstance(config, ModernBertConfig):
+        hidden = modernbert_embed(params, input_ids, config=config)
+        return modernbert_layers(params["layers"][:start], hidden, attention_mask, config=config, dtype=dtype)
+    return bert_apply(params, input_ids, attention_mask, config=config, dtype=dtype, layers=slice(0, start))
+
+
+def encode_pooled_from(layers, hidden, attention_mask, input_ids, *, config, start: int, dtype, pooling: str,
+                       mask_token_id: Optional[int] = None, final_norm=None, deterministic: bool = True, rng=None):
+    """The pooled feature ``(batch, dim)`` that :func:`encode_pooled` computes, from ``hidden``
+    ``(batch, seq, hidden)``, the input of layer ``start`` (:func:`layer_input`), by the layers
+    ``start ..`` (``layers``: their parameters, in order; ModernBERT: and its ``final_norm``).
+    ``input_ids`` ``(batch, seq)`` say where mask pooling looks; BERT computes its last layer at
+    the pooled positions only, as there."""
+    if isinstance(config, ModernBertConfig):
+        out = modernbert_layers(layers, hidden, attention_mask, config=config, start=start, dtype=dtype,
+                                deterministic=deterministic, rng=rng, final_norm=final_norm)
+        return pool_hidden(out, attention_mask, input_ids, pooling=pooling, mask_token_id=mask_token_id)
+    at = pool_positions(input_ids, pooling=pooling, mask_token_id=mask_token_id)
+    out = bert_layers(layers, hidden, attention_mask, config=config, start=start, dtype=dtype,
+                      deterministic=deterministic, rng=rng, pool_positions=at)
     return out if at is not None else pool_hidden(out, attention_mask, input_ids, pooling=pooling)
 
 
@@ -281,8 +314,8 @@ class TextEncoder:
         # Fixed batch rows and a few sequence buckets: at most a handful of compilations.
         rows = min(int(batch_size), 1 << (len(ids) - 1).bit_length())
         pad = self.pad_token_id
-        bar = tqdm(total=len(ids), desc=f"encoding text ({pathlib.PurePath(self.name).name})",
-                   disable=not progress, leave=False)
+        bar = progress_bar(total=len(ids), desc=f"encoding text ({pathlib.PurePath(self.name).name})",
+                           enabled=progress, leave=False)
         for start in range(0, len(order), rows):
             chunk = order[start:start + rows]
             longest = max(len(ids[i]) for i in chunk)

@@ -32,19 +32,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from emojax.encoders import hub
+from emojax.encoders import core, hub
 
 Params = dict[str, Any]
 
-_ACTIVATIONS = {
-    "gelu": lambda x: jax.nn.gelu(x, approximate=False),
-    "gelu_new": lambda x: jax.nn.gelu(x, approximate=True),
-    "gelu_pytorch_tanh": lambda x: jax.nn.gelu(x, approximate=True),
-    "quick_gelu": lambda x: x * jax.nn.sigmoid(1.702 * x),
-    "relu": jax.nn.relu,
-    "silu": jax.nn.silu,
-    "swish": jax.nn.silu,
-}
 FC_NORM_EPS = 1e-5  # the classifier's fc_norm is a default nn.LayerNorm, not the config's eps
 
 
@@ -129,21 +120,7 @@ def load_videomae(name_or_path: str, **overrides) -> tuple[Params, VideoMAEConfi
     a classification checkpoint's ``fc_norm`` is kept for :func:`videomae_pool`, the pre-training
     decoder and classifier are ignored). ``overrides`` replace :class:`VideoMAEConfig` fields.
     """
-    folder = hub.resolve_model(name_or_path)
-    raw = hub.load_config(folder)
-    where = folder / "config.json"
-    if raw.get("model_type", "videomae") != "videomae":
-        raise hub.WeightError(f"{where}: model_type {raw.get('model_type')!r} is not 'videomae'; "
-                              "load it with its own family's loader")
-    if raw.get("hidden_act", "gelu") not in _ACTIVATIONS:
-        raise hub.WeightError(f"{where}: hidden_act {raw['hidden_act']!r} is not supported "
-                              f"(known: {sorted(_ACTIVATIONS)})")
-    config = dataclasses.replace(VideoMAEConfig.from_hf(raw), **overrides)
-    if config.hidden_size % config.num_heads:
-        raise hub.WeightError(f"{where}: hidden_size {config.hidden_size} is not a multiple of "
-                              f"num_attention_heads {config.num_heads}")
-    state = hub.StateReader(hub.load_state_dict(folder), str(folder), prefixes=STATE_PREFIXES)
-    return params_from_state(state, config), config
+    return core.load(FAMILY, name_or_path, **overrides)
 
 
 def params_from_state(state: hub.StateReader, c: VideoMAEConfig) -> Params:
@@ -152,10 +129,7 @@ def params_from_state(state: hub.StateReader, c: VideoMAEConfig) -> Params:
     The ``Conv3d`` kernel ``(hidden, channels, tubelet, patch_h, patch_w)`` becomes a dense
     ``(channels * tubelet * patch_h * patch_w, hidden)`` matrix over flattened tubelets.
     """
-    h, i = c.hidden_size, c.intermediate_size
-
-    dense = state.dense
-
+    h = c.hidden_size
     norm = functools.partial(state.norm, size=h)
 
     kernel = state.take("embeddings.patch_embeddings.projection.weight",
@@ -167,20 +141,10 @@ def params_from_state(state: hub.StateReader, c: VideoMAEConfig) -> Params:
     }
     for n in range(c.num_layers):
         p = f"encoder.layer.{n}."
-        a = p + "attention.attention."
-        layer = {
-            "norm_before": norm(p + "layernorm_before"),
-            "query": dense(a + "query", h, h, bias=False),
-            "key": dense(a + "key", h, h, bias=False),
-            "value": dense(a + "value", h, h, bias=False),
-            "attn_out": dense(p + "attention.output.dense", h, h),
-            "norm_after": norm(p + "layernorm_after"),
-            "intermediate": dense(p + "intermediate.dense", h, i),
-            "output": dense(p + "output.dense", i, h),
-        }
-        if c.qkv_bias:  # the key projection has no bias in VideoMAE
-            layer["query"]["b"] = jnp.asarray(state.take(a + "q_bias", (h,)))
-            layer["value"]["b"] = jnp.asarray(state.take(a + "v_bias", (h,)))
+        layer = core.block_params(state, p, LAYER_TENSORS, h, c.intermediate_size, no_bias=("query", "key", "value"))
+        if c.qkv_bias:  # query and value biases are tensors of their own; the key projection has none
+            layer["query"]["b"] = jnp.asarray(state.take(p + "attention.attention.q_bias", (h,)))
+            layer["value"]["b"] = jnp.asarray(state.take(p + "attention.attention.v_bias", (h,)))
         params["layers"].append(layer)
     if not c.use_mean_pooling:
         params["final_norm"] = norm("layernorm")
@@ -188,6 +152,17 @@ def params_from_state(state: hub.StateReader, c: VideoMAEConfig) -> Params:
         params["fc_norm"] = norm("fc_norm")
     state.unused(ignore=("classifier.", "decoder.", "encoder_to_decoder.", "mask_token", "position_embeddings"))
     return params
+
+
+# core.transformer_block parameter -> checkpoint tensor (under encoder.layer.{n}.)
+LAYER_TENSORS = {"attn_norm": "layernorm_before", "query": "attention.attention.query",
+                 "key": "attention.attention.key", "value": "attention.attention.value",
+                 "attn_out": "attention.output.dense", "mlp_norm": "layernorm_after", "fc1": "intermediate.dense",
+                 "fc2": "output.dense"}
+FAMILY = core.register(core.Family(
+    VideoMAEConfig, model_types=("videomae",), default_type="videomae", params_from_state=params_from_state,
+    prefixes=STATE_PREFIXES, activations=(("hidden_act", "hidden_act"),),
+    hashed_names={"attn_norm": "norm_before", "mlp_norm": "norm_after", "fc1": "intermediate", "fc2": "output"}))
 
 
 # -- computation -------------------------------------------------------------------------------
@@ -202,25 +177,6 @@ def sinusoid_table(num_positions: int, dim: int) -> np.ndarray:
     return table.astype(np.float32)
 
 
-def _layer_norm(x, p, eps):
-    x = x.astype(jnp.float32)
-    mean = x.mean(-1, keepdims=True)
-    var = jnp.square(x - mean).mean(-1, keepdims=True)
-    return (x - mean) * jax.lax.rsqrt(var + eps) * p["scale"] + p["bias"]
-
-
-def _dense(x, p, dtype):
-    y = jnp.dot(x.astype(dtype), p["w"].astype(dtype))
-    return y + p["b"].astype(dtype) if "b" in p else y
-
-
-def _dropout(x, rate, rng, deterministic):
-    if deterministic or rate == 0.0 or rng is None:
-        return x
-    keep = jax.random.bernoulli(rng, 1.0 - rate, x.shape)
-    return jnp.where(keep, x / (1.0 - rate), 0.0).astype(x.dtype)
-
-
 def tubelets(pixel_values, config: VideoMAEConfig):
     """``(batch, frames, channels, height, width)`` -> ``(batch, tokens, tubelet_dim)``, each row a
     tubelet flattened as (channel, frame, row, column), tokens in (time, row, column) order."""
@@ -232,25 +188,17 @@ def tubelets(pixel_values, config: VideoMAEConfig):
     return x.reshape(b, t * gh * gw, config.tubelet_dim)
 
 
-def _layer(layer, x, c: VideoMAEConfig, dtype, rng, deterministic):
-    batch, seq, hidden = x.shape
-    heads, size = c.num_heads, hidden // c.num_heads
-    rngs = jax.random.split(rng, 3) if rng is not None else (None, None, None)
-    normed = _layer_norm(x, layer["norm_before"], c.layer_norm_eps)
+def _block(c: VideoMAEConfig) -> core.Block:
+    return core.Block(num_heads=c.num_heads, eps=c.layer_norm_eps, activation=c.hidden_act, dropout=c.dropout,
+                      attention_dropout=c.attention_dropout)
 
-    def project(name):
-        return _dense(normed, layer[name], dtype).reshape(batch, seq, heads, size)
 
-    q, k, v = project("query"), project("key"), project("value")
-    scores = jnp.einsum("bqhd,bkhd->bhqk", q, k, preferred_element_type=jnp.float32) * size ** -0.5
-    probs = _dropout(jax.nn.softmax(scores, axis=-1), c.attention_dropout, rngs[0], deterministic)
-    context = jnp.einsum("bhqk,bkhd->bqhd", probs.astype(dtype), v).reshape(batch, seq, hidden)
-    attended = _dropout(_dense(context, layer["attn_out"], dtype), c.dropout, rngs[1], deterministic)
-    x = x + attended.astype(jnp.float32)
-    inner = _ACTIVATIONS[c.hidden_act](_dense(_layer_norm(x, layer["norm_after"], c.layer_norm_eps),
-                                              layer["intermediate"], dtype))
-    out = _dropout(_dense(inner, layer["output"], dtype), c.dropout, rngs[2], deterministic)
-    return x + out.astype(jnp.float32)
+def _rngs(rng) -> tuple:
+    """A layer's dropout keys (probabilities, attention output, MLP output; no activation dropout)."""
+    if rng is None:
+        return core.no_rngs()
+    probs, attended, out = jax.random.split(rng, 3)
+    return probs, attended, None, out
 
 
 def videomae_apply(params: Params, pixel_values, *, config: VideoMAEConfig, dtype=jnp.float32,
@@ -273,13 +221,13 @@ def videomae_apply(params: Params, pixel_values, *, config: VideoMAEConfig, dtyp
         raise ValueError("videomae_apply(deterministic=False) applies dropout and needs rng=jax.random.PRNGKey(...)")
     use_rng = rng is not None and not deterministic
     rngs = jax.random.split(rng, c.num_layers) if use_rng else [None] * c.num_layers
-    x = _dense(tubelets(pixel_values, c), params["patch"], dtype).astype(jnp.float32)
+    x = core.dense(tubelets(pixel_values, c), params["patch"], dtype).astype(jnp.float32)
     x = x + jnp.asarray(sinusoid_table(c.num_tokens, c.hidden_size))[None]
-    step = jax.checkpoint(_layer, static_argnums=(2, 3, 5)) if c.remat else _layer
+    step, block = core.block_step(c.remat), _block(c)
     for n, layer in enumerate(params["layers"]):
-        x = step(layer, x, c, dtype, rngs[n], deterministic)
+        x = step(layer, x, block, dtype, _rngs(rngs[n]), deterministic)
     if "final_norm" in params:
-        x = _layer_norm(x, params["final_norm"], c.layer_norm_eps)
+        x = core.layer_norm(x, params["final_norm"], c.layer_norm_eps)
     return x
 
 
@@ -294,5 +242,5 @@ def videomae_pool(params: Params, hidden, *, config: VideoMAEConfig):
         return hidden[:, 0]
     pooled = hidden.mean(axis=1)
     if "fc_norm" in params:
-        pooled = _layer_norm(pooled, params["fc_norm"], FC_NORM_EPS)
+        pooled = core.layer_norm(pooled, params["fc_norm"], FC_NORM_EPS)
     return pooled

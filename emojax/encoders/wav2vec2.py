@@ -52,19 +52,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from emojax.encoders import hub
+from emojax.encoders import core, hub
 
 Params = dict[str, Any]
 
-_ACTIVATIONS = {
-    "gelu": lambda x: jax.nn.gelu(x, approximate=False),
-    "gelu_new": lambda x: jax.nn.gelu(x, approximate=True),
-    "gelu_pytorch_tanh": lambda x: jax.nn.gelu(x, approximate=True),
-    "quick_gelu": lambda x: x * jax.nn.sigmoid(1.702 * x),
-    "relu": jax.nn.relu,
-    "silu": jax.nn.silu,
-    "swish": jax.nn.silu,
-}
 FAMILIES = ("wav2vec2", "data2vec-audio")
 CONV_NORM_EPS = 1e-5  # feature-encoder Group/LayerNorms and data2vec's positional LayerNorms: PyTorch defaults
 SAMPLING_RATE = 16000
@@ -179,34 +170,25 @@ def load_wav2vec2(name_or_path: str, **overrides) -> tuple[Params, Wav2Vec2Confi
     pre-training heads are ignored), from ``model.safetensors`` (PyTorch names, sharded too) or
     ``flax_model.msgpack``. ``overrides`` replace :class:`Wav2Vec2Config` fields.
     """
-    folder = hub.resolve_model(name_or_path)
-    raw = hub.load_config(folder)
-    where = folder / "config.json"
-    if raw.get("model_type") not in FAMILIES:
-        raise hub.WeightError(f"{where}: model_type {raw.get('model_type')!r} is not one of {FAMILIES}; "
-                              "load it with its own family's loader")
-    for key in ("hidden_act", "feat_extract_activation"):
-        if raw.get(key, "gelu") not in _ACTIVATIONS:
-            raise hub.WeightError(f"{where}: {key} {raw[key]!r} is not supported (known: {sorted(_ACTIVATIONS)})")
+    return core.load(FAMILY, name_or_path, **overrides)
+
+
+def _check(raw: dict, config: Wav2Vec2Config, where) -> None:
+    """Settings this reader does not implement, or inconsistent ones, named (beyond the checks of
+    :func:`emojax.encoders.core.open_checkpoint`)."""
     if raw.get("add_adapter"):
         raise hub.WeightError(f"{where}: add_adapter=true (the convolutional adapter after the encoder) is not "
                               "supported")
     if raw.get("adapter_attn_dim") is not None:
         raise hub.WeightError(f"{where}: adapter_attn_dim is set (per-layer attention adapters, as in MMS) and "
                               "they are not supported")
-    config = dataclasses.replace(Wav2Vec2Config.from_hf(raw), **overrides)
     if config.feat_extract_norm not in ("group", "layer"):
         raise hub.WeightError(f"{where}: feat_extract_norm {config.feat_extract_norm!r} is not 'group' or 'layer'")
     if not len(config.conv_dim) == len(config.conv_kernel) == len(config.conv_stride):
         raise hub.WeightError(f"{where}: conv_dim, conv_kernel and conv_stride differ in length")
-    if config.hidden_size % config.num_heads:
-        raise hub.WeightError(f"{where}: hidden_size {config.hidden_size} is not a multiple of "
-                              f"num_attention_heads {config.num_heads}")
     if config.hidden_size % config.num_conv_pos_embedding_groups:
         raise hub.WeightError(f"{where}: hidden_size {config.hidden_size} is not a multiple of "
                               f"num_conv_pos_embedding_groups {config.num_conv_pos_embedding_groups}")
-    state = hub.StateReader(hub.load_state_dict(folder), str(folder), prefixes=STATE_PREFIXES)
-    return params_from_state(state, config), config
 
 
 def _weight_norm_params(state: hub.StateReader, name: str, shape: tuple[int, int, int]) -> dict:
@@ -233,10 +215,7 @@ def params_from_state(state: hub.StateReader, c: Wav2Vec2Config) -> Params:
     Dense weights are stored ``(in, out)``; convolution weights ``(out, in / groups, window)``
     become ``(window, in / groups, out)``.
     """
-    h, i = c.hidden_size, c.intermediate_size
-
-    dense = state.dense
-
+    h = c.hidden_size
     norm = state.norm
 
     conv_layers = []
@@ -264,28 +243,30 @@ def params_from_state(state: hub.StateReader, c: Wav2Vec2Config) -> Params:
     params = {
         "conv_layers": conv_layers,
         "projection_norm": norm("feature_projection.layer_norm", c.conv_dim[-1]),
-        "projection": dense("feature_projection.projection", c.conv_dim[-1], h),
+        "projection": state.dense("feature_projection.projection", c.conv_dim[-1], h),
         "pos_conv": pos_conv,
         "encoder_norm": norm("encoder.layer_norm", h),
         "layers": [],
     }
     for n in range(c.num_layers):
-        p = f"encoder.layers.{n}."
-        params["layers"].append({
-            "query": dense(p + "attention.q_proj", h, h),
-            "key": dense(p + "attention.k_proj", h, h),
-            "value": dense(p + "attention.v_proj", h, h),
-            "attn_out": dense(p + "attention.out_proj", h, h),
-            "attn_norm": norm(p + "layer_norm", h),
-            "intermediate": dense(p + "feed_forward.intermediate_dense", h, i),
-            "output": dense(p + "feed_forward.output_dense", i, h),
-            "final_norm": norm(p + "final_layer_norm", h),
-        })
+        params["layers"].append(core.block_params(state, f"encoder.layers.{n}.", LAYER_TENSORS, h,
+                                                  c.intermediate_size))
     state.unused(ignore=("masked_spec_embed", "quantizer.", "project_hid.", "project_q.", "lm_head.", "projector.",
                          "classifier.", "layer_weights", "tdnn.", "objective.",
                          # the x-vector head's top-level Linear is also called feature_extractor
                          "feature_extractor.weight", "feature_extractor.bias"))
     return params
+
+
+# core.transformer_block parameter -> checkpoint tensor (under encoder.layers.{n}.)
+LAYER_TENSORS = {"attn_norm": "layer_norm", "query": "attention.q_proj", "key": "attention.k_proj",
+                 "value": "attention.v_proj", "attn_out": "attention.out_proj", "mlp_norm": "final_layer_norm",
+                 "fc1": "feed_forward.intermediate_dense", "fc2": "feed_forward.output_dense"}
+FAMILY = core.register(core.Family(
+    Wav2Vec2Config, model_types=FAMILIES, default_type=None, params_from_state=params_from_state,
+    prefixes=STATE_PREFIXES, activations=(("hidden_act", "hidden_act"), ("feat_extract_activation",
+                                                                         "feat_extract_activation")),
+    check=_check, hashed_names={"mlp_norm": "final_norm", "fc1": "intermediate", "fc2": "output"}))
 
 
 # -- preprocessing -----------------------------------------------------------------------------
@@ -320,15 +301,6 @@ def wav2vec2_preprocess(waveforms: Sequence[np.ndarray], extractor, *,
 
 # -- computation -------------------------------------------------------------------------------
 
-def _layer_norm(x, p, eps):
-    """LayerNorm over the last axis in float32; ``p=None``: no scale or bias."""
-    x = x.astype(jnp.float32)
-    mean = x.mean(-1, keepdims=True)
-    var = jnp.square(x - mean).mean(-1, keepdims=True)
-    y = (x - mean) * jax.lax.rsqrt(var + eps)
-    return y if p is None else y * p["scale"] + p["bias"]
-
-
 def _group_norm_per_channel(x, p, eps):
     """GroupNorm with one group per channel: each channel of each row normalised over time."""
     x = x.astype(jnp.float32)
@@ -337,24 +309,12 @@ def _group_norm_per_channel(x, p, eps):
     return (x - mean) * jax.lax.rsqrt(var + eps) * p["scale"] + p["bias"]
 
 
-def _dense(x, p, dtype):
-    y = jnp.dot(x.astype(dtype), p["w"].astype(dtype))
-    return y + p["b"].astype(dtype) if "b" in p else y
-
-
 def _conv(x, kernel, bias, *, stride=1, padding=0, groups=1, dtype=jnp.float32):
     """``(batch, time, in)`` with a ``(window, in / groups, out)`` kernel -> ``(batch, time', out)``."""
     y = jax.lax.conv_general_dilated(x.astype(dtype), kernel.astype(dtype), window_strides=(stride,),
                                      padding=[(padding, padding)], dimension_numbers=("NWC", "WIO", "NWC"),
                                      feature_group_count=groups)
     return y if bias is None else y + bias.astype(dtype)
-
-
-def _dropout(x, rate, rng, deterministic):
-    if deterministic or rate == 0.0 or rng is None:
-        return x
-    keep = jax.random.bernoulli(rng, 1.0 - rate, x.shape)
-    return jnp.where(keep, x / (1.0 - rate), 0.0).astype(x.dtype)
 
 
 def feature_lengths(sample_lengths, config: Wav2Vec2Config):
@@ -379,12 +339,12 @@ def feature_encoder(params: Params, input_values, *, config: Wav2Vec2Config, dty
     """The convolutional feature encoder: ``(batch, samples)`` -> ``(batch, frames, conv_dim[-1])``
     float32 (before the feature projection)."""
     c = config
-    act = _ACTIVATIONS[c.feat_extract_activation]
+    act = core.ACTIVATIONS[c.feat_extract_activation]
     x = input_values[:, :, None]
     for n, (layer, stride) in enumerate(zip(params["conv_layers"], c.conv_stride)):
         x = _conv(x, layer["w"], layer.get("b"), stride=stride, dtype=dtype)
         if c.feat_extract_norm == "layer":
-            x = _layer_norm(x, layer["norm"], CONV_NORM_EPS)
+            x = core.layer_norm(x, layer["norm"], CONV_NORM_EPS)
         elif n == 0:
             x = _group_norm_per_channel(x, layer["norm"], CONV_NORM_EPS)
         x = act(x.astype(dtype))
@@ -393,14 +353,14 @@ def feature_encoder(params: Params, input_values, *, config: Wav2Vec2Config, dty
 
 def _positions(params: Params, x, c: Wav2Vec2Config, dtype):
     """The positional convolution(s) of ``x`` ``(batch, frames, hidden)`` float32."""
-    act = _ACTIVATIONS[c.feat_extract_activation]
+    act = core.ACTIVATIONS[c.feat_extract_activation]
     width, groups = c.pos_conv_width, c.num_conv_pos_embedding_groups
     trim = 1 if width % 2 == 0 else 0  # "same" length: an even window gives one frame too many
     if c.is_data2vec:
         for layer in params["pos_conv"]:
             x = _conv(x, layer["w"], layer["b"], padding=width // 2, groups=groups, dtype=dtype)
             x = x[:, : x.shape[1] - trim]
-            x = act(_layer_norm(x, None, CONV_NORM_EPS).astype(dtype))
+            x = act(core.layer_norm(x, None, CONV_NORM_EPS).astype(dtype))
         return x.astype(jnp.float32)
     p = params["pos_conv"]
     v = p["v"]  # (window, in / groups, out)
@@ -409,33 +369,10 @@ def _positions(params: Params, x, c: Wav2Vec2Config, dtype):
     return act(x[:, : x.shape[1] - trim]).astype(jnp.float32)
 
 
-def _layer(layer, x, bias, c: Wav2Vec2Config, dtype, rng, deterministic):
-    batch, seq, hidden = x.shape
-    heads, size = c.num_heads, c.head_dim
-    eps = c.layer_norm_eps
-    rngs = jax.random.split(rng, 4) if rng is not None else (None,) * 4
-
-    def attention(h):
-        def project(name):
-            return _dense(h, layer[name], dtype).reshape(batch, seq, heads, size)
-
-        q, k, v = project("query"), project("key"), project("value")
-        scores = jnp.einsum("bqhd,bkhd->bhqk", q, k, preferred_element_type=jnp.float32) * size ** -0.5
-        probs = _dropout(jax.nn.softmax(scores + bias, axis=-1), c.attention_dropout, rngs[0], deterministic)
-        context = jnp.einsum("bhqk,bkhd->bqhd", probs.astype(dtype), v).reshape(batch, seq, hidden)
-        out = _dropout(_dense(context, layer["attn_out"], dtype), c.dropout, rngs[1], deterministic)
-        return out.astype(jnp.float32)
-
-    def feed_forward(h):
-        inner = _ACTIVATIONS[c.hidden_act](_dense(h, layer["intermediate"], dtype))
-        inner = _dropout(inner, c.activation_dropout, rngs[2], deterministic)
-        return _dropout(_dense(inner, layer["output"], dtype), c.dropout, rngs[3], deterministic).astype(jnp.float32)
-
-    if c.do_stable_layer_norm:  # pre-LN
-        x = x + attention(_layer_norm(x, layer["attn_norm"], eps))
-        return x + feed_forward(_layer_norm(x, layer["final_norm"], eps))
-    x = _layer_norm(x + attention(x), layer["attn_norm"], eps)  # post-LN
-    return _layer_norm(x + feed_forward(x), layer["final_norm"], eps)
+def _block(c: Wav2Vec2Config) -> core.Block:
+    return core.Block(num_heads=c.num_heads, eps=c.layer_norm_eps, activation=c.hidden_act,
+                      pre_norm=c.do_stable_layer_norm, dropout=c.dropout, attention_dropout=c.attention_dropout,
+                      activation_dropout=c.activation_dropout)
 
 
 def wav2vec2_apply(params: Params, input_values, attention_mask=None, *, config: Wav2Vec2Config,
@@ -466,25 +403,24 @@ def wav2vec2_apply(params: Params, input_values, attention_mask=None, *, config:
     rngs = jax.random.split(rng, c.num_layers + 2) if use_rng else [None] * (c.num_layers + 2)
 
     features = feature_encoder(params, input_values, config=c, dtype=dtype)
-    extract = _layer_norm(features, params["projection_norm"], c.layer_norm_eps)
-    x = _dense(extract, params["projection"], dtype).astype(jnp.float32)
-    x = _dropout(x, c.feat_proj_dropout, rngs[0], deterministic)
+    extract = core.layer_norm(features, params["projection_norm"], c.layer_norm_eps)
+    x = core.dense(extract, params["projection"], dtype).astype(jnp.float32)
+    x = core.dropout(x, c.feat_proj_dropout, rngs[0], deterministic)
 
-    if attention_mask is None:
-        bias = jnp.zeros((1, 1, 1, x.shape[1]), jnp.float32)
-    else:
+    mask = None
+    if attention_mask is not None:
         valid = frame_mask(attention_mask, x.shape[1], c)
         x = jnp.where(valid[..., None], x, 0.0)  # padding frames are zero before the positional conv
-        bias = jnp.where(valid, 0.0, jnp.finfo(jnp.float32).min)[:, None, None, :].astype(jnp.float32)
+        mask = core.Mask(keys=valid)  # and are not attended to
     x = x + _positions(params, x, c, dtype)
     if not c.do_stable_layer_norm:
-        x = _layer_norm(x, params["encoder_norm"], c.layer_norm_eps)
-    x = _dropout(x, c.dropout, rngs[1], deterministic)
-    step = jax.checkpoint(_layer, static_argnums=(3, 4, 6)) if c.remat else _layer
+        x = core.layer_norm(x, params["encoder_norm"], c.layer_norm_eps)
+    x = core.dropout(x, c.dropout, rngs[1], deterministic)
+    step, block = core.block_step(c.remat), _block(c)
     for n, layer in enumerate(params["layers"]):
-        x = step(layer, x, bias, c, dtype, rngs[n + 2], deterministic)
+        x = step(layer, x, block, dtype, core.split_rngs(rngs[n + 2]), deterministic, mask)
     if c.do_stable_layer_norm:
-        x = _layer_norm(x, params["encoder_norm"], c.layer_norm_eps)
+        x = core.layer_norm(x, params["encoder_norm"], c.layer_norm_eps)
     return (x, extract) if return_extract_features else x
 
 

@@ -45,21 +45,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from emojax.encoders import hub
+from emojax.encoders import core, hub
 
 log = logging.getLogger(__name__)
 
 Params = dict[str, Any]
 
-_ACTIVATIONS = {
-    "gelu": lambda x: jax.nn.gelu(x, approximate=False),
-    "gelu_new": lambda x: jax.nn.gelu(x, approximate=True),
-    "gelu_pytorch_tanh": lambda x: jax.nn.gelu(x, approximate=True),
-    "quick_gelu": lambda x: x * jax.nn.sigmoid(1.702 * x),
-    "relu": jax.nn.relu,
-    "silu": jax.nn.silu,
-    "swish": jax.nn.silu,
-}
 NORM_EPS = 1e-5  # Whisper's LayerNorms are PyTorch defaults
 SAMPLING_RATE = 16000
 
@@ -124,21 +115,7 @@ def load_whisper(name_or_path: str, **overrides) -> tuple[Params, WhisperConfig]
     ``model.safetensors`` (PyTorch names, sharded too) or ``flax_model.msgpack``; the decoder and
     heads are ignored. ``overrides`` replace :class:`WhisperConfig` fields (e.g. ``remat=True``).
     """
-    folder = hub.resolve_model(name_or_path)
-    raw = hub.load_config(folder)
-    where = folder / "config.json"
-    if raw.get("model_type", "whisper") != "whisper":
-        raise hub.WeightError(f"{where}: model_type {raw.get('model_type')!r} is not 'whisper'; "
-                              "load it with its own family's loader")
-    if raw.get("activation_function", "gelu") not in _ACTIVATIONS:
-        raise hub.WeightError(f"{where}: activation_function {raw['activation_function']!r} is not supported "
-                              f"(known: {sorted(_ACTIVATIONS)})")
-    config = dataclasses.replace(WhisperConfig.from_hf(raw), **overrides)
-    if config.hidden_size % config.num_heads:
-        raise hub.WeightError(f"{where}: d_model {config.hidden_size} is not a multiple of "
-                              f"encoder_attention_heads {config.num_heads}")
-    state = hub.StateReader(hub.load_state_dict(folder), str(folder), prefixes=STATE_PREFIXES)
-    return params_from_state(state, config), config
+    return core.load(FAMILY, name_or_path, **overrides)
 
 
 def params_from_state(state: hub.StateReader, c: WhisperConfig) -> Params:
@@ -147,9 +124,7 @@ def params_from_state(state: hub.StateReader, c: WhisperConfig) -> Params:
     Dense weights are stored ``(in, out)``; convolution weights ``(out, in, window)`` become
     ``(window, in, out)``.
     """
-    h, f = c.hidden_size, c.ffn_dim
-
-    dense = state.dense
+    h = c.hidden_size
 
     def conv(name, n_in):
         kernel = state.take(f"{name}.weight", (h, n_in, 3))
@@ -170,19 +145,20 @@ def params_from_state(state: hub.StateReader, c: WhisperConfig) -> Params:
         "final_norm": norm("encoder.layer_norm"),
     }
     for n in range(c.num_layers):
-        p = f"encoder.layers.{n}."
-        params["layers"].append({
-            "attn_norm": norm(p + "self_attn_layer_norm"),
-            "query": dense(p + "self_attn.q_proj", h, h),
-            "key": dense(p + "self_attn.k_proj", h, h, bias=False),
-            "value": dense(p + "self_attn.v_proj", h, h),
-            "attn_out": dense(p + "self_attn.out_proj", h, h),
-            "mlp_norm": norm(p + "final_layer_norm"),
-            "fc1": dense(p + "fc1", h, f),
-            "fc2": dense(p + "fc2", f, h),
-        })
+        params["layers"].append(core.block_params(state, f"encoder.layers.{n}.", LAYER_TENSORS, h, c.ffn_dim,
+                                                  no_bias=("key",)))
     state.unused(ignore=("decoder.", "proj_out.", "projector.", "classifier.", "layer_weights"))
     return params
+
+
+# core.transformer_block parameter -> checkpoint tensor (under encoder.layers.{n}.)
+LAYER_TENSORS = {"attn_norm": "self_attn_layer_norm", "query": "self_attn.q_proj", "key": "self_attn.k_proj",
+                 "value": "self_attn.v_proj", "attn_out": "self_attn.out_proj", "mlp_norm": "final_layer_norm",
+                 "fc1": "fc1", "fc2": "fc2"}
+FAMILY = core.register(core.Family(
+    WhisperConfig, model_types=("whisper",), default_type="whisper", params_from_state=params_from_state,
+    prefixes=STATE_PREFIXES, activations=(("activation", "activation_function"),),
+    head_keys=("d_model", "encoder_attention_heads")))
 
 
 def sinusoids(length: int, channels: int, max_timescale: float = 10000.0) -> np.ndarray:
@@ -225,18 +201,6 @@ def whisper_preprocess(waveforms: Sequence[np.ndarray], extractor, *,
 
 # -- computation -------------------------------------------------------------------------------
 
-def _layer_norm(x, p, eps=NORM_EPS):
-    x = x.astype(jnp.float32)
-    mean = x.mean(-1, keepdims=True)
-    var = jnp.square(x - mean).mean(-1, keepdims=True)
-    return (x - mean) * jax.lax.rsqrt(var + eps) * p["scale"] + p["bias"]
-
-
-def _dense(x, p, dtype):
-    y = jnp.dot(x.astype(dtype), p["w"].astype(dtype))
-    return y + p["b"].astype(dtype) if "b" in p else y
-
-
 def _conv(x, p, stride, dtype):
     """``(batch, time, in)`` -> ``(batch, ceil(time / stride), out)``: window 3, padding 1."""
     y = jax.lax.conv_general_dilated(x.astype(dtype), p["w"].astype(dtype), window_strides=(stride,),
@@ -244,32 +208,9 @@ def _conv(x, p, stride, dtype):
     return y + p["b"].astype(dtype)
 
 
-def _dropout(x, rate, rng, deterministic):
-    if deterministic or rate == 0.0 or rng is None:
-        return x
-    keep = jax.random.bernoulli(rng, 1.0 - rate, x.shape)
-    return jnp.where(keep, x / (1.0 - rate), 0.0).astype(x.dtype)
-
-
-def _layer(layer, x, c: WhisperConfig, dtype, rng, deterministic):
-    batch, seq, hidden = x.shape
-    heads, size = c.num_heads, c.head_dim
-    rngs = jax.random.split(rng, 4) if rng is not None else (None,) * 4
-    normed = _layer_norm(x, layer["attn_norm"])
-
-    def project(name):
-        return _dense(normed, layer[name], dtype).reshape(batch, seq, heads, size)
-
-    q, k, v = project("query"), project("key"), project("value")
-    scores = jnp.einsum("bqhd,bkhd->bhqk", q, k, preferred_element_type=jnp.float32) * size ** -0.5
-    probs = _dropout(jax.nn.softmax(scores, axis=-1), c.attention_dropout, rngs[0], deterministic)
-    context = jnp.einsum("bhqk,bkhd->bqhd", probs.astype(dtype), v).reshape(batch, seq, hidden)
-    attended = _dropout(_dense(context, layer["attn_out"], dtype), c.dropout, rngs[1], deterministic)
-    x = x + attended.astype(jnp.float32)
-    inner = _ACTIVATIONS[c.activation](_dense(_layer_norm(x, layer["mlp_norm"]), layer["fc1"], dtype))
-    inner = _dropout(inner, c.activation_dropout, rngs[2], deterministic)
-    out = _dropout(_dense(inner, layer["fc2"], dtype), c.dropout, rngs[3], deterministic)
-    return x + out.astype(jnp.float32)
+def _block(c: WhisperConfig) -> core.Block:
+    return core.Block(num_heads=c.num_heads, eps=NORM_EPS, activation=c.activation, dropout=c.dropout,
+                      attention_dropout=c.attention_dropout, activation_dropout=c.activation_dropout)
 
 
 def whisper_apply(params: Params, input_features, *, config: WhisperConfig, dtype=jnp.float32,
@@ -296,16 +237,16 @@ def whisper_apply(params: Params, input_features, *, config: WhisperConfig, dtyp
     use_rng = rng is not None and not deterministic
     rngs = jax.random.split(rng, c.num_layers + 1) if use_rng else [None] * (c.num_layers + 1)
 
-    act = _ACTIVATIONS["gelu"]  # the stem's activation is GELU whatever activation_function says
+    act = core.ACTIVATIONS["gelu"]  # the stem's activation is GELU whatever activation_function says
     x = act(_conv(jnp.swapaxes(input_features, 1, 2), params["conv1"], 1, dtype))
     x = act(_conv(x, params["conv2"], 2, dtype)).astype(jnp.float32)
     positions = jax.lax.stop_gradient(params["positions"])  # frozen, as in transformers
     x = x + positions[: x.shape[1]].astype(jnp.float32)[None]
-    x = _dropout(x, c.dropout, rngs[0], deterministic)
-    step = jax.checkpoint(_layer, static_argnums=(2, 3, 5)) if c.remat else _layer
+    x = core.dropout(x, c.dropout, rngs[0], deterministic)
+    step, block = core.block_step(c.remat), _block(c)
     for n, layer in enumerate(params["layers"]):
-        x = step(layer, x, c, dtype, rngs[n + 1], deterministic)
-    return _layer_norm(x, params["final_norm"])
+        x = step(layer, x, block, dtype, core.split_rngs(rngs[n + 1]), deterministic)
+    return core.layer_norm(x, params["final_norm"], NORM_EPS)
 
 
 def whisper_frame_lengths(mel_lengths):

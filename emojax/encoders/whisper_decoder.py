@@ -41,9 +41,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from emojax.encoders import hub
-from emojax.encoders.whisper import (_ACTIVATIONS, WhisperConfig, _dense, _layer_norm, load_whisper_feature_extractor,
-                                     params_from_state as encoder_params_from_state, whisper_apply, whisper_preprocess)
+from emojax.encoders import core, hub
+from emojax.encoders import whisper as encoder_lib
+from emojax.encoders.core import dense as _dense
+from emojax.encoders.whisper import (NORM_EPS, WhisperConfig, load_whisper_feature_extractor, whisper_apply,
+                                     whisper_preprocess)
 
 log = logging.getLogger(__name__)
 
@@ -121,12 +123,14 @@ def _heads(x, c: WhisperDecoderConfig):
     return x.reshape(*x.shape[:-1], c.num_heads, c.head_dim)
 
 
-def _attend(q, k, v, bias, dtype):
-    """``q`` (B, Q, H, D) already scaled; ``k``, ``v`` (B, K, H, D); ``bias`` broadcast to (B, H, Q, K)."""
-    scores = jnp.einsum("bqhd,bkhd->bhqk", q, k, preferred_element_type=jnp.float32) + bias
-    probs = jax.nn.softmax(scores, axis=-1)
-    context = jnp.einsum("bhqk,bkhd->bqhd", probs.astype(dtype), v.astype(dtype))
-    return context.reshape(*context.shape[:2], -1)
+def _layer_norm(x, p):
+    return core.layer_norm(x, p, NORM_EPS)
+
+
+def _attend(q, k, v, mask, dtype):
+    """``q`` (B, Q, H, D) already scaled; ``k``, ``v`` (B, K, H, D); ``mask`` a :class:`core.Mask`
+    or None -> (B, Q, H * D). Decoding has no dropout: ``jax.nn.dot_product_attention``."""
+    return core.attention(q.astype(dtype), k.astype(dtype), v.astype(dtype), mask=mask, scale=1.0)
 
 
 def cross_keys_values(params: Params, encoder_hidden, *, config: WhisperDecoderConfig, dtype=jnp.float32):
@@ -137,7 +141,7 @@ def cross_keys_values(params: Params, encoder_hidden, *, config: WhisperDecoderC
 
 
 def _mlp(layer, x, c, dtype):
-    inner = _ACTIVATIONS[c.activation](_dense(_layer_norm(x, layer["mlp_norm"]), layer["fc1"], dtype))
+    inner = core.ACTIVATIONS[c.activation](_dense(_layer_norm(x, layer["mlp_norm"]), layer["fc1"], dtype))
     return x + _dense(inner, layer["fc2"], dtype).astype(jnp.float32)
 
 
@@ -155,8 +159,7 @@ def decoder_apply(params: Params, input_ids, encoder_hidden, *, config: WhisperD
         raise ValueError(f"{length} tokens: this Whisper decoder has {c.max_target_positions} positions")
     scale = c.head_dim ** -0.5
     x = params["embed"][input_ids] + params["positions"][:length][None]
-    causal = jnp.where(jnp.arange(length)[None, :] <= jnp.arange(length)[:, None], 0.0,
-                       jnp.finfo(jnp.float32).min)[None, None]
+    causal = core.Mask(causal=True)
     cross_k, cross_v = cross_keys_values(params, encoder_hidden, config=c, dtype=dtype)
     for n, layer in enumerate(params["layers"]):
         h = _layer_norm(x, layer["self_norm"])
@@ -165,7 +168,7 @@ def decoder_apply(params: Params, input_ids, encoder_hidden, *, config: WhisperD
         x = x + _dense(_attend(q, k, v, causal, dtype), layer["self_out"], dtype).astype(jnp.float32)
         h = _layer_norm(x, layer["cross_norm"])
         q = _heads(_dense(h, layer["cross_q"], dtype) * scale, c)
-        x = x + _dense(_attend(q, cross_k[n], cross_v[n], 0.0, dtype), layer["cross_out"], dtype).astype(jnp.float32)
+        x = x + _dense(_attend(q, cross_k[n], cross_v[n], None, dtype), layer["cross_out"], dtype).astype(jnp.float32)
         x = _mlp(layer, x, c, dtype)
     return _logits(params, x)
 
@@ -185,7 +188,7 @@ def decode_step(params: Params, tokens, position, cache: dict, cross: tuple, *, 
     scale = c.head_dim ** -0.5
     length = cache["k"].shape[2]
     x = (params["embed"][tokens] + jax.lax.dynamic_index_in_dim(params["positions"], position, keepdims=False))[:, None]
-    visible = jnp.where(jnp.arange(length) <= position, 0.0, jnp.finfo(jnp.float32).min)[None, None, None, :]
+    visible = core.Mask(keys=(jnp.arange(length) <= position)[None, :])
     keys, values = cache["k"], cache["v"]
     cross_k, cross_v = cross
     for n, layer in enumerate(params["layers"]):
@@ -198,7 +201,7 @@ def decode_step(params: Params, tokens, position, cache: dict, cross: tuple, *, 
         x = x + _dense(_attend(q, keys[n], values[n], visible, dtype), layer["self_out"], dtype).astype(jnp.float32)
         h = _layer_norm(x, layer["cross_norm"])
         q = _heads(_dense(h, layer["cross_q"], dtype) * scale, c)
-        x = x + _dense(_attend(q, cross_k[n], cross_v[n], 0.0, dtype), layer["cross_out"], dtype).astype(jnp.float32)
+        x = x + _dense(_attend(q, cross_k[n], cross_v[n], None, dtype), layer["cross_out"], dtype).astype(jnp.float32)
         x = _mlp(layer, x, c, dtype)
     return _logits(params, x)[:, 0], {"k": keys, "v": values}
 
@@ -341,18 +344,15 @@ def load_whisper_asr(name_or_path: str | os.PathLike, *, with_processors: bool =
     """Encoder + decoder parameters of a ``WhisperForConditionalGeneration`` checkpoint (folder or
     hub id; ``model.safetensors`` with PyTorch names or ``flax_model.msgpack``), its generation
     settings, and (``with_processors``) transformers' tokenizer and feature extractor for it."""
-    folder = hub.resolve_model(name_or_path)
-    raw = hub.load_config(folder)
-    if raw.get("model_type", "whisper") != "whisper":
-        raise hub.WeightError(f"{folder / 'config.json'}: model_type {raw.get('model_type')!r} is not 'whisper'")
-    encoder_config = WhisperConfig.from_hf(raw)
+    folder, raw, encoder_config = core.open_checkpoint(encoder_lib.FAMILY, name_or_path)
     decoder_config = WhisperDecoderConfig.from_hf(raw)
-    if decoder_config.activation not in _ACTIVATIONS:
+    if decoder_config.activation not in core.ACTIVATIONS:
         raise hub.WeightError(f"{folder / 'config.json'}: activation_function {decoder_config.activation!r} "
                               "is not supported")
     state = hub.load_state_dict(folder)
-    encoder = encoder_params_from_state(hub.StateReader(state, str(folder), prefixes=("", "model.")), encoder_config)
-    decoder = decoder_params_from_state(hub.StateReader(state, str(folder), prefixes=("", "model.")), decoder_config)
+    prefixes = encoder_lib.STATE_PREFIXES
+    encoder = encoder_lib.params_from_state(hub.StateReader(state, str(folder), prefixes=prefixes), encoder_config)
+    decoder = decoder_params_from_state(hub.StateReader(state, str(folder), prefixes=prefixes), decoder_config)
     generation = {k: raw.get(k) for k in ("decoder_start_token_id", "eos_token_id", "pad_token_id",
                                           "suppress_tokens", "begin_suppress_tokens")}
     path = folder / "generation_config.json"

@@ -15,13 +15,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from flax.traverse_util import flatten_dict, unflatten_dict
-from tqdm.auto import tqdm
 
 from emojax import checkpoint as ckpt_lib
 from emojax import config as config_lib
 from emojax.evaluation import load_run, score, scores_summary
 from emojax.features import FeatureSet
 from emojax.model import EmotionModel
+from emojax.progress import write_line
 from emojax.training.batches import batch_of
 from emojax.training.preparation import Prepared
 
@@ -81,7 +81,7 @@ def load_teacher(teacher_dir, prep: Prepared, workdir) -> Teacher:
     message = f"teacher {config_lib.run_label(t_cfg)}: {line}"
     log.warning(message)
     if cfg.progress:
-        tqdm.write(message)
+        write_line(message)
     student_train, teacher_train = prep.features["train"], t_prep.features["train"]
     position = {uid: i for i, uid in enumerate(teacher_train.uids)}
     missing = [uid for uid in student_train.uids if uid not in position]

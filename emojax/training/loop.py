@@ -20,16 +20,17 @@ from typing import Callable, Optional
 import jax
 import jax.numpy as jnp
 import numpy as np
-from tqdm.auto import tqdm
 
 from emojax import checkpoint as ckpt_lib
 from emojax import config as config_lib
 from emojax import store
 from emojax.data.types import inverse_frequency_weights
+from emojax.dialogue import check_context_run
 from emojax.evaluation import score, scores_summary, write_meta, write_results
-from emojax.paths import folder_problem
-from emojax.progress import progress_bar
+from emojax.folder_checks import folder_problem
+from emojax.progress import progress_bar, write_line
 from emojax.training.batches import train_batches
+from emojax.training.dialogue_batches import DialogueBatches
 from emojax.training.distillation import load_teacher, transfer_matching
 from emojax.training.events import RunEvents, as_floats
 from emojax.training.parallel import data_parallel
@@ -95,6 +96,7 @@ def _one_process_per_run(fit_fn: Callable[..., pathlib.Path]) -> Callable[..., p
     def locked(cfg, workdir: str | pathlib.Path, *, category: str = "training", max_epochs: Optional[int] = None,
                teacher: Optional[str | pathlib.Path] = None) -> pathlib.Path:
         config_lib.validate(cfg)
+        check_context_run(cfg)
         run_dir = config_lib.run_dir(cfg, workdir, run_category(category, teacher))
         check_run_paths(cfg, workdir, run_dir)
         lock = ckpt_lib.RunLock(run_dir) if jax.process_index() == 0 else contextlib.nullcontext()
@@ -188,11 +190,25 @@ def fit(cfg, workdir: str | pathlib.Path, *, category: str = "training", max_epo
     if dev_data is None:
         raise ValueError(f"{cfg.dataset.path}: no dev split; model selection needs one")
     distill = load_teacher(teacher, prep, workdir) if teacher is not None else None
+    if distill is not None and distill.model.context is not None:
+        raise config_lib.ConfigError(f"{teacher}: the teacher run has a dialogue context head (model.context); "
+                                     "its logits need whole dialogues, which distillation batches are not")
 
     # -- optimizer and state --------------------------------------------------------------
     batch_size = min(int(cfg.train.batch_size), len(train_data))
-    steps_per_epoch = max(1, len(train_data) // batch_size)
-    total_steps = steps_per_epoch * int(cfg.train.epochs)
+    parallel = data_parallel(cfg)
+    if prep.model.context is not None:
+        # Dialogue batches of train.batch_size padded slots; their count varies a little from
+        # epoch to epoch (packing), and the schedule needs the total before the first step.
+        dialogue_batches = DialogueBatches(train_data, int(cfg.train.batch_size), int(cfg.seed),
+                                           parallel.count if parallel is not None else 1)
+        epoch_steps = {e: dialogue_batches.steps(e) for e in range(1, int(cfg.train.epochs) + 1)}
+        epoch_batches = dialogue_batches.batches
+    else:
+        steps = max(1, len(train_data) // batch_size)
+        epoch_steps = {e: steps for e in range(1, int(cfg.train.epochs) + 1)}
+        epoch_batches = functools.partial(train_batches, train_data, batch_size, int(cfg.seed))
+    total_steps = sum(epoch_steps.values())
     optimizer = make_optimizer(cfg, total_steps)
     extras = usable_extras(cfg, prep.model.modalities, distillation=distill is not None)
     state = init_state(prep, optimizer, extras)
@@ -205,7 +221,6 @@ def fit(cfg, workdir: str | pathlib.Path, *, category: str = "training", max_epo
     class_weights = None
     if cfg.loss.classification == "weighted":
         class_weights = inverse_frequency_weights(train_data.labels, len(prep.class_names))
-    parallel = data_parallel(cfg)
     # Multi-device: every output replicated, so each process reads the same numbers.
     outputs = {} if parallel is None else {"out_shardings": parallel.replicated}
     train_step = jax.jit(make_train_step(prep.model, optimizer, loss_kind=cfg.loss.classification,
@@ -263,7 +278,8 @@ def fit(cfg, workdir: str | pathlib.Path, *, category: str = "training", max_epo
         start = time.perf_counter()
         losses, grad_norms = [], []
         last_dev = progress["history"][-1]["dev"] if progress["history"] else None
-        bar = progress_bar(train_batches(train_data, batch_size, int(cfg.seed), epoch), enabled=bool(cfg.progress),
+        steps_per_epoch = epoch_steps[epoch]
+        bar = progress_bar(epoch_batches(epoch), enabled=bool(cfg.progress),
                            total=steps_per_epoch, desc=f"epoch {epoch}/{total_epochs}", leave=False)
         for batch in bar:
             if distill is not None:
@@ -302,7 +318,7 @@ def fit(cfg, workdir: str | pathlib.Path, *, category: str = "training", max_epo
         if progress["bad_epochs"] >= int(cfg.train.patience) or epoch >= total_epochs:
             progress["finished"] = True
         if cfg.progress and primary:
-            tqdm.write(epoch_line(epoch, train_loss, dev_scores, seconds, improved, row.get("feature_seconds")))
+            write_line(epoch_line(epoch, train_loss, dev_scores, seconds, improved, row.get("feature_seconds")))
         # Before the checkpoint: a run killed in between replays this epoch, and the resumed
         # run's events file hides these points (its purge step), so none is lost or doubled.
         if events.enabled and losses:

@@ -10,7 +10,6 @@ SHA-256 of its CSV files): resuming or rescoring a run on other data would mix t
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import logging
 import pathlib
@@ -24,8 +23,11 @@ from emojax.data import load_dataset
 from emojax.data.context import all_speaker_tokens
 from emojax.data.demo import generate_demo
 from emojax.data.types import SPLITS
+from emojax.dialogue import check_context_run
 from emojax.features import FeatureSet, Featurizer, feature_stats, standardize
+from emojax.files import file_sha256
 from emojax.model import EmotionModel, build_model
+from emojax.training.dialogue_batches import with_dialogues
 
 log = logging.getLogger(__name__)
 
@@ -67,13 +69,15 @@ def feature_cache(cfg, workdir: pathlib.Path) -> FeatureCache:
 def prepare(cfg, workdir: str | pathlib.Path, category: str = "training") -> Prepared:
     """Validate, load the dataset, compute (or read cached) features and build the model."""
     config_lib.validate(cfg)
+    check_context_run(cfg)
     workdir = pathlib.Path(workdir)
     run_dir = config_lib.run_dir(cfg, workdir, category)
     dataset = load_data(cfg)
     cache = feature_cache(cfg, workdir)
     start = time.perf_counter()
     featurizer = Featurizer(cfg, all_speaker_tokens(dataset), cache=cache)
-    raw = {name: featurizer.split_features(split) for name, split in dataset.splits.items()}
+    # Each row's dialogue, position and speaker ride along: a context head's batches are dialogues.
+    raw = {name: with_dialogues(featurizer.split_features(split), split) for name, split in dataset.splits.items()}
     feature_seconds = time.perf_counter() - start
     stats = feature_stats(raw["train"])
     features = {name: standardize(data, stats) for name, data in raw.items()}
@@ -132,20 +136,12 @@ def dataset_files(kind: str, path: str | pathlib.Path) -> list[pathlib.Path]:
     return [path / name for name in names if (path / name).is_file()]
 
 
-def _sha256(path: pathlib.Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def data_record(cfg) -> dict:
     """What a run is trained and scored on: the dataset folder (absolute) and the SHA-256 of each
     CSV file its loader reads (``{"path", "kind", "files": {name: sha256}}``)."""
     path = pathlib.Path(cfg.dataset.path).resolve()
     return {"path": str(path), "kind": str(cfg.dataset.kind),
-            "files": {p.name: _sha256(p) for p in dataset_files(cfg.dataset.kind, path)}}
+            "files": {p.name: file_sha256(p) for p in dataset_files(cfg.dataset.kind, path)}}
 
 
 def check_data_record(cfg, run_dir: pathlib.Path) -> dict:

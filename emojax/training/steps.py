@@ -4,6 +4,10 @@
 Both are plain functions of their inputs, built by a closure over the model, the optimizer and the
 losses, so ``jax.jit`` compiles each once per batch shape and nothing lives outside the state.
 Scoring needs only :func:`make_eval_step`, which is why it lives apart from the epoch loop.
+
+A model with a dialogue context head trains on dialogue batches
+(:mod:`emojax.training.dialogue_batches`): padded rows, marked by the batch's ``mask``, stay out
+of the loss (:func:`masked_classification_loss`).
 """
 from __future__ import annotations
 
@@ -17,6 +21,34 @@ import optax
 from emojax import losses as losses_lib
 from emojax.model import EmotionModel
 from emojax.training.state import TrainState, compute_params, trainable_tree
+
+
+def masked_classification_loss(kind: str, logits, labels, class_weights, mask):
+    """The classification loss of ``kind`` over the rows ``mask (B,) bool`` marks: what
+    :func:`emojax.losses.classification_loss` gives for those rows alone (``weighted``: the mean
+    weighted by ``class_weights[label]``; ``focal``: gamma 2), ``(B, C), (B,) -> ()`` float32."""
+    if kind not in losses_lib.CLASSIFICATION and kind != "weight":
+        raise ValueError(f"loss.classification: unknown kind {kind!r}; choose one of "
+                         f"{', '.join(losses_lib.CLASSIFICATION)}")
+    nll = optax.softmax_cross_entropy_with_integer_labels(jnp.asarray(logits, jnp.float32), labels)
+    per_row = (1.0 - jnp.exp(-nll)) ** 2 * nll if kind == "focal" else nll
+    weights = jnp.asarray(mask, jnp.float32)
+    if kind in ("weighted", "weight"):
+        if class_weights is None:
+            raise ValueError("loss.classification 'weighted' needs class_weights (1 / class frequency of the "
+                             "training split)")
+        weights = weights * jnp.asarray(class_weights, jnp.float32)[labels]
+    # max(.., tiny): a batch without real rows (never built, but traced alike) gives 0, not NaN.
+    return (per_row * weights).sum() / jnp.maximum(weights.sum(), jnp.finfo(jnp.float32).tiny)
+
+
+def _grad_without_placeholders(loss_fn: Callable, trainable: dict):
+    """``jax.value_and_grad(loss_fn, has_aux=True)(trainable)`` with the model's modality
+    placeholders (``placeholder_*``) held fixed: their gradient is given as zeros."""
+    fixed = {k: v for k, v in trainable["model"].items() if k.startswith("placeholder_")}
+    free = {**trainable, "model": {k: v for k, v in trainable["model"].items() if k not in fixed}}
+    out, grads = jax.value_and_grad(lambda t: loss_fn({**t, "model": {**t["model"], **fixed}}), has_aux=True)(free)
+    return out, {**grads, "model": {**grads["model"], **jax.tree_util.tree_map(jnp.zeros_like, fixed)}}
 
 
 def make_train_step(model: EmotionModel, optimizer: optax.GradientTransformation, *,
@@ -35,6 +67,10 @@ def make_train_step(model: EmotionModel, optimizer: optax.GradientTransformation
     ``logs`` holds the total ``loss``, its parts and ``grad_norm`` (the gradient's global norm
     before clipping).
 
+    A dialogue batch (``mask`` and ``speakers`` in ``batch``, for a model with a context head)
+    gives the model the dialogues' shape and keeps padded rows out of the loss; the extra losses
+    and a teacher, which work on the batch as a whole, are refused there.
+
     The total loss is ``classification + auxiliary (fusion, classifier) + sum_i weight_i extra_i``;
     with ``combine="uncertainty"`` the classification and extra losses are weighed by learned
     sigmas instead (``emojax.losses.combine_losses``) and the auxiliary loss is added as is.
@@ -44,6 +80,11 @@ def make_train_step(model: EmotionModel, optimizer: optax.GradientTransformation
     wants_inputs = any(name in losses_lib.MULTIMODAL_LOSSES for name in extras)
 
     def train_step(state: TrainState, batch: dict, teacher_params=None, encoder_base=None):
+        dialogues = "mask" in batch
+        if dialogues and (extras or teacher is not None):
+            raise ValueError(f"dialogue batches: the extra losses ({', '.join(extras) or 'dist'}) and a teacher "
+                             "work on the batch as a whole; a run with a context head takes neither")
+        layout = {"batch_mask": batch["mask"], "speakers": batch["speakers"]} if dialogues else {}
         rng, dropout_rng, router_rng, modality_rng, loss_rng = jax.random.split(state.rng, 5)
         teacher_logits = None
         if teacher is not None:
@@ -64,13 +105,17 @@ def make_train_step(model: EmotionModel, optimizer: optax.GradientTransformation
             if wants_inputs:
                 (logits, aux, fused), inter = model.apply(
                     {"params": params}, features, batch["present"], deterministic=False, rngs=rngs,
-                    mutable=["intermediates"])
+                    mutable=["intermediates"], **layout)
                 inputs = inter["intermediates"]["fusion_inputs"][0]
             else:
                 logits, aux, fused = model.apply({"params": params}, features, batch["present"],
-                                                 deterministic=False, rngs=rngs)
+                                                 deterministic=False, rngs=rngs, **layout)
                 inputs = None
-            classification = losses_lib.classification_loss(loss_kind, logits, batch["labels"], weights)
+            if dialogues:
+                classification = masked_classification_loss(loss_kind, logits, batch["labels"], weights,
+                                                            batch["mask"])
+            else:
+                classification = losses_lib.classification_loss(loss_kind, logits, batch["labels"], weights)
             logs = {"classification": classification, "auxiliary": aux}
             loss_state = state.loss_state
             extra = jnp.zeros((), jnp.float32)
@@ -88,7 +133,16 @@ def make_train_step(model: EmotionModel, optimizer: optax.GradientTransformation
             return total, (logs, loss_state)
 
         trainable = trainable_tree(state, tuning)
-        (loss, (logs, loss_state)), grads = jax.value_and_grad(loss_fn, has_aux=True)(trainable)
+        full = jax.value_and_grad(loss_fn, has_aux=True)
+        if tuning is None and not model.modality_dropout:
+            # A batch with every modality of every sample never reaches the placeholders: their
+            # gradient is exactly zero, and holding them fixed spares the backward pass the
+            # gradient with respect to the fusion's inputs (a product per input layer).
+            complete = jnp.all(jnp.stack([jnp.all(batch["present"][m]) for m in modalities]))
+            (loss, (logs, loss_state)), grads = jax.lax.cond(
+                complete, lambda t: _grad_without_placeholders(loss_fn, t), full, trainable)
+        else:
+            (loss, (logs, loss_state)), grads = full(trainable)
         updates, opt_state = optimizer.update(grads, state.opt_state, trainable)
         trainable = optax.apply_updates(trainable, updates)
         # The gradient's global norm before clipping, for the run's curves: read from the same
@@ -103,13 +157,19 @@ def make_train_step(model: EmotionModel, optimizer: optax.GradientTransformation
 
 
 def make_eval_step(model: EmotionModel) -> Callable:
-    """``eval_step(params, features, present, batch_mask=None) -> logits (batch, classes)``;
-    ``batch_mask`` marks the real rows of a padded batch."""
+    """``eval_step(params, features, present, batch_mask=None, speakers=None) -> logits (batch,
+    classes)``; ``batch_mask`` marks the real rows of a padded batch, ``speakers`` gives a dialogue
+    batch's shape (a model with a context head, see :class:`emojax.model.EmotionModel`).
 
-    def eval_step(params, features, present, batch_mask=None):
+    The step's ``dialogue_context`` attribute (kept by ``jax.jit``) says whether the model has a
+    context head: scoring (:func:`emojax.evaluation.predict_proba`) then gives it whole dialogues."""
+
+    def eval_step(params, features, present, batch_mask=None, speakers=None):
+        shape = {} if speakers is None else {"speakers": speakers}
         logits, _, _ = model.apply({"params": compute_params(params, model.dtype)}, features, present,
                                    deterministic=True,
-                                   batch_mask=batch_mask)
+                                   batch_mask=batch_mask, **shape)
         return logits
 
+    eval_step.dialogue_context = model.context is not None
     return eval_step

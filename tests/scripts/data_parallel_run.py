@@ -11,12 +11,12 @@ import sys
 import jax
 import numpy as np
 
-from emojax import config as config_lib
+from configs.compose import compose
 from emojax import train as train_lib
 
 
 def main(data, bert, workdir, devices, loss, mode="frozen"):
-    cfg = config_lib.compose(f"dataset=MELD--E,encoders=T,loss={loss},mode={mode}")
+    cfg = compose(f"dataset=MELD--E,encoders=T,loss={loss},mode={mode}")
     cfg.dataset.path, cfg.encoders.T.model = data, bert
     if mode != "frozen":
         cfg.encoders.T.update(pooling="mean", prompt=False, context_turns=0)

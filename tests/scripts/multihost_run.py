@@ -13,10 +13,10 @@ def main(data, bert, workdir, process_id, num_processes, port, loss):
     import jax
     import numpy as np
 
-    from emojax import config as config_lib
+    from configs.compose import compose
     from emojax import train as train_lib
 
-    cfg = config_lib.compose(f"dataset=MELD--E,encoders=T,loss={loss}")
+    cfg = compose(f"dataset=MELD--E,encoders=T,loss={loss}")
     cfg.dataset.path, cfg.encoders.T.model = data, bert
     cfg.train.update(epochs=3, batch_size=16, lr=1e-2, patience=100, eval_batch_size=40)
     cfg.progress = False

@@ -1,0 +1,104 @@
+r"""MELD emotion, frozen all-MiniLM-L6-v2 (mean pooling of the utterance alone, the MELD default), with
+and without a dialogue context head: dev accuracy and weighted F1 per seed, and their mean ± std.
+
+    python benchmarks/meld_context.py --data=../shared/datasets/MELD --workdir=runs/bench-meld-context \
+        [--only=none,transformer] [--seeds=0,1,2]
+
+The utterance features are computed once (the first run) and read from the feature cache by every
+other run, so each setting costs only its head's training. Each setting is a context preset
+(``configs/context.py``, ``none``: no head) plus config overrides; the table gives, per setting,
+the command that trains one seed of it with ``launch.train``.
+"""
+import json
+import pathlib
+import time
+
+import numpy as np
+from absl import app, flags
+
+from configs.compose import compose
+from emojax.training.loop import fit
+
+_DATA = flags.DEFINE_string("data", "../shared/datasets/MELD", "MELD folder (train/dev CSVs).")
+_WORKDIR = flags.DEFINE_string("workdir", "runs/bench-meld-context", "Where runs and the feature cache go.")
+_ONLY = flags.DEFINE_list("only", [], "Run only these settings.")
+_SEEDS = flags.DEFINE_list("seeds", ["0", "1", "2"], "Seeds of every setting.")
+_LOSS = flags.DEFINE_string("loss", "ce", "Loss part.")
+
+# name -> (context preset, overrides of dotted config fields)
+SETTINGS = {
+    "none": ("none", {}),
+    "transformer": ("transformer", {}),
+    "transformer-causal": ("transformer-causal", {}),
+    "gru": ("gru", {}),
+    "gru-causal": ("gru-causal", {}),
+    "transformer/1x128/drop0.3": ("transformer", {"model.context.layers": 1, "model.context.dim": 128,
+                                                  "model.context.dropout": 0.3}),
+    "transformer/drop0.3/lr5e-4": ("transformer", {"model.context.dropout": 0.3, "train.lr": 5e-4}),
+    "transformer/drop0.3/lr5e-4/batch64": ("transformer", {"model.context.dropout": 0.3, "train.lr": 5e-4,
+                                                           "train.batch_size": 64}),
+    "gru/drop0.3/lr5e-4": ("gru", {"model.context.dropout": 0.3, "train.lr": 5e-4}),
+    "transformer/nospeakers": ("transformer", {"model.context.speakers": 0}),
+}
+
+
+def configure(name: str, seed: int):
+    preset, overrides = SETTINGS[name]
+    cfg = compose(f"dataset=MELD--E,encoders=T,loss={_LOSS.value},context={preset}")
+    cfg.dataset.path = _DATA.value
+    cfg.seed = seed
+    cfg.progress = False
+    for dotted, value in overrides.items():
+        *path, last = dotted.split(".")
+        node = cfg
+        for key in path:
+            node = node[key]
+        node[last] = value
+    return cfg
+
+
+def command(name: str) -> str:
+    preset, overrides = SETTINGS[name]
+    flags_ = [f"--config=configs/train.py:dataset=MELD--E,encoders=T,loss={_LOSS.value},context={preset}",
+              f"--config.dataset.path={_DATA.value}", "--config.seed=SEED",
+              *(f"--config.{k}={v}" for k, v in overrides.items()), f"--workdir={_WORKDIR.value}"]
+    return "python -m launch.train " + " ".join(flags_)
+
+
+def main(argv):
+    del argv
+    rows = []
+    for name in SETTINGS:
+        if _ONLY.value and name not in _ONLY.value:
+            continue
+        for seed in map(int, _SEEDS.value):
+            cfg = configure(name, seed)
+            start = time.perf_counter()
+            run_dir = fit(cfg, _WORKDIR.value)
+            wall = time.perf_counter() - start
+            results = json.loads((run_dir / "results.json").read_text())
+            row = {"name": name, "seed": seed, "dev_accuracy": 100 * results["dev"]["accuracy"],
+                   "dev_weighted_f1": 100 * results["dev"]["weighted_f1"], "best_epoch": results["best_epoch"],
+                   "wall_s": wall, "run_dir": str(run_dir)}
+            rows.append(row)
+            print(json.dumps(row), flush=True)
+    print()
+    print("| setting | dev wF1 per seed | dev acc per seed | dev wF1 mean ± std | dev acc mean ± std | best epochs |")
+    print("|---|---|---|---:|---:|---|")
+    for name in dict.fromkeys(r["name"] for r in rows):
+        mine = [r for r in rows if r["name"] == name]
+        f1 = np.array([r["dev_weighted_f1"] for r in mine])
+        acc = np.array([r["dev_accuracy"] for r in mine])
+        print(f"| {name} | {' / '.join(f'{v:.2f}' for v in f1)} | {' / '.join(f'{v:.2f}' for v in acc)} "
+              f"| {f1.mean():.2f} ± {f1.std():.2f} | {acc.mean():.2f} ± {acc.std():.2f} "
+              f"| {', '.join(str(r['best_epoch']) for r in mine)} |")
+    print()
+    for name in dict.fromkeys(r["name"] for r in rows):
+        print(f"- {name}: `{command(name)}`")
+    out = pathlib.Path(_WORKDIR.value) / "meld_context.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(rows, indent=2))
+
+
+if __name__ == "__main__":
+    app.run(main)

@@ -1,0 +1,119 @@
+"""Fingerprints of values and files, and writes that a crash never leaves half done.
+
+* :func:`digest` is the sha256 key of JSON-serialisable parts. Feature caches, stored fine-tuning
+  inputs and encoder namespaces are named by it on users' disks, so its bytes must never change:
+  a changed key would silently recompute every cache.
+* :func:`file_sha256` hashes a file block by block (a video need not fit in memory).
+* :func:`write_bytes_atomic` and its text / JSON forms write a temporary file in the target's
+  folder, flush it to disk and ``os.replace`` it over the target: a reader sees the old file or
+  the new one, never a part.
+* :func:`building_folder` and :func:`publish_folder` do the same for a whole folder: it is built
+  in a temporary sibling and renamed into place when complete.
+
+Standard library only, so that light launchers (a sweep's ``--dry_run``) can use it.
+"""
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import pathlib
+import secrets
+import shutil
+from typing import Any, Iterator, Optional
+
+HASH_BLOCK = 8 << 20  # bytes read at a time by file_sha256
+
+
+def digest(*parts: Any) -> str:
+    """sha256 hex of the canonical JSON of ``parts`` (keys sorted, ``str`` for what JSON lacks)."""
+    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def file_sha256(path: str | os.PathLike, *, block: int = HASH_BLOCK) -> str:
+    """sha256 hex of the bytes of the file ``path``, read ``block`` bytes at a time."""
+    sha = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(block), b""):
+            sha.update(chunk)
+    return sha.hexdigest()
+
+
+def write_bytes_atomic(path: str | os.PathLike, data: bytes) -> None:
+    """Replace ``path`` by ``data`` in one step (its folder is created if missing).
+
+    The bytes go to a hidden temporary file in the same folder (same file system, so the rename is
+    atomic), are flushed to disk, then renamed over ``path``. The file gets the permissions a plain
+    ``open`` would give it (the umask's); on any error the temporary file is removed."""
+    path = pathlib.Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.parent / f".{path.name}.{secrets.token_hex(4)}.tmp"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.lexists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def write_text_atomic(path: str | os.PathLike, text: str) -> None:
+    """:func:`write_bytes_atomic` of ``text`` in UTF-8 (newlines written as they are)."""
+    write_bytes_atomic(path, text.encode("utf-8"))
+
+
+def write_json_atomic(path: str | os.PathLike, payload: Any, *, indent: Optional[int] = 2,
+                      sort_keys: bool = True, default=float) -> None:
+    """:func:`write_text_atomic` of ``json.dumps(payload, ...)``; by default indented by 2, keys
+    sorted, and NumPy / JAX scalars written as floats."""
+    write_text_atomic(path, json.dumps(payload, indent=indent, sort_keys=sort_keys, default=default))
+
+
+@contextlib.contextmanager
+def building_folder(final: str | os.PathLike, *, prefix: Optional[str] = None) -> Iterator[pathlib.Path]:
+    """A new empty folder beside ``final`` to build it in, for :func:`publish_folder`.
+
+    Named ``{prefix}{pid}-{random}`` (``prefix`` by default ``.{final name}.partial-``), in
+    ``final``'s folder (created if missing), so the rename into place is atomic and two processes
+    never share one. Removed on leaving the block unless it was published, so an interrupted build
+    leaves nothing behind."""
+    final = pathlib.Path(final)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    name = f".{final.name}.partial-" if prefix is None else prefix
+    work = final.parent / f"{name}{os.getpid()}-{secrets.token_hex(4)}"
+    work.mkdir()
+    try:
+        yield work
+    finally:
+        if work.exists():
+            shutil.rmtree(work, ignore_errors=True)
+
+
+def publish_folder(work: str | os.PathLike, final: str | os.PathLike, *, sync: bool = False) -> bool:
+    """Rename the finished folder ``work`` to ``final`` (absent or an empty folder): readers see no
+    folder or a complete one. With ``sync`` every file in ``work`` is flushed to disk first.
+
+    Returns ``True`` when moved, ``False`` when ``final`` exists and holds something (another
+    process published first; ``work`` stays for the caller to drop); any other failure raises."""
+    work, final = pathlib.Path(work), pathlib.Path(final)
+    if sync:
+        for path in work.rglob("*"):
+            if path.is_file():
+                with open(path, "rb") as handle:
+                    os.fsync(handle.fileno())
+    try:
+        os.rename(work, final)
+    except OSError:
+        if not final.exists():
+            raise
+        return False
+    return True
+
+
+__all__ = ["digest", "file_sha256", "write_bytes_atomic", "write_text_atomic", "write_json_atomic",
+           "building_folder", "publish_folder", "HASH_BLOCK"]
