@@ -38,12 +38,18 @@ from typing import Any, Callable, Optional
 import jax
 import numpy as np
 
+from emojax import cache as cache_lib
 from emojax import config as config_lib
 from emojax import metrics as metrics_lib
-from emojax.data.types import Split
+from emojax.cache import FeatureCache
+from emojax.data.context import all_speaker_tokens
+from emojax.data.types import Split, inverse_frequency_weights
 from emojax.evaluation import predict_proba
 from emojax.features import FeatureSet, Featurizer, feature_stats, standardize
 from emojax.files import write_json_atomic, write_text_atomic
+from emojax.finetune import ArrayRows, Tuning
+from emojax.inference import Estimator
+from emojax.model import build_model
 from emojax.training.batches import batch_of
 from emojax.training.preparation import Prepared, load_data
 from emojax.training.state import init_state, make_optimizer, usable_extras
@@ -81,8 +87,6 @@ def _load_dev(cfg, max_samples: int):
 def setup_from_run(run_dir: str | os.PathLike, *, dataset_path: Optional[str] = None,
                    max_samples: int = 0) -> Setup:
     """A finished run directory: its encoders, best parameters and training feature statistics."""
-    from emojax.inference import Estimator
-
     start = time.perf_counter()
     estimator = Estimator(run_dir)
     load_seconds = time.perf_counter() - start
@@ -96,9 +100,6 @@ def setup_from_run(run_dir: str | os.PathLike, *, dataset_path: Optional[str] = 
 
 def setup_from_config(cfg, *, max_samples: int = 0) -> Setup:
     """A config (``configs/train.py:...``): its encoders and a freshly initialised model."""
-    from emojax.data.context import all_speaker_tokens
-    from emojax.model import build_model
-
     config_lib.validate(cfg)
     cfg.progress = False
     dataset, dev = _load_dev(cfg, max_samples)
@@ -149,8 +150,6 @@ class EncoderMeter:
 
 def evaluate_dev(setup: Setup, cache, eval_step: Callable) -> tuple[float, np.ndarray, dict]:
     """One evaluation of the dev split with ``cache`` (``None``: disabled): ``(seconds, probs, scores)``."""
-    from emojax import cache as cache_lib
-
     cache_lib._IDENTITY_MEMO.clear()  # hash the media files again, as a new process would
     setup.featurizer.cache = cache
     start = time.perf_counter()
@@ -167,8 +166,6 @@ def evaluate_dev(setup: Setup, cache, eval_step: Callable) -> tuple[float, np.nd
 
 def measure_evaluation(setup: Setup, cache_root: pathlib.Path) -> tuple[dict, dict]:
     """The three evaluation passes; returns ``(evaluation, encoders)`` for the report."""
-    from emojax.cache import FeatureCache
-
     meter = EncoderMeter(setup.featurizer)
     eval_step = jax.jit(make_eval_step(setup.model))
     passes, calls = {}, {}
@@ -208,8 +205,6 @@ def measure_evaluation(setup: Setup, cache_root: pathlib.Path) -> tuple[dict, di
 
 def measure_train_step(setup: Setup, steps: int) -> dict:
     """Samples/s of the jit-compiled training step on random features of the run's input sizes."""
-    from emojax.data.types import inverse_frequency_weights
-
     cfg, model = setup.cfg, setup.model
     batch = int(cfg.train.batch_size)
     classes = len(setup.class_names)
@@ -223,8 +218,6 @@ def measure_train_step(setup: Setup, steps: int) -> dict:
         # mode trainable / lora: the tuned encoders run inside the step on random inputs of full
         # size: text = full-length token sequences (the mask token where mask pooling looks for
         # it), Whisper = its whole window, wav2vec2 = 4 s clips, video = the encoder's frames.
-        from emojax.finetune import ArrayRows, Tuning
-
         zero = {m: {"mean": [0.0] * d, "std": [1.0] * d} for m, d in dims.items()}
         tuning = Tuning(cfg, setup.featurizer, zero)
         inputs = {}

@@ -280,6 +280,7 @@ class FeatureCache:
 
     def device_get(self, namespace: str, keys: Sequence[str]):
         """Rows for ``keys`` as one on-device ``(n, dim)`` array, through an on-device LRU tier."""
+        # Import cost: JAX is loaded here only, so the cache reads and clears without it (launch.tool cache).
         import jax
         import jax.numpy as jnp
 

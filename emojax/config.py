@@ -78,6 +78,7 @@ def validate(cfg) -> None:
     extra = [m for m in cfg.encoders if m not in mods]
     if extra:
         raise ConfigError(f"encoders.{extra[0]}: modality {extra[0]!r} is not in modalities={cfg.modalities!r}")
+    # Import cost: media_encoders and losses load JAX; the config stays JAX-free (sweeps, launch flags).
     from emojax.encoders.media_encoders import FAMILIES as MEDIA_FAMILIES
 
     families = {"T": ("bert", "modernbert"),
@@ -102,7 +103,7 @@ def validate(cfg) -> None:
         raise ConfigError(f"modality_dropout: {cfg.modality_dropout} must lie in [0, 0.5)")
     if cfg.loss.classification not in ("ce", "weighted", "focal"):
         raise ConfigError(f"loss.classification: {cfg.loss.classification!r} is not one of ce, weighted, focal")
-    from emojax.losses import EXTRA_LOSSES
+    from emojax.losses import EXTRA_LOSSES  # import cost: JAX, as above
 
     for name in cfg.loss.extras:
         if name not in EXTRA_LOSSES:

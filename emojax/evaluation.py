@@ -17,7 +17,7 @@ from emojax import config as config_lib
 from emojax import metrics as metrics_lib
 from emojax.features import FeatureSet, padded_batches
 from emojax.training.batches import batch_of
-from emojax.training.dialogue_batches import dialogue_batch, dialogue_layout, scoring_plan
+from emojax.training.dialogue_batches import dialogue_batch, dialogue_layout, scoring_plan, scoring_turns
 from emojax.training.parallel import DataParallel
 from emojax.training.preparation import Prepared, prepare, tuned_features
 from emojax.training.state import best_target, init_state, make_optimizer
@@ -50,13 +50,13 @@ def predict_dialogue_proba(eval_step: Callable, params, data: FeatureSet, batch_
                            parallel: Optional[DataParallel] = None) -> np.ndarray:
     """Class probabilities ``(n, classes)`` of a model with a dialogue context head: every
     dialogue of ``data`` (its rows by position; a set without dialogue fields is one dialogue per
-    row) scored whole, in dialogue batches of ``batch_size`` padded slots
+    row) scored whole, in dialogue batches of ``batch_size`` padded slots, all of one shape
     (:func:`emojax.training.dialogue_batches.scoring_plan`), rows in ``data``'s order."""
     layout = dialogue_layout(data)
     multiple = parallel.count if parallel is not None else 1
     out = None
     for group in scoring_plan(layout, batch_size, multiple):
-        batch = dialogue_batch(data, layout, group, batch_size, multiple)
+        batch = dialogue_batch(data, layout, group, batch_size, multiple, scoring_turns(layout))
         args = (batch["features"], batch["present"], batch["mask"], batch["speakers"])
         if parallel is not None:
             args = parallel.shard(args)

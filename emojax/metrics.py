@@ -77,6 +77,7 @@ def confusion_figure(matrix, class_names: Sequence[str], title: str = ""):
 
     Built without pyplot, so it never changes the process's backend: a notebook shows it inline
     (``display(fig)`` or as a cell's last value), a script saves it (``fig.savefig``)."""
+    # Import cost: matplotlib takes seconds, and scoring (emojax.evaluation) imports this module.
     from matplotlib.figure import Figure
 
     matrix = np.asarray(matrix, dtype=np.float64)
@@ -110,7 +111,7 @@ def plot_confusion(matrix, class_names: Sequence[str], path: str | pathlib.Path,
 
 def plot_history(history: Sequence[dict], path: str | pathlib.Path, metric: str = "weighted_f1") -> pathlib.Path:
     """Training loss and dev ``metric`` per epoch as a PNG."""
-    from matplotlib.figure import Figure
+    from matplotlib.figure import Figure  # import cost, as above
 
     epochs = [row["epoch"] for row in history]
     fig = Figure(figsize=(6, 3.5))

@@ -34,8 +34,11 @@ import time
 
 from emojax import config as config_lib
 from emojax.checkpoint import CheckpointError
+from emojax.features import Featurizer
 from emojax.files import building_folder, publish_folder, write_json_atomic
-from emojax.store import RUN_LINKS, export_encoder, resolve_run_encoder, run_encoders
+from emojax.store import RUN_LINKS, export_encoder, neural_encoders, resolve_run_encoder, run_encoders
+
+# Cycle: emojax.inference imports this module, so Estimator is imported where it is used.
 
 MANIFEST = "standalone.json"
 _RUN_FILES = ("config.json", "meta.json", "results.json", "progress.json", "history.json", "metrics.md")
@@ -87,8 +90,6 @@ def _copy_encoders(run_dir: pathlib.Path, target: pathlib.Path, cfg) -> dict:
             continue
         # Never linked (trained before the store): rebuild the encoder as the run used it.
         if rebuilt is None:
-            from emojax.features import Featurizer
-
             meta = json.loads((run_dir / "meta.json").read_text())
             cfg_copy = config_lib.load_config(run_dir / "config.json")
             cfg_copy.progress = False
@@ -165,7 +166,6 @@ def _export_tuned(run_dir: pathlib.Path, output: pathlib.Path, cfg) -> dict:
     """The fine-tuned encoders of the run's selected epoch (LoRA adapters merged) as plain
     Hugging Face folders ``output/{m}``, in place of the base encoders copied there."""
     from emojax.inference import Estimator
-    from emojax.store import neural_encoders
 
     estimator = Estimator(run_dir)
     encoders = neural_encoders(estimator.featurizer)

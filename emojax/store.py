@@ -48,9 +48,14 @@ import shutil
 import time
 from typing import Any, Optional
 
+import jax
 import numpy as np
+from safetensors.numpy import save_file
 
 from emojax.checkpoint import CheckpointError
+from emojax.encoders import export, hub
+from emojax.encoders.text import TextEncoder
+from emojax.features import resolve_model_path
 from emojax.files import building_folder, publish_folder, write_json_atomic
 
 log = logging.getLogger(__name__)
@@ -160,8 +165,6 @@ def _source_folder(encoder, name: str) -> Optional[pathlib.Path]:
     if not name:
         return None
     try:
-        from emojax.features import resolve_model_path
-
         folder = resolve_model_path(name)
         return folder if folder.is_dir() else None
     except Exception as err:  # noqa: BLE001 - reported by the caller's fallback
@@ -190,8 +193,6 @@ def _short(name: str) -> str:
 
 
 def _trees_equal(a, b) -> bool:
-    import jax
-
     fa, ta = jax.tree_util.tree_flatten(a)
     fb, tb = jax.tree_util.tree_flatten(b)
     return ta == tb and all(np.shape(x) == np.shape(y) and np.array_equal(np.asarray(x), np.asarray(y))
@@ -202,8 +203,6 @@ def _reloads_identically(encoder, folder: pathlib.Path) -> bool:
     """Whether ``folder`` loads back to ``encoder``'s parameters (and vocabulary)."""
     tokenizer = getattr(encoder, "tokenizer", None)
     if tokenizer is not None:
-        from emojax.encoders.text import TextEncoder
-
         back = TextEncoder.from_pretrained(str(folder), pooling=encoder.pooling, max_length=encoder.max_length)
         return back.tokenizer.get_vocab() == tokenizer.get_vocab() and _trees_equal(back.params, encoder.params)
     spec = getattr(encoder, "spec", None)
@@ -226,8 +225,6 @@ def export_encoder(encoder, folder: str | os.PathLike, *, model: str = "", verif
     ``from_params``: the tensors the encoder's loader reads come from the parameters in memory
     (a fine-tuned encoder: :mod:`emojax.encoders.export` writes them back under the checkpoint's
     names), the source folder's other tensors are kept."""
-    from safetensors.numpy import save_file
-
     folder = pathlib.Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     model = model or str(getattr(encoder, "model", "") or getattr(encoder, "name", ""))
@@ -236,15 +233,11 @@ def export_encoder(encoder, folder: str | os.PathLike, *, model: str = "", verif
     source = _source_folder(encoder, model)
     source_rows = None
     if source is not None:
-        from emojax.encoders import hub
-
         _copy_side_files(source, folder)
         state = hub.load_state_dict(source)
         key = next((k for k in state if _short(k) in _WORD_EMBEDDINGS), None)
         source_rows = state[key].shape[0] if key is not None else None
         if from_params:
-            from emojax.encoders import export
-
             shapes = config
             if tokenizer is not None:  # added tokens grew the word embeddings beyond the config's vocabulary
                 rows = int(np.shape(encoder.params["embeddings"]["word"])[0])

@@ -29,6 +29,7 @@ from typing import Mapping, Optional, Sequence
 import jax
 import numpy as np
 from flax.traverse_util import flatten_dict, unflatten_dict
+from safetensors.numpy import load_file
 
 from emojax.encoders.hub import WeightError
 
@@ -182,8 +183,6 @@ def import_suite_classifier(state: Mapping[str, np.ndarray], classifier_params, 
 
 def load_suite_state(path: str | pathlib.Path) -> dict[str, np.ndarray]:
     """The tensors of a suite checkpoint: a ``model.safetensors`` file or a folder holding one."""
-    from safetensors.numpy import load_file
-
     path = pathlib.Path(path)
     file = path / "model.safetensors" if path.is_dir() else path
     if not file.is_file():

@@ -34,7 +34,12 @@ from typing import Optional, TextIO
 
 from absl import app, flags
 
+from emojax import config as config_lib
+from emojax.cache import FeatureCache
 from launch import _errors
+
+# emojax.store and emojax.standalone load JAX (seconds): the commands that need them import them,
+# so --help, flag errors and the cache command start without it.
 
 COMMANDS = ("info", "cache", "gc", "create-standalone", "extract-encoders")
 SORT_KEYS = ("dev_wf1", "dev_acc", "test_wf1", "test_acc", "best_epoch", "label", "path")
@@ -75,8 +80,6 @@ def format_table(header: list[str], rows: list[list[str]]) -> str:
 # ---------------------------------------------------------------------------------------------
 def run_summary(run_dir: pathlib.Path, workdir: pathlib.Path) -> dict:
     """Label, status and scores of one run directory (never raises for a broken run)."""
-    from emojax import config as config_lib
-
     row = {"path": str(run_dir.relative_to(workdir)) if run_dir.is_relative_to(workdir) else str(run_dir),
            "label": "?", "status": "", "best_epoch": None}
     try:
@@ -172,8 +175,6 @@ def cmd_info(workdir, *, sort: str = "dev_wf1", contains: Optional[str] = None,
 # ---------------------------------------------------------------------------------------------
 def cmd_cache(cache_dir, *, clear: Optional[str] = None, out: Optional[TextIO] = None) -> dict:
     out = out or sys.stdout
-    from emojax.cache import FeatureCache
-
     cache_dir = pathlib.Path(cache_dir)
     if not cache_dir.is_dir():
         raise ToolError(f"--cache_dir: {cache_dir} is not a feature cache folder (no such folder)")

@@ -14,10 +14,13 @@ before any work starts.
 """
 import logging as std_logging
 
+import jax
 from absl import flags, logging
 from ml_collections import config_flags
 
 from emojax import config as config_lib
+from emojax import distributed
+from emojax.checkpoint import finished_run
 from emojax.training.loop import fit
 from launch import _errors
 
@@ -45,12 +48,8 @@ def main(argv):
     config_lib.validate(cfg)
     _errors.check_folder(_WORKDIR.value, "--workdir")
     if _TEACHER.value is not None:
-        from emojax.checkpoint import finished_run
-
         finished_run(_TEACHER.value)
     if _DISTRIBUTED.value:
-        from emojax import distributed
-
         try:
             distributed.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
         except (RuntimeError, ValueError) as err:
@@ -58,8 +57,6 @@ def main(argv):
     std_logging.getLogger("absl").setLevel(std_logging.WARNING)
     logging.info("run: %s", config_lib.run_label(cfg))
     run_dir = fit(cfg, _WORKDIR.value, teacher=_TEACHER.value)
-    import jax
-
     if jax.process_index() != 0:
         return
     print((run_dir / "metrics.md").read_text() if (run_dir / "metrics.md").exists()

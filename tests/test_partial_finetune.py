@@ -19,8 +19,8 @@ from emojax import train as train_lib
 from emojax.encoders import lora as lora_lib
 from emojax.encoders.bert import bert_apply, load_bert
 from emojax.encoders.modernbert import load_modernbert, modernbert_apply
-from emojax.encoders.text import pool_hidden
-from emojax.finetune_text import HiddenRows, TokenRows
+from emojax.encoders.text import encode_pooled_from, layer_input, pool_hidden
+from emojax.finetune_text import HiddenRows, TokenRows, top_layers, with_top_layers
 from emojax.training.batches import epoch_batches
 
 
@@ -99,6 +99,17 @@ def test_layer_ranges_compose_to_transformers_outputs():
             low = modernbert_apply(params, ids, mask, config=config, layers=slice(0, split))
             out = modernbert_apply(params, None, mask, config=config, layers=slice(split, None), hidden_states=low)
             np.testing.assert_allclose(np.asarray(out)[valid], outputs["last_hidden_state"][valid], atol=1e-4)
+        # The tuner's path: the top part of the parameters (final norm included) from the layer input.
+        start = config.num_layers - 1
+        top = top_layers(params, start)
+        layers = [top["layers"][str(n)] for n in range(start, config.num_layers)]
+        pooled = encode_pooled_from(layers, layer_input(params, ids, mask, config=config, start=start,
+                                                        dtype=jnp.float32),
+                                    mask, ids, config=config, start=start, dtype=jnp.float32, pooling="mean",
+                                    final_norm=top["final_norm"])
+        expected = (outputs["last_hidden_state"] * mask[..., None]).sum(1) / mask.sum(1, keepdims=True)
+        np.testing.assert_allclose(np.asarray(pooled), expected, atol=1e-4)
+        assert jax.tree_util.tree_structure(with_top_layers(params, top)) == jax.tree_util.tree_structure(params)
 
 
 # -- losses and gradients ----------------------------------------------------------------------

@@ -16,6 +16,8 @@ def load_dataset(kind: str, path: str, *, target: str, allow_outside_paths: bool
     ``allow_outside_paths``: media paths that a CSV names (IEMOCAP, CH-SIMS) may lead outside
     ``path``; by default such a path is a missing file, with a warning naming the row.
     """
+    # Import cost: the loaders bring pandas, and every ``emojax.data.*`` import runs this file
+    # (emojax.config needs only emojax.data.types).
     if kind == "meld":
         from emojax.data.meld import load_meld
 

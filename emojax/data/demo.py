@@ -40,9 +40,14 @@ import time
 from typing import Mapping, Optional
 
 import numpy as np
+import pandas as pd
+import soundfile as sf
 
 from emojax.files import building_folder, publish_folder
 from emojax.progress import progress_bar
+
+# OpenCV (cv2) is imported where the videos are drawn: emojax.training imports this module, and
+# audio-only installs run without OpenCV.
 
 log = logging.getLogger(__name__)
 
@@ -228,9 +233,6 @@ def _timestamp(seconds: float) -> str:
 
 
 def _write_split(folder: pathlib.Path, split: int, name: str, size: int, seed: int, progress) -> None:
-    import pandas as pd
-    import soundfile as sf
-
     rng = np.random.default_rng([seed, split, 0])
     labels = _split_labels(rng, size)
     (folder / "audios" / name).mkdir(parents=True, exist_ok=True)

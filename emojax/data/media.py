@@ -21,7 +21,11 @@ import threading
 import warnings
 from typing import Any, Callable, Hashable, Iterator, Optional, Sequence
 
+import librosa
 import numpy as np
+import soundfile as sf
+
+# OpenCV (cv2) is imported by the video readers only: audio runs on installs without it.
 
 log = logging.getLogger(__name__)
 
@@ -116,9 +120,6 @@ def read_audio(path: str | os.PathLike, sample_rate: int = 16000) -> np.ndarray:
     file, segment = split_ref(ref)
     path = pathlib.Path(file)
     _check_file(path, "audio")
-    import librosa
-    import soundfile as sf
-
     cap = _duration_cap
     offset = segment[0] if segment is not None else 0.0
     length = segment[1] - segment[0] if segment is not None else None  # seconds; None: to the end

@@ -4,7 +4,9 @@
     hidden = bert_apply(params, input_ids, attention_mask, config=config)   # (batch, seq, hidden)
 
 ``bert_apply`` is jit-able (``config`` is a frozen dataclass, pass it as a static argument or
-close over it). Parameters stay float32; with ``dtype=jnp.bfloat16`` the matrix products run in
+close over it). ``bert_apply(..., layers=slice(a, b), hidden_states=...)`` runs a range of layers
+(``bert_embed`` and ``bert_layers`` are the two halves), as partial fine-tuning does: the frozen
+bottom once, the tuned top in every step. Parameters stay float32; with ``dtype=jnp.bfloat16`` the matrix products run in
 bfloat16 while softmax and layer norms run in float32.
 """
 from __future__ import annotations

@@ -45,9 +45,12 @@ import pathlib
 import threading
 from typing import Sequence
 
+import librosa
 import numpy as np
 
 from emojax.data.media import MediaError, read_audio, read_audios, read_video_frames, read_video_references
+
+# OpenCV (cv2) is imported by the video functions only: audio features run on installs without it.
 
 FEATURE_VERSION = "classic-v2"
 
@@ -147,8 +150,6 @@ def voiced_pitch(y: np.ndarray, sr: int = SAMPLE_RATE) -> tuple[np.ndarray, np.n
     both 1e-3 and a tenth of the loudest frame, and normalised autocorrelation at the YIN period
     above 0.5 (noise and silence have no stable period).
     """
-    import librosa
-
     y = np.asarray(y, np.float32)
     if len(y) < _YIN_FRAME:
         y = np.pad(y, (0, _YIN_FRAME - len(y)))
@@ -170,8 +171,6 @@ def voiced_pitch(y: np.ndarray, sr: int = SAMPLE_RATE) -> tuple[np.ndarray, np.n
 
 def audio_features_from_samples(y: np.ndarray, sr: int = SAMPLE_RATE) -> np.ndarray:
     """Features of mono samples ``y`` ``(samples,)`` at ``sr`` Hz: ``(AUDIO_DIM,)`` float32."""
-    import librosa
-
     y = np.asarray(y, np.float32).ravel()
     if sr != SAMPLE_RATE:
         y = librosa.resample(y, orig_sr=sr, target_sr=SAMPLE_RATE)

@@ -71,10 +71,15 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from emojax.data.media import read_audios
+from emojax.data.media import MediaError, map_references, read_audios, read_video_references
 from emojax.encoders import hub
 from emojax.encoders.bert import params_hash
+from emojax.encoders.clip_vision import clip_video_features, clip_vision_apply, load_clip_vision
 from emojax.encoders.core import hash_view
+from emojax.encoders.videomae import load_videomae, videomae_apply, videomae_pool
+from emojax.encoders.wav2vec2 import load_wav2vec2, load_wav2vec2_feature_extractor, wav2vec2_apply, wav2vec2_pool
+from emojax.encoders.whisper import (load_whisper, load_whisper_feature_extractor, whisper_apply, whisper_pool,
+                                     whisper_preprocess)
 from emojax.files import digest
 from emojax.progress import progress_bar
 
@@ -128,16 +133,12 @@ def _settings(processor) -> dict:
 
 def whisper_forward(params, inputs, *, config, dtype, pooling="mean", deterministic=True, rng=None):
     """``inputs``: ``mel`` ``(batch, n_mels, frames)``, ``mel_mask`` ``(batch, frames)``."""
-    from emojax.encoders.whisper import whisper_apply, whisper_pool
-
     hidden = whisper_apply(params, inputs["mel"], config=config, dtype=dtype, deterministic=deterministic, rng=rng)
     return whisper_pool(hidden, inputs["mel_mask"])
 
 
 def wav2vec2_forward(params, inputs, *, config, dtype, pooling, masked, deterministic=True, rng=None):
     """``inputs``: ``audio`` ``(batch, samples)`` (the extractor's output), ``mask`` ``(batch, samples)``."""
-    from emojax.encoders.wav2vec2 import wav2vec2_apply, wav2vec2_pool
-
     mask = inputs["mask"]
     hidden = wav2vec2_apply(params, inputs["audio"], mask if masked else None, config=config, dtype=dtype,
                             deterministic=deterministic, rng=rng)
@@ -146,8 +147,6 @@ def wav2vec2_forward(params, inputs, *, config, dtype, pooling, masked, determin
 
 def videomae_forward(params, inputs, *, config, dtype, pooling, deterministic=True, rng=None):
     """``inputs``: ``pixels`` ``(batch, frames, channels, height, width)``, normalised."""
-    from emojax.encoders.videomae import videomae_apply, videomae_pool
-
     hidden = videomae_apply(params, inputs["pixels"], config=config, dtype=dtype, deterministic=deterministic, rng=rng)
     if pooling == "first":
         return hidden[:, 0]
@@ -156,8 +155,6 @@ def videomae_forward(params, inputs, *, config, dtype, pooling, deterministic=Tr
 
 def clip_forward(params, inputs, *, config, dtype, pooling, deterministic=True, rng=None):
     """``inputs``: ``pixels`` ``(batch, frames, channels, height, width)``, normalised."""
-    from emojax.encoders.clip_vision import clip_video_features, clip_vision_apply
-
     frames = inputs["pixels"]
     if pooling == "first":
         return clip_video_features(params, frames, config=config, pooling="mean", dtype=dtype,
@@ -231,8 +228,6 @@ class _MediaEncoder:
     def inputs(self, paths: Sequence[str], *, tuning: bool = False, workers: Optional[int] = None):
         """:meth:`load` (``tuning``: :meth:`tuning_item`) of every path, or its ``MediaError``, in
         order, decoded and preprocessed on a pool of ``workers`` threads (default :attr:`workers`)."""
-        from emojax.data.media import map_references
-
         return map_references([str(p) for p in paths], self.decode_group,
                               self.tuning_prepare if tuning else self.prepare,
                               workers=self.workers if workers is None else workers, by_file=self.by_file)
@@ -299,8 +294,6 @@ class _MediaEncoder:
         Inputs are loaded ahead on the worker pool while the batches run, and consumed in order,
         so each batch holds the same inputs as in a serial loop.
         """
-        from emojax.data.media import MediaError
-
         paths = [str(p) for p in paths]
         out = np.full((len(paths), self.dim), np.nan, np.float32)
         pending: dict[Any, list[tuple[int, Any]]] = {}
@@ -334,8 +327,6 @@ class WhisperFeatures(_MediaEncoder):
     family, modality = "whisper", "A"
 
     def _load_model(self):
-        from emojax.encoders.whisper import load_whisper, load_whisper_feature_extractor
-
         params, config = load_whisper(str(self.folder))
         self.extractor = load_whisper_feature_extractor(str(self.folder), config=config)
         if self.extractor.nb_max_frames > config.max_mel_frames:
@@ -358,8 +349,6 @@ class WhisperFeatures(_MediaEncoder):
         """``(mel, mask)`` of one clip: the extractor works clip by clip (each padded to its
         window), so one clip's log-mel equals its row of a batch's, and it can be computed on a
         worker thread."""
-        from emojax.encoders.whisper import whisper_preprocess
-
         mel, mask = whisper_preprocess([decoded], self.extractor, sampling_rate=int(self.extractor.sampling_rate))
         return mel[0], mask[0]
 
@@ -394,8 +383,6 @@ class Wav2Vec2Features(_MediaEncoder):
     family, modality = "wav2vec2", "A"
 
     def _load_model(self):
-        from emojax.encoders.wav2vec2 import load_wav2vec2, load_wav2vec2_feature_extractor
-
         params, config = load_wav2vec2(str(self.folder))
         self.extractor = load_wav2vec2_feature_extractor(str(self.folder))
         self.masked = config.feat_extract_norm == "layer"
@@ -478,6 +465,7 @@ def _frame_resizer(processor):
     """
     if not processor.do_resize:
         return None
+    # transformers takes seconds to import, so it is imported on use.
     from transformers.image_utils import ChannelDimension
 
     def resize(frame: np.ndarray) -> np.ndarray:
@@ -491,8 +479,6 @@ def _frame_resizer(processor):
 
 
 def _read_frames_group(paths: list[str], num_frames: int, processor) -> list:
-    from emojax.data.media import read_video_references
-
     return read_video_references(paths, num_frames, transform=_frame_resizer(processor))
 
 
@@ -523,9 +509,8 @@ class VideoMAEFeatures(_MediaEncoder):
     family, modality = "videomae", "V"
 
     def _load_model(self):
+        # transformers takes seconds to import, so it is imported on use.
         from transformers import VideoMAEImageProcessor
-
-        from emojax.encoders.videomae import load_videomae
 
         params, config = load_videomae(str(self.folder))
         self.processor = _image_processor(VideoMAEImageProcessor, self.folder, *config.image_size)
@@ -570,9 +555,8 @@ class CLIPFeatures(_MediaEncoder):
     family, modality = "clip", "V"
 
     def _load_model(self):
+        # transformers takes seconds to import, so it is imported on use.
         from transformers import CLIPImageProcessor
-
-        from emojax.encoders.clip_vision import load_clip_vision
 
         params, config = load_clip_vision(str(self.folder))
         self.processor = _image_processor(CLIPImageProcessor, self.folder, config.image_size, config.image_size)

@@ -2,6 +2,9 @@
 
     params, config = load_modernbert("answerdotai/ModernBERT-base")   # or a local folder
     hidden = modernbert_apply(params, input_ids, attention_mask, config=config)   # (batch, seq, hidden)
+    low = modernbert_apply(params, input_ids, attention_mask, config=config, layers=slice(0, 10))
+    hidden = modernbert_apply(params, None, attention_mask, config=config, layers=slice(10, None),
+                              hidden_states=low)                                  # the same, in two ranges
 
 The computation follows transformers' ``ModernBertModel`` on its padded (eager / sdpa) path:
 

@@ -194,7 +194,9 @@ def _block(c: VideoMAEConfig) -> core.Block:
 
 
 def _rngs(rng) -> tuple:
-    """A layer's dropout keys (probabilities, attention output, MLP output; no activation dropout)."""
+    """A layer's dropout keys for :func:`core.transformer_block`: three drawn (probabilities,
+    attention output, MLP output; VideoMAE has no activation dropout), so that a seed drops what
+    it dropped before the families shared one block."""
     if rng is None:
         return core.no_rngs()
     probs, attended, out = jax.random.split(rng, 3)

@@ -41,6 +41,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from emojax.data.media import read_audio
 from emojax.encoders import core, hub
 from emojax.encoders import whisper as encoder_lib
 from emojax.encoders.core import dense as _dense
@@ -365,6 +366,7 @@ def load_whisper_asr(name_or_path: str | os.PathLike, *, with_processors: bool =
         raise hub.WeightError(f"{folder}: no decoder_start_token_id in config.json or generation_config.json")
     model = WhisperASR(folder, {"encoder": encoder, "decoder": decoder}, encoder_config, decoder_config, generation)
     if with_processors:
+        # transformers takes seconds to import, so it is imported on use.
         from transformers import AutoTokenizer
 
         try:
@@ -407,8 +409,6 @@ class Transcriber:
     def transcribe(self, audio: Sequence[str | os.PathLike | np.ndarray]) -> list[str]:
         """One transcript per input (a path read at 16 kHz mono, or a 16 kHz waveform). An
         unreadable file raises :class:`emojax.data.media.MediaError` naming it."""
-        from emojax.data.media import read_audio
-
         rate = int(getattr(self.model.extractor, "sampling_rate", 16000))
         waves = [np.asarray(a, np.float32) if isinstance(a, np.ndarray) else read_audio(a, rate) for a in audio]
         out: list[str] = []

@@ -6,14 +6,16 @@ A batch is a block of ``(dialogues, turns)`` padded utterance slots, flattened t
 within its dialogue by first appearance. A dialogue's utterances fill its slots from turn 0 in
 the order of their position (``Sample.index``); padding follows.
 
-Shapes come from a small set so ``jit`` compiles a few times: ``turns`` is the longest dialogue
-of the batch rounded up to a power of two, and ``dialogues`` is ``rows // turns`` (at least one,
-rounded up to a multiple of the device count), ``rows`` being the batch's budget of slots
-(``train.batch_size`` in training, ``train.eval_batch_size`` in scoring). Dialogues are packed
-greedily; packing dialogues of similar length wastes few slots, so training sorts the dialogues
-of each pool (a stretch of the epoch's shuffled order) by length before packing, then shuffles
-the batches. Every order is a pure function of seed and epoch, so a resumed run replays the
-epochs an uninterrupted run would have seen, batch for batch.
+Shapes come from a small set so ``jit`` compiles a few times: in training ``turns`` is the
+longest dialogue of the batch rounded up to a power of two (at least :data:`MIN_TURNS`), and
+``dialogues`` is ``rows // turns`` (at least one, rounded up to a multiple of the device count),
+``rows`` being the batch's budget of slots (``train.batch_size``). Dialogues are packed greedily
+in order of length (dialogues of one length in an order drawn for the epoch), so few slots are
+padding, and the batches are then shuffled. The number of batches is the same in every epoch and
+for every seed (so is the learning-rate schedule, and with it the compiled step); every order is
+a pure function of seed and epoch, so a resumed run replays the epochs an uninterrupted run would
+have seen, batch for batch. Scoring (``train.eval_batch_size`` slots) pads
+every batch of a split to the turns of its longest dialogue: one compiled shape per split.
 """
 from __future__ import annotations
 
@@ -27,9 +29,8 @@ from emojax.data.types import Split
 from emojax.features import FeatureSet
 from emojax.training.batches import batch_of
 
-# Dialogues sorted by length together before packing: large enough to find neighbours of similar
-# length, small enough that the batches of an epoch still mix the whole training split.
-POOL = 64
+# The fewest turns of a batch: dialogues of one to three utterances share one compiled shape.
+MIN_TURNS = 4
 
 
 def with_dialogues(data: FeatureSet, split: Split) -> FeatureSet:
@@ -78,8 +79,8 @@ def dialogue_layout(data: FeatureSet) -> DialogueLayout:
 
 
 def bucket(length: int) -> int:
-    """``length`` rounded up to a power of two (1, 2, 4, 8, ...)."""
-    return 1 << max(0, int(length) - 1).bit_length()
+    """``length`` rounded up to a power of two, at least :data:`MIN_TURNS` (4, 8, 16, ...)."""
+    return max(MIN_TURNS, 1 << max(0, int(length) - 1).bit_length())
 
 
 def batch_shape(turns: int, rows: int, multiple: int = 1) -> tuple[int, int]:
@@ -89,14 +90,16 @@ def batch_shape(turns: int, rows: int, multiple: int = 1) -> tuple[int, int]:
     return -(-dialogues // multiple) * multiple, turns
 
 
-def pack(order: Sequence[int], lengths: np.ndarray, rows: int, multiple: int = 1) -> list[np.ndarray]:
-    """Dialogues ``order`` (in that order) packed greedily into batches of :func:`batch_shape`."""
-    groups, current, longest = [], [], 0
+def pack(order: Sequence[int], lengths: np.ndarray, rows: int, multiple: int = 1,
+         turns: int = 0) -> list[np.ndarray]:
+    """Dialogues ``order`` (in that order) packed greedily into batches of :func:`batch_shape`
+    (of at least ``turns`` turns)."""
+    groups, current, longest = [], [], int(turns)
     for d in order:
         grown = max(longest, int(lengths[d]))
         if current and len(current) + 1 > batch_shape(grown, rows, multiple)[0]:
             groups.append(np.asarray(current))
-            current, grown = [], int(lengths[d])
+            current, grown = [], max(int(lengths[d]), int(turns))
         current.append(int(d))
         longest = grown
     if current:
@@ -108,27 +111,31 @@ def epoch_plan(layout: DialogueLayout, rows: int, seed: int, epoch: int, multipl
     """The training batches of an epoch as groups of dialogue numbers: a pure function of seed and
     epoch. Every dialogue is in exactly one batch."""
     rng = np.random.default_rng([seed, epoch])
-    order = rng.permutation(len(layout.rows))
     lengths = layout.lengths
-    groups = []
-    for start in range(0, len(order), POOL):
-        pool = order[start:start + POOL]
-        groups += pack(pool[np.argsort(lengths[pool], kind="stable")], lengths, rows, multiple)
+    order = rng.permutation(len(lengths))
+    groups = pack(order[np.argsort(lengths[order], kind="stable")], lengths, rows, multiple)
     return [groups[i] for i in rng.permutation(len(groups))]
 
 
+def scoring_turns(layout: DialogueLayout) -> int:
+    """The turns of every scoring batch of ``layout``: its longest dialogue's, bucketed."""
+    return bucket(int(layout.lengths.max(initial=1)))
+
+
 def scoring_plan(layout: DialogueLayout, rows: int, multiple: int = 1) -> list[np.ndarray]:
-    """The scoring batches: dialogues by length (ties in split order), packed."""
-    return pack(np.argsort(layout.lengths, kind="stable"), layout.lengths, rows, multiple)
+    """The scoring batches, all of :func:`scoring_turns` turns: dialogues by length (ties in
+    dialogue order), packed."""
+    return pack(np.argsort(layout.lengths, kind="stable"), layout.lengths, rows, multiple, scoring_turns(layout))
 
 
 def dialogue_batch(data: FeatureSet, layout: DialogueLayout, group: np.ndarray, rows: int,
-                   multiple: int = 1) -> dict:
-    """The dialogues ``group`` as one batch: what :func:`emojax.training.batches.batch_of` gives for
-    the ``dialogues * turns`` slots (padding slots repeat the batch's first row), with ``mask``
-    ``(dialogues * turns,)``, ``speakers (dialogues, turns)`` and ``index``, each slot's row."""
+                   multiple: int = 1, turns: int = 0) -> dict:
+    """The dialogues ``group`` as one batch of :func:`batch_shape` (at least ``turns`` turns):
+    what :func:`emojax.training.batches.batch_of` gives for the ``dialogues * turns`` slots
+    (padding slots repeat the batch's first row), with ``mask (dialogues * turns,)``,
+    ``speakers (dialogues, turns)`` and ``index``, each slot's row."""
     lengths = layout.lengths[group]
-    dialogues, turns = batch_shape(int(lengths.max()), rows, multiple)
+    dialogues, turns = batch_shape(max(int(lengths.max()), int(turns)), rows, multiple)
     index = np.full((dialogues, turns), layout.rows[group[0]][0], np.int64)
     mask = np.zeros((dialogues, turns), bool)
     speakers = np.zeros((dialogues, turns), np.int32)
@@ -151,6 +158,7 @@ class DialogueBatches:
         return epoch_plan(self.layout, self.rows, self.seed, epoch, self.multiple)
 
     def steps(self, epoch: int) -> int:
+        """The batches of an epoch (the same in every epoch)."""
         return len(self.plan(epoch))
 
     def batches(self, epoch: int) -> Iterator[dict]:

@@ -198,8 +198,8 @@ def fit(cfg, workdir: str | pathlib.Path, *, category: str = "training", max_epo
     batch_size = min(int(cfg.train.batch_size), len(train_data))
     parallel = data_parallel(cfg)
     if prep.model.context is not None:
-        # Dialogue batches of train.batch_size padded slots; their count varies a little from
-        # epoch to epoch (packing), and the schedule needs the total before the first step.
+        # Dialogue batches of train.batch_size padded slots (emojax.training.dialogue_batches);
+        # the schedule needs their count before the first step.
         dialogue_batches = DialogueBatches(train_data, int(cfg.train.batch_size), int(cfg.seed),
                                            parallel.count if parallel is not None else 1)
         epoch_steps = {e: dialogue_batches.steps(e) for e in range(1, int(cfg.train.epochs) + 1)}
