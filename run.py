@@ -1,13 +1,14 @@
 #!/usr/bin/env python3
-"""The two quick-start commands, on a fresh machine with only python3 and pip:
+"""The quick-start commands, on a fresh machine with only python3 and pip:
 
     python3 run.py demo    # install, generate the demo dataset, train + evaluate T+A+V, print metrics
     python3 run.py test    # install (with test extras) and run the test suite
+    python3 run.py lint    # install (with test extras) and run ruff (settings in pyproject.toml)
 
-Both create ``.venv`` beside this file on first use and reuse it while ``pyproject.toml`` is
+All three create ``.venv`` beside this file on first use and reuse it while ``pyproject.toml`` is
 unchanged. Extra arguments after ``demo`` go to ``launch.train``; after ``test``, to pytest
-(the suite runs in two pytest-xdist workers, one test file each at a time; ``-n 0`` runs it in
-one process).
+(the suite runs in two pytest-xdist workers, one test file each at a time, the longest files
+first; ``-n 0`` runs it in one process; ``-m "not slow"`` runs the everyday tier of quick tests).
 """
 import hashlib
 import os
@@ -44,7 +45,7 @@ def ensure_env() -> None:
 
 
 def main(argv) -> int:
-    if len(argv) < 2 or argv[1] not in ("demo", "test"):
+    if len(argv) < 2 or argv[1] not in ("demo", "test", "lint"):
         print(__doc__)
         return 2
     ensure_env()
@@ -54,8 +55,13 @@ def main(argv) -> int:
         cmd = [PYTHON, "-m", "launch.train",
                "--config=configs/train.py:dataset=demo,encoders=T+A+V,fusion=vallina,loss=ce",
                "--workdir=runs/demo", *argv[2:]]
+    elif argv[1] == "lint":
+        cmd = [PYTHON, "-m", "ruff", "check", ".", *argv[2:]]
     else:
-        cmd = [PYTHON, "-m", "pytest", "-q", "--numprocesses=2", "--dist=loadfile", "tests", *argv[2:]]
+        # Files in collection order, which tests/conftest.py sorts longest first (not xdist's
+        # most-tests-first): the two workers then finish close together.
+        cmd = [PYTHON, "-m", "pytest", "-q", "--numprocesses=2", "--dist=loadfile", "--no-loadscope-reorder",
+               "tests", *argv[2:]]
     return subprocess.run([str(c) for c in cmd], cwd=ROOT, env=env).returncode
 
 

@@ -217,7 +217,8 @@ def main(argv):
                 print(f"{row['family']} {precision}: emojax {row['emojax_seq_per_s']:.1f} seq/s, {reference}",
                       flush=True)
     print(f"\n{machine_line(machine)}\n")
-    print("| encoder | input | precision | emojax seq/s | transformers Flax seq/s | emojax / reference | max abs diff |")
+    print("| encoder | input | precision | emojax seq/s | transformers Flax seq/s "
+          "| emojax / reference | max abs diff |")
     print("|---|---|---|---:|---:|---:|---:|")
     for r in rows:
         print(f"| {r['family']} | {r['input']} | {r['precision']} | {r['emojax_seq_per_s']:.1f} | "

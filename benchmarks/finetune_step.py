@@ -73,7 +73,8 @@ def meld_lengths(cfg, featurizer) -> np.ndarray:
     from emojax.data import load_dataset
 
     split = load_dataset("meld", _DATA.value, target="emotion").splits["train"]
-    return np.asarray([len(r) for r in featurizer.encoders["T"].encoder.token_ids(featurizer.encoders["T"].texts(split))])
+    return np.asarray([len(r) for r in
+                       featurizer.encoders["T"].encoder.token_ids(featurizer.encoders["T"].texts(split))])
 
 
 def build(name: str):

@@ -61,7 +61,8 @@ def measure(parts: str, overrides: dict, devices: int = 1) -> dict:
             "labels": rng.integers(0, classes, batch).astype(np.int32)}
     params = model.init({"params": jax.random.PRNGKey(0)}, data["features"], data["present"])["params"]
     optimizer = make_optimizer(cfg, 1000)
-    state = TrainState(step=jax.numpy.zeros((), jax.numpy.int32), params=params, opt_state=optimizer.init({"model": params, "losses": {}}),
+    state = TrainState(step=jax.numpy.zeros((), jax.numpy.int32), params=params,
+                       opt_state=optimizer.init({"model": params, "losses": {}}),
                        rng=jax.random.PRNGKey(1), loss_state={})
     step_fn = make_train_step(model, optimizer, loss_kind=cfg.loss.classification, class_weights=None, extras={})
     if devices > 1:
@@ -87,7 +88,8 @@ def measure(parts: str, overrides: dict, devices: int = 1) -> dict:
 
 def _span(values, digits: int = 0) -> str:
     low, high = min(values), max(values)
-    return f"{low:,.{digits}f}" if round(low, digits) == round(high, digits) else f"{low:,.{digits}f}-{high:,.{digits}f}"
+    return (f"{low:,.{digits}f}" if round(low, digits) == round(high, digits)
+            else f"{low:,.{digits}f}-{high:,.{digits}f}")
 
 
 def main(argv):

@@ -90,14 +90,16 @@ def main(argv):
         rows.append(row)
         print(json.dumps(row), flush=True)
     print()
-    print("| text path (pooling/context/length) | dev acc | dev wF1 | best epoch | first epoch (s, features computed) | later epoch (s, cached) |")
+    print("| text path (pooling/context/length) | dev acc | dev wF1 | best epoch "
+          "| first epoch (s, features computed) | later epoch (s, cached) |")
     print("|---|---:|---:|---:|---:|---:|")
     for row in rows:
         print(f"| {row['name']} | {row['dev_accuracy']:.2f} | {row['dev_weighted_f1']:.2f} | {row['best_epoch']} "
               f"| {row['first_epoch_s']:.1f} (features {row['feature_s']:.1f}) | {row['later_epoch_s']:.2f} |")
         if "seeds" in row:
             q = row["seeds"]
-            print(f"| {row['name']}, {q['n']} seeds: mean ± std (min) | {q['accuracy_mean']:.2f} ± {q['accuracy_std']:.2f} "
+            print(f"| {row['name']}, {q['n']} seeds: mean ± std (min) "
+                  f"| {q['accuracy_mean']:.2f} ± {q['accuracy_std']:.2f} "
                   f"| {q['weighted_f1_mean']:.2f} ± {q['weighted_f1_std']:.2f} ({q['weighted_f1_min']:.2f}) | | | |")
         if "probe" in row:
             print(f"| sklearn logistic-regression probe, same features | {row['probe']['accuracy']:.2f} "

@@ -132,6 +132,7 @@ def compose(arg: Optional[str] = None) -> ml_collections.ConfigDict:
     finetune = cfg["finetune"]
     finetune["lr"] = mode.pop("encoder_lr", finetune["lr"])
     finetune["lora"] = mode.pop("lora", finetune["lora"])
+    finetune.update(mode.pop("finetune", {}))  # further fine-tuning fields (tune_layers) of a preset
     cfg.update({
         "parts": chosen,
         "dataset": {"name": chosen["dataset"], **dataset},

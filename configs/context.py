@@ -10,11 +10,16 @@ keeps its config hash and run directory.
 
 Such a run trains on dialogue batches of ``train.batch_size`` padded utterance slots and takes
 the per-utterance losses only (ce, weighted, focal).
+
+The sizes are those that did best on MELD dev with frozen all-MiniLM-L6-v2 utterance features
+(``benchmarks/meld_context.py``; a two-layer, 256-wide transformer overfits there), trained with
+``--config.train.lr=5e-4 --config.train.batch_size=64 --config.train.epochs=15``; ``gru`` scored
+best (docs/benchmarks.md).
 """
 
-_TRANSFORMER = {"kind": "transformer", "causal": False, "layers": 2, "heads": 4, "dim": 256, "dropout": 0.1,
+_TRANSFORMER = {"kind": "transformer", "causal": False, "layers": 1, "heads": 4, "dim": 128, "dropout": 0.3,
                 "speakers": 16}
-_GRU = {"kind": "gru", "causal": False, "layers": 1, "heads": 1, "dim": 256, "dropout": 0.1, "speakers": 16}
+_GRU = {"kind": "gru", "causal": False, "layers": 1, "heads": 1, "dim": 128, "dropout": 0.5, "speakers": 16}
 
 PRESETS = {
     "none": {},

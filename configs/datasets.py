@@ -19,23 +19,28 @@ _TEXT_FROZEN = {"pooling": "mean", "context_turns": 0, "prompt": False, "max_len
 
 PRESETS = {
     "MELD--E": {
-        "kind": "meld", "target": "emotion", "path": "datasets/MELD", "generate": False, "allow_outside_paths": False, "max_seconds": 60.0,
+        "kind": "meld", "target": "emotion", "path": "datasets/MELD", "generate": False,
+        "allow_outside_paths": False, "max_seconds": 60.0,
         "text": dict(_TEXT_FROZEN),
     },
     "MELD--S": {
-        "kind": "meld", "target": "sentiment", "path": "datasets/MELD", "generate": False, "allow_outside_paths": False, "max_seconds": 60.0,
+        "kind": "meld", "target": "sentiment", "path": "datasets/MELD", "generate": False,
+        "allow_outside_paths": False, "max_seconds": 60.0,
         "text": dict(_TEXT_FROZEN),
     },
     "IEMOCAP--E": {
-        "kind": "iemocap", "target": "emotion", "path": "datasets/IEMOCAP", "generate": False, "allow_outside_paths": False, "max_seconds": 60.0,
+        "kind": "iemocap", "target": "emotion", "path": "datasets/IEMOCAP", "generate": False,
+        "allow_outside_paths": False, "max_seconds": 60.0,
         "text": dict(_TEXT_FROZEN),
     },
     "SIMS--S": {
-        "kind": "sims", "target": "sentiment", "path": "datasets/SIMS", "generate": False, "allow_outside_paths": False, "max_seconds": 60.0,
+        "kind": "sims", "target": "sentiment", "path": "datasets/SIMS", "generate": False,
+        "allow_outside_paths": False, "max_seconds": 60.0,
         "text": dict(_TEXT_FROZEN),
     },
     "demo": {
-        "kind": "meld", "target": "emotion", "path": "datasets/demo", "generate": True, "allow_outside_paths": False, "max_seconds": 60.0,
+        "kind": "meld", "target": "emotion", "path": "datasets/demo", "generate": True,
+        "allow_outside_paths": False, "max_seconds": 60.0,
         "text": dict(_TEXT_FROZEN),
     },
 }

@@ -407,4 +407,5 @@ def format_markdown(result: dict) -> str:
 
 
 __all__ = ["Setup", "setup_from_run", "setup_from_config", "run_benchmark", "measure_evaluation",
-           "measure_train_step", "peak_memory", "machine_description", "machine_line", "format_markdown", "EncoderMeter"]
+           "measure_train_step", "peak_memory", "machine_description", "machine_line", "format_markdown",
+           "EncoderMeter"]

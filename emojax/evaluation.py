@@ -99,7 +99,8 @@ def write_results(prep: Prepared, eval_step: Callable, params, progress: dict, *
     cfg, run_dir, names = prep.cfg, prep.run_dir, prep.class_names
     results: dict = {"best_epoch": progress["best_epoch"], "label": config_lib.run_label(cfg),
                      "hash": config_lib.config_hash(cfg), "seed": int(cfg.seed), "class_names": list(names)}
-    report = [f"# {results['label']}", "", f"selected epoch (dev {cfg.train.select_metric}): {progress['best_epoch']}", ""]
+    report = [f"# {results['label']}", "",
+              f"selected epoch (dev {cfg.train.select_metric}): {progress['best_epoch']}", ""]
     for split in ("dev", "test"):
         if split not in prep.features:
             results[split] = {"scored": False, "reason": f"no {split} split in {cfg.dataset.path}"}

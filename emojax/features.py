@@ -16,11 +16,18 @@ import os
 import pathlib
 from typing import Callable, Optional, Sequence
 
+import jax.numpy as jnp
 import numpy as np
 
+from emojax.cache import file_identity
+from emojax.config import modalities
 from emojax.data import context as text_context
 from emojax.data import media
+from emojax.data.media import MediaError, map_references
 from emojax.data.types import Sample, Split
+from emojax.encoders import classic, hub, media_encoders
+from emojax.encoders.modernbert import ModernBertConfig
+from emojax.encoders.text import TextEncoder
 from emojax.files import digest
 from emojax.progress import progress_bar
 
@@ -44,8 +51,6 @@ def resolve_model_path(name: str) -> pathlib.Path:
             return pathlib.Path(module.get_model_path())
         except ImportError:
             pass
-    from emojax.encoders import hub
-
     return hub.resolve_model(name)
 
 
@@ -108,10 +113,6 @@ class _TextFeatures:
     """A frozen text encoder with the dataset's speaker tokens and the configured text format."""
 
     def __init__(self, spec, speaker_tokens: Sequence[str], dtype):
-        import jax.numpy as jnp
-
-        from emojax.encoders.text import TextEncoder
-
         self.spec = spec
         self.encoder = TextEncoder.from_pretrained(
             str(resolve_model_path(spec.model)), pooling=spec.pooling,
@@ -127,8 +128,6 @@ class _TextFeatures:
     def update_namespace(self) -> None:
         """The cache namespace of the current weights (call again after replacing them, e.g. with
         a fine-tuned encoder: its features then never mix with the base encoder's)."""
-        import jax.numpy as jnp
-
         spec = self.spec
         # The compute dtype is part of the key: bfloat16 features differ from float32 ones.
         self.namespace = digest("text", spec.model, self.encoder.weights_hash, spec.pooling,
@@ -161,8 +160,6 @@ class _MediaFeatures:
     workers: int = 0
 
     def __init__(self, modality: str, spec):
-        from emojax.encoders import classic
-
         self.modality = modality
         if modality == "A":
             self.decode, self.finish = classic.read_audio_clips, functools.partial(
@@ -178,8 +175,6 @@ class _MediaFeatures:
     def compute(self, paths: Sequence[str], progress: bool = False, bar=None) -> np.ndarray:
         """Features ``(len(paths), dim)`` float32; rows of unreadable files are NaN (logged, and
         recorded in :attr:`errors`). ``bar``: a progress bar advanced by one per file."""
-        from emojax.data.media import MediaError, map_references
-
         paths = [str(p) for p in paths]
         out = np.full((len(paths), self.dim), np.nan, np.float32)
         results = map_references(paths, self.decode, self.finish, workers=self.workers,
@@ -204,10 +199,6 @@ class Featurizer:
     write_rows: int = 256
 
     def __init__(self, cfg, speaker_tokens: Sequence[str] = (), cache=None):
-        import jax.numpy as jnp
-
-        from emojax.config import modalities
-
         self.cfg = cfg
         self.cache = cache
         media.set_duration_cap(cfg.dataset.get("max_seconds", media.DEFAULT_DURATION_CAP))
@@ -222,8 +213,6 @@ class Featurizer:
                 self.encoders[modality].encoder.name = spec.model
                 # family "bert" reads BERT / RoBERTa / ModernBERT by the checkpoint's model_type;
                 # "modernbert" insists on a ModernBERT checkpoint.
-                from emojax.encoders.modernbert import ModernBertConfig
-
                 if spec.get("family", "bert") == "modernbert" and not isinstance(
                         self.encoders[modality].encoder.config, ModernBertConfig):
                     raise ValueError(f"encoders.T.family: 'modernbert', but {spec.model} is not a ModernBERT "
@@ -231,8 +220,6 @@ class Featurizer:
             elif spec.family in ("classic-audio", "classic-video"):
                 self.encoders[modality] = _MediaFeatures(modality, spec)
             else:
-                from emojax.encoders import media_encoders
-
                 if spec.family not in media_encoders.FAMILIES:
                     raise ValueError(f"encoders.{modality}.family: {spec.family!r} has no frozen feature path; "
                                      "choose classic-audio / classic-video / whisper / wav2vec2 / videomae / clip")
@@ -268,7 +255,6 @@ class Featurizer:
 
             matrix = self._cached(encoder.namespace, keys, compute_text, desc=f"T features ({split.name})")
             return matrix, np.ones(n, dtype=bool)
-        from emojax.cache import file_identity
 
         paths = [getattr(s, "audio" if modality == "A" else "video") for s in split.samples]
         matrix = np.zeros((n, encoder.dim), dtype=np.float32)

@@ -56,7 +56,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from emojax.cache import file_identity
+from emojax.config import tuned_modalities
 from emojax.data import media
+from emojax.data.media import MediaError, map_references
 from emojax.encoders import lora as lora_lib
 from emojax.features import padded_batches
 from emojax.files import digest, file_sha256
@@ -190,8 +193,6 @@ def _tuning_items(encoder, paths: Sequence[Optional[str]], workers: Optional[int
     ``MediaError``, in order; decoded and preprocessed on the encoder's media pool when it has one
     (``encoder.inputs``: one pass per recording, every core), else through the same pool one
     file per task."""
-    from emojax.data.media import MediaError, map_references
-
     given = [str(p) for p in paths if p]
     if hasattr(encoder, "inputs"):
         results = encoder.inputs(given, tuning=True, workers=workers)
@@ -226,9 +227,6 @@ def store_inputs(root: pathlib.Path, encoder, paths: Sequence[Optional[str]], *,
     A stored set that fails its checks (see :class:`StoredRows`) is reported, naming the file,
     removed and prepared again, so a damaged store never needs removing by hand.
     """
-    from emojax.cache import file_identity
-    from emojax.data.media import MediaError
-
     identities = [file_identity(p) if p else None for p in paths]
     key = digest("inputs", INPUTS_VERSION, encoder.family, encoder.preprocessing(), identities,
                   media.duration_cap())[:32]
@@ -419,8 +417,6 @@ class Tuning:
     """The fine-tuned encoders of a run (see the module docstring)."""
 
     def __init__(self, cfg, featurizer, stats: dict):
-        from emojax.config import tuned_modalities
-
         self.modalities = tuned_modalities(cfg)
         if not self.modalities:
             raise ValueError(f"mode: {cfg.mode!r}: no encoder of this run can be fine-tuned")
@@ -428,7 +424,7 @@ class Tuning:
         for modality in self.modalities:
             wrapper = featurizer.encoders[modality]
             if modality == "T":
-                from emojax.finetune_text import TextTuner  # it builds on this module's _Tuner
+                from emojax.finetune_text import TextTuner  # cycle: finetune_text builds on this module's _Tuner
 
                 self.tuners[modality] = TextTuner(cfg, wrapper, stats)
             else:

@@ -106,7 +106,8 @@ class ConcatProjectorFusion(nn.Module):
     def __call__(self, features: Mapping, *, deterministic: bool = True, batch_mask=None):
         _check_features(features, self.modalities, "concat-projector")
         x = _concat(features, self.modalities)
-        return Projector(x.shape[-1], self.depth, self.dropout, name="projector")(x, deterministic=deterministic), _zero()
+        return (Projector(x.shape[-1], self.depth, self.dropout, name="projector")(x, deterministic=deterministic),
+                _zero())
 
 
 # ---------------------------------------------------------------------------------------------

@@ -27,6 +27,7 @@ from typing import Any, Optional, Sequence
 
 import jax
 import numpy as np
+import pandas as pd
 
 from emojax import checkpoint as ckpt_lib
 from emojax import config as config_lib
@@ -34,11 +35,14 @@ from emojax import standalone as standalone_lib
 from emojax import store
 from emojax.data import context as text_context
 from emojax.data import csvutil, paths
-from emojax.data.media import split_ref
+from emojax.data.iemocap import read_rows
+from emojax.data.media import MediaError, read_audio, split_ref
 from emojax.data.types import Sample, Split
+from emojax.encoders.whisper_decoder import Transcriber
 from emojax.evaluation import predict_proba
 from emojax.features import FeatureSet, Featurizer, standardize
 from emojax.files import write_text_atomic
+from emojax.finetune import Tuning
 from emojax.model import build_model
 from emojax.progress import progress_bar
 from emojax.training.dialogue_batches import with_dialogues
@@ -85,8 +89,6 @@ class Estimator:
         self._eval_step = jax.jit(make_eval_step(self.model))
         self.transcriber = None
         if asr_model is not None and "T" in self.model.modalities:
-            from emojax.encoders.whisper_decoder import Transcriber
-
             self.transcriber = Transcriber(asr_model, language=asr_language, task=asr_task)
         elif asr_model is not None:
             log.info("%s has no text modality; the speech recognizer %s is not loaded", self.run_dir, asr_model)
@@ -133,8 +135,6 @@ class Estimator:
     def _restore_tuned(self, checkpoints, params, epoch: int, meta: dict):
         """A run that fine-tuned encoders: the head and the encoders of the selected epoch; the
         featurizer's encoders then compute with the tuned weights (LoRA adapters merged)."""
-        from emojax.finetune import Tuning
-
         tuning = Tuning(self.cfg, self.featurizer, meta["feature_stats"])
         target = {"params": params, "encoder": tuning.init(jax.random.PRNGKey(0))}
         best = checkpoints.restore_best(target, epoch)
@@ -155,8 +155,6 @@ class Estimator:
             log.info("audio without text: the text modality uses its placeholder (give asr_model= / "
                      "--asr_model to transcribe it)")
             return inputs, transcripts, errors
-        from emojax.data.media import MediaError, read_audio
-
         waves, ok = [], []
         for i in wanted:
             try:
@@ -605,8 +603,6 @@ def _csv_inputs(path: pathlib.Path, root: pathlib.Path, split: Optional[str],
 def _iemocap_inputs(frame, path: pathlib.Path, root: pathlib.Path, labels: list[str],
                     allow_outside: bool) -> list[TableInput]:
     """IEMOCAP's layout, read by its loader's own rules (actors, time order, video segments)."""
-    from emojax.data.iemocap import read_rows
-
     rows = []
     for i, (row, record) in enumerate(zip(read_rows(frame, path, root, allow_outside=allow_outside),
                                           frame.to_dict("records"))):
@@ -691,8 +687,6 @@ def predict_table(estimator: Estimator, source: str | os.PathLike, output_csv: O
 
 
 def _table(estimator: Estimator, inputs: Sequence[TableInput], outcomes, output_csv):
-    import pandas as pd
-
     names = estimator.class_names
     records = []
     for item, (result, error) in zip(inputs, outcomes):

@@ -21,6 +21,7 @@ import jax
 import jax.numpy as jnp
 
 from emojax import classifier as classifier_lib
+from emojax import config as config_lib
 from emojax import dialogue as dialogue_lib
 from emojax import fusion as fusion_lib
 
@@ -117,9 +118,7 @@ class EmotionModel(nn.Module):
 
 def build_model(cfg, input_dims: Mapping[str, int], num_classes: int) -> EmotionModel:
     """The ``EmotionModel`` a run config describes."""
-    from emojax.config import modalities
-
-    mods = modalities(cfg)
+    mods = config_lib.modalities(cfg)
     return EmotionModel(
         modalities=mods,
         input_dims=tuple((m, int(input_dims[m])) for m in mods),

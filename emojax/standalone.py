@@ -157,7 +157,7 @@ def load_standalone(folder: str | os.PathLike):
         if not (folder / info["path"] / "model.safetensors").is_file():
             raise CheckpointError(f"{folder / info['path']}: encoder folder missing or incomplete")
     _point_config(folder)
-    from emojax.inference import Estimator
+    from emojax.inference import Estimator  # cycle: standalone <-> inference
 
     return Estimator(folder)
 
@@ -165,7 +165,7 @@ def load_standalone(folder: str | os.PathLike):
 def _export_tuned(run_dir: pathlib.Path, output: pathlib.Path, cfg) -> dict:
     """The fine-tuned encoders of the run's selected epoch (LoRA adapters merged) as plain
     Hugging Face folders ``output/{m}``, in place of the base encoders copied there."""
-    from emojax.inference import Estimator
+    from emojax.inference import Estimator  # cycle: standalone <-> inference
 
     estimator = Estimator(run_dir)
     encoders = neural_encoders(estimator.featurizer)

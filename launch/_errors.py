@@ -91,7 +91,8 @@ def _unknown_key_message(err: BaseException, argv: Sequence[str]) -> Optional[st
     where = flag or "a --config override"
     if flag and flag.lstrip("-").startswith("config.encoder."):
         # The fine-tuning settings were called ``encoder`` before they became ``finetune``.
-        return f"{where}: the fine-tuning settings are now under 'finetune' (use --config.finetune.{flag.split('.', 2)[2]})"
+        return (f"{where}: the fine-tuning settings are now under 'finetune' "
+                f"(use --config.finetune.{flag.split('.', 2)[2]})")
     return (f"{where}: unknown config key {key!r}; " + (hint if hint else "see configs/train.py for the keys"))
 
 
@@ -150,7 +151,8 @@ def quiet_logging() -> None:
         logging.getLogger(name).setLevel(level)
 
 
-def guarded(main: Callable[[list[str]], None], extra: Sequence[type[BaseException]] = ()) -> Callable[[list[str]], None]:
+def guarded(main: Callable[[list[str]], None],
+            extra: Sequence[type[BaseException]] = ()) -> Callable[[list[str]], None]:
     """``main`` with the user errors (:func:`user_errors`) reported as one line."""
     def wrapper(argv: list[str]) -> None:
         quiet_logging()

@@ -125,7 +125,7 @@ def run_summary(run_dir: pathlib.Path, workdir: pathlib.Path) -> dict:
 
 def run_rows(workdir: str | pathlib.Path, *, sort: str = "dev_wf1", contains: Optional[str] = None) -> list[dict]:
     """Summaries of the runs under ``workdir``: filtered by label, finished runs first, sorted."""
-    from emojax.store import find_runs
+    from emojax.store import find_runs  # JAX kept out of launch.tool so `launch.tool --help` stays fast
 
     workdir = pathlib.Path(workdir)
     if not workdir.is_dir():
@@ -215,7 +215,7 @@ def cmd_cache(cache_dir, *, clear: Optional[str] = None, out: Optional[TextIO] =
 # ---------------------------------------------------------------------------------------------
 def cmd_gc(workdir, *, apply: bool = False, grace_s: float = 600.0, out: Optional[TextIO] = None) -> list[dict]:
     out = out or sys.stdout
-    from emojax import store
+    from emojax import store  # JAX kept out of launch.tool so `launch.tool --help` stays fast
 
     workdir = pathlib.Path(workdir)
     if not workdir.is_dir():
@@ -255,7 +255,7 @@ def _paths(run_dir: Optional[str], output: Optional[str], command: str) -> tuple
 
 def cmd_create_standalone(run_dir, output, *, out: Optional[TextIO] = None) -> pathlib.Path:
     out = out or sys.stdout
-    from emojax.standalone import create_standalone
+    from emojax.standalone import create_standalone  # JAX kept out of launch.tool so `launch.tool --help` stays fast
 
     run_dir, output = _paths(run_dir, output, "create-standalone")
     folder = create_standalone(run_dir, output)
@@ -268,7 +268,7 @@ def cmd_create_standalone(run_dir, output, *, out: Optional[TextIO] = None) -> p
 
 def cmd_extract_encoders(run_dir, output, *, out: Optional[TextIO] = None) -> dict:
     out = out or sys.stdout
-    from emojax.standalone import extract_encoders
+    from emojax.standalone import extract_encoders  # JAX kept out of launch.tool so `launch.tool --help` stays fast
 
     run_dir, output = _paths(run_dir, output, "extract-encoders")
     encoders = extract_encoders(run_dir, output)

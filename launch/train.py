@@ -6,7 +6,8 @@ r"""Train and evaluate one run.
 
 Prints the dev and test metrics of the epoch selected on dev; the last line printed is the run
 directory. ``--teacher=RUN_DIR`` distils a finished (text) run into this one in the same training
-run (``loss=...+dist``); the teacher's dev and test scores are printed first. Started again with the same config, a killed run resumes from its last epoch.
+run (``loss=...+dist``); the teacher's dev and test scores are printed first. Started again with the
+same config, a killed run resumes from its last epoch.
 
 One run directory is trained by one process at a time: a second identical command is refused with
 the first one's pid. A mistake in the flags, config or paths is reported as one ``error:`` line

@@ -1,4 +1,5 @@
-"""Shared fixtures: a tiny random BERT in the Hugging Face layout and a tiny MELD-format dataset."""
+"""Shared fixtures (a tiny random BERT in the Hugging Face layout, a tiny MELD-format dataset, the
+demo dataset, a launcher server) and the longest test files started first."""
 import json
 import pathlib
 
@@ -121,3 +122,49 @@ def demo_dataset(tmp_path_factory) -> pathlib.Path:
     from emojax.data.demo import generate_demo
 
     return generate_demo(tmp_path_factory.mktemp("demo") / "demo", seed=0)
+
+
+@pytest.fixture(scope="session")
+def launcher(tmp_path_factory):
+    """Launcher commands forked from a server that imported the libraries once:
+    ``launcher.run("train", "--flag=value", ...)`` -> ``subprocess.CompletedProcess`` (see
+    ``launchers.py``; ``launchers.fresh`` starts a new interpreter instead)."""
+    from launchers import LauncherServer
+
+    server = LauncherServer(tmp_path_factory.mktemp("launcher-output"))
+    yield server
+    server.close()
+
+
+# -- the longest files first -----------------------------------------------------------------------
+# ``run.py test`` gives whole files to two workers (--dist=loadfile) in collection order
+# (--no-loadscope-reorder): started first, the longest files cannot leave one worker busy long
+# after the other ran out of files. Seconds per file of a whole run (--durations), roughly; files
+# not listed come after, in their usual order. Refresh when a file's cost changes much.
+FILE_SECONDS = {
+    "test_partial_finetune.py": 988,
+    "test_train.py": 972,
+    "test_neural_features.py": 395,
+    "test_finetune_media.py": 380,
+    "test_fusion.py": 285,
+    "test_whisper_asr.py": 250,
+    "test_losses.py": 185,
+    "test_finetune.py": 172,
+    "test_dialogue_context.py": 172,
+    "test_precision_demo.py": 108,
+    "test_benchmark.py": 100,
+    "test_infer_context.py": 99,
+    "test_infer_batch.py": 90,
+    "test_infer_notebook.py": 78,
+    "test_demo_dataset.py": 58,
+    "test_launch.py": 54,
+    "test_distillation.py": 44,
+    "test_sweep.py": 42,
+    "test_fusion_layers.py": 41,
+    "test_train_step.py": 34,
+    "test_bert_parity.py": 21,
+}
+
+
+def pytest_collection_modifyitems(config, items):
+    items.sort(key=lambda item: -FILE_SECONDS.get(item.path.name, 0))

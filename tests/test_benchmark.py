@@ -108,6 +108,7 @@ def test_benchmark_config_every_field_and_cached_evaluation_runs_no_encoder(tmp_
         assert needle in markdown, needle
 
 
+@pytest.mark.slow
 def test_benchmark_run_dir_scores_as_the_run_did(tmp_path, text_meld, tiny_bert):
     cfg = compose("dataset=MELD--E,encoders=T")
     cfg.dataset.path, cfg.encoders.T.model = str(text_meld), str(tiny_bert)
@@ -123,6 +124,7 @@ def test_benchmark_run_dir_scores_as_the_run_did(tmp_path, text_meld, tiny_bert)
     assert bench.setup_from_run(run_dir, max_samples=10).dev.samples == setup.dev.samples[:10]
 
 
+@pytest.mark.slow
 def test_benchmark_launcher_config_end_to_end(tmp_path, demo_data, tiny_bert):
     env = dict(os.environ, PYTHONPATH=str(ROOT))
     out = tmp_path / "bench"

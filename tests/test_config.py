@@ -64,7 +64,8 @@ def test_config_validation_names_key():
     cfg.finetune.tune = "A"
     assert config_lib.tuned_modalities(cfg) == ("A",)
     for tune, message in (("V", r"finetune\.tune: encoders\.V\.family 'classic-video' has no weights"),
-                          ("T+X", r"finetune\.tune: 'T\+X': 'X' is not a modality of this run"), ("", "finetune\.tune")):
+                          ("T+X", r"finetune\.tune: 'T\+X': 'X' is not a modality of this run"),
+                          ("", r"finetune\.tune")):
         cfg.finetune.tune = tune
         with pytest.raises(config_lib.ConfigError, match=message):
             config_lib.validate(cfg)

@@ -77,6 +77,7 @@ def test_a_folder_the_demo_did_not_make_is_refused(tmp_path):
         generate_demo(tmp_path / "bad", sizes={"train": 10})
 
 
+@pytest.mark.slow
 def test_csv_format_and_labels_follow_meld(demo_root):
     stamp = re.compile(r"^\d\d:\d\d:\d\d,\d\d\d$")
     for split, size in demo.SPLIT_SIZES.items():
@@ -91,6 +92,7 @@ def test_csv_format_and_labels_follow_meld(demo_root):
         assert frame["StartTime"].str.match(stamp).all() and frame["EndTime"].str.match(stamp).all()
 
 
+@pytest.mark.slow
 def test_columns_and_sentiment_pairs_occur_in_real_meld(demo_root, real_meld_train):
     frame = pd.read_csv(demo_root / "train_sent_emo.csv")
     assert list(frame.columns) == list(real_meld_train.columns)
@@ -99,6 +101,7 @@ def test_columns_and_sentiment_pairs_occur_in_real_meld(demo_root, real_meld_tra
     assert set(frame["Emotion"]) == set(real_meld_train["Emotion"])
 
 
+@pytest.mark.slow
 def test_every_media_file_is_readable(demo_root):
     data = load_dataset("meld", str(demo_root), target="emotion")
     assert data.class_names == demo.EMOTIONS
@@ -112,6 +115,7 @@ def test_every_media_file_is_readable(demo_root):
             assert frames.shape == (16, 64, 64, 3)
 
 
+@pytest.mark.slow
 def test_each_modality_alone_is_above_chance_and_together_beat_each(demo_root):
     """Linear probes on dev: audio and video classic features each beat the majority class on the
     seven emotions and recover their own class grouping; text + audio + video beats every one alone."""

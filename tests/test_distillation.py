@@ -63,6 +63,7 @@ def _text_cfg(parts, data, bert, epochs):
     return cfg
 
 
+@pytest.mark.slow
 def test_distillation_run_end_to_end(tmp_path, text_meld, tiny_bert, capsys):
     teacher_dir = train_lib.fit(_text_cfg("dataset=MELD--E,encoders=T,loss=focal", text_meld, tiny_bert, 4), tmp_path)
     teacher_results = json.loads((teacher_dir / "results.json").read_text())

@@ -105,7 +105,8 @@ def test_relative_links_lead_somewhere(page):
 
 def test_readme_is_short():
     lines = (ROOT / "README.md").read_text(encoding="utf-8").count("\n")
-    assert lines <= README_MAX_LINES, f"README.md has {lines} lines; move detail into docs/ (at most {README_MAX_LINES})"
+    assert lines <= README_MAX_LINES, (
+        f"README.md has {lines} lines; move detail into docs/ (at most {README_MAX_LINES})")
 
 
 def test_docs_pages_exist_and_are_linked_from_the_readme():

@@ -38,6 +38,7 @@ def finished_run(tmp_path_factory, text_meld, tiny_bert):
     return cfg, workdir, loop.fit(cfg, workdir)
 
 
+@pytest.mark.slow
 def test_events_match_the_runs_history(finished_run):
     _, _, run_dir = finished_run
     history = json.loads((run_dir / "history.json").read_text())
@@ -64,6 +65,7 @@ def test_events_match_the_runs_history(finished_run):
     assert len(norms) == total and all(np.isfinite(norms)) and min(norms) > 0
 
 
+@pytest.mark.slow
 def test_events_change_no_number_of_the_run(finished_run, tmp_path, monkeypatch):
     cfg, _, run_dir = finished_run
     monkeypatch.setattr(loop, "RunEvents",
@@ -77,6 +79,7 @@ def test_events_change_no_number_of_the_run(finished_run, tmp_path, monkeypatch)
             for row in json.loads((quiet / "history.json").read_text())] == strip
 
 
+@pytest.mark.slow
 def test_resumed_run_writes_a_new_file_and_no_duplicate_steps(finished_run, tmp_path):
     cfg, _, whole = finished_run
     resumed = loop.fit(cfg, tmp_path, max_epochs=1)
@@ -121,6 +124,7 @@ def test_progress_bars_off_when_output_is_not_a_terminal(monkeypatch):
     assert not bars_shown(True)
 
 
+@pytest.mark.slow
 def test_evaluate_prints_no_backend_or_orbax_chatter(finished_run):
     _, workdir, run_dir = finished_run
     env = {**os.environ, "PYTHONPATH": str(ROOT)}

@@ -4,6 +4,10 @@ A damaged last training state is moved aside and the run resumes from the newest
 ending where an uninterrupted run ends; a damaged best checkpoint, a run directory in use, and
 every mistake in flags, config or paths end a launcher with one ``error:`` line (no traceback)
 before any expensive work.
+
+The launcher commands run forked from a server that imported the libraries once (the ``launcher``
+fixture, see ``launchers.py``); one command of each launcher also runs in a fresh interpreter.
+Tests that train a run or start a fresh interpreter are marked slow.
 """
 import json
 import logging
@@ -23,6 +27,7 @@ from emojax import checkpoint as ckpt_lib
 from configs.compose import compose
 from emojax import config as config_lib
 from emojax import train as train_lib
+from launchers import fresh
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 EPOCHS = 3
@@ -46,12 +51,6 @@ def train_flags(cfg) -> list[str]:
             f"--config.cache.dir={cfg.cache.dir}", "--config.progress=False"]
 
 
-def launch(name, *args, timeout=600):
-    env = dict(os.environ, PYTHONPATH=str(ROOT))
-    return subprocess.run([sys.executable, "-m", f"launch.{name}", *map(str, args)], cwd=ROOT, env=env,
-                          capture_output=True, text=True, timeout=timeout)
-
-
 def one_error_line(done) -> str:
     """The launcher failed with exactly one ``error:`` line and no traceback; returns the line."""
     output = done.stdout + done.stderr
@@ -69,23 +68,37 @@ def cache_dir(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
-def whole_run(tmp_path_factory, text_meld, tiny_bert, cache_dir):
-    """An uninterrupted run: ``(cfg, workdir, run_dir)``."""
-    cfg = text_config(text_meld, tiny_bert, cache_dir)
-    workdir = tmp_path_factory.mktemp("whole")
-    return cfg, workdir, train_lib.fit(cfg, workdir)
+def run_config(text_meld, tiny_bert, cache_dir):
+    """The config of every run here (nothing trained)."""
+    return text_config(text_meld, tiny_bert, cache_dir)
 
 
 @pytest.fixture(scope="session")
-def unfinished_run(tmp_path_factory, text_meld, tiny_bert, cache_dir):
+def whole_run(tmp_path_factory, run_config):
+    """An uninterrupted run: ``(cfg, workdir, run_dir)``."""
+    workdir = tmp_path_factory.mktemp("whole")
+    return run_config, workdir, train_lib.fit(run_config, workdir)
+
+
+@pytest.fixture(scope="session")
+def unfinished_run(tmp_path_factory, run_config):
     """A run stopped after its first epoch: ``(workdir, run_dir)``."""
     workdir = tmp_path_factory.mktemp("unfinished")
-    return workdir, train_lib.fit(text_config(text_meld, tiny_bert, cache_dir), workdir, max_epochs=1)
+    return workdir, train_lib.fit(run_config, workdir, max_epochs=1)
 
 
-def copied_run(whole_run, tmp_path) -> tuple[pathlib.Path, pathlib.Path]:
-    """A copy of the finished run's workdir to damage: ``(workdir, run_dir)``."""
-    cfg, workdir, run_dir = whole_run
+@pytest.fixture(scope="session")
+def second_epoch_run(tmp_path_factory, run_config, unfinished_run):
+    """A copy of the unfinished run carried on to its second epoch: ``(workdir, run_dir)``."""
+    workdir, run_dir = copied_run(unfinished_run, tmp_path_factory.mktemp("second-epoch"))
+    assert train_lib.fit(run_config, workdir, max_epochs=1) == run_dir  # one epoch more
+    return workdir, run_dir
+
+
+def copied_run(run, tmp_path) -> tuple[pathlib.Path, pathlib.Path]:
+    """A copy of a run's workdir to damage (``run``: ``(workdir, run_dir)`` or ``(cfg, workdir,
+    run_dir)``): ``(workdir, run_dir)``."""
+    workdir, run_dir = run[-2:]
     shutil.copytree(workdir, tmp_path / "work", symlinks=True)
     return tmp_path / "work", tmp_path / "work" / run_dir.relative_to(workdir)
 
@@ -113,14 +126,15 @@ def scores(results: dict) -> dict:
 # ---------------------------------------------------------------------------------------------
 # A damaged training state: moved aside, the run resumes from the newest intact epoch
 # ---------------------------------------------------------------------------------------------
+@pytest.mark.slow
 @pytest.mark.parametrize("part", ["metadata", "arrays"])
-def test_damaged_latest_state_resumes_from_intact_epoch(whole_run, tmp_path, part, caplog):
+def test_damaged_latest_state_resumes_from_intact_epoch(whole_run, second_epoch_run, tmp_path, part, caplog):
     cfg, _, whole = whole_run
-    run_dir = train_lib.fit(cfg, tmp_path, max_epochs=2)
+    workdir, run_dir = copied_run(second_epoch_run, tmp_path)
     assert json.loads((run_dir / "progress.json").read_text())["epoch"] == 2
     damage(run_dir / "state" / "2", part)
     with caplog.at_level(logging.WARNING):
-        assert train_lib.fit(cfg, tmp_path) == run_dir
+        assert train_lib.fit(cfg, workdir) == run_dir
     warned = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
     assert any(str(run_dir / "state" / "2") in m and "damaged" in m for m in warned), warned
     # The same numbers as the uninterrupted run: epoch 2 was replayed from epoch 1's state.
@@ -135,11 +149,12 @@ def test_damaged_latest_state_resumes_from_intact_epoch(whole_run, tmp_path, par
     assert sorted(int(p.name) for p in (run_dir / "state").iterdir() if p.name.isdigit()) == [2, 3]
 
 
-def test_no_intact_state_starts_the_run_again(whole_run, tmp_path):
+@pytest.mark.slow
+def test_no_intact_state_starts_the_run_again(whole_run, unfinished_run, tmp_path):
     cfg, _, whole = whole_run
-    run_dir = train_lib.fit(cfg, tmp_path, max_epochs=1)
+    workdir, run_dir = copied_run(unfinished_run, tmp_path)
     damage(run_dir / "state" / "1", "arrays")
-    train_lib.fit(cfg, tmp_path)
+    train_lib.fit(cfg, workdir)
     assert scores(json.loads((run_dir / "results.json").read_text())) == \
         scores(json.loads((whole / "results.json").read_text()))
     assert len(list((run_dir / ckpt_lib.SET_ASIDE).glob("state-1.damaged-*"))) == 1
@@ -174,16 +189,18 @@ def test_progress_at_replays_selection_and_patience():
 # ---------------------------------------------------------------------------------------------
 # A damaged best checkpoint: one line from train, evaluate and infer
 # ---------------------------------------------------------------------------------------------
-@pytest.mark.parametrize("launcher", ["train", "evaluate", "infer"])
-def test_damaged_best_checkpoint_is_one_line(whole_run, tmp_path, launcher):
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["train", "evaluate", "infer"])
+def test_damaged_best_checkpoint_is_one_line(whole_run, tmp_path, name):
+    """In a fresh interpreter, as a user starts each launcher."""
     cfg = whole_run[0]
     workdir, run_dir = copied_run(whole_run, tmp_path)
     best = run_dir / "best" / str(json.loads((run_dir / "results.json").read_text())["best_epoch"])
     damage(best, "arrays")
     args = {"train": [*train_flags(cfg), f"--workdir={workdir}"],
             "evaluate": [f"--run_dir={run_dir}"],
-            "infer": [f"--run_dir={run_dir}", "--text=i am so happy"]}[launcher]
-    line = one_error_line(launch(launcher, *args))
+            "infer": [f"--run_dir={run_dir}", "--text=i am so happy"]}[name]
+    line = one_error_line(fresh(name, *args))
     assert line.startswith(f"error: {best}: damaged checkpoint") and "unreadable array files" in line
     assert f"move {run_dir} aside" in line
 
@@ -200,15 +217,16 @@ HOLDER = textwrap.dedent("""
 """)
 
 
-def test_second_command_is_refused_and_a_killed_holder_does_not_block(whole_run, tmp_path):
-    cfg = whole_run[0]
+@pytest.mark.slow
+def test_second_command_is_refused_and_a_killed_holder_does_not_block(run_config, tmp_path):
+    cfg = run_config
     run_dir = config_lib.run_dir(cfg, tmp_path)
     env = dict(os.environ, PYTHONPATH=str(ROOT))
     holder = subprocess.Popen([sys.executable, "-c", HOLDER, str(run_dir)], cwd=ROOT, env=env,
                               stdout=subprocess.PIPE, text=True)
     try:
         assert holder.stdout.readline().strip() == "locked"
-        line = one_error_line(launch("train", *train_flags(cfg), f"--workdir={tmp_path}"))
+        line = one_error_line(fresh("train", *train_flags(cfg), f"--workdir={tmp_path}"))
         assert line.startswith(f"error: {run_dir}: another process is training this run (pid {holder.pid} on ")
         assert not (run_dir / "config.json").exists()  # refused before any work
         with pytest.raises(ckpt_lib.RunBusyError, match=f"pid {holder.pid}"):
@@ -249,37 +267,41 @@ def _train_case(case, tmp_path, cfg):
 @pytest.mark.parametrize("case", ["unknown key", "bad part", "workdir is a file", "cache dir is a file",
                                   "demo folder is a file", "lr nan", "lr negative", "batch negative",
                                   "epochs negative"])
-def test_train_user_errors_are_one_line_before_work(whole_run, tmp_path, case):
-    args, expected = _train_case(case, tmp_path, whole_run[0])
-    line = one_error_line(launch("train", *args))
+def test_train_user_errors_are_one_line_before_work(run_config, launcher, tmp_path, case):
+    args, expected = _train_case(case, tmp_path, run_config)
+    line = one_error_line(launcher.run("train", *args))
     assert line.startswith(f"error: {expected}"), line
     assert not (tmp_path / "work").exists()  # nothing computed or written
 
 
-@pytest.mark.parametrize("launcher", ["evaluate", "infer"])
-@pytest.mark.parametrize("case", ["missing", "workdir", "unfinished"])
-def test_run_dir_errors_are_one_line(unfinished_run, tmp_path, launcher, case):
-    workdir, unfinished = unfinished_run
-    run_dir, expected = {
-        "missing": (tmp_path / "nowhere", f"{tmp_path / 'nowhere'}: no such run directory"),
-        "workdir": (workdir, f"{workdir}: is a workdir, not a run directory"),
-        "unfinished": (unfinished, f"{unfinished}: the run has not finished (epoch 1 of {EPOCHS})"),
-    }[case]
-    extra = ["--text=hi"] if launcher == "infer" else []
-    line = one_error_line(launch(launcher, f"--run_dir={run_dir}", *extra))
+@pytest.mark.parametrize("name", ["evaluate", "infer"])
+@pytest.mark.parametrize("case", ["missing", pytest.param("workdir", marks=pytest.mark.slow),
+                                  pytest.param("unfinished", marks=pytest.mark.slow)])
+def test_run_dir_errors_are_one_line(request, launcher, tmp_path, name, case):
+    if case == "missing":
+        run_dir, expected = tmp_path / "nowhere", f"{tmp_path / 'nowhere'}: no such run directory"
+    else:  # these need a trained run
+        workdir, unfinished = request.getfixturevalue("unfinished_run")
+        run_dir, expected = {
+            "workdir": (workdir, f"{workdir}: is a workdir, not a run directory"),
+            "unfinished": (unfinished, f"{unfinished}: the run has not finished (epoch 1 of {EPOCHS})"),
+        }[case]
+    extra = ["--text=hi"] if name == "infer" else []
+    line = one_error_line(launcher.run(name, f"--run_dir={run_dir}", *extra))
     assert line.startswith(f"error: {expected}"), line
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("case", ["folder", "same file"])
-def test_infer_output_refused_before_scoring(whole_run, tmp_path, text_meld, case):
+def test_infer_output_refused_before_scoring(whole_run, launcher, tmp_path, text_meld, case):
     source = tmp_path / "dev_sent_emo.csv"
     shutil.copyfile(text_meld / "dev_sent_emo.csv", source)
     before = source.read_bytes()
     output = {"folder": tmp_path / "out", "same file": source}[case]
     if case == "folder":
         output.mkdir()
-    line = one_error_line(launch("infer", f"--run_dir={whole_run[2]}", f"--input_csv={source}", f"--output={output}",
-                                 "--noprogress"))
+    line = one_error_line(launcher.run("infer", f"--run_dir={whole_run[2]}", f"--input_csv={source}",
+                                       f"--output={output}", "--noprogress"))
     expected = {"folder": f"--output: {output} is a folder",
                 "same file": f"--output: {output} is the input CSV"}[case]
     assert line.startswith(f"error: {expected}"), line
@@ -288,7 +310,7 @@ def test_infer_output_refused_before_scoring(whole_run, tmp_path, text_meld, cas
         assert list(output.iterdir()) == []
 
 
-@pytest.mark.parametrize("launcher,args,expected", [
+OTHER_LAUNCHER_ERRORS = [
     ("sweep", ["--sweep=demo", "--workdir={a_file}", "--dry_run"], "--workdir: {a_file} is a file"),
     ("sweep", ["--swep=demo"], "Unknown command line flag 'swep'"),
     ("tool", ["infoo"], "unknown command 'infoo'"),
@@ -297,13 +319,26 @@ def test_infer_output_refused_before_scoring(whole_run, tmp_path, text_meld, cas
      "--config.train.epochz=3: unknown config key 'epochz'"),
     ("benchmark", ["--run={tmp}/nowhere"], "{tmp}/nowhere: no such run directory"),
     ("benchmark", ["--run={tmp}/nowhere", "--output_dir={a_file}"], "--output_dir: {a_file} is a file"),
-])
-def test_other_launchers_user_errors_are_one_line(tmp_path, launcher, args, expected):
+]
+
+
+def _other_launcher_error(run, tmp_path, name, args, expected):
     a_file = tmp_path / "a_file"
     a_file.write_text("not a folder")
     fill = {"a_file": a_file, "tmp": tmp_path}
-    line = one_error_line(launch(launcher, *[arg.format(**fill) for arg in args]))
+    line = one_error_line(run(name, *[arg.format(**fill) for arg in args]))
     assert line.startswith(f"error: {expected.format(**fill)}"), line
+
+
+@pytest.mark.parametrize("name,args,expected", OTHER_LAUNCHER_ERRORS)
+def test_other_launchers_user_errors_are_one_line(launcher, tmp_path, name, args, expected):
+    _other_launcher_error(launcher.run, tmp_path, name, args, expected)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name,args,expected", [OTHER_LAUNCHER_ERRORS[i] for i in (1, 2, 5)])
+def test_other_launchers_user_errors_in_a_fresh_interpreter(tmp_path, name, args, expected):
+    _other_launcher_error(fresh, tmp_path, name, args, expected)
 
 
 def test_unexpected_failure_keeps_its_traceback():

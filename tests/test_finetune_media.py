@@ -116,7 +116,8 @@ def test_finetune_media_trainable_with_text_frozen_and_unreadable_file(tmp_path,
 
     demo = tmp_path / "demo"
     shutil.copytree(media_demo, demo)
-    cfg = tuning_config(demo, "trainable", epochs=2, T=("bert", tiny_bert), A=("wav2vec2", media_checkpoints["wav2vec2"]))
+    cfg = tuning_config(demo, "trainable", epochs=2, T=("bert", tiny_bert),
+                        A=("wav2vec2", media_checkpoints["wav2vec2"]))
     cfg.finetune.tune = "A"
     from emojax.data import load_dataset
 

@@ -17,8 +17,8 @@ MODS = ("T", "A", "V")
 
 def _golden(name):
     folder = suite_golden(name)
-    return (np.load(folder / "inputs.npz"), np.load(folder / "outputs.npz"), load_file(str(folder / "params.safetensors")),
-            json.loads((folder / "golden.json").read_text()))
+    return (np.load(folder / "inputs.npz"), np.load(folder / "outputs.npz"),
+            load_file(str(folder / "params.safetensors")), json.loads((folder / "golden.json").read_text()))
 
 
 def _build(name):
@@ -31,7 +31,8 @@ def _build(name):
     return fusion_lib.build_fusion("concat", modalities=MODS, input_dims=dims, output_dim=16, depth=depth)
 
 
-@pytest.mark.parametrize("name", ["fusion-vallina", "fusion-deep-vallina", "fusion-DF-1.0-attn", "fusion-DF-2.0-concat"])
+@pytest.mark.parametrize("name", ["fusion-vallina", "fusion-deep-vallina", "fusion-DF-1.0-attn",
+                                  "fusion-DF-2.0-concat"])
 def test_fusion_suite_golden(name):
     inputs, outputs, state, _ = _golden(name)
     module = _build(name)

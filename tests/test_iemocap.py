@@ -142,7 +142,8 @@ def test_iemocap_missing_media_names_an_example_path(release, caplog):
     with caplog.at_level(logging.WARNING):
         data = load_dataset("iemocap", str(release), target="emotion")
     assert data.splits["dev"].missing == {"A": 3, "V": 3}
-    example = str(release / "dataset/IEMOCAP_full_release/Session2/sentences/wav/Ses02F_impro03/Ses02F_impro03_F000.wav")
+    example = str(release / ("dataset/IEMOCAP_full_release/Session2/sentences/wav/"
+                             "Ses02F_impro03/Ses02F_impro03_F000.wav"))
     assert any(example in r.getMessage() and "relative to" in r.getMessage() for r in caplog.records)
 
 

@@ -246,11 +246,14 @@ def media_split(tmp_path_factory, recordings):
              str(write_wave(root / "a1.wav", 0.7, 1)), media.segment_ref(long_wave, 2.0, 3.1),
              str(root / "bad.flac"), media.segment_ref(long_wave, 4.0, 5.9), str(write_wave(root / "a2.wav", 2.5, 2)),
              media.segment_ref(long_wave, 0.1, 0.4)]
-    video = [str(write_clip(root / "v0.mp4", 24, size=(320, 240), seed=3)), media.segment_ref(recordings["avi"], 0.5, 2.0),
+    video = [str(write_clip(root / "v0.mp4", 24, size=(320, 240), seed=3)),
+             media.segment_ref(recordings["avi"], 0.5, 2.0),
              str(write_clip(root / "v1.mp4", 12, seed=4)), media.segment_ref(recordings["avi"], 2.0, 3.1),
              str(root / "bad.mp4"), media.segment_ref(recordings["avi"], 4.0, 5.9),
-             str(write_clip(root / "v2.mp4", 30, size=(200, 150), seed=5)), media.segment_ref(recordings["avi"], 0.1, 0.4)]
-    samples = [Sample(f"test/d0_u{i}", "d0", i, "A", "words", a, v, i % 3) for i, (a, v) in enumerate(zip(audio, video))]
+             str(write_clip(root / "v2.mp4", 30, size=(200, 150), seed=5)),
+             media.segment_ref(recordings["avi"], 0.1, 0.4)]
+    samples = [Sample(f"test/d0_u{i}", "d0", i, "A", "words", a, v, i % 3)
+               for i, (a, v) in enumerate(zip(audio, video))]
     return Split("test", samples)
 
 

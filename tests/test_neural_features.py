@@ -248,7 +248,9 @@ def by_hand(family, folder, paths, pooling):
 
 
 @pytest.mark.parametrize("family, modality, pooling", [
-    ("whisper", "A", "default"), ("wav2vec2", "A", "default"), ("data2vec-audio", "A", "mean"),
+    pytest.param("whisper", "A", "default", marks=pytest.mark.slow),
+    pytest.param("wav2vec2", "A", "default", marks=pytest.mark.slow),
+    pytest.param("data2vec-audio", "A", "mean", marks=pytest.mark.slow),
     ("videomae", "V", "default"), ("clip", "V", "default"), ("clip", "V", "mean")])
 def test_media_encoder_features_equal_pure_functions(checkpoints, demo, dataset, family, modality, pooling):
     from emojax.encoders import media_encoders
@@ -286,6 +288,7 @@ def test_media_encoder_namespace_and_pooling_features(checkpoints):
         media_encoder("V", spec)
 
 
+@pytest.mark.slow
 def test_modernbert_text_encoder_features_with_speaker_tokens(checkpoints, demo, dataset, tiny_bert):
     from emojax.data.context import all_speaker_tokens
     from emojax.encoders import modernbert
@@ -347,6 +350,7 @@ def test_featurizer_neural_features_second_run_served_from_cache(checkpoints, de
         np.testing.assert_array_equal(second.present[m], first.present[m])
 
 
+@pytest.mark.slow
 def test_corrupt_media_file_features_missing_with_logged_skip(checkpoints, demo, tmp_path, caplog):
     from emojax.cache import FeatureCache
     from emojax.data import load_dataset
@@ -375,6 +379,7 @@ def test_corrupt_media_file_features_missing_with_logged_skip(checkpoints, demo,
     assert Featurizer(cfg, cache=cache).split_features(split).present["A"].all()
 
 
+@pytest.mark.slow
 def test_train_fit_with_wav2vec2_and_videomae_encoders(checkpoints, demo, tmp_path):
     from emojax import train as train_lib
 

@@ -290,8 +290,26 @@ def test_bucket_padding_gives_the_features_and_logits_of_max_length_padding(tmp_
     np.testing.assert_allclose(np.asarray(logits), np.asarray(padded), atol=1e-4)
 
 
+def test_tune_layers_in_bfloat16_stores_its_own_states_close_to_float32(tmp_path, text_meld, bert3):
+    """precision=bfloat16: the frozen layers run in bfloat16 matmuls (their own store) and the
+    tuned features stay within bfloat16 rounding of the float32 ones."""
+    out = {}
+    for precision in ("float32", "bfloat16"):
+        cfg = tuning_config(text_meld, bert3, "trainable", tune_layers=1)
+        cfg.precision = precision
+        prep = train_lib.prepare(cfg, tmp_path)
+        dev = prep.features["dev"]
+        out[precision] = (dev.inputs["T"].stored.folder,
+                          prep.tuning.refresh(dev, prep.tuning.init(jax.random.PRNGKey(0)), 16).features["T"])
+    assert out["float32"][0] != out["bfloat16"][0]
+    f32, bf16 = out["float32"][1], out["bfloat16"][1]
+    assert np.abs(bf16 - f32).mean() < 0.05 * np.abs(f32).mean()
+    assert np.abs(bf16 - f32).max() > 1e-4  # computed in bfloat16, not float32
+
+
 # -- whole runs --------------------------------------------------------------------------------
 
+@pytest.mark.slow
 def test_tune_layers_run_resumes_exactly_and_estimator_and_export_reproduce_it(tmp_path, text_meld, bert3):
     from emojax.data import load_dataset
     from emojax.features import standardize
@@ -349,6 +367,7 @@ print(json.dumps(out))
 """
 
 
+@pytest.mark.slow
 def test_tune_layers_data_parallel_matches_one_device(tmp_path, text_meld, bert3):
     env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8", JAX_PLATFORMS="cpu",
                PYTHONPATH=os.pathsep.join([str(pathlib.Path(__file__).parents[1]), str(pathlib.Path(__file__).parent)]))

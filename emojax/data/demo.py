@@ -172,7 +172,7 @@ def _audio(rng: np.random.Generator, group: int, speaker_pitch: float) -> np.nda
 
 def _video_frames(rng: np.random.Generator, group: int) -> np.ndarray:
     """A face-like drawing over a coloured background: ``(frames, 64, 64, 3)`` uint8 BGR."""
-    import cv2
+    import cv2  # cv2: audio-only installs work without it
 
     count = int(rng.integers(16, 25))
     size = VIDEO_SIZE
@@ -204,7 +204,7 @@ def _video_frames(rng: np.random.Generator, group: int) -> np.ndarray:
 
 
 def _write_video(path: pathlib.Path, frames_bgr: np.ndarray) -> None:
-    import cv2
+    import cv2  # cv2: audio-only installs work without it
 
     height, width = frames_bgr.shape[1:3]
     writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), VIDEO_FPS, (width, height))

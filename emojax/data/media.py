@@ -199,7 +199,7 @@ def _frame_converter(size: Optional[tuple[int, int]], transform: Optional[FrameT
 
     Applied to each kept frame as soon as it is decoded, so only the shrunk copies are held.
     """
-    import cv2
+    import cv2  # cv2: audio-only installs work without it
 
     def convert(frame: np.ndarray) -> np.ndarray:
         frame = cv2.cvtColor(frame, cv2.COLOR_BGR2RGB)
@@ -232,7 +232,7 @@ def _decode(capture, wanted: set[int], stop: Optional[int], convert: Callable[[n
 
 
 def _open_capture(path: pathlib.Path):
-    import cv2
+    import cv2  # cv2: audio-only installs work without it
 
     capture = cv2.VideoCapture(str(path))
     if not capture.isOpened():
@@ -277,7 +277,7 @@ def _read_segments(path: pathlib.Path, segments: Sequence[Optional[tuple[float, 
                    num_frames: int, size: Optional[tuple[int, int]], transform: Optional[FrameTransform]
                    ) -> list:
     """:func:`read_video_segments`, with ``names`` (the references as given) in messages."""
-    import cv2
+    import cv2  # cv2: audio-only installs work without it
 
     results: list = [None] * len(segments)
     try:
@@ -424,7 +424,7 @@ def _opencv_threads(threads: Optional[int]) -> Optional[int]:
     if threads is None:
         return None
     try:
-        import cv2
+        import cv2  # cv2: audio-only installs work without it
     except ImportError:  # audio-only installs
         return None
     previous = cv2.getNumThreads()
@@ -524,5 +524,5 @@ def map_references(refs: Sequence[str | os.PathLike], decode: Callable[[list[str
 
 
 __all__ = ["DEFAULT_DURATION_CAP", "MediaError", "duration_cap", "frame_indices", "map_references", "media_file",
-           "media_workers", "read_audio", "read_audios", "read_video_frames", "read_video_references", "read_video_segments",
-           "segment_ref", "set_duration_cap", "split_ref"]
+           "media_workers", "read_audio", "read_audios", "read_video_frames", "read_video_references",
+           "read_video_segments", "segment_ref", "set_duration_cap", "split_ref"]

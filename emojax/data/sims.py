@@ -40,7 +40,8 @@ def load_sims(root: str | pathlib.Path, *, target: str = "sentiment", allow_outs
         try:
             clip = int(row["clip_id"])
         except ValueError:
-            raise DatasetError(f"{path}, row {row_number}: clip_id must be an integer, got {row['clip_id']!r}") from None
+            raise DatasetError(
+                f"{path}, row {row_number}: clip_id must be an integer, got {row['clip_id']!r}") from None
         video_id = str(row["video_id"]).strip()
         keys.append(((video_id, clip), row_number))
         folder, _ = paths.resolve_media(root, f"Raw/{video_id}", where=f"{path}, row {row_number}",

@@ -6,8 +6,8 @@
 ``bert_apply`` is jit-able (``config`` is a frozen dataclass, pass it as a static argument or
 close over it). ``bert_apply(..., layers=slice(a, b), hidden_states=...)`` runs a range of layers
 (``bert_embed`` and ``bert_layers`` are the two halves), as partial fine-tuning does: the frozen
-bottom once, the tuned top in every step. Parameters stay float32; with ``dtype=jnp.bfloat16`` the matrix products run in
-bfloat16 while softmax and layer norms run in float32.
+bottom once, the tuned top in every step. Parameters stay float32; with ``dtype=jnp.bfloat16`` the
+matrix products run in bfloat16 while softmax and layer norms run in float32.
 """
 from __future__ import annotations
 
@@ -258,16 +258,9 @@ def bert_apply(params: Params, input_ids, attention_mask, *, config: BertConfig,
     applies when ``deterministic`` is False and then needs ``rng``.
     """
     c = config
-    start, stop, stride = (layers if layers is not None else slice(None)).indices(c.num_layers)
-    if stride != 1 or stop < start:
-        raise ValueError(f"layers={layers!r}: give a slice of consecutive layers, e.g. slice(2, None)")
+    start, stop = core.layer_range(layers, c.num_layers, hidden_states, input_ids, caller="bert_apply")
     _check_dropout_rng(c, deterministic, rng)
     if hidden_states is None:
-        if start > 0:
-            raise ValueError(f"bert_apply(layers={layers!r}) starts after the embeddings: give hidden_states=, "
-                             f"the output of layer {start - 1}")
-        if input_ids.ndim != 2:
-            raise ValueError(f"input_ids must be (batch, seq), got shape {tuple(input_ids.shape)}")
         if input_ids.shape[1] > c.max_length:
             raise ValueError(f"input of {input_ids.shape[1]} tokens is longer than the {c.max_length} positions "
                              f"of this {c.model_type} model; truncate to max_length={c.max_length}")

@@ -228,7 +228,7 @@ def read_audio_clips(refs: Sequence[str]) -> list:
 @functools.lru_cache(maxsize=1)
 def _cascade_file() -> str:
     """Path of OpenCV's bundled frontal-face Haar cascade that loads."""
-    import cv2
+    import cv2  # cv2: audio-only installs work without it
 
     name = "haarcascade_frontalface_default.xml"
     package = pathlib.Path(cv2.__file__).resolve().parent
@@ -251,7 +251,7 @@ def face_detector():
     A classifier keeps the image it is scanning as internal state, so threads that compute
     features at the same time (the featurizer's media pool) must not share one.
     """
-    import cv2
+    import cv2  # cv2: audio-only installs work without it
 
     if getattr(_detectors, "generation", None) != _detector_generation[0]:
         _detectors.detector = cv2.CascadeClassifier(_cascade_file())
@@ -269,7 +269,7 @@ face_detector.cache_clear = _clear_face_detectors  # as for the lru_cache it was
 
 def _colour(rgb: np.ndarray, hsv: np.ndarray) -> list[float]:
     """HSV histograms and RGB moments of uint8 pixels ``(..., 3)`` (no pixels: zeros)."""
-    import cv2
+    import cv2  # cv2: audio-only installs work without it
 
     rgb = np.ascontiguousarray(rgb.reshape(-1, 1, 3))
     hsv = hsv.reshape(-1, 3)
@@ -298,7 +298,7 @@ def _lbp_histogram(gray: np.ndarray) -> np.ndarray:
 
 
 def _faces(gray: np.ndarray, rgb: np.ndarray, hsv: np.ndarray) -> tuple[list[float], list[float]]:
-    import cv2
+    import cv2  # cv2: audio-only installs work without it
 
     detector = face_detector()
     height, width = gray.shape[1:]
@@ -325,7 +325,7 @@ def _faces(gray: np.ndarray, rgb: np.ndarray, hsv: np.ndarray) -> tuple[list[flo
 
 
 def _motion(gray: np.ndarray) -> list[float]:
-    import cv2
+    import cv2  # cv2: audio-only installs work without it
 
     height, width = gray.shape[1:]
     scale = min(1.0, FLOW_SIDE / max(height, width))
@@ -367,7 +367,7 @@ def shrink_frame(frame: np.ndarray) -> np.ndarray:
     result is the same array, and frames already this small pass through it unchanged, so the
     features do not change while a 720p clip holds 16 small frames instead of 16 full ones.
     """
-    import cv2
+    import cv2  # cv2: audio-only installs work without it
 
     size = _shrunk_size(*frame.shape[:2])
     return frame if size is None else cv2.resize(frame, size, interpolation=cv2.INTER_AREA)
@@ -381,7 +381,7 @@ def read_video_clips(refs: Sequence[str]) -> list:
 
 def video_features_from_frames(frames: np.ndarray) -> np.ndarray:
     """Features of RGB frames ``(F, H, W, 3)`` uint8: ``(VIDEO_DIM,)`` float32."""
-    import cv2
+    import cv2  # cv2: audio-only installs work without it
 
     frames = np.asarray(frames)
     if frames.ndim != 4 or frames.shape[-1] != 3 or len(frames) == 0:

@@ -9,6 +9,8 @@
 * :func:`transformer_block`: the layer of Whisper, wav2vec2 / data2vec-audio, VideoMAE and CLIP
   (pre-LN, or post-LN by :attr:`Block.pre_norm`), with one set of parameter names
   (:data:`BLOCK_NAMES`);
+* :func:`layer_range`: the checked ``layers=`` slice of ``bert_apply`` / ``modernbert_apply`` (a
+  range of layers, run from the embeddings or from ``hidden_states``);
 * :class:`Family` and :func:`load`: ``resolve (folder or hub id) -> config.json -> checks ->
   StateReader -> params``, filled in by each family with its config class, tensor mapping and
   checks.
@@ -217,6 +219,24 @@ def block_params(state: hub.StateReader, prefix: str, stems: Mapping[str, str], 
               "attn_out": (hidden, hidden), "fc1": (hidden, inner), "fc2": (inner, hidden)}
     return {n: state.norm(prefix + stems[n], hidden) if n not in shapes else
             state.dense(prefix + stems[n], *shapes[n], bias=n not in no_bias) for n in BLOCK_NAMES}
+
+
+def layer_range(layers: Optional[slice], num_layers: int, hidden_states, input_ids, *, caller: str
+                ) -> tuple[int, int]:
+    """``(start, stop)`` of the ``layers`` slice (``None``: all ``num_layers``) that an encoder's
+    ``caller`` (e.g. ``"bert_apply"``) runs, checked: consecutive layers; a range that starts
+    after the embeddings needs ``hidden_states`` (the output of layer ``start - 1``); without
+    them ``input_ids`` must be ``(batch, seq)``. Raises ``ValueError`` naming the argument."""
+    start, stop, stride = (layers if layers is not None else slice(None)).indices(num_layers)
+    if stride != 1 or stop < start:
+        raise ValueError(f"layers={layers!r}: give a slice of consecutive layers, e.g. slice(2, None)")
+    if hidden_states is None:
+        if start > 0:
+            raise ValueError(f"{caller}(layers={layers!r}) starts after the embeddings: give hidden_states=, "
+                             f"the output of layer {start - 1}")
+        if input_ids.ndim != 2:
+            raise ValueError(f"input_ids must be (batch, seq), got shape {tuple(input_ids.shape)}")
+    return start, stop
 
 
 # -- loading -----------------------------------------------------------------------------------

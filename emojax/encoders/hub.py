@@ -18,7 +18,15 @@ import os
 import pathlib
 from typing import Iterable, Mapping, Optional, Sequence
 
+import jax.numpy as jnp
 import numpy as np
+from flax import serialization
+from flax.traverse_util import flatten_dict
+from huggingface_hub import constants, snapshot_download
+from huggingface_hub.errors import (GatedRepoError, HFValidationError, LocalEntryNotFoundError, RepositoryNotFoundError,
+                                    RevisionNotFoundError)
+from huggingface_hub.utils import validate_repo_id
+from safetensors import SafetensorError, safe_open
 
 log = logging.getLogger(__name__)
 
@@ -38,8 +46,6 @@ class WeightError(ValueError):
 # -- locating a checkpoint ---------------------------------------------------------------------
 
 def _offline() -> bool:
-    from huggingface_hub import constants
-
     flag = os.environ.get("HF_HUB_OFFLINE", "").strip().upper()
     return bool(constants.HF_HUB_OFFLINE) or flag in ("1", "ON", "YES", "TRUE")
 
@@ -62,11 +68,6 @@ def resolve_model(name_or_path: str | os.PathLike, *, revision: Optional[str] = 
     name = str(name_or_path)
     if path.exists():
         raise WeightError(f"{name}: is a file; pass the folder holding config.json and the weights")
-    from huggingface_hub import snapshot_download
-    from huggingface_hub.errors import (GatedRepoError, HFValidationError, LocalEntryNotFoundError,
-                                        RepositoryNotFoundError, RevisionNotFoundError)
-    from huggingface_hub.utils import validate_repo_id
-
     try:
         validate_repo_id(name)
     except HFValidationError:
@@ -114,8 +115,6 @@ def load_config(folder: str | os.PathLike) -> dict:
 # -- reading tensors ---------------------------------------------------------------------------
 
 def _as_float32(value: np.ndarray) -> np.ndarray:
-    import jax.numpy as jnp
-
     value = np.asarray(value)
     if value.dtype != np.float32 and jnp.issubdtype(value.dtype, jnp.floating):  # bfloat16 included
         return value.astype(np.float32)
@@ -131,8 +130,6 @@ def flax_to_torch_state(tree: Mapping) -> dict[str, np.ndarray]:
     (weight-norm ``weight_g`` / ``weight_v`` keep the older PyTorch names). Top-level ``params`` /
     ``batch_stats`` collections are unwrapped.
     """
-    from flax.traverse_util import flatten_dict
-
     collections = {"params", "batch_stats"}
     if tree and set(tree) <= collections and all(isinstance(v, Mapping) for v in tree.values()):
         flat = {}
@@ -166,8 +163,6 @@ def flax_to_torch_state(tree: Mapping) -> dict[str, np.ndarray]:
 
 
 def _read_safetensors(path: pathlib.Path) -> dict[str, np.ndarray]:
-    from safetensors import SafetensorError, safe_open
-
     try:
         with safe_open(str(path), framework="numpy") as f:
             metadata = f.metadata() or {}
@@ -183,8 +178,6 @@ def _read_safetensors(path: pathlib.Path) -> dict[str, np.ndarray]:
 
 
 def _read_msgpack(path: pathlib.Path) -> dict[str, np.ndarray]:
-    from flax import serialization
-
     try:
         tree = serialization.msgpack_restore(path.read_bytes())
     except Exception as err:  # msgpack raises several unrelated types on a damaged file
@@ -267,8 +260,6 @@ class StateReader:
 
     def dense(self, name: str, n_in: int, n_out: int, bias: bool = True) -> dict:
         """A PyTorch ``Linear`` (``{name}.weight`` ``(out, in)``, ``{name}.bias``) as ``{"w": (in, out), "b"}``."""
-        import jax.numpy as jnp
-
         p = {"w": jnp.asarray(self.take(f"{name}.weight", (n_out, n_in)).T)}
         if bias:
             p["b"] = jnp.asarray(self.take(f"{name}.bias", (n_out,)))
@@ -276,8 +267,6 @@ class StateReader:
 
     def norm(self, name: str, size: int, bias: bool = True) -> dict:
         """A ``LayerNorm`` (``{name}.weight``, ``{name}.bias``) as ``{"scale", "bias"}``."""
-        import jax.numpy as jnp
-
         p = {"scale": jnp.asarray(self.take(f"{name}.weight", (size,)))}
         if bias:
             p["bias"] = jnp.asarray(self.take(f"{name}.bias", (size,)))

@@ -64,7 +64,6 @@ from __future__ import annotations
 import dataclasses
 import functools
 import logging
-import pathlib
 from typing import Any, Optional, Sequence
 
 import jax

@@ -22,7 +22,8 @@ The computation follows transformers' ``ModernBertModel`` on its padded (eager /
 Padding keys and keys outside the local window are masked out (a key mask and
 ``jax.nn.dot_product_attention``'s ``local_window_size``); a query that sees no key then attends
 uniformly to all of them, as under transformers' additive ``finfo(float32).min``, so padded query
-rows carry the same (meaningless but defined) values as the reference. ``config`` is a frozen dataclass: a static argument under jit.
+rows carry the same (meaningless but defined) values as the reference. ``config`` is a frozen
+dataclass: a static argument under jit.
 Parameters stay float32; ``dtype=jnp.bfloat16`` runs the matrix products in bfloat16 while rotary
 embeddings, softmax, layer norms and the residual stream stay float32.
 """
@@ -267,15 +268,15 @@ def modernbert_layers(layers, hidden, attention_mask, *, config: ModernBertConfi
         attention_mask = jnp.ones(hidden.shape[:2], jnp.int32)
     seq = hidden.shape[1]
     keys = _dropout_keys(rng, c, deterministic)
-    global_bias, local_bias = attention_biases(attention_mask, c.local_attention)
+    global_mask, local_mask = attention_biases(attention_mask, c.local_attention)
     global_rope = rotary_tables(seq, c.head_dim, c.global_rope_theta)
     local_rope = rotary_tables(seq, c.head_dim, c.local_rope_theta)
 
     step = jax.checkpoint(_layer, static_argnums=(5, 6, 8)) if c.remat else _layer
     x = hidden
     for n, layer in enumerate(layers, start):
-        bias, (cos, sin) = (global_bias, global_rope) if c.is_global(n) else (local_bias, local_rope)
-        x = step(layer, x, bias, cos, sin, c, dtype, keys[n + 1], deterministic)
+        mask, (cos, sin) = (global_mask, global_rope) if c.is_global(n) else (local_mask, local_rope)
+        x = step(layer, x, mask, cos, sin, c, dtype, keys[n + 1], deterministic)
     return x if final_norm is None else _layer_norm(x, final_norm, c.norm_eps)
 
 
@@ -295,16 +296,9 @@ def modernbert_apply(params: Params, input_ids, attention_mask, *, config: Moder
     slice reaches the last layer. ``slice(0, k)`` then ``slice(k, None)`` computes one pass.
     """
     c = config
-    start, stop, stride = (layers if layers is not None else slice(None)).indices(c.num_layers)
-    if stride != 1 or stop < start:
-        raise ValueError(f"layers={layers!r}: give a slice of consecutive layers, e.g. slice(2, None)")
+    start, stop = core.layer_range(layers, c.num_layers, hidden_states, input_ids, caller="modernbert_apply")
     _check_dropout_rng(c, deterministic, rng)
     if hidden_states is None:
-        if start > 0:
-            raise ValueError(f"modernbert_apply(layers={layers!r}) starts after the embeddings: give "
-                             f"hidden_states=, the output of layer {start - 1}")
-        if input_ids.ndim != 2:
-            raise ValueError(f"input_ids must be (batch, seq), got shape {tuple(input_ids.shape)}")
         hidden_states = modernbert_embed(params, input_ids, config=c, deterministic=deterministic, rng=rng)
     return modernbert_layers(params["layers"][start:stop], hidden_states, attention_mask, config=c, start=start,
                              dtype=dtype, deterministic=deterministic, rng=rng,

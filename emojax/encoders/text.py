@@ -45,7 +45,7 @@ def load_tokenizer(folder: str | os.PathLike, **kwargs):
     alone, which needs a ``tokenizer.json``; a folder holding only a ``vocab.txt`` and naming its
     class (``BertTokenizer``) still loads through that class, as it did with transformers 4.
     """
-    import transformers
+    import transformers  # transformers takes seconds to import
 
     try:
         return transformers.AutoTokenizer.from_pretrained(str(folder), **kwargs)

@@ -274,7 +274,7 @@ FAMILY = core.register(core.Family(
 def load_wav2vec2_feature_extractor(name_or_path: Optional[str] = None):
     """transformers' ``Wav2Vec2FeatureExtractor`` for a checkpoint: the folder's
     ``preprocessor_config.json`` when it has one, otherwise 16 kHz with ``do_normalize``."""
-    from transformers import Wav2Vec2FeatureExtractor
+    from transformers import Wav2Vec2FeatureExtractor  # transformers takes seconds to import
 
     if name_or_path is not None:
         folder = hub.resolve_model(name_or_path)

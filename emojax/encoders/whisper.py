@@ -180,7 +180,7 @@ def load_whisper_feature_extractor(name_or_path: Optional[str] = None, *, config
     The folder's ``preprocessor_config.json`` when it has one; otherwise the defaults (16 kHz,
     30 s window) with ``feature_size = config.num_mel_bins`` (80 unless given).
     """
-    from transformers import WhisperFeatureExtractor
+    from transformers import WhisperFeatureExtractor  # transformers takes seconds to import
 
     if name_or_path is not None:
         folder = hub.resolve_model(name_or_path)

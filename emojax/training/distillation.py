@@ -69,8 +69,9 @@ def load_teacher(teacher_dir, prep: Prepared, workdir) -> Teacher:
     cfg, t_cfg = prep.cfg, t_prep.cfg
     if (t_cfg.dataset.name, t_cfg.dataset.target) != (cfg.dataset.name, cfg.dataset.target) or \
             tuple(t_prep.class_names) != tuple(prep.class_names):
-        raise config_lib.ConfigError(f"teacher {teacher_dir}: trained on {t_cfg.dataset.name} ({t_cfg.dataset.target}), "
-                                     f"the student on {cfg.dataset.name} ({cfg.dataset.target}); they must match")
+        raise config_lib.ConfigError(
+            f"teacher {teacher_dir}: trained on {t_cfg.dataset.name} ({t_cfg.dataset.target}), "
+            f"the student on {cfg.dataset.name} ({cfg.dataset.target}); they must match")
     scores = {}
     for split in ("dev", "test"):
         if split in t_prep.features:

@@ -26,6 +26,7 @@ from emojax.data.types import SPLITS
 from emojax.dialogue import check_context_run
 from emojax.features import FeatureSet, Featurizer, feature_stats, standardize
 from emojax.files import file_sha256
+from emojax.finetune import Tuning
 from emojax.model import EmotionModel, build_model
 from emojax.training.dialogue_batches import with_dialogues
 
@@ -89,9 +90,6 @@ def prepare(cfg, workdir: str | pathlib.Path, category: str = "training") -> Pre
     model = build_model(cfg, featurizer.dims, dataset.num_classes)
     tuning = None
     if cfg.mode != "frozen":
-        # Imported here: it loads the encoders' modules, which a frozen run never needs.
-        from emojax.finetune import Tuning
-
         tuning = Tuning(cfg, featurizer, stats)
         features = {name: tuning.attach(features[name], split, root=cache.inputs_root, progress=featurizer.progress)
                     for name, split in dataset.splits.items()}

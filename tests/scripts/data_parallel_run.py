@@ -32,7 +32,8 @@ def main(data, bert, workdir, devices, loss, mode="frozen"):
                       "train_loss": [row["train_loss"] for row in history],
                       "dev_wf1": [row["dev"]["weighted_f1"] for row in history],
                       "test_accuracy": results["test"]["accuracy"],
-                      "dev_features": [float(x) for x in np.asarray(prep.features["dev"].features["T"], np.float64).sum(1)],
+                      "dev_features": [float(x) for x in
+                                       np.asarray(prep.features["dev"].features["T"], np.float64).sum(1)],
                       "params": [float(np.asarray(x, np.float64).sum()) for x in jax.tree_util.tree_leaves(params)]}))
 
 

@@ -181,7 +181,8 @@ def wav2vec2(out: pathlib.Path, structures: dict, tmp: pathlib.Path) -> None:
     mask[2, 431:] = 0
     result = jax.jit(lambda p, x, m: model(x, attention_mask=m, params=p))(params, audio, mask)
     np.savez(out / "wav2vec2.npz", input_values=audio, attention_mask=mask,
-             last_hidden_state=np.asarray(result.last_hidden_state), extract_features=np.asarray(result.extract_features))
+             last_hidden_state=np.asarray(result.last_hidden_state),
+             extract_features=np.asarray(result.extract_features))
 
 
 def clip_vision(out: pathlib.Path, structures: dict, tmp: pathlib.Path) -> None:

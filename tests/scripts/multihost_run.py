@@ -11,7 +11,6 @@ from emojax import distributed
 def main(data, bert, workdir, process_id, num_processes, port, loss):
     distributed.initialize(f"127.0.0.1:{port}", int(num_processes), int(process_id))
     import jax
-    import numpy as np
 
     from configs.compose import compose
     from emojax import train as train_lib
