@@ -23,13 +23,15 @@ Prints s / step, samples / s and the projected training time of one MELD epoch (
 ``n // batch`` steps). No transformers model is built: the encoder is emojax's.
 """
 import pathlib
+import sys
 import time
 
 import jax
 import numpy as np
 from absl import app, flags
 
-from configs.compose import compose
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))  # configs/ is in the checkout, not installed
+from configs.compose import compose  # noqa: E402
 from emojax.benchmark import machine_description, machine_line
 from emojax.files import write_json_atomic
 from emojax.features import FeatureSet, Featurizer

@@ -14,11 +14,13 @@ features, the stored hidden states). ``--set`` overrides config fields of every 
 """
 import json
 import pathlib
+import sys
 import time
 
 from absl import app, flags
 
-from configs.compose import compose
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))  # configs/ is in the checkout, not installed
+from configs.compose import compose  # noqa: E402
 from emojax.training.loop import fit
 
 _DATA = flags.DEFINE_string("data", "../shared/datasets/MELD", "MELD folder (train/dev CSVs).")

@@ -21,8 +21,9 @@ def get_config() -> ml_collections.ConfigDict:
     cfg.seed = 0
     # The encoders' fine-tuning (mode trainable / lora): the encoders' learning rate, which
     # encoders (``all``: every one with weights, or modalities such as ``T+A``), recomputation of
-    # activations in the backward pass, and the LoRA adapters.
-    cfg.finetune = {"lr": 0.0, "tune": "all", "remat": False,
+    # activations in the backward pass, the LoRA adapters, and how many of the text encoder's top
+    # layers train from stored hidden states of the others (``tune_layers``; 0: every layer).
+    cfg.finetune = {"lr": 0.0, "tune": "all", "remat": False, "tune_layers": 0,
                     "lora": {"rank": 64, "alpha": 128.0, "dropout": 0.1, "targets": "query,key,value,dense"}}
     cfg.loss = {"classification": "ce", "extras": {}, "combine": "sum"}
     cfg.model = {"hidden_dim": 256, "dropout": 0.2}

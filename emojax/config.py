@@ -188,6 +188,9 @@ def config_hash(cfg) -> str:
         # ``finetune`` was called ``encoder`` when the first runs were hashed; hashing it under
         # that name keeps every run's directory where it was.
         tree[LEGACY_FINETUNE_KEY] = tree.pop("finetune")
+    if tree.get(LEGACY_FINETUNE_KEY, {}).get("tune_layers") == 0:
+        # Every layer tuned, as before tune_layers existed: such runs keep their directories.
+        tree[LEGACY_FINETUNE_KEY].pop("tune_layers")
     for dotted in _UNHASHED:
         _drop(tree, dotted)
     if tree.get("dataset", {}).get("max_seconds") == DEFAULT_MAX_SECONDS:

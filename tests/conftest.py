@@ -136,6 +136,32 @@ def launcher(tmp_path_factory):
     server.close()
 
 
+@pytest.fixture(scope="module")
+def compiled_once(tmp_path_factory):
+    """A JAX compilation cache for one test module's duration, so that the runs of a module that
+    build the same programs again (each fit, prepare and load_run jits its own) compile each of
+    them once; the settings are put back when the module ends. Where this JAX has no cache reset
+    to call, every program compiles as usual."""
+    try:
+        from jax._src import compilation_cache  # JAX decides once per process whether to use the cache
+    except ImportError:
+        yield
+        return
+    import jax
+
+    names = ("jax_compilation_cache_dir", "jax_persistent_cache_min_compile_time_secs",
+             "jax_persistent_cache_min_entry_size_bytes")
+    before = {name: getattr(jax.config, name) for name in names}
+    jax.config.update("jax_compilation_cache_dir", str(tmp_path_factory.mktemp("compiled")))
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+    jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
+    compilation_cache.reset_cache()
+    yield
+    for name, value in before.items():
+        jax.config.update(name, value)
+    compilation_cache.reset_cache()
+
+
 # -- the longest files first -----------------------------------------------------------------------
 # ``run.py test`` gives whole files to two workers (--dist=loadfile) in collection order
 # (--no-loadscope-reorder): started first, the longest files cannot leave one worker busy long

@@ -175,6 +175,27 @@ def test_config_hashes_of_existing_runs_unchanged():
         assert config_lib.config_hash(compose(arg)) == digest, arg
 
 
+def test_tune_layers_default_keeps_hashes_and_every_mode_takes_it(tmp_path):
+    """``finetune.tune_layers`` is a default key (0: every layer), hashed only when set, so runs
+    from before it existed keep their directories; a launch line sets it on any mode."""
+    cfg = compose("dataset=MELD--E,encoders=T,mode=trainable")
+    assert cfg.finetune.tune_layers == 0
+    plain = cfg.to_dict()
+    del plain["finetune"]["tune_layers"]
+    path = tmp_path / "config.json"
+    path.write_text(json.dumps(plain))
+    assert config_lib.config_hash(config_lib.load_config(path)) == config_lib.config_hash(cfg) == "75d258e6"
+    cfg.finetune.tune_layers = 2
+    assert config_lib.config_hash(cfg) != "75d258e6"
+    code = ("import sys; from absl import flags; from ml_collections import config_flags;"
+            "C = config_flags.DEFINE_config_file('config', lock_config=True); flags.FLAGS(sys.argv);"
+            "print(C.value.finetune.tune_layers)")
+    for mode in ("trainable", "lora"):
+        out = subprocess.run([sys.executable, "-c", code, f"--config=configs/train.py:encoders=T,mode={mode}",
+                              "--config.finetune.tune_layers=3"], cwd=ROOT, capture_output=True, text=True)
+        assert out.returncode == 0 and out.stdout.strip() == "3", out.stderr
+
+
 def test_config_defaults_come_from_configs_default(monkeypatch):
     """Every field the parts do not set is configs/default.py's, and a changed default reaches
     every composed config."""

@@ -38,12 +38,20 @@ def _model(kind, causal, fusion="vallina", modalities="T", dims=None):
         cfg.fusion.project_inputs = 8
     dims = dims or {"T": 6}
     model = build_model(cfg, dims, 7)
-    params = model.init(jax.random.PRNGKey(0), {m: np.zeros((2, d), np.float32) for m, d in dims.items()},
-                        {m: np.ones(2, bool) for m in dims})["params"]
+    # Only the parameters' shapes are needed (their values are replaced below): traced, not run.
+    params = jax.eval_shape(model.init, jax.random.PRNGKey(0),
+                            {m: np.zeros((2, d), np.float32) for m, d in dims.items()},
+                            {m: np.ones(2, bool) for m in dims})["params"]
     # Random values everywhere (LayerNorm scales and biases too), so every parameter matters.
     leaves, tree = jax.tree_util.tree_flatten(params)
-    keys = jax.random.split(jax.random.PRNGKey(1), len(leaves))
-    params = jax.tree_util.tree_unflatten(tree, [0.5 * jax.random.normal(k, x.shape) for k, x in zip(keys, leaves)])
+    shapes = [x.shape for x in leaves]
+
+    @jax.jit
+    def randomize(key):
+        keys = jax.random.split(key, len(shapes))
+        return [0.5 * jax.random.normal(k, shape) for k, shape in zip(keys, shapes)]
+
+    params = jax.tree_util.tree_unflatten(tree, randomize(jax.random.PRNGKey(1)))
     return model, params
 
 
@@ -158,10 +166,10 @@ def test_head_matches_numpy_transcription(kind, causal):
     x = rng.normal(size=(2, 4, 5)).astype(np.float32)
     mask = np.array([[1, 1, 1, 1], [1, 1, 0, 0]], bool)
     speakers = np.array([[0, 1, 0, 4], [0, 1, 0, 0]], np.int32)  # 4: beyond the table, shares the last row
-    params = head.init(jax.random.PRNGKey(0), x, speakers, mask)["params"]
+    params = jax.eval_shape(head.init, jax.random.PRNGKey(0), x, speakers, mask)["params"]  # shapes only
     leaves, tree = jax.tree_util.tree_flatten(params)
     params = jax.tree_util.tree_unflatten(tree, [0.5 * rng.normal(size=a.shape).astype(np.float32) for a in leaves])
-    got = np.asarray(head.apply({"params": params}, x, speakers, mask))
+    got = np.asarray(jax.jit(head.apply)({"params": params}, x, speakers, mask))  # one program, not op by op
     p = jax.tree_util.tree_map(lambda a: np.asarray(a, np.float64), params)
     if kind == "transformer":
         want = np_transformer(p, x.astype(np.float64), speakers, mask, causal=causal, heads=TINY["heads"])

@@ -20,6 +20,10 @@ WRITERS = {"whisper": write_whisper, "wav2vec2": write_wav2vec2, "data2vec-audio
 MODALITY = {"whisper": "A", "wav2vec2": "A", "data2vec-audio": "A", "videomae": "V", "clip": "V"}
 
 
+# The runs here build the same programs again (each fit, prepare and load_run jits its own).
+pytestmark = pytest.mark.usefixtures("compiled_once")
+
+
 @pytest.fixture(scope="module")
 def media_checkpoints(tmp_path_factory):
     root = tmp_path_factory.mktemp("tuned-encoders")
@@ -40,6 +44,16 @@ def tuning_config(demo, mode, epochs=3, **encoders):
     cfg.finetune.lr = 1e-3
     cfg.finetune.lora.update(rank=4, alpha=8.0)
     return cfg
+
+
+@pytest.fixture(scope="module")
+def lora_run(tmp_path_factory, media_checkpoints, media_demo):
+    """One LoRA run tuning Whisper (A) and CLIP (V): ``(cfg, run_dir, work)``, shared by the tests
+    that read a finished tuned run."""
+    work = tmp_path_factory.mktemp("lora-run")
+    cfg = tuning_config(media_demo, "lora", epochs=3, A=("whisper", media_checkpoints["whisper"]),
+                        V=("clip", media_checkpoints["clip"]))
+    return cfg, train_lib.fit(cfg, work), work
 
 
 def _family(name):
@@ -68,17 +82,14 @@ def test_finetune_media_in_step_features_reproduce_frozen_features(tmp_path, med
                                    atol=2e-4)
 
 
-def test_finetune_media_lora_run_tunes_audio_and_video_and_estimator_uses_them(tmp_path, media_checkpoints,
-                                                                               media_demo):
+def test_finetune_media_lora_run_tunes_audio_and_video_and_estimator_uses_them(lora_run, media_demo):
     import orbax.checkpoint as ocp
 
     from emojax.data import load_dataset
     from emojax.features import standardize
     from emojax.inference import Estimator
 
-    cfg = tuning_config(media_demo, "lora", epochs=3, A=("whisper", media_checkpoints["whisper"]),
-                        V=("clip", media_checkpoints["clip"]))
-    run_dir = train_lib.fit(cfg, tmp_path)
+    cfg, run_dir, work = lora_run
     results = json.loads((run_dir / "results.json").read_text())
     best = ocp.StandardCheckpointer().restore(run_dir / "best" / str(results["best_epoch"]) / "default")
     assert set(best["encoder"]) == {"A", "V"}
@@ -88,8 +99,8 @@ def test_finetune_media_lora_run_tunes_audio_and_video_and_estimator_uses_them(t
     for adapters in best["encoder"].values():
         assert max(np.abs(a["b"]).max() for a in adapters.values()) > 0
 
-    prep, eval_step, params, _ = train_lib.load_run(run_dir, tmp_path)
-    frozen = train_lib.prepare(cfg, tmp_path).features["dev"]
+    prep, eval_step, params, _ = train_lib.load_run(run_dir, work)
+    frozen = train_lib.prepare(cfg, work).features["dev"]
     for m in ("A", "V"):
         assert np.abs(prep.features["dev"].features[m] - frozen.features[m]).max() > 1e-4  # the encoders moved
     rescored = train_lib.score(eval_step, params, prep.features["dev"], len(prep.class_names), 64)
@@ -116,7 +127,7 @@ def test_finetune_media_trainable_with_text_frozen_and_unreadable_file(tmp_path,
 
     demo = tmp_path / "demo"
     shutil.copytree(media_demo, demo)
-    cfg = tuning_config(demo, "trainable", epochs=2, T=("bert", tiny_bert),
+    cfg = tuning_config(demo, "trainable", epochs=1, T=("bert", tiny_bert),
                         A=("wav2vec2", media_checkpoints["wav2vec2"]))
     cfg.finetune.tune = "A"
     from emojax.data import load_dataset
@@ -129,20 +140,20 @@ def test_finetune_media_trainable_with_text_frozen_and_unreadable_file(tmp_path,
     prep, _, params, _ = train_lib.load_run(run_dir, tmp_path / "work")
     assert prep.tuning.modalities == ("A",)
     assert not prep.features["train"].present["A"][3] and prep.features["train"].present["A"].sum() == 13
-    frozen = train_lib.prepare(cfg, tmp_path / "work").features
-    assert np.abs(prep.features["dev"].features["A"] - frozen["dev"].features["A"]).max() > 1e-4
-    np.testing.assert_array_equal(prep.features["dev"].features["T"], frozen["dev"].features["T"])
 
-    # the stored inputs are reused: preparing again decodes no file
+    # the stored inputs are reused: preparing again (the frozen features) decodes no file
     def refuse(self, path):
         raise AssertionError(f"decoded {path} again")
 
     monkeypatch.setattr(media_encoders.Wav2Vec2Features, "tuning_item", refuse)
-    again = train_lib.prepare(cfg, tmp_path / "work").features["train"]
+    frozen = train_lib.prepare(cfg, tmp_path / "work").features
+    assert np.abs(prep.features["dev"].features["A"] - frozen["dev"].features["A"]).max() > 1e-4
+    np.testing.assert_array_equal(prep.features["dev"].features["T"], frozen["dev"].features["T"])
+    again = frozen["train"]
     assert not again.present["A"][3] and again.present["A"].sum() == 13
 
 
-def test_finetune_media_extract_encoders_writes_tuned_weights(tmp_path, media_checkpoints, media_demo):
+def test_finetune_media_extract_encoders_writes_tuned_weights(tmp_path, lora_run):
     """extract-encoders writes the tuned audio / video encoders (adapters merged) as Hugging Face
     folders that load back to the estimator's weights."""
     from emojax.encoders.clip_vision import load_clip_vision
@@ -150,9 +161,7 @@ def test_finetune_media_extract_encoders_writes_tuned_weights(tmp_path, media_ch
     from emojax.inference import Estimator
     from emojax.standalone import extract_encoders
 
-    cfg = tuning_config(media_demo, "lora", epochs=1, A=("whisper", media_checkpoints["whisper"]),
-                        V=("clip", media_checkpoints["clip"]))
-    run_dir = train_lib.fit(cfg, tmp_path)
+    run_dir = lora_run[1]
     info = extract_encoders(run_dir, tmp_path / "extracted")
     assert info["A"]["tuned"] == "lora" and info["V"]["tuned"] == "lora"
     estimator = Estimator(run_dir)

@@ -9,6 +9,7 @@ import sys
 
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 import pytest
 
@@ -154,8 +155,8 @@ def test_tuned_layers_get_the_loss_and_gradients_of_whole_encoder_tuning(tmp_pat
             def tuned(tree):
                 return loss_of(part.features(tree, part.base_args, batch))
 
-            ref_loss, ref_grads = jax.value_and_grad(reference)(base)
-            loss, grads = jax.value_and_grad(tuned)(trainable)
+            ref_loss, ref_grads = jax.jit(jax.value_and_grad(reference))(base)  # one program each, not op by op
+            loss, grads = jax.jit(jax.value_and_grad(tuned))(trainable)
             if start:
                 ref_grads = {"layers": {str(n): ref_grads["layers"][n] for n in range(start, 3)}}
         else:
@@ -380,15 +381,20 @@ def test_tune_layers_data_parallel_matches_one_device(tmp_path, text_meld, bert3
 
 
 def test_tune_layers_config_errors_name_the_key(tmp_path, text_meld, bert3):
-    for bad in (-1, 1.5, True, "2"):
-        cfg = tuning_config(text_meld, bert3, "trainable")
-        cfg.finetune.tune_layers = bad
+    for bad in (-1, 1.5, True, "2"):  # as a config.json may hold them
+        written = tuning_config(text_meld, bert3, "trainable").to_dict()
+        written["finetune"]["tune_layers"] = bad
         with pytest.raises(config_lib.ConfigError, match="finetune.tune_layers"):
-            config_lib.validate(cfg)
+            config_lib.validate(ml_collections.ConfigDict(written))
+    with pytest.raises(TypeError):  # a composed config refuses a non-integer on assignment already
+        tuning_config(text_meld, bert3, "trainable").finetune.tune_layers = 1.5
     with pytest.raises(config_lib.ConfigError, match="finetune.tune_layers: 4, but .* has 3 layers"):
         train_lib.prepare(tuning_config(text_meld, bert3, "trainable", tune_layers=4), tmp_path)
-    # absent, the key leaves the run's hash (and directory) as it was
+    # 0 (the default: every layer) leaves the run's hash (and directory) as it was before the key
     plain = tuning_config(text_meld, bert3, "trainable")
-    assert "tune_layers" not in plain.finetune
+    assert plain.finetune.tune_layers == 0
+    written = plain.to_dict()
+    del written["finetune"]["tune_layers"]
+    assert config_lib.config_hash(ml_collections.ConfigDict(written)) == config_lib.config_hash(plain)
     tuned = tuning_config(text_meld, bert3, "trainable", tune_layers=2)
     assert config_lib.config_hash(tuned) != config_lib.config_hash(plain)

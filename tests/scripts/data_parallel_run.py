@@ -3,7 +3,8 @@
     XLA_FLAGS=--xla_force_host_platform_device_count=8 python data_parallel_run.py DATA BERT WORKDIR DEVICES LOSS [MODE]
 
 MODE ``lora`` / ``trainable`` fine-tunes the text encoder (mean pooling over the utterance alone);
-then the sums of the selected epoch's tuned dev features are printed too.
+then the sums of the selected epoch's tuned dev features are printed too. :func:`run` returns the
+printed record, for a caller that trains the 1-device reference in its own process.
 """
 import json
 import sys
@@ -15,7 +16,7 @@ from configs.compose import compose
 from emojax import train as train_lib
 
 
-def main(data, bert, workdir, devices, loss, mode="frozen"):
+def run(data, bert, workdir, devices, loss, mode="frozen") -> dict:
     cfg = compose(f"dataset=MELD--E,encoders=T,loss={loss},mode={mode}")
     cfg.dataset.path, cfg.encoders.T.model = data, bert
     if mode != "frozen":
@@ -28,13 +29,16 @@ def main(data, bert, workdir, devices, loss, mode="frozen"):
     prep, _, params, _ = train_lib.load_run(run_dir)
     history = json.loads((run_dir / "history.json").read_text())
     results = json.loads((run_dir / "results.json").read_text())
-    print(json.dumps({"devices": jax.local_device_count(), "used": int(devices),
-                      "train_loss": [row["train_loss"] for row in history],
-                      "dev_wf1": [row["dev"]["weighted_f1"] for row in history],
-                      "test_accuracy": results["test"]["accuracy"],
-                      "dev_features": [float(x) for x in
-                                       np.asarray(prep.features["dev"].features["T"], np.float64).sum(1)],
-                      "params": [float(np.asarray(x, np.float64).sum()) for x in jax.tree_util.tree_leaves(params)]}))
+    return {"devices": jax.local_device_count(), "used": int(devices),
+            "train_loss": [row["train_loss"] for row in history],
+            "dev_wf1": [row["dev"]["weighted_f1"] for row in history],
+            "test_accuracy": results["test"]["accuracy"],
+            "dev_features": [float(x) for x in np.asarray(prep.features["dev"].features["T"], np.float64).sum(1)],
+            "params": [float(np.asarray(x, np.float64).sum()) for x in jax.tree_util.tree_leaves(params)]}
+
+
+def main(data, bert, workdir, devices, loss, mode="frozen"):
+    print(json.dumps(run(data, bert, workdir, devices, loss, mode)))
 
 
 if __name__ == "__main__":
