@@ -242,6 +242,7 @@ def test_wav2vec2_data2vec_parity_golden(audio_golden):
     print(f"{name} golden: last_hidden_state max |diff| {diff:.3g}, extract_features {diff_extract:.3g}")
 
 
+@pytest.mark.slow
 def test_wav2vec2_data2vec_parity_bf16_and_jit_vs_eager(audio_golden):
     name, params, config, inputs, expected, _ = audio_golden
     audio, mask = jnp.asarray(inputs["input_values"]), jnp.asarray(inputs["attention_mask"])

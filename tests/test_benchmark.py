@@ -68,6 +68,7 @@ def check_result(result, modalities, samples):
     assert machine["cores"] > 0 and machine["cpu"] and machine["jax_backend"] == jax.default_backend()
 
 
+@pytest.mark.slow
 def test_benchmark_config_every_field_and_cached_evaluation_runs_no_encoder(tmp_path, demo_data, tiny_bert,
                                                                             monkeypatch):
     from emojax.encoders import classic
@@ -143,6 +144,7 @@ def test_benchmark_launcher_config_end_to_end(tmp_path, demo_data, tiny_bert):
     assert both.returncode != 0 and "exactly one" in both.stderr
 
 
+@pytest.mark.slow
 def test_benchmark_train_step_of_lora_config_trains_adapters(text_meld, tiny_bert):
     """A fine-tuning config times the step with the text encoder inside it; LoRA of rank 4 on the
     tiny BERT's six projections per layer (hidden 32, MLP 64, 2 layers) trains 3,584 parameters."""

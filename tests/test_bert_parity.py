@@ -211,6 +211,7 @@ def test_bert_bf16_close_to_float32():
     assert diff.max() < 0.05 and diff.mean() < 0.01
 
 
+@pytest.mark.slow
 def test_bert_dropout_needs_rng_and_remat_keeps_values_and_gradients():
     folder = shared_path("fixtures", "golden", "bert")
     params, config = load_bert(str(folder))
@@ -241,6 +242,7 @@ def test_bert_dropout_needs_rng_and_remat_keeps_values_and_gradients():
         bert_apply(params, ids, mask, config=config, deterministic=False)
 
 
+@pytest.mark.slow
 def test_bert_pool_positions_equal_the_indexed_last_hidden_state():
     """bert_apply(pool_positions=...) computes the last layer at one position per row: the values
     and the gradients equal those of indexing the full output (remat on and off)."""

@@ -158,6 +158,7 @@ def np_gru(p, x, speakers, mask, *, causal):
     return _np_norm(h, p["final_norm"])
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kind,causal", KINDS)
 def test_head_matches_numpy_transcription(kind, causal):
     spec = dict(TINY, kind=kind, causal=causal, layers=2)
@@ -181,6 +182,7 @@ def test_head_matches_numpy_transcription(kind, causal):
 # ---------------------------------------------------------------------------------------------
 # Causality and padding
 # ---------------------------------------------------------------------------------------------
+@pytest.mark.slow
 @pytest.mark.parametrize("kind,causal", KINDS)
 def test_causal_head_hides_later_utterances(kind, causal):
     model, params = _model(kind, causal)
@@ -218,6 +220,7 @@ def test_padding_dialogues_and_turns_changes_nothing(kind, causal):
     np.testing.assert_allclose(_logits(model, params, {"T": batch}, big_speakers, mask)[1, :3], alone[0], atol=1e-5)
 
 
+@pytest.mark.slow
 def test_fusion_across_the_batch_sees_only_the_real_utterances():
     """With the suite's attention across the batch the fusion sees the batch's utterances; padding
     slots (whole dialogues of it too) are kept out, so the real rows score as in an unpadded batch."""
@@ -386,6 +389,7 @@ def context_run(tmp_path_factory, dialogue_meld, tiny_bert):
     return cfg, fit(cfg, tmp_path_factory.mktemp("context-run"))
 
 
+@pytest.mark.slow
 def test_context_run_trains_and_resumes_exactly(context_run, dialogue_meld, tiny_bert, tmp_path):
     cfg, whole = context_run
     assert "ctx[transformer,causal,1x16]" in json.loads((whole / "results.json").read_text())["label"]
@@ -406,6 +410,7 @@ def estimator(context_run):
     return Estimator(context_run[1])
 
 
+@pytest.mark.slow
 def test_batch_prediction_of_a_split_csv_reproduces_the_scoring(context_run, estimator, dialogue_meld):
     _, run_dir = context_run
     assert estimator.dialogue_context

@@ -31,6 +31,7 @@ def tuning_config(data, bert, mode, epochs=3):
     return cfg
 
 
+@pytest.mark.slow
 def test_finetune_lora_adapters_fresh_equal_base_and_merge_matches_numpy(tiny_bert):
     params, config = load_bert(str(tiny_bert))
     adapters = lora_lib.init_lora(params, jax.random.PRNGKey(0), rank=4, targets="query,key,value,dense")
@@ -77,6 +78,7 @@ def test_finetune_in_step_features_reproduce_frozen_features(tmp_path, text_meld
             np.testing.assert_allclose(refreshed.features["T"], prep.features[split].features["T"], atol=2e-4)
 
 
+@pytest.mark.slow
 def test_finetune_trainable_run_tunes_encoder_and_estimator_uses_it(tmp_path, text_meld, tiny_bert):
     from emojax.features import standardize
     from emojax.inference import Estimator
@@ -115,6 +117,7 @@ def test_finetune_trainable_run_tunes_encoder_and_estimator_uses_it(tmp_path, te
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
 
 
+@pytest.mark.slow
 def test_finetune_lora_trains_only_adapters_and_resume_matches(tmp_path, text_meld, tiny_bert):
     import orbax.checkpoint as ocp
 

@@ -60,6 +60,7 @@ def _family(name):
     return "wav2vec2" if name == "data2vec-audio" else name
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", list(WRITERS))
 def test_finetune_media_in_step_features_reproduce_frozen_features(tmp_path, media_checkpoints, media_demo, name):
     """Before any update, the features computed from the stored inputs (the train step's path)
@@ -82,6 +83,7 @@ def test_finetune_media_in_step_features_reproduce_frozen_features(tmp_path, med
                                    atol=2e-4)
 
 
+@pytest.mark.slow
 def test_finetune_media_lora_run_tunes_audio_and_video_and_estimator_uses_them(lora_run, media_demo):
     import orbax.checkpoint as ocp
 
@@ -116,6 +118,7 @@ def test_finetune_media_lora_run_tunes_audio_and_video_and_estimator_uses_them(l
     assert float((probs.argmax(-1) == again.labels).mean()) == pytest.approx(results["dev"]["accuracy"])
 
 
+@pytest.mark.slow
 def test_finetune_media_trainable_with_text_frozen_and_unreadable_file(tmp_path, media_checkpoints, media_demo,
                                                                        tiny_bert, caplog, monkeypatch):
     """``finetune.tune=A``: only wav2vec2 is tuned (BERT stays frozen); a corrupt audio file is a
@@ -153,6 +156,7 @@ def test_finetune_media_trainable_with_text_frozen_and_unreadable_file(tmp_path,
     assert not again.present["A"][3] and again.present["A"].sum() == 13
 
 
+@pytest.mark.slow
 def test_finetune_media_extract_encoders_writes_tuned_weights(tmp_path, lora_run):
     """extract-encoders writes the tuned audio / video encoders (adapters merged) as Hugging Face
     folders that load back to the estimator's weights."""

@@ -33,6 +33,7 @@ def _build(name):
 
 @pytest.mark.parametrize("name", ["fusion-vallina", "fusion-deep-vallina", "fusion-DF-1.0-attn",
                                   "fusion-DF-2.0-concat"])
+@pytest.mark.slow
 def test_fusion_suite_golden(name):
     inputs, outputs, state, _ = _golden(name)
     module = _build(name)
@@ -62,6 +63,7 @@ def test_fusion_import_names_unplaceable_tensor():
         import_suite_params({**state, "fc.proj.0.weight": np.zeros((16, 10))}, template)
 
 
+@pytest.mark.slow
 def test_fusion_attention_modes_differ_in_batch_dependence():
     """Suite mode: a sample's output depends on its batch mates; per-sample mode: it does not."""
     rng = np.random.default_rng(0)
@@ -126,6 +128,7 @@ def test_low_rank_fusion_matches_numpy_and_grads():
                 modes=("rev",), atol=1e-2, rtol=1e-2)
 
 
+@pytest.mark.slow
 def test_fusion_jit_matches_eager_and_noise_only_in_training():
     rng = np.random.default_rng(2)
     x = {m: jnp.asarray(rng.normal(size=(5, 24)).astype(np.float32)) for m in MODS}

@@ -52,6 +52,7 @@ def _probs(table, row):
     return table.loc[row, [f"prob_{name}" for name in EMOTIONS]].to_numpy(dtype=float)
 
 
+@pytest.mark.slow
 def test_infer_batch_csv_reports_bad_files_and_scores_the_rest(tmp_path, demo_run):
     _, data, estimator = demo_run
     source = _batch_folder(data, tmp_path)
@@ -146,6 +147,7 @@ def _launch(*args):
                           text=True, timeout=600)
 
 
+@pytest.mark.slow
 def test_infer_launcher_batch_and_single_end_to_end(tmp_path, demo_run):
     run_dir, data, estimator = demo_run
     source = _batch_folder(data, tmp_path)

@@ -63,6 +63,7 @@ def meld_run(request, meld_runs):
     return request.param, meld_runs(request.param)
 
 
+@pytest.mark.slow
 def test_batch_prediction_of_a_split_csv_reproduces_the_test_scoring(meld_run, text_meld):
     name, run_dir = meld_run
     estimator = Estimator(run_dir)
@@ -127,6 +128,7 @@ def test_empty_text_is_refused(meld_run):
             estimator.predict(text=empty, context=[])
 
 
+@pytest.mark.slow
 def test_infer_launcher_context_flag(tmp_path, meld_runs):
     run_dir = meld_runs("mask-context-prompt")
     env = dict(os.environ, PYTHONPATH=str(ROOT))
@@ -166,6 +168,7 @@ def iemocap_run(tmp_path_factory, tiny_bert):
     return root, _train(cfg, tmp_path_factory.mktemp("iemocap-runs"))
 
 
+@pytest.mark.slow
 def test_iemocap_batch_prediction_reproduces_the_test_scoring(iemocap_run, tmp_path):
     root, run_dir = iemocap_run
     estimator = Estimator(run_dir)

@@ -21,6 +21,7 @@ def notebook_snippet() -> str:
 SIZES = {"train": 420, "dev": 70, "test": 3}
 
 
+@pytest.mark.slow
 def test_infer_notebook_snippet_from_readme(tmp_path, monkeypatch):
     from matplotlib.figure import Figure
 

@@ -5,6 +5,8 @@ import pathlib
 import subprocess
 import sys
 
+import pytest
+
 from configs.compose import PARTS
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -16,6 +18,7 @@ def _run(*args, cwd=ROOT):
                           timeout=600)
 
 
+@pytest.mark.slow
 def test_launch_train_evaluate_infer(tmp_path, text_meld, tiny_bert):
     workdir = tmp_path / "runs"
     train = _run("launch.train", "--config=configs/train.py:dataset=MELD--E,encoders=T,loss=focal",
@@ -49,6 +52,7 @@ def test_launch_train_evaluate_infer(tmp_path, text_meld, tiny_bert):
     assert infer.stdout.strip().splitlines()[-1] == f"predicted: {rows[0][0]}"
 
 
+@pytest.mark.slow
 def test_launch_train_config_errors_before_work(tmp_path):
     bad = _run("launch.train", "--config=configs/train.py:dataset=MELD--E,encoders=T,fusion=tensor",
                f"--workdir={tmp_path}")

@@ -20,6 +20,7 @@ def test_focal_loss_golden():
     np.testing.assert_allclose(out, outputs["loss"].reshape(()), rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.slow
 def test_dist_loss_golden_and_grad():
     inputs, outputs = _golden("loss-dist")
     out = losses.dist_loss(inputs["student_logits"], inputs["teacher_logits"])

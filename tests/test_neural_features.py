@@ -252,6 +252,7 @@ def by_hand(family, folder, paths, pooling):
     pytest.param("wav2vec2", "A", "default", marks=pytest.mark.slow),
     pytest.param("data2vec-audio", "A", "mean", marks=pytest.mark.slow),
     ("videomae", "V", "default"), ("clip", "V", "default"), ("clip", "V", "mean")])
+@pytest.mark.slow
 def test_media_encoder_features_equal_pure_functions(checkpoints, demo, dataset, family, modality, pooling):
     from emojax.encoders import media_encoders
     from emojax.features import Featurizer

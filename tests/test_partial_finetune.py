@@ -63,6 +63,7 @@ def reference_features(tuner, whole, ids, mask):
 
 # -- layer ranges ------------------------------------------------------------------------------
 
+@pytest.mark.slow
 def test_layer_ranges_compose_to_transformers_outputs():
     """BERT and ModernBERT run in two layer ranges reproduce transformers' PyTorch last hidden
     state (the golden fixtures); with dropout, two ranges draw the masks one pass draws."""
@@ -115,6 +116,7 @@ def test_layer_ranges_compose_to_transformers_outputs():
 
 # -- losses and gradients ----------------------------------------------------------------------
 
+@pytest.mark.slow
 @pytest.mark.parametrize("mode", ["trainable", "lora"])
 def test_tuned_layers_get_the_loss_and_gradients_of_whole_encoder_tuning(tmp_path, text_meld, bert3, mode):
     """From stored hidden states and bucket-padded rows, the top K layers get the loss and the
@@ -185,6 +187,7 @@ def test_tuned_layers_get_the_loss_and_gradients_of_whole_encoder_tuning(tmp_pat
 
 # -- the store of hidden states ----------------------------------------------------------------
 
+@pytest.mark.slow
 def test_stored_hidden_states_are_the_bottom_layers_and_damage_is_rebuilt(tmp_path, text_meld, bert3, caplog):
     cfg = tuning_config(text_meld, bert3, "trainable", tune_layers=1)
     prep = train_lib.prepare(cfg, tmp_path)
@@ -268,6 +271,7 @@ def test_bucketed_epoch_batches_cover_rows_once_and_replay_by_seed_and_epoch():
     np.testing.assert_array_equal(np.concatenate(plain), train_lib.epoch_order(0, 1, 96))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("tune_layers", [0, 1])
 def test_bucket_padding_gives_the_features_and_logits_of_max_length_padding(tmp_path, text_meld, bert3, tune_layers):
     from emojax.model import build_model
@@ -291,6 +295,7 @@ def test_bucket_padding_gives_the_features_and_logits_of_max_length_padding(tmp_
     np.testing.assert_allclose(np.asarray(logits), np.asarray(padded), atol=1e-4)
 
 
+@pytest.mark.slow
 def test_tune_layers_in_bfloat16_stores_its_own_states_close_to_float32(tmp_path, text_meld, bert3):
     """precision=bfloat16: the frozen layers run in bfloat16 matmuls (their own store) and the
     tuned features stay within bfloat16 rounding of the float32 ones."""

@@ -208,6 +208,7 @@ def demo_sweep(tmp_path_factory, tiny_bert):
     return root, runs, outcomes, text, lines, overrides
 
 
+@pytest.mark.slow
 def test_sweep_demo_end_to_end(demo_sweep):
     root, runs, outcomes, text, lines, _ = demo_sweep
     assert {name: o.status for name, o in outcomes.items()} == {r.name: "done" for r in runs}, outcomes

@@ -68,6 +68,7 @@ def test_add_special_tokens_uses_spare_rows_of_a_padded_vocabulary(tiny_bert):
     np.testing.assert_allclose(word[ids], np.repeat(mean[None], 4, 0), atol=1e-6)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("pooling", POOLINGS)
 def test_pooling_matches_numpy_on_hidden_states(speaker_encoder, pooling):
     encoder, *_ = speaker_encoder

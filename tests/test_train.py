@@ -23,6 +23,7 @@ def text_config(data, bert, epochs=4, loss="ce"):
     return cfg
 
 
+@pytest.mark.slow
 def test_train_text_run_end_to_end(tmp_path, text_meld, tiny_bert, monkeypatch):
     from emojax.encoders import text as text_lib
 
@@ -66,6 +67,7 @@ def test_train_text_run_end_to_end(tmp_path, text_meld, tiny_bert, monkeypatch):
     assert calls == []
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("loss", ["ce", "focal+spcl", "weight+apcl+uncertainty"])
 def test_resume_reproduces_uninterrupted_run(tmp_path, text_meld, tiny_bert, loss):
     """Parameters, optimizer, RNG, the SPCL pools and the data order survive a restart."""
@@ -98,6 +100,7 @@ def test_train_absent_test_split_not_scored(tmp_path, text_meld, tiny_bert):
     assert results["dev"]["scored"] is True
 
 
+@pytest.mark.slow
 def test_infer_estimator_and_evaluate(tmp_path, text_meld, tiny_bert):
     from emojax.inference import Estimator
 
@@ -122,6 +125,7 @@ def test_infer_estimator_and_evaluate(tmp_path, text_meld, tiny_bert):
         estimator.predict(text="hi", audio=str(tmp_path / "nope.flac"))
 
 
+@pytest.mark.slow
 def test_train_step_multimodal_losses_uncertainty_total_matches_losses(caplog):
     """CMCL and FRL on the fusion inputs, weighed by learned sigmas: the step's loss is the
     uncertainty-weighted sum of the library's losses, and the loss parameters are trained."""
@@ -189,6 +193,7 @@ def test_train_step_multimodal_losses_uncertainty_total_matches_losses(caplog):
         train_lib._usable_extras(compose("encoders=T+A,loss=ce+dist"), ("T", "A"))
 
 
+@pytest.mark.slow
 def test_padded_eval_batch_equals_unpadded_in_fusion_across_the_batch():
     """With the suite's attention across the batch, the padding of the last evaluation batch is
     masked out: its real rows score as they would alone."""
@@ -237,6 +242,7 @@ def single_device_run(tmp_path_factory, text_meld, tiny_bert):
     return get
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("loss,mode", [("focal+spcl", "frozen"), ("ce", "lora")])
 def test_data_parallel_8_devices_match_1_device(tmp_path, text_meld, tiny_bert, loss, mode, single_device_run):
     """Training split over 8 (host) devices gives the parameters, losses and scores of 1 device
@@ -275,6 +281,7 @@ def test_data_parallel_config_errors_name_the_key():
     assert config_lib.config_hash(other) == config_lib.config_hash(cfg)
 
 
+@pytest.mark.slow
 def test_bfloat16_training_reaches_float32_accuracy(tmp_path, text_meld, tiny_bert):
     """bfloat16 compute (features and head) with float32 master parameters and optimizer state:
     dev accuracy within 5 points of the float32 run on the same data and seed."""
@@ -288,6 +295,7 @@ def test_bfloat16_training_reaches_float32_accuracy(tmp_path, text_meld, tiny_be
     assert abs(runs["bfloat16"]["dev"]["accuracy"] - runs["float32"]["dev"]["accuracy"]) <= 0.05
 
 
+@pytest.mark.slow
 def test_bfloat16_step_computes_in_bfloat16_keeps_float32_masters():
     from emojax.model import build_model
 
@@ -332,6 +340,7 @@ def test_feature_cache_key_changes_with_precision_and_pooling(text_meld, tiny_be
     assert Featurizer(cfg).encoders["T"].namespace == spaces["float32", "mean"]
 
 
+@pytest.mark.slow
 def test_multihost_two_processes_match_single_process(tmp_path, text_meld, tiny_bert, single_device_run):
     """Two processes on localhost (jax.distributed, CPU devices) train as one: both end with the
     single-process losses and dev scores; only process 0 writes the run's files."""

@@ -92,6 +92,7 @@ def test_whisper_asr_parity_flax_generate_both_layouts(tiny_asr):
             assert not np.isin(ours[:, 4:], model.suppress_tokens).any()
 
 
+@pytest.mark.slow
 def test_whisper_asr_cached_decode_equals_full_recompute(tiny_asr):
     """Every step of the cached loop gives the logits of a full causal pass over the tokens so far."""
     model = load_whisper_asr(str(tiny_asr["root"] / "msgpack"), with_processors=False)
@@ -123,6 +124,7 @@ def test_whisper_asr_prompt_errors_and_language_detection(tiny_asr):
     np.testing.assert_array_equal(detected[:, 1], np.where(first[:, EN] >= first[:, ZH], EN, ZH))
 
 
+@pytest.mark.slow
 def test_estimator_transcribes_audio_without_text(tiny_asr, tmp_path, text_meld, tiny_bert):
     """A text run given only audio scores the Whisper transcript: the same result as giving that
     text; batch prediction reports it per row, and an unreadable file is that row's error."""
