@@ -355,3 +355,31 @@ def test_unexpected_failure_keeps_its_traceback():
     with pytest.raises(SystemExit) as stop:
         _errors.guarded(mistake)([])
     assert stop.value.code == "error: train.lr: must be a positive number, got nan; second line"
+
+
+# Checkpoints written before encoder layer keys were renamed
+
+def test_legacy_names_maps_earlier_layer_keys_one_to_one():
+    """Today's ``layers/<i>/<key>`` paths found under the key's earlier name (as the families
+    record it) with the same shape; anything else that differs is not explained by a rename."""
+    from emojax.encoders import clip_vision, videomae, wav2vec2  # noqa: F401 - registers the families
+
+    wanted = {"params/V/layers/0/attn_norm/scale": (4,), "params/V/layers/0/fc1/w": (4, 8),
+              "params/V/final_norm/scale": (4,), "opt/mu/V/layers/0/fc1/w": (4, 8), "step": ()}
+    saved = {"params/V/layers/0/norm_before/scale": (4,), "params/V/layers/0/intermediate/w": (4, 8),
+             "params/V/final_norm/scale": (4,), "opt/mu/V/layers/0/intermediate/w": (4, 8), "step": ()}
+    assert ckpt_lib.legacy_names(wanted, saved) == {
+        "params/V/layers/0/attn_norm/scale": "params/V/layers/0/norm_before/scale",
+        "params/V/layers/0/fc1/w": "params/V/layers/0/intermediate/w",
+        "params/V/final_norm/scale": "params/V/final_norm/scale",
+        "opt/mu/V/layers/0/fc1/w": "opt/mu/V/layers/0/intermediate/w", "step": "step"}
+    # another shape under the earlier name: not the same array
+    assert ckpt_lib.legacy_names(wanted, {**saved, "params/V/layers/0/intermediate/w": (4, 9)}) is None
+    # a key renamed outside an encoder layer is not an earlier name
+    assert ckpt_lib.legacy_names({"params/V/fc1/w": (2,)}, {"params/V/intermediate/w": (2,)}) is None
+    # an array of the checkpoint left over, or one of the model's missing
+    assert ckpt_lib.legacy_names(wanted, {**saved, "params/V/extra": (1,)}) is None
+    assert ckpt_lib.legacy_names({**wanted, "params/T/w": (2,)}, saved) is None
+    # two earlier names present for one key: ambiguous
+    two = {**saved, "params/V/layers/0/norm1/scale": (4,)}
+    assert ckpt_lib.legacy_names({**wanted, "params/V/layers/0/norm1/scale": (4,)}, two) is None

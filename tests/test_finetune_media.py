@@ -3,6 +3,7 @@ inside the train step, on the generated MELD-format demo (FLAC audio, MP4 video)
 checkpoints in the Hugging Face layout (the writers of tests/test_neural_features.py)."""
 import json
 import pathlib
+import shutil
 
 import jax
 import numpy as np
@@ -175,3 +176,80 @@ def test_finetune_media_extract_encoders_writes_tuned_weights(tmp_path, lora_run
         for a, b in zip(jax.tree_util.tree_leaves(back), jax.tree_util.tree_leaves(tuned)):
             np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
         assert info[m]["hash"] == estimator.featurizer.encoders[m].weights_hash
+
+
+# The layer keys of wav2vec2 and VideoMAE as checkpoints written before the shared encoder block
+# stored them (today's name -> that name), from emojax.encoders.wav2vec2 / videomae at the time.
+EARLIER_LAYER_KEYS = {"wav2vec2": {"mlp_norm": "final_norm", "fc1": "intermediate", "fc2": "output"},
+                      "videomae": {"attn_norm": "norm_before", "mlp_norm": "norm_after", "fc1": "intermediate",
+                                   "fc2": "output"}}
+
+
+def _with_earlier_names(tree, modality_family):
+    """``tree`` (a restored checkpoint, nested dicts and lists) with each encoder layer's keys
+    renamed to the earlier names of the family of the modality above it."""
+    def walk(node, family, parent):
+        if isinstance(node, dict):
+            renames = EARLIER_LAYER_KEYS.get(family, {}) if parent == "layer" else {}
+            return {renames.get(k, k): walk(v, modality_family.get(k, family), "layers" if k == "layers" else None)
+                    for k, v in node.items()}
+        if isinstance(node, (list, tuple)):
+            return [walk(v, family, "layer" if parent == "layers" else None) for v in node]
+        return node
+    return walk(tree, None, None)
+
+
+def _store_under_earlier_names(run_dir, modality_family) -> int:
+    """Rewrite every Orbax checkpoint of ``run_dir`` with the encoders' layer arrays under their
+    earlier names; returns how many changed."""
+    import orbax.checkpoint as ocp
+
+    changed = 0
+    for item in sorted(run_dir.glob("*/[0-9]*/default")):
+        checkpointer = ocp.StandardCheckpointer()
+        tree = checkpointer.restore(item)
+        earlier = _with_earlier_names(tree, modality_family)
+        if jax.tree_util.tree_structure(earlier) != jax.tree_util.tree_structure(tree):
+            changed += 1
+            shutil.rmtree(item)
+            checkpointer.save(item, earlier)
+            checkpointer.wait_until_finished()
+        checkpointer.close()
+    return changed
+
+
+def _files(folder):
+    return {p.relative_to(folder): p.read_bytes() for p in folder.rglob("*") if p.is_file()}
+
+
+@pytest.mark.slow
+def test_finetune_media_checkpoints_with_earlier_layer_names_resume_and_score(tmp_path, media_checkpoints,
+                                                                              media_demo):
+    """A tuned wav2vec2 + VideoMAE run whose checkpoints hold the encoders' layer arrays under
+    their earlier names (norm_before, intermediate, output, final_norm, ...) resumes as an
+    uninterrupted run, and a finished one is scored with the parameters it stored; the old
+    files are read, not rewritten."""
+    families = {"A": "wav2vec2", "V": "videomae"}
+    cfg = tuning_config(media_demo, "trainable", epochs=3, A=("wav2vec2", media_checkpoints["wav2vec2"]),
+                        V=("videomae", media_checkpoints["videomae"]))
+    whole = train_lib.fit(cfg, tmp_path / "a")
+
+    run_dir = train_lib.fit(cfg, tmp_path / "b", max_epochs=2)
+    assert _store_under_earlier_names(run_dir, families) == 3  # state/1, state/2, best/<selected>
+    old_state = _files(run_dir / "state" / "2")
+    assert train_lib.fit(cfg, tmp_path / "b") == run_dir
+    assert _files(run_dir / "state" / "2") == old_state and not (run_dir / "set_aside").exists()
+    a = json.loads((whole / "history.json").read_text())
+    b = json.loads((run_dir / "history.json").read_text())
+    np.testing.assert_allclose([r["train_loss"] for r in a], [r["train_loss"] for r in b], rtol=1e-6)
+    assert json.loads((whole / "results.json").read_text())["test"] == \
+        json.loads((run_dir / "results.json").read_text())["test"]
+
+    _, _, params, _ = train_lib.load_run(run_dir, tmp_path / "b")
+    assert _store_under_earlier_names(run_dir, families) >= 1
+    saved = _files(run_dir)
+    _, _, again, _ = train_lib.load_run(run_dir, tmp_path / "b")
+    assert _files(run_dir) == saved
+    assert jax.tree_util.tree_structure(again) == jax.tree_util.tree_structure(params)
+    for x, y in zip(jax.tree_util.tree_leaves(again), jax.tree_util.tree_leaves(params)):
+        np.testing.assert_array_equal(np.asarray(x), np.asarray(y))

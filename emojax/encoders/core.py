@@ -319,6 +319,13 @@ def load(family: Family, name_or_path: str, **overrides) -> tuple[Params, Any]:
     return family.params_from_state(state, config), config
 
 
+def renamed_layer_keys() -> set[tuple[str, str]]:
+    """``{(layer key, its name when weights hashes were first recorded)}`` over the registered
+    families: the names checkpoints written before a rename hold (read back by
+    :mod:`emojax.checkpoint`)."""
+    return {(new, old) for family in _FAMILIES.values() for new, old in family.hashed_names.items()}
+
+
 def hash_view(params: Params, config) -> Params:
     """``params`` with its layers' keys under the names they had when weights hashes were first
     recorded (a run's record of its encoders, and the feature cache's key), so that renaming a
