@@ -15,7 +15,7 @@ import numpy as np
 from absl import app, flags
 from safetensors.numpy import load_file, save_file
 
-from emojax.cache import FeatureCache
+from emojax.features.cache import FeatureCache
 
 _SAMPLES = flags.DEFINE_integer("samples", 10000, "Number of samples.")
 _DIM = flags.DEFINE_integer("dim", 1024, "Feature size (roberta-large: 1024).")

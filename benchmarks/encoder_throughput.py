@@ -41,7 +41,7 @@ import transformers
 from absl import app, flags
 
 from emojax.benchmark import machine_description, machine_line
-from emojax.checkpoint import write_json_atomic
+from emojax.runs.checkpoint import write_json_atomic
 from emojax.encoders import hub
 
 _FAMILIES = flags.DEFINE_list("families", ["bert", "bert-pooled", "whisper", "clip"], "Families to measure.")

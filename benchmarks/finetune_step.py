@@ -7,7 +7,7 @@ all-MiniLM-L6-v2, with and without ``finetune.tune_layers`` and length buckets.
 
 Each configuration is ``configs/train.py:dataset=MELD--E,encoders=T,mode=MODE`` (the text path of
 utterance + prompt, mask pooling), its encoder, head and optimizer built as a run builds them
-(:class:`emojax.finetune.Tuning`, :func:`emojax.training.steps.make_train_step`), timed after a
+(:class:`emojax.training.finetune.Tuning`, :func:`emojax.training.steps.make_train_step`), timed after a
 warm-up that compiles every shape it meets, to ``block_until_ready``:
 
 * ``*-128``: every row 128 tokens, all real (the shape of ``/work/shared/peer/finetune_step.py``,
@@ -34,10 +34,10 @@ sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))  # configs/
 from configs.compose import compose  # noqa: E402
 from emojax.benchmark import machine_description, machine_line
 from emojax.files import write_json_atomic
-from emojax.features import FeatureSet, Featurizer
-from emojax.finetune import Tuning
-from emojax.finetune_text import TokenRows
-from emojax.model import build_model
+from emojax.features.featurizer import FeatureSet, Featurizer
+from emojax.training.finetune import Tuning
+from emojax.training.finetune_text import TokenRows
+from emojax.model.model import build_model
 from emojax.training.batches import batch_of, epoch_batches
 from emojax.training.preparation import Prepared
 from emojax.training.state import init_state, make_optimizer

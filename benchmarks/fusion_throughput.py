@@ -23,7 +23,7 @@ import jax
 import numpy as np
 from absl import app, flags
 
-from emojax.model import build_model
+from emojax.model.model import build_model
 from emojax.training.parallel import DataParallel
 from emojax.training.state import TrainState, make_optimizer
 from emojax.training.steps import make_train_step

@@ -38,11 +38,11 @@ import soundfile as sf
 from absl import app, flags
 
 from emojax.benchmark import machine_description, machine_line
-from emojax.checkpoint import write_json_atomic
+from emojax.runs.checkpoint import write_json_atomic
 from emojax.data import media
 from emojax.data.types import Sample, Split
 from emojax.encoders import classic
-from emojax.features import Featurizer
+from emojax.features.featurizer import Featurizer
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))  # configs/ is in the checkout, not installed
 from configs.compose import compose  # noqa: E402

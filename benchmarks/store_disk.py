@@ -18,7 +18,7 @@ import time
 
 from absl import app, flags
 
-from emojax import store
+from emojax.runs import store
 from emojax.benchmark import machine_description
 from emojax.training.loop import fit
 

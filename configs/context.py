@@ -1,5 +1,5 @@
 """Dialogue context parts (``context=...``): a small sequence model over the fused utterance
-vectors of each dialogue, between the fusion and the classifier (``emojax.dialogue``).
+vectors of each dialogue, between the fusion and the classifier (``emojax.model.dialogue``).
 
 Each preset is ``cfg.model.context``: ``kind`` (``transformer``: pre-LN blocks with sinusoidal
 positions; ``gru``), ``causal`` (each utterance sees only itself and earlier ones, as a live

@@ -1,7 +1,7 @@
 """Classifier parts (``experts=...``): the suite's ``1xE`` (linear) and ``4xE`` / ``8xE`` /
 ``64xE`` (a dense mixture of N linear experts under a noisy router), plus sparse top-k mixtures
 (``8xE-top2``: only the two largest routing weights per sample, renormalised). Options are those
-of ``emojax.classifier.build_classifier``."""
+of ``emojax.model.classifier.build_classifier``."""
 
 PRESETS = {
     "1xE": {"name": "linear", "experts": 1},

@@ -1,6 +1,6 @@
 """Fusion parts (``fusion=...``): the PyTorch suite's fusion configs, and the other layers.
 
-Each preset is the keyword set of ``emojax.fusion.build_fusion``: ``name`` is the registry name,
+Each preset is the keyword set of ``emojax.model.fusion.build_fusion``: ``name`` is the registry name,
 the other keys its options. Two keys are read by the model instead: ``min_modalities`` (the
 config check refuses runs with fewer) and ``project_inputs`` (a linear map of every modality to
 that size before fusing; attention layers need sizes their heads divide, and the shared
@@ -12,7 +12,7 @@ Names starting with ``+`` are overlays merged on top of a base: ``fusion=DF-1.0+
 that is already its default (``use_cross_attn=True``), and ``+concat`` selects the depth-4 concat
 projector instead. ``+per-sample`` switches every attention layer to per-sample attention; the
 default ``batch_as_sequence=True`` is the suite's attention across the batch (samples attend to
-their batch mates; see ``emojax/layers.py``).
+their batch mates; see ``emojax/model/layers.py``).
 """
 
 _SUITE_ATTENTION = {"batch_as_sequence": True}

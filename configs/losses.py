@@ -2,9 +2,9 @@
 
 Combine them with ``+``: ``loss=focal+spcl``. ``classification`` is ``ce``, ``weighted``
 (cross entropy weighted by 1 / class frequency; the suite's ``weight``) or ``focal`` (gamma 2).
-``extras`` maps an ``emojax.losses`` extra-loss name to its options, ``weight`` being the factor
+``extras`` maps an ``emojax.model.losses`` extra-loss name to its options, ``weight`` being the factor
 in the total. ``combine`` is ``sum`` (default) or ``uncertainty`` (learned sigma per loss,
-``emojax.losses.combine_losses``).
+``emojax.model.losses.combine_losses``).
 
 The suite's configs: ``focal``, ``weight``, ``spcl``, ``apcl``, ``cmcl``, ``scl``, ``frl-meld``,
 ``frl-iemocap``; ``dist`` is the suite's distillation from a unimodal teacher (weight 2).

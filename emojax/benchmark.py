@@ -38,18 +38,18 @@ from typing import Any, Callable, Optional
 import jax
 import numpy as np
 
-from emojax import cache as cache_lib
+from emojax.features import cache as cache_lib
 from emojax import config as config_lib
 from emojax import metrics as metrics_lib
-from emojax.cache import FeatureCache
+from emojax.features.cache import FeatureCache
 from emojax.data.context import all_speaker_tokens
 from emojax.data.types import Split, inverse_frequency_weights
 from emojax.evaluation import predict_proba
-from emojax.features import FeatureSet, Featurizer, feature_stats, standardize
+from emojax.features.featurizer import FeatureSet, Featurizer, feature_stats, standardize
 from emojax.files import write_json_atomic, write_text_atomic
-from emojax.finetune import ArrayRows, Tuning
+from emojax.training.finetune import ArrayRows, Tuning
 from emojax.inference import Estimator
-from emojax.model import build_model
+from emojax.model.model import build_model
 from emojax.training.batches import batch_of
 from emojax.training.preparation import Prepared, load_data
 from emojax.training.state import init_state, make_optimizer, usable_extras

@@ -103,7 +103,7 @@ def validate(cfg) -> None:
         raise ConfigError(f"modality_dropout: {cfg.modality_dropout} must lie in [0, 0.5)")
     if cfg.loss.classification not in ("ce", "weighted", "focal"):
         raise ConfigError(f"loss.classification: {cfg.loss.classification!r} is not one of ce, weighted, focal")
-    from emojax.losses import EXTRA_LOSSES  # import cost: JAX, as above
+    from emojax.model.losses import EXTRA_LOSSES  # import cost: JAX, as above
 
     for name in cfg.loss.extras:
         if name not in EXTRA_LOSSES:
@@ -140,7 +140,7 @@ def validate(cfg) -> None:
             raise ConfigError(f"encoders.T.context_turns: {text.context_turns} must be -1 (all) or >= 0")
     if cfg.mode != "frozen":
         # trainable / lora fine-tune the encoders finetune.tune names inside the train step
-        # (emojax.finetune); the others stay frozen.
+        # (emojax.training.finetune); the others stay frozen.
         tune = str(cfg.finetune.get("tune", "all")).strip()
         if tune != "all":
             chosen = [m.strip() for m in tune.replace(",", "+").split("+") if m.strip()]
@@ -156,7 +156,7 @@ def validate(cfg) -> None:
                               "has none (classic audio / video features); use mode=frozen")
         if not float(cfg.finetune.lr) > 0:
             raise ConfigError(f"finetune.lr: must be positive when mode={cfg.mode!r}, got {cfg.finetune.lr}")
-        tune_layers = cfg.finetune.get("tune_layers", 0)  # absent: every layer (emojax.finetune_text)
+        tune_layers = cfg.finetune.get("tune_layers", 0)  # absent: every layer (emojax.training.finetune_text)
         if isinstance(tune_layers, bool) or not isinstance(tune_layers, int) or tune_layers < 0:
             raise ConfigError(f"finetune.tune_layers: {tune_layers!r} must be a whole number of top text-encoder "
                               "layers to fine-tune, at least 0 (0: all of them)")
@@ -229,7 +229,7 @@ def text_label(cfg) -> str:
 
 
 def context_label(cfg) -> str:
-    """The dialogue context head (``model.context``, :mod:`emojax.dialogue`), e.g.
+    """The dialogue context head (``model.context``, :mod:`emojax.model.dialogue`), e.g.
     ``ctx[gru,causal,1x256]``; empty for a run without one."""
     spec = (cfg.get("model") or {}).get("context") or {}
     if not spec or spec.get("kind", "transformer") == "none":

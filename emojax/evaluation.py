@@ -12,10 +12,10 @@ from typing import Callable, Optional
 import jax
 import numpy as np
 
-from emojax import checkpoint as ckpt_lib
+from emojax.runs import checkpoint as ckpt_lib
 from emojax import config as config_lib
 from emojax import metrics as metrics_lib
-from emojax.features import FeatureSet, padded_batches
+from emojax.features.featurizer import FeatureSet, padded_batches
 from emojax.training.batches import batch_of
 from emojax.training.dialogue_batches import dialogue_batch, dialogue_layout, scoring_plan, scoring_turns
 from emojax.training.parallel import DataParallel

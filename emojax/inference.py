@@ -29,10 +29,10 @@ import jax
 import numpy as np
 import pandas as pd
 
-from emojax import checkpoint as ckpt_lib
+from emojax.runs import checkpoint as ckpt_lib
 from emojax import config as config_lib
-from emojax import standalone as standalone_lib
-from emojax import store
+from emojax.runs import standalone as standalone_lib
+from emojax.runs import store
 from emojax.data import context as text_context
 from emojax.data import csvutil, paths
 from emojax.data.iemocap import read_rows
@@ -40,10 +40,10 @@ from emojax.data.media import MediaError, read_audio, split_ref
 from emojax.data.types import Sample, Split
 from emojax.encoders.whisper_decoder import Transcriber
 from emojax.evaluation import predict_proba
-from emojax.features import FeatureSet, Featurizer, standardize
+from emojax.features.featurizer import FeatureSet, Featurizer, standardize
 from emojax.files import write_text_atomic
-from emojax.finetune import Tuning
-from emojax.model import build_model
+from emojax.training.finetune import Tuning
+from emojax.model.model import build_model
 from emojax.progress import progress_bar
 from emojax.training.dialogue_batches import with_dialogues
 from emojax.training.steps import make_eval_step
@@ -211,7 +211,7 @@ class Estimator:
 
     @property
     def dialogue_context(self) -> bool:
-        """Whether the run has a dialogue context head (:mod:`emojax.dialogue`): it classifies an
+        """Whether the run has a dialogue context head (:mod:`emojax.model.dialogue`): it classifies an
         utterance with the rest of its dialogue in view."""
         return self.model.context is not None
 

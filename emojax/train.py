@@ -10,9 +10,9 @@ It re-exports names only: to replace a function for a test, patch the module tha
 """
 from __future__ import annotations
 
-from emojax import checkpoint as ckpt_lib
+from emojax.runs import checkpoint as ckpt_lib
 from emojax.evaluation import load_run, predict_proba, score, scores_summary, write_meta, write_results
-from emojax.features import FeatureSet
+from emojax.features.featurizer import FeatureSet
 from emojax.training.batches import batch_of, epoch_order, train_batches
 from emojax.training.distillation import Teacher, load_teacher, transfer_matching
 from emojax.training.loop import check_run_paths, fit, progress_at

@@ -30,7 +30,7 @@ class UserError(ValueError):
 # here imports nothing, and a light command such as ``launch.tool info`` does not load JAX.
 _LIBRARY_ERRORS = (
     ("emojax.config", "ConfigError"),
-    ("emojax.checkpoint", "CheckpointError"),
+    ("emojax.runs.checkpoint", "CheckpointError"),
     ("emojax.data.types", "DatasetError"),
     ("emojax.data.demo", "DemoError"),
     ("emojax.encoders.hub", "WeightError"),

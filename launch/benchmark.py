@@ -16,7 +16,7 @@ from ml_collections import config_flags
 
 from emojax import benchmark as benchmark_lib
 from emojax import config as config_lib
-from emojax.checkpoint import finished_run
+from emojax.runs.checkpoint import finished_run
 from launch import _errors
 
 _RUN = flags.DEFINE_string("run", None, "A finished run directory written by launch/train.py.")

@@ -8,7 +8,7 @@ one ``error:`` line.
 """
 from absl import flags
 
-from emojax import checkpoint as ckpt_lib
+from emojax.runs import checkpoint as ckpt_lib
 from emojax import metrics as metrics_lib
 from emojax.evaluation import load_run, score
 from launch import _errors

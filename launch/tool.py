@@ -35,10 +35,10 @@ from typing import Optional, TextIO
 from absl import app, flags
 
 from emojax import config as config_lib
-from emojax.cache import FeatureCache
+from emojax.features.cache import FeatureCache
 from launch import _errors
 
-# emojax.store and emojax.standalone load JAX (seconds): the commands that need them import them,
+# emojax.runs.store and emojax.runs.standalone load JAX (seconds): the commands that need them import them,
 # so --help, flag errors and the cache command start without it.
 
 COMMANDS = ("info", "cache", "gc", "create-standalone", "extract-encoders")
@@ -125,7 +125,7 @@ def run_summary(run_dir: pathlib.Path, workdir: pathlib.Path) -> dict:
 
 def run_rows(workdir: str | pathlib.Path, *, sort: str = "dev_wf1", contains: Optional[str] = None) -> list[dict]:
     """Summaries of the runs under ``workdir``: filtered by label, finished runs first, sorted."""
-    from emojax.store import find_runs  # JAX kept out of launch.tool so `launch.tool --help` stays fast
+    from emojax.runs.store import find_runs  # JAX kept out of launch.tool so `launch.tool --help` stays fast
 
     workdir = pathlib.Path(workdir)
     if not workdir.is_dir():
@@ -215,7 +215,7 @@ def cmd_cache(cache_dir, *, clear: Optional[str] = None, out: Optional[TextIO] =
 # ---------------------------------------------------------------------------------------------
 def cmd_gc(workdir, *, apply: bool = False, grace_s: float = 600.0, out: Optional[TextIO] = None) -> list[dict]:
     out = out or sys.stdout
-    from emojax import store  # JAX kept out of launch.tool so `launch.tool --help` stays fast
+    from emojax.runs import store  # JAX kept out of launch.tool so `launch.tool --help` stays fast
 
     workdir = pathlib.Path(workdir)
     if not workdir.is_dir():
@@ -255,7 +255,8 @@ def _paths(run_dir: Optional[str], output: Optional[str], command: str) -> tuple
 
 def cmd_create_standalone(run_dir, output, *, out: Optional[TextIO] = None) -> pathlib.Path:
     out = out or sys.stdout
-    from emojax.standalone import create_standalone  # JAX kept out of launch.tool so `launch.tool --help` stays fast
+    # JAX kept out of launch.tool so `launch.tool --help` stays fast
+    from emojax.runs.standalone import create_standalone
 
     run_dir, output = _paths(run_dir, output, "create-standalone")
     folder = create_standalone(run_dir, output)
@@ -268,7 +269,8 @@ def cmd_create_standalone(run_dir, output, *, out: Optional[TextIO] = None) -> p
 
 def cmd_extract_encoders(run_dir, output, *, out: Optional[TextIO] = None) -> dict:
     out = out or sys.stdout
-    from emojax.standalone import extract_encoders  # JAX kept out of launch.tool so `launch.tool --help` stays fast
+    # JAX kept out of launch.tool so `launch.tool --help` stays fast
+    from emojax.runs.standalone import extract_encoders
 
     run_dir, output = _paths(run_dir, output, "extract-encoders")
     encoders = extract_encoders(run_dir, output)

@@ -20,8 +20,8 @@ from absl import flags, logging
 from ml_collections import config_flags
 
 from emojax import config as config_lib
-from emojax import distributed
-from emojax.checkpoint import finished_run
+from emojax.training import distributed
+from emojax.runs.checkpoint import finished_run
 from emojax.training.loop import fit
 from launch import _errors
 

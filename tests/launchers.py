@@ -29,7 +29,7 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 PRELOAD = ("jax", "jax.numpy", "flax.linen", "optax", "orbax.checkpoint", "ml_collections.config_flags",
            "absl.app", "absl.flags", "transformers", "matplotlib.figure", "configs.compose",
            "emojax.training.loop", "emojax.evaluation", "emojax.inference", "emojax.benchmark", "emojax.sweep",
-           "emojax.store", "emojax.standalone")
+           "emojax.runs.store", "emojax.runs.standalone")
 
 _SERVER = r"""
 import importlib, json, os, runpy, sys, traceback

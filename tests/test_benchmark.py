@@ -12,7 +12,7 @@ import pytest
 from emojax import benchmark as bench
 from configs.compose import compose
 from emojax import train as train_lib
-from emojax.cache import FeatureCache
+from emojax.features.cache import FeatureCache
 from emojax.data.demo import generate_demo
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]

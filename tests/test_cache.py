@@ -5,7 +5,7 @@ import os
 import numpy as np
 import pytest
 
-from emojax.cache import FeatureCache, check_shard, file_identity
+from emojax.features.cache import FeatureCache, check_shard, file_identity
 
 
 def _rows(keys, dim=8):

@@ -12,11 +12,11 @@ import pytest
 from safetensors.numpy import save_file
 
 from configs.compose import compose
-from emojax.cache import CORRUPT_SUFFIX, FeatureCache
+from emojax.features.cache import CORRUPT_SUFFIX, FeatureCache
 from emojax.data.media import MediaError
 from emojax.data.types import Sample, Split
-from emojax.features import Featurizer
-from emojax.finetune import StoredRows, store_inputs
+from emojax.features.featurizer import Featurizer
+from emojax.training.finetune import StoredRows, store_inputs
 
 DIM = 8
 

@@ -17,12 +17,12 @@ import pytest
 from configs.compose import compose
 from configs.context import PRESETS
 from emojax import config as config_lib
-from emojax import losses as losses_lib
-from emojax.dialogue import DialogueContext, check_context_run, context_spec
+from emojax.model import losses as losses_lib
+from emojax.model.dialogue import DialogueContext, check_context_run, context_spec
 from emojax.evaluation import load_run, predict_proba
-from emojax.features import FeatureSet
+from emojax.features.featurizer import FeatureSet
 from emojax.inference import Estimator, predict_table
-from emojax.model import build_model
+from emojax.model.model import build_model
 from emojax.training import dialogue_batches as db
 from emojax.training.loop import fit
 from emojax.training.steps import make_eval_step, masked_classification_loss

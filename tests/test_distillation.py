@@ -7,9 +7,9 @@ import pytest
 
 from configs.compose import compose
 from emojax import config as config_lib
-from emojax import losses as losses_lib
+from emojax.model import losses as losses_lib
 from emojax import train as train_lib
-from emojax.model import build_model
+from emojax.model.model import build_model
 
 
 def test_distillation_step_uses_frozen_teacher_logits():

@@ -95,7 +95,7 @@ def test_export_errors_name_the_parameter(tmp_path, tiny_bert):
 
 def test_export_encoder_writes_tuned_modernbert_with_speaker_tokens(tmp_path, tiny_bert):
     from emojax.encoders.text import TextEncoder
-    from emojax.store import export_encoder
+    from emojax.runs.store import export_encoder
 
     folder, _ = _checkpoint("modernbert", tmp_path, tiny_bert)
     encoder = TextEncoder.from_pretrained(str(folder), pooling="mean", max_length=32)

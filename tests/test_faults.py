@@ -23,7 +23,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from emojax import checkpoint as ckpt_lib
+from emojax.runs import checkpoint as ckpt_lib
 from configs.compose import compose
 from emojax import config as config_lib
 from emojax import train as train_lib
@@ -210,7 +210,7 @@ def test_damaged_best_checkpoint_is_one_line(whole_run, tmp_path, name):
 # ---------------------------------------------------------------------------------------------
 HOLDER = textwrap.dedent("""
     import sys, time
-    from emojax.checkpoint import RunLock
+    from emojax.runs.checkpoint import RunLock
     RunLock(sys.argv[1]).acquire()
     print("locked", flush=True)
     time.sleep(600)

@@ -12,7 +12,7 @@ from emojax.files import (building_folder, digest, file_sha256, publish_folder, 
                           write_json_atomic, write_text_atomic)
 
 # Keys that feature caches, stored fine-tuning inputs and encoder namespaces already carry on users'
-# disks (written by the key functions of emojax.cache, emojax.features, emojax.finetune and
+# disks (written by the key functions of emojax.features.cache, emojax.features.featurizer, emojax.training.finetune and
 # emojax.encoders.media_encoders, which all computed sha256 of json.dumps(parts, sort_keys=True,
 # default=str)). A different value here means every existing cache would be silently recomputed.
 STORED_KEYS = [
@@ -108,7 +108,7 @@ def test_write_json_atomic_matches_json_dump(tmp_path):
 
 
 def test_checkpoint_json_writer_is_the_shared_one():
-    from emojax import checkpoint
+    from emojax.runs import checkpoint
 
     assert checkpoint.write_json_atomic is write_json_atomic
 

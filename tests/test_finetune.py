@@ -80,7 +80,7 @@ def test_finetune_in_step_features_reproduce_frozen_features(tmp_path, text_meld
 
 @pytest.mark.slow
 def test_finetune_trainable_run_tunes_encoder_and_estimator_uses_it(tmp_path, text_meld, tiny_bert):
-    from emojax.features import standardize
+    from emojax.features.featurizer import standardize
     from emojax.inference import Estimator
 
     cfg = tuning_config(text_meld, tiny_bert, "trainable", epochs=10)
@@ -107,7 +107,7 @@ def test_finetune_trainable_run_tunes_encoder_and_estimator_uses_it(tmp_path, te
 
     # extract-encoders writes the tuned weights: a frozen run on that folder sees the tuned features
     from emojax.encoders.text import TextEncoder
-    from emojax.standalone import extract_encoders
+    from emojax.runs.standalone import extract_encoders
 
     info = extract_encoders(run_dir, tmp_path / "extracted")
     assert info["T"]["tuned"] == "trainable"
@@ -139,7 +139,7 @@ def test_finetune_lora_trains_only_adapters_and_resume_matches(tmp_path, text_me
     assert results["dev"]["accuracy"] > 0.25  # chance is 1/7
 
     # the extracted encoder is the base with the adapters merged: W + (alpha / rank) A B
-    from emojax.standalone import extract_encoders
+    from emojax.runs.standalone import extract_encoders
 
     extract_encoders(full, tmp_path / "extracted")
     merged, _ = load_bert(str(tmp_path / "extracted" / "T"))

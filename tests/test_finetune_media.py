@@ -89,7 +89,7 @@ def test_finetune_media_lora_run_tunes_audio_and_video_and_estimator_uses_them(l
     import orbax.checkpoint as ocp
 
     from emojax.data import load_dataset
-    from emojax.features import standardize
+    from emojax.features.featurizer import standardize
     from emojax.inference import Estimator
 
     cfg, run_dir, work = lora_run
@@ -164,7 +164,7 @@ def test_finetune_media_extract_encoders_writes_tuned_weights(tmp_path, lora_run
     from emojax.encoders.clip_vision import load_clip_vision
     from emojax.encoders.whisper import load_whisper
     from emojax.inference import Estimator
-    from emojax.standalone import extract_encoders
+    from emojax.runs.standalone import extract_encoders
 
     run_dir = lora_run[1]
     info = extract_encoders(run_dir, tmp_path / "extracted")

@@ -8,9 +8,9 @@ import pytest
 from safetensors.numpy import load_file
 
 from conftest import suite_golden
-from emojax import fusion as fusion_lib
+from emojax.model import fusion as fusion_lib
 from emojax.encoders.hub import WeightError
-from emojax.suite_import import import_suite_params
+from emojax.model.suite_import import import_suite_params
 
 MODS = ("T", "A", "V")
 

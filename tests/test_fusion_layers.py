@@ -16,10 +16,10 @@ import numpy as np
 import pytest
 from jax.test_util import check_grads
 
-from emojax import classifier as classifier_lib
-from emojax import fusion as fusion_lib
+from emojax.model import classifier as classifier_lib
+from emojax.model import fusion as fusion_lib
 from emojax.encoders.hub import WeightError
-from emojax.suite_import import import_suite_classifier, import_suite_head
+from emojax.model.suite_import import import_suite_classifier, import_suite_head
 
 MODS = ("T", "A", "V")
 TOL = dict(rtol=1e-4, atol=1e-5)

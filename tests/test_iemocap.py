@@ -8,7 +8,7 @@ import pandas as pd
 import pytest
 
 from conftest import shared_path
-from emojax.cache import file_identity
+from emojax.features.cache import file_identity
 from emojax.data import load_dataset
 from emojax.data.context import build_texts, speaker_map
 from emojax.data.iemocap import actor
@@ -173,8 +173,8 @@ def test_iemocap_paths_outside_the_dataset_folder_are_not_read(release, tmp_path
 def test_iemocap_neural_video_features_per_segment_and_cached_per_segment(release, tmp_path, family):
     from test_neural_features import make_config, write_clip, write_videomae
 
-    from emojax.cache import FeatureCache
-    from emojax.features import Featurizer
+    from emojax.features.cache import FeatureCache
+    from emojax.features.featurizer import Featurizer
 
     folder = (write_videomae if family == "videomae" else write_clip)(tmp_path / family)
     cfg = make_config(release, V=(family, folder))

@@ -6,7 +6,7 @@ import pytest
 from jax.test_util import check_grads
 
 from conftest import suite_golden
-from emojax import losses
+from emojax.model import losses
 
 
 def _golden(name):

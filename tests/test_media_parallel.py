@@ -265,7 +265,7 @@ def classic_config(workers):
 
 
 def test_classic_features_equal_for_every_pool_size(media_split, caplog):
-    from emojax.features import Featurizer
+    from emojax.features.featurizer import Featurizer
 
     runs = {}
     for workers in POOLS:
@@ -370,7 +370,7 @@ def test_whisper_log_mel_per_clip_equals_the_batch(tiny, media_split):
 
 
 def test_neural_features_equal_for_every_pool_size(tiny, media_split, caplog):
-    from emojax.features import Featurizer
+    from emojax.features.featurizer import Featurizer
 
     runs = {}
     for workers in POOLS:
@@ -387,7 +387,7 @@ def test_neural_features_equal_for_every_pool_size(tiny, media_split, caplog):
 
 
 def test_stored_tuning_inputs_equal_for_every_pool_size(tiny, media_split, tmp_path):
-    from emojax.finetune import store_inputs
+    from emojax.training.finetune import store_inputs
 
     encoder = _encoder("clip", tiny["clip"])
     paths = [s.video for s in media_split.samples] + [None]

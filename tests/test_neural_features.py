@@ -255,7 +255,7 @@ def by_hand(family, folder, paths, pooling):
 @pytest.mark.slow
 def test_media_encoder_features_equal_pure_functions(checkpoints, demo, dataset, family, modality, pooling):
     from emojax.encoders import media_encoders
-    from emojax.features import Featurizer
+    from emojax.features.featurizer import Featurizer
 
     config_family = "wav2vec2" if family == "data2vec-audio" else family
     cfg = make_config(demo, **{modality: (config_family, checkpoints[family], pooling)})
@@ -294,7 +294,7 @@ def test_modernbert_text_encoder_features_with_speaker_tokens(checkpoints, demo,
     from emojax.data.context import all_speaker_tokens
     from emojax.encoders import modernbert
     from emojax.encoders.text import pool_hidden
-    from emojax.features import Featurizer
+    from emojax.features.featurizer import Featurizer
 
     cfg = make_config(demo, T=("modernbert", checkpoints["modernbert"], "mask"),
                       text=dict(prompt=True, context_turns=1, max_length=64))
@@ -328,10 +328,10 @@ def test_modernbert_text_encoder_features_with_speaker_tokens(checkpoints, demo,
 
 
 def test_featurizer_neural_features_second_run_served_from_cache(checkpoints, demo, dataset, tmp_path, monkeypatch):
-    from emojax.cache import FeatureCache
+    from emojax.features.cache import FeatureCache
     from emojax.encoders import media_encoders
     from emojax.encoders.text import TextEncoder
-    from emojax.features import Featurizer
+    from emojax.features.featurizer import Featurizer
 
     cfg = make_config(demo, T=("modernbert", checkpoints["modernbert"]), A=("whisper", checkpoints["whisper"]),
                       V=("clip", checkpoints["clip"]))
@@ -353,9 +353,9 @@ def test_featurizer_neural_features_second_run_served_from_cache(checkpoints, de
 
 @pytest.mark.slow
 def test_corrupt_media_file_features_missing_with_logged_skip(checkpoints, demo, tmp_path, caplog):
-    from emojax.cache import FeatureCache
+    from emojax.features.cache import FeatureCache
     from emojax.data import load_dataset
-    from emojax.features import Featurizer
+    from emojax.features.featurizer import Featurizer
 
     root = tmp_path / "demo"
     shutil.copytree(demo, root)

@@ -21,7 +21,7 @@ from emojax.encoders import lora as lora_lib
 from emojax.encoders.bert import bert_apply, load_bert
 from emojax.encoders.modernbert import load_modernbert, modernbert_apply
 from emojax.encoders.text import encode_pooled_from, layer_input, pool_hidden
-from emojax.finetune_text import HiddenRows, TokenRows, top_layers, with_top_layers
+from emojax.training.finetune_text import HiddenRows, TokenRows, top_layers, with_top_layers
 from emojax.training.batches import epoch_batches
 
 
@@ -274,7 +274,7 @@ def test_bucketed_epoch_batches_cover_rows_once_and_replay_by_seed_and_epoch():
 @pytest.mark.slow
 @pytest.mark.parametrize("tune_layers", [0, 1])
 def test_bucket_padding_gives_the_features_and_logits_of_max_length_padding(tmp_path, text_meld, bert3, tune_layers):
-    from emojax.model import build_model
+    from emojax.model.model import build_model
 
     cfg = tuning_config(text_meld, bert3, "lora", tune_layers)
     prep = train_lib.prepare(cfg, tmp_path)
@@ -318,9 +318,9 @@ def test_tune_layers_in_bfloat16_stores_its_own_states_close_to_float32(tmp_path
 @pytest.mark.slow
 def test_tune_layers_run_resumes_exactly_and_estimator_and_export_reproduce_it(tmp_path, text_meld, bert3):
     from emojax.data import load_dataset
-    from emojax.features import standardize
+    from emojax.features.featurizer import standardize
     from emojax.inference import Estimator
-    from emojax.standalone import extract_encoders
+    from emojax.runs.standalone import extract_encoders
 
     cfg = tuning_config(text_meld, bert3, "lora", tune_layers=1, epochs=2)
     whole = train_lib.fit(cfg, tmp_path / "whole")

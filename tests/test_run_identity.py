@@ -12,9 +12,9 @@ from safetensors.numpy import load_file, save_file
 from conftest import write_tiny_bert
 from configs.compose import compose
 from emojax import config as config_lib
-from emojax import store
+from emojax.runs import store
 from emojax import train as train_lib
-from emojax.checkpoint import CheckpointError
+from emojax.runs.checkpoint import CheckpointError
 
 TEXTS = ["i am so happy wonderful", "sad lonely cry", "gross nasty ew"]
 

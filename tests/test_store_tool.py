@@ -12,9 +12,9 @@ import pytest
 
 from configs.compose import compose
 from emojax import config as config_lib
-from emojax import store
+from emojax.runs import store
 from emojax import train as train_lib
-from emojax.checkpoint import CheckpointError
+from emojax.runs.checkpoint import CheckpointError
 
 TEXTS = ["i am so happy wonderful", "sad lonely cry", "gross nasty ew"]
 
@@ -119,7 +119,7 @@ def test_checkpoint_dangling_link_is_an_error_naming_the_path(workspace, tmp_pat
     shutil.rmtree(store.store_root(workdir) / digest)
     with pytest.raises(CheckpointError, match=rf"{re.escape(str(link))}: dangling link .*{digest}"):
         store.resolve_run_encoder(runs[0], "T")
-    from emojax.standalone import create_standalone
+    from emojax.runs.standalone import create_standalone
 
     with pytest.raises(CheckpointError, match=re.escape(str(link))):
         create_standalone(runs[0], tmp_path / "alone")
@@ -228,7 +228,7 @@ def test_cache_show_and_clear_through_the_tool(workspace, launcher, tmp_path):
 
 def test_checkpoint_create_standalone_predicts_like_the_run(workspace, launcher, tmp_path, capsys):
     from emojax.inference import Estimator
-    from emojax.standalone import load_standalone
+    from emojax.runs.standalone import load_standalone
     from launch import tool
 
     output = tmp_path / "alone"

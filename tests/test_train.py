@@ -129,8 +129,8 @@ def test_infer_estimator_and_evaluate(tmp_path, text_meld, tiny_bert):
 def test_train_step_multimodal_losses_uncertainty_total_matches_losses(caplog):
     """CMCL and FRL on the fusion inputs, weighed by learned sigmas: the step's loss is the
     uncertainty-weighted sum of the library's losses, and the loss parameters are trained."""
-    from emojax import losses as losses_lib
-    from emojax.model import build_model
+    from emojax.model import losses as losses_lib
+    from emojax.model.model import build_model
 
     cfg = compose("encoders=T+A+V,fusion=vallina,loss=focal+cmcl+frl-meld+uncertainty")
     cfg.model.dropout = 0.0
@@ -197,7 +197,7 @@ def test_train_step_multimodal_losses_uncertainty_total_matches_losses(caplog):
 def test_padded_eval_batch_equals_unpadded_in_fusion_across_the_batch():
     """With the suite's attention across the batch, the padding of the last evaluation batch is
     masked out: its real rows score as they would alone."""
-    from emojax.model import build_model
+    from emojax.model.model import build_model
 
     cfg = compose("encoders=T+A+V,fusion=DF-1.0+attn")
     cfg.fusion.project_inputs = 24
@@ -297,7 +297,7 @@ def test_bfloat16_training_reaches_float32_accuracy(tmp_path, text_meld, tiny_be
 
 @pytest.mark.slow
 def test_bfloat16_step_computes_in_bfloat16_keeps_float32_masters():
-    from emojax.model import build_model
+    from emojax.model.model import build_model
 
     cfg = compose("encoders=T+A,fusion=DF-1.0+attn,loss=focal+spcl")
     cfg.precision = "bfloat16"
@@ -308,7 +308,7 @@ def test_bfloat16_step_computes_in_bfloat16_keeps_float32_masters():
              "present": {m: np.ones(8, bool) for m in ("T", "A")}, "labels": rng.integers(0, 4, 8).astype(np.int32)}
     params = jax.jit(model.init)(jax.random.PRNGKey(0), batch["features"], batch["present"])["params"]
     optimizer = train_lib.make_optimizer(cfg, 10)
-    from emojax import losses as losses_lib
+    from emojax.model import losses as losses_lib
 
     extras = cfg.loss.extras.to_dict()
     state = train_lib.TrainState(step=np.zeros((), np.int32), params=params,
@@ -328,7 +328,7 @@ def test_bfloat16_step_computes_in_bfloat16_keeps_float32_masters():
 
 
 def test_feature_cache_key_changes_with_precision_and_pooling(text_meld, tiny_bert):
-    from emojax.features import Featurizer
+    from emojax.features.featurizer import Featurizer
 
     cfg = text_config(text_meld, tiny_bert)
     spaces = {}

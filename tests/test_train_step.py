@@ -8,9 +8,9 @@ import optax
 import pytest
 
 from configs.compose import compose
-from emojax import losses as losses_lib
-from emojax.layers import SelfAttentionProjector
-from emojax.model import build_model
+from emojax.model import losses as losses_lib
+from emojax.model.layers import SelfAttentionProjector
+from emojax.model.model import build_model
 from emojax.training.state import TrainState, clip_by_global_norm, make_optimizer
 from emojax.training.steps import make_train_step
 

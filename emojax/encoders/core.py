@@ -322,7 +322,7 @@ def load(family: Family, name_or_path: str, **overrides) -> tuple[Params, Any]:
 def renamed_layer_keys() -> set[tuple[str, str]]:
     """``{(layer key, its name when weights hashes were first recorded)}`` over the registered
     families: the names checkpoints written before a rename hold (read back by
-    :mod:`emojax.checkpoint`)."""
+    :mod:`emojax.runs.checkpoint`)."""
     return {(new, old) for family in _FAMILIES.values() for new, old in family.hashed_names.items()}
 
 

@@ -4,7 +4,7 @@
     matrix = encoder.compute(["a.flac", "b.flac"])           # (2, encoder.dim) float32
 
 Each family wraps one of the pure-function encoders of this package behind the interface
-``emojax.features.Featurizer`` uses for a modality: ``dim``, ``namespace`` (the feature-cache
+``emojax.features.featurizer.Featurizer`` uses for a modality: ``dim``, ``namespace`` (the feature-cache
 namespace: a digest of the family, the model, the weights hash of the loaded parameters, the
 preprocessing settings, the pooling and the compute dtype) and a batched
 ``compute(paths) -> (n, dim)``. A file that cannot be read (``MediaError``) gives a NaN row, a
@@ -52,7 +52,7 @@ input), Whisper and the video encoders have one input shape, wav2vec2 one per le
 each sample is padded to its own bucket, so its feature does not depend on the other files
 computed with it.
 
-Fine-tuning (``mode=trainable`` / ``lora``, :mod:`emojax.finetune`) uses the same families
+Fine-tuning (``mode=trainable`` / ``lora``, :mod:`emojax.training.finetune`) uses the same families
 through pure forward passes (``whisper_forward``, ``wav2vec2_forward``, ``videomae_forward``,
 ``clip_forward``: encoder input in, pooled feature out, dropout and an rng when training) and
 per-family ``tuning_item`` / ``collate`` (one file's preprocessed input, stored once; video
@@ -127,7 +127,7 @@ def _settings(processor) -> dict:
 
 # -- forward passes (module level: encoders of one architecture share compilations) ----------
 # Each family's pooled features as one pure function of (params, inputs); the frozen feature path
-# jit-compiles it with deterministic=True, fine-tuning (emojax.finetune) calls it inside the train
+# jit-compiles it with deterministic=True, fine-tuning (emojax.training.finetune) calls it inside the train
 # step with dropout.
 
 def whisper_forward(params, inputs, *, config, dtype, pooling="mean", deterministic=True, rng=None):
@@ -239,7 +239,7 @@ class _MediaEncoder:
         """Features ``(len(items), dim)`` of exactly ``batch_size`` items."""
         raise NotImplementedError
 
-    # fine-tuning (emojax.finetune): per-sample stored inputs, batched, and the pure forward pass
+    # fine-tuning (emojax.training.finetune): per-sample stored inputs, batched, and the pure forward pass
     forward: Any = None  # the family's pure forward pass (whisper_forward, ...), as a staticmethod
 
     def settings(self) -> dict:

@@ -7,6 +7,11 @@
     preparation.py   data, features and model of a run (Prepared, prepare); the record of its data
     distillation.py  a finished run as a frozen teacher
     loop.py          fit: resume, epochs, dev selection, the selected epoch scored once
+    dialogue_batches.py  batches of whole dialogues for the dialogue-context head
+    finetune.py      encoders trained with the head (trainable, LoRA, top layers): stored inputs
+    finetune_text.py the text encoders' tuner
+    events.py        TensorBoard event files of a run
+    distributed.py   multi-host runs on jax.distributed
 
 Scoring and results (predict_proba, score, write_results, load_run) live in
 :mod:`emojax.evaluation`.
@@ -16,8 +21,7 @@ to score a run) runs this file first, and that must not load the epoch loop with
 """
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from emojax import lazy_exports
 
 # Public name -> the module of this package that defines it.
 _EXPORTS: dict[str, str] = {
@@ -55,18 +59,4 @@ _EXPORTS: dict[str, str] = {
 }
 
 __all__ = sorted(_EXPORTS)
-
-
-def __getattr__(name: str) -> Any:
-    """The public name ``name``, imported from its module on first use and kept here after."""
-    module = _EXPORTS.get(name)
-    if module is None:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(importlib.import_module(f"{__name__}.{module}"), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    """The loaded names and the public ones not loaded yet, for completion in notebooks."""
-    return sorted(set(globals()) | set(_EXPORTS))
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

@@ -4,7 +4,7 @@ The order is a pure function of seed and epoch, so a resumed run replays the epo
 uninterrupted run would have seen, batch for batch.
 
 When the text encoder is fine-tuned, its rows carry length buckets (``FeatureSet.inputs["T"]
-.buckets``, :class:`emojax.finetune_text.TokenRows`): each batch then takes rows of one bucket
+.buckets``, :class:`emojax.training.finetune_text.TokenRows`): each batch then takes rows of one bucket
 (and the few left over from narrower ones), so it is padded to that bucket's width instead of
 the longest text's, and the batches of all buckets are shuffled together.
 """
@@ -14,7 +14,7 @@ from typing import Iterator, Optional
 
 import numpy as np
 
-from emojax.features import FeatureSet
+from emojax.features.featurizer import FeatureSet
 
 
 def epoch_order(seed: int, epoch: int, n: int) -> np.ndarray:

@@ -1,4 +1,4 @@
-"""Dialogue-shaped batches for runs with a dialogue context head (:mod:`emojax.dialogue`).
+"""Dialogue-shaped batches for runs with a dialogue context head (:mod:`emojax.model.dialogue`).
 
 A batch is a block of ``(dialogues, turns)`` padded utterance slots, flattened to
 ``dialogues * turns`` rows for the per-utterance parts of the model (features, present, labels,
@@ -26,7 +26,7 @@ import numpy as np
 
 from emojax.data.csvutil import natural_key
 from emojax.data.types import Split
-from emojax.features import FeatureSet
+from emojax.features.featurizer import FeatureSet
 from emojax.training.batches import batch_of
 
 # The fewest turns of a batch: dialogues of one to three utterances share one compiled shape.

@@ -16,11 +16,11 @@ import jax.numpy as jnp
 import numpy as np
 from flax.traverse_util import flatten_dict, unflatten_dict
 
-from emojax import checkpoint as ckpt_lib
+from emojax.runs import checkpoint as ckpt_lib
 from emojax import config as config_lib
 from emojax.evaluation import load_run, score, scores_summary
-from emojax.features import FeatureSet
-from emojax.model import EmotionModel
+from emojax.features.featurizer import FeatureSet
+from emojax.model.model import EmotionModel
 from emojax.progress import write_line
 from emojax.training.batches import batch_of
 from emojax.training.preparation import Prepared

@@ -21,11 +21,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from emojax import checkpoint as ckpt_lib
+from emojax.runs import checkpoint as ckpt_lib
 from emojax import config as config_lib
-from emojax import store
+from emojax.runs import store
 from emojax.data.types import inverse_frequency_weights
-from emojax.dialogue import check_context_run
+from emojax.model.dialogue import check_context_run
 from emojax.evaluation import score, scores_summary, write_meta, write_results
 from emojax.folder_checks import folder_problem
 from emojax.progress import progress_bar, write_line
@@ -88,7 +88,7 @@ def _check_same_config(cfg, run_dir: pathlib.Path) -> None:
 
 
 def _one_process_per_run(fit_fn: Callable[..., pathlib.Path]) -> Callable[..., pathlib.Path]:
-    """``fit`` holding its run directory's lock (:class:`emojax.checkpoint.RunLock`) from before
+    """``fit`` holding its run directory's lock (:class:`emojax.runs.checkpoint.RunLock`) from before
     any work to the end, after the cheap checks of the config and paths: a second identical
     command is refused at once, naming the holder, instead of writing the same checkpoints. In a
     multi-host run process 0 holds it for all."""

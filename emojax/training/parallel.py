@@ -22,7 +22,7 @@ class DataParallel:
     so N devices compute what one device computes on the same batch, up to float rounding.
 
     This is the successor of ``jax.pmap`` for this use: one program, sharded arrays, no
-    per-device code. In a multi-host run (:mod:`emojax.distributed`) the devices are those of
+    per-device code. In a multi-host run (:mod:`emojax.training.distributed`) the devices are those of
     every process; each process passes the same global batch and contributes its own rows.
     Build it with :func:`data_parallel`.
     """

@@ -16,18 +16,18 @@ import pathlib
 import time
 from typing import Any
 
-from emojax import checkpoint as ckpt_lib
+from emojax.runs import checkpoint as ckpt_lib
 from emojax import config as config_lib
-from emojax.cache import FeatureCache
+from emojax.features.cache import FeatureCache
 from emojax.data import load_dataset
 from emojax.data.context import all_speaker_tokens
 from emojax.data.demo import generate_demo
 from emojax.data.types import SPLITS
-from emojax.dialogue import check_context_run
-from emojax.features import FeatureSet, Featurizer, feature_stats, standardize
+from emojax.model.dialogue import check_context_run
+from emojax.features.featurizer import FeatureSet, Featurizer, feature_stats, standardize
 from emojax.files import file_sha256
-from emojax.finetune import Tuning
-from emojax.model import EmotionModel, build_model
+from emojax.training.finetune import Tuning
+from emojax.model.model import EmotionModel, build_model
 from emojax.training.dialogue_batches import with_dialogues
 
 log = logging.getLogger(__name__)
@@ -46,7 +46,7 @@ class Prepared:
     model: EmotionModel
     feature_seconds: float
     feature_stats: dict  # modality -> {"mean", "std"} of the training split
-    tuning: Any = None  # emojax.finetune.Tuning when encoders are fine-tuned
+    tuning: Any = None  # emojax.training.finetune.Tuning when encoders are fine-tuned
 
 
 def load_data(cfg):

@@ -16,7 +16,7 @@ import numpy as np
 import optax
 
 from emojax import config as config_lib
-from emojax import losses as losses_lib
+from emojax.model import losses as losses_lib
 from emojax.training.batches import batch_of
 from emojax.training.preparation import Prepared
 

@@ -18,14 +18,14 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from emojax import losses as losses_lib
-from emojax.model import EmotionModel
+from emojax.model import losses as losses_lib
+from emojax.model.model import EmotionModel
 from emojax.training.state import TrainState, compute_params, trainable_tree
 
 
 def masked_classification_loss(kind: str, logits, labels, class_weights, mask):
     """The classification loss of ``kind`` over the rows ``mask (B,) bool`` marks: what
-    :func:`emojax.losses.classification_loss` gives for those rows alone (``weighted``: the mean
+    :func:`emojax.model.losses.classification_loss` gives for those rows alone (``weighted``: the mean
     weighted by ``class_weights[label]``; ``focal``: gamma 2), ``(B, C), (B,) -> ()`` float32."""
     if kind not in losses_lib.CLASSIFICATION and kind != "weight":
         raise ValueError(f"loss.classification: unknown kind {kind!r}; choose one of "
@@ -57,7 +57,7 @@ def make_train_step(model: EmotionModel, optimizer: optax.GradientTransformation
     """``train_step(state, batch[, teacher_params][, encoder_base=...]) -> (state, logs)``; ``batch``
     has features, present, labels (and, with a ``teacher``, ``teacher_features`` /
     ``teacher_present``, the teacher's inputs for the same samples; with ``tuning``, a
-    :class:`emojax.finetune.Tuning`, ``inputs``: the tuned modalities' features are then computed
+    :class:`emojax.training.finetune.Tuning`, ``inputs``: the tuned modalities' features are then computed
     inside the step by the encoders being fine-tuned, from ``state.encoder`` and, for LoRA, the
     frozen base weights ``encoder_base``).
 
@@ -73,7 +73,7 @@ def make_train_step(model: EmotionModel, optimizer: optax.GradientTransformation
 
     The total loss is ``classification + auxiliary (fusion, classifier) + sum_i weight_i extra_i``;
     with ``combine="uncertainty"`` the classification and extra losses are weighed by learned
-    sigmas instead (``emojax.losses.combine_losses``) and the auxiliary loss is added as is.
+    sigmas instead (``emojax.model.losses.combine_losses``) and the auxiliary loss is added as is.
     """
     weights = None if class_weights is None else jnp.asarray(class_weights)
     modalities = model.modalities
@@ -159,7 +159,7 @@ def make_train_step(model: EmotionModel, optimizer: optax.GradientTransformation
 def make_eval_step(model: EmotionModel) -> Callable:
     """``eval_step(params, features, present, batch_mask=None, speakers=None) -> logits (batch,
     classes)``; ``batch_mask`` marks the real rows of a padded batch, ``speakers`` gives a dialogue
-    batch's shape (a model with a context head, see :class:`emojax.model.EmotionModel`).
+    batch's shape (a model with a context head, see :class:`emojax.model.model.EmotionModel`).
 
     The step's ``dialogue_context`` attribute (kept by ``jax.jit``) says whether the model has a
     context head: scoring (:func:`emojax.evaluation.predict_proba`) then gives it whole dialogues."""

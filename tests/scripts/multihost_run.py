@@ -5,7 +5,7 @@
 import json
 import sys
 
-from emojax import distributed
+from emojax.training import distributed
 
 
 def main(data, bert, workdir, process_id, num_processes, port, loss):

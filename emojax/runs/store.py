@@ -52,10 +52,10 @@ import jax
 import numpy as np
 from safetensors.numpy import save_file
 
-from emojax.checkpoint import CheckpointError
+from emojax.runs.checkpoint import CheckpointError
 from emojax.encoders import export, hub
 from emojax.encoders.text import TextEncoder
-from emojax.features import resolve_model_path
+from emojax.features.featurizer import resolve_model_path
 from emojax.files import building_folder, publish_folder, write_json_atomic
 
 log = logging.getLogger(__name__)

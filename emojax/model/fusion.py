@@ -29,11 +29,11 @@ attention blocks) and ``router`` (noise of the noisy routers of the disentanglem
 ``noisy=True`` mixtures). Evaluation needs no RNG.
 
 Attention layers take ``batch_as_sequence`` (default ``True``, the suite's attention across the
-batch; see :mod:`emojax.layers`) and an optional ``batch_mask (B,) bool`` that keeps padding rows
+batch; see :mod:`emojax.model.layers`) and an optional ``batch_mask (B,) bool`` that keeps padding rows
 out of the keys in that mode.
 
 Missing modalities: the layers here expect every configured modality. The head
-(:class:`emojax.model.EmotionModel`) puts its learned placeholder in place of an absent modality
+(:class:`emojax.model.model.EmotionModel`) puts its learned placeholder in place of an absent modality
 and draws the training-time modality dropout before calling the fusion.
 """
 from __future__ import annotations
@@ -45,7 +45,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from emojax.layers import CrossAttention, MultiheadAttention, NoisyRouter, Projector, SelfAttentionProjector
+from emojax.model.layers import CrossAttention, MultiheadAttention, NoisyRouter, Projector, SelfAttentionProjector
 
 
 def _zero():
@@ -61,7 +61,7 @@ def _check_features(features: Mapping, modalities, layer: str) -> None:
     if missing:
         raise KeyError(f"fusion {layer}: no features for modality {', '.join(missing)} (got {', '.join(features)}); "
                        "give every configured modality, with a placeholder for absent ones "
-                       "(as emojax.model.EmotionModel does)")
+                       "(as emojax.model.model.EmotionModel does)")
 
 
 # ---------------------------------------------------------------------------------------------

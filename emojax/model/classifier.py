@@ -13,7 +13,7 @@ the auxiliary loss, that weight times the squared coefficient of variation of th
 summed routing weights over the batch (a load-balancing term; the suite defines it but leaves it
 unused, so the default is 0 and the auxiliary loss is zero).
 
-Parameters (PyTorch names in brackets, see :mod:`emojax.suite_import`): ``linear``
+Parameters (PyTorch names in brackets, see :mod:`emojax.model.suite_import`): ``linear``
 [``weight``, ``bias``]; mixtures: ``router/router``, ``router/noise`` [``router.router``,
 ``router.noise.0``], ``expert_kernels (E, F, C)``, ``expert_biases (E, C)`` [``experts.{i}``].
 """
@@ -23,7 +23,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from emojax.layers import NoisyRouter
+from emojax.model.layers import NoisyRouter
 
 
 class LinearClassifier(nn.Module):

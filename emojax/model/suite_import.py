@@ -14,7 +14,7 @@ parameter when one is left unfilled.
 
 The emojax layer must be built like the suite's (same modalities in the same order, sizes, depth,
 ``use_cross_attn``...). The suite's placeholders (``placeholders.{m}``, ``(1, D_m)``) come back as
-a separate ``{m: (D_m,)}`` dict, the ``placeholders`` of :class:`emojax.model.EmotionModel`; those of the
+a separate ``{m: (D_m,)}`` dict, the ``placeholders`` of :class:`emojax.model.model.EmotionModel`; those of the
 disentanglement fusion's inner halves are never used by the suite and are skipped.
 
 Not importable: the suite's ``TensorFusionLayer`` (its learned ``augmentation`` scalar; emojax

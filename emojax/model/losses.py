@@ -46,7 +46,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from emojax.layers import Projector
+from emojax.model.layers import Projector
 
 log = logging.getLogger(__name__)
 

@@ -7,7 +7,7 @@ classifier -> logits.
 RNG streams used in training (``deterministic=False``): ``dropout`` (feature and fusion
 dropout), ``router`` (noise of noisy routers) and ``modality`` (modality dropout).
 
-With a dialogue context head (``context``, :mod:`emojax.dialogue`) the rows of a batch are padded
+With a dialogue context head (``context``, :mod:`emojax.model.dialogue`) the rows of a batch are padded
 dialogues, ``speakers (dialogues, turns)`` giving their shape: the fusion still works per
 utterance on the flattened rows (``batch_mask`` keeps padding out of attention across the batch),
 then the head runs over each dialogue's fused vectors before the classifier.
@@ -20,10 +20,10 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from emojax import classifier as classifier_lib
+from emojax.model import classifier as classifier_lib
 from emojax import config as config_lib
-from emojax import dialogue as dialogue_lib
-from emojax import fusion as fusion_lib
+from emojax.model import dialogue as dialogue_lib
+from emojax.model import fusion as fusion_lib
 
 
 def _options(config: Mapping) -> dict:
@@ -47,7 +47,7 @@ class EmotionModel(nn.Module):
     dropout: float = 0.1
     modality_dropout: float = 0.0
     dtype: jnp.dtype = jnp.float32
-    # The dialogue context head's settings (emojax.dialogue.context_spec); None: no head.
+    # The dialogue context head's settings (emojax.model.dialogue.context_spec); None: no head.
     context: Optional[Mapping] = None
 
     @nn.compact

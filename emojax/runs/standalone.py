@@ -33,10 +33,10 @@ import shutil
 import time
 
 from emojax import config as config_lib
-from emojax.checkpoint import CheckpointError
-from emojax.features import Featurizer
+from emojax.runs.checkpoint import CheckpointError
+from emojax.features.featurizer import Featurizer
 from emojax.files import building_folder, publish_folder, write_json_atomic
-from emojax.store import RUN_LINKS, export_encoder, neural_encoders, resolve_run_encoder, run_encoders
+from emojax.runs.store import RUN_LINKS, export_encoder, neural_encoders, resolve_run_encoder, run_encoders
 
 # Cycle: emojax.inference imports this module, so Estimator is imported where it is used.
 

@@ -33,7 +33,7 @@ except wav2vec2: a training batch is padded to the length bucket of its longest 
 compiled step per bucket), and evaluation groups clips by bucket so that each one is padded to
 its own bucket, exactly as the frozen feature path and the estimator compute it.
 
-The text tuner lives in :mod:`emojax.finetune_text`: token ids padded per length bucket, and
+The text tuner lives in :mod:`emojax.training.finetune_text`: token ids padded per length bucket, and
 ``finetune.tune_layers=K``, which trains the top ``K`` layers from stored hidden states of the
 frozen ones. ``tune_layers`` applies to the text families only; a Whisper, wav2vec2, VideoMAE or
 CLIP encoder of the same run is fine-tuned whole (their hidden states, hundreds to thousands of
@@ -56,12 +56,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from emojax.cache import file_identity
+from emojax.features.cache import file_identity
 from emojax.config import tuned_modalities
 from emojax.data import media
 from emojax.data.media import MediaError, map_references
 from emojax.encoders import lora as lora_lib
-from emojax.features import padded_batches
+from emojax.features.featurizer import padded_batches
 from emojax.files import digest, file_sha256
 from emojax.progress import progress_bar
 
@@ -424,7 +424,8 @@ class Tuning:
         for modality in self.modalities:
             wrapper = featurizer.encoders[modality]
             if modality == "T":
-                from emojax.finetune_text import TextTuner  # cycle: finetune_text builds on this module's _Tuner
+                # cycle: finetune_text builds on this module's _Tuner
+                from emojax.training.finetune_text import TextTuner
 
                 self.tuners[modality] = TextTuner(cfg, wrapper, stats)
             else:
@@ -454,7 +455,7 @@ class Tuning:
         return out
 
     def attach(self, data, split, root=None, progress: bool = False):
-        """``data`` (a standardised :class:`~emojax.features.FeatureSet` of ``split``) with the
+        """``data`` (a standardised :class:`~emojax.features.featurizer.FeatureSet` of ``split``) with the
         tuned encoders' inputs; a sample whose media file could not be read lacks the modality."""
         inputs = {m: t.input_rows(split, root=root, progress=progress) for m, t in self.tuners.items()}
         present = dict(data.present)

@@ -219,7 +219,7 @@ class FeatureCache:
 
     @property
     def inputs_root(self) -> pathlib.Path:
-        """Where fine-tuning runs keep their preprocessed media inputs (:mod:`emojax.finetune`)."""
+        """Where fine-tuning runs keep their preprocessed media inputs (:mod:`emojax.training.finetune`)."""
         return self.root / INPUTS_DIR
 
     def inputs_bytes(self) -> int:

@@ -19,7 +19,7 @@ from typing import Callable, Optional, Sequence
 import jax.numpy as jnp
 import numpy as np
 
-from emojax.cache import file_identity
+from emojax.features.cache import file_identity
 from emojax.config import modalities
 from emojax.data import context as text_context
 from emojax.data import media
@@ -62,7 +62,7 @@ class FeatureSet:
     present: dict[str, np.ndarray]  # modality -> (n,) bool
     labels: np.ndarray  # (n,) int32
     uids: list[str]
-    # Encoder inputs of the modalities a trainable / lora run fine-tunes (emojax.finetune):
+    # Encoder inputs of the modalities a trainable / lora run fine-tunes (emojax.training.finetune):
     # modality -> rows with ``batch(index)`` (text token ids, stored media inputs); None otherwise.
     inputs: Optional[dict] = None
     # Each row's dialogue, position in it (``Sample.index``) and speaker name, for the dialogue
@@ -296,7 +296,7 @@ class Featurizer:
 
         ``compute(indices, bar)`` returns the rows of ``indices`` and advances the progress bar
         ``bar`` by one per row. Missing rows are computed in batches of :attr:`write_rows`
-        through :meth:`~emojax.cache.FeatureCache.get_or_compute`, which stores each batch as a
+        through :meth:`~emojax.features.cache.FeatureCache.get_or_compute`, which stores each batch as a
         shard when it is done: a crash during a long pass over a large encoder keeps every
         finished batch, and the rerun computes only the rest.
         """
