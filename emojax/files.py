@@ -9,6 +9,8 @@
   the new one, never a part.
 * :func:`building_folder` and :func:`publish_folder` do the same for a whole folder: it is built
   in a temporary sibling and renamed into place when complete.
+* :func:`folder_problem` says why a folder a user names (workdir, cache, outputs) cannot be used,
+  before any work starts.
 
 Standard library only, so that light launchers (a sweep's ``--dry_run``) can use it.
 """
@@ -117,3 +119,17 @@ def publish_folder(work: str | os.PathLike, final: str | os.PathLike, *, sync: b
 
 __all__ = ["digest", "file_sha256", "write_bytes_atomic", "write_text_atomic", "write_json_atomic",
            "building_folder", "publish_folder", "HASH_BLOCK"]
+
+
+# A user's folders, checked before any work starts (kept free of JAX and Orbax for the light launchers).
+def folder_problem(path: str | pathlib.Path) -> Optional[str]:
+    """Why ``path`` cannot be used as a folder (it, or a folder above it, is a file), or ``None``
+    when it is a folder or can be created. Checked before any work, so a mistyped path fails at
+    once rather than after the features are computed."""
+    path = pathlib.Path(path)
+    if path.exists():
+        return None if path.is_dir() else f"{path} is a file, not a folder"
+    for parent in path.absolute().parents:
+        if parent.exists():
+            return None if parent.is_dir() else f"{parent} (above {path}) is a file, not a folder"
+    return None

@@ -17,7 +17,7 @@ from typing import Callable, NoReturn, Optional, Sequence
 
 from absl import app, flags
 
-from emojax.folder_checks import folder_problem
+from emojax.files import folder_problem
 
 
 class UserError(ValueError):

@@ -28,7 +28,7 @@ from typing import Optional
 from absl import app, flags
 
 from emojax.runs.checkpoint import finished_run
-from emojax.folder_checks import folder_problem
+from emojax.files import folder_problem
 from emojax.inference import Estimator, predict_table
 from launch import _errors
 

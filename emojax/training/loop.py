@@ -27,7 +27,7 @@ from emojax.runs import store
 from emojax.data.types import inverse_frequency_weights
 from emojax.model.dialogue import check_context_run
 from emojax.evaluation import score, scores_summary, write_meta, write_results
-from emojax.folder_checks import folder_problem
+from emojax.files import folder_problem
 from emojax.progress import progress_bar, write_line
 from emojax.training.batches import train_batches
 from emojax.training.dialogue_batches import DialogueBatches
