@@ -23,6 +23,7 @@ import numpy as np
 import pytest
 
 import flax_checkpoints as fc
+from golden_outputs import arrays, golden
 from emojax.encoders import hub
 from emojax.encoders.wav2vec2 import (Wav2Vec2Config, feature_encoder, feature_lengths, frame_mask,
                                       load_wav2vec2, load_wav2vec2_feature_extractor, wav2vec2_apply,
@@ -30,8 +31,6 @@ from emojax.encoders.wav2vec2 import (Wav2Vec2Config, feature_encoder, feature_l
 from emojax.encoders.whisper import (load_whisper, load_whisper_feature_extractor, sinusoids, whisper_apply,
                                      whisper_frame_mask, whisper_pool, whisper_preprocess)
 
-SHARED = pathlib.Path(__file__).resolve().parents[1].parent / "shared"
-GOLDEN = SHARED / "fixtures" / "golden"
 
 STATIC = ("config", "dtype", "deterministic", "return_extract_features")
 whisper_jit = jax.jit(whisper_apply, static_argnames=STATIC[:3])
@@ -48,16 +47,6 @@ def full_float32_matmuls():
         yield
 
 
-def golden(name: str) -> pathlib.Path:
-    folder = GOLDEN / name
-    if not (folder / "outputs.npz").exists():
-        pytest.skip(f"{folder} is absent: the reference outputs live in the 'shared' folder beside the repository")
-    return folder
-
-
-def arrays(folder: pathlib.Path, name: str) -> dict[str, np.ndarray]:
-    with np.load(folder / name) as data:
-        return {k: data[k] for k in data.files}
 
 
 def assert_close(out, ref, tol=TOL) -> float:

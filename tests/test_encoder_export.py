@@ -1,6 +1,8 @@
 """Writing (fine-tuned) encoder parameters back as their checkpoint's PyTorch-named tensors:
 ``emojax.encoders.export`` inverts each family's loader exactly, and ``export_encoder`` writes a
 Hugging Face folder that loads back to the tuned weights."""
+import dataclasses
+
 import jax
 import numpy as np
 import pytest
@@ -105,3 +107,38 @@ def test_export_encoder_writes_tuned_modernbert_with_speaker_tokens(tmp_path, ti
     back = TextEncoder.from_pretrained(str(tmp_path / "out"), pooling="mean", max_length=32)
     _assert_same(back.params, encoder.params)
     assert back.tokenizer.convert_tokens_to_ids("<s1>") == back.params["embeddings"]["word"].shape[0] - 1
+
+
+def test_export_encoder_rebuilds_bert_whose_source_folder_is_gone(tmp_path, tiny_bert):
+    """Without its source folder a BERT encoder (speaker tokens added) is written from its
+    parameters alone, under the tensor names its checkpoint had, and loads back to them."""
+    import shutil
+
+    from emojax.encoders.text import TextEncoder
+    from emojax.runs.store import export_encoder
+
+    source = tmp_path / "source"
+    shutil.copytree(tiny_bert, source)
+    encoder = TextEncoder.from_pretrained(str(source), pooling="mean", max_length=32)
+    encoder.add_special_tokens(["<s0>", "<s1>"])
+    encoder.params = _perturbed(encoder.params, 4)
+    original = {k.removeprefix("bert."): np.shape(v) for k, v in hub.load_state_dict(source).items()}
+    shutil.rmtree(source)
+    export_encoder(encoder, tmp_path / "out", model=str(source))  # verifies the reload
+    written = hub.load_state_dict(tmp_path / "out")
+    assert set(written) <= set(original) and "embeddings.word_embeddings.weight" in written
+    back = TextEncoder.from_pretrained(str(tmp_path / "out"), pooling="mean", max_length=32)
+    _assert_same(back.params, encoder.params)
+    assert back.tokenizer.convert_tokens_to_ids("<s1>") == back.params["embeddings"]["word"].shape[0] - 1
+
+    # the same tensors as written back into the source checkpoint's names
+    config = encoder.config
+    rows = encoder.params["embeddings"]["word"].shape[0]
+    grown = dataclasses.replace(config, vocab_size=rows)
+    shapes = {name: np.zeros(shape, np.float32) for name, shape in original.items()}
+    shapes["embeddings.word_embeddings.weight"] = np.zeros((rows, config.hidden_size), np.float32)
+    with_source = export.state_dict_from_params(encoder.params, grown, shapes)
+    without = export.state_dict_from_params(encoder.params, grown, None)
+    assert sorted(with_source) == sorted(without)
+    for name in without:
+        np.testing.assert_array_equal(with_source[name], without[name])

@@ -226,29 +226,26 @@ def _files(folder):
 def test_finetune_media_checkpoints_with_earlier_layer_names_resume_and_score(tmp_path, media_checkpoints,
                                                                               media_demo):
     """A tuned wav2vec2 + VideoMAE run whose checkpoints hold the encoders' layer arrays under
-    their earlier names (norm_before, intermediate, output, final_norm, ...) resumes as an
-    uninterrupted run, and a finished one is scored with the parameters it stored; the old
-    files are read, not rewritten."""
+    their earlier names (norm_before, intermediate, output, final_norm, ...) resumes from its last
+    epoch, and a finished one is scored with the parameters it stored; the old files are read,
+    not rewritten."""
     families = {"A": "wav2vec2", "V": "videomae"}
-    cfg = tuning_config(media_demo, "trainable", epochs=3, A=("wav2vec2", media_checkpoints["wav2vec2"]),
+    cfg = tuning_config(media_demo, "trainable", epochs=2, A=("wav2vec2", media_checkpoints["wav2vec2"]),
                         V=("videomae", media_checkpoints["videomae"]))
-    whole = train_lib.fit(cfg, tmp_path / "a")
+    work = tmp_path / "work"
+    run_dir = train_lib.fit(cfg, work, max_epochs=1)
+    first = json.loads((run_dir / "progress.json").read_text())["history"]
+    assert _store_under_earlier_names(run_dir, families) == 2  # state/1, best/1
+    old_state = _files(run_dir / "state" / "1")
+    assert train_lib.fit(cfg, work) == run_dir
+    progress = json.loads((run_dir / "progress.json").read_text())
+    assert progress["finished"] and len(progress["history"]) == 2 and progress["history"][:1] == first
+    assert _files(run_dir / "state" / "1") == old_state and not (run_dir / "set_aside").exists()
 
-    run_dir = train_lib.fit(cfg, tmp_path / "b", max_epochs=2)
-    assert _store_under_earlier_names(run_dir, families) == 3  # state/1, state/2, best/<selected>
-    old_state = _files(run_dir / "state" / "2")
-    assert train_lib.fit(cfg, tmp_path / "b") == run_dir
-    assert _files(run_dir / "state" / "2") == old_state and not (run_dir / "set_aside").exists()
-    a = json.loads((whole / "history.json").read_text())
-    b = json.loads((run_dir / "history.json").read_text())
-    np.testing.assert_allclose([r["train_loss"] for r in a], [r["train_loss"] for r in b], rtol=1e-6)
-    assert json.loads((whole / "results.json").read_text())["test"] == \
-        json.loads((run_dir / "results.json").read_text())["test"]
-
-    _, _, params, _ = train_lib.load_run(run_dir, tmp_path / "b")
+    _, _, params, _ = train_lib.load_run(run_dir, work)
     assert _store_under_earlier_names(run_dir, families) >= 1
     saved = _files(run_dir)
-    _, _, again, _ = train_lib.load_run(run_dir, tmp_path / "b")
+    _, _, again, _ = train_lib.load_run(run_dir, work)
     assert _files(run_dir) == saved
     assert jax.tree_util.tree_structure(again) == jax.tree_util.tree_structure(params)
     for x, y in zip(jax.tree_util.tree_leaves(again), jax.tree_util.tree_leaves(params)):

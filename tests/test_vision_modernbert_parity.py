@@ -8,7 +8,6 @@ Flax models: that model's outputs and parameter structure are frozen under
 4.57) and the msgpack file is written by ``tests/flax_checkpoints.py``.
 """
 import json
-import pathlib
 import shutil
 
 import jax
@@ -17,12 +16,11 @@ import numpy as np
 import pytest
 
 import flax_checkpoints as fc
+from golden_outputs import arrays, golden
 from emojax.encoders.clip_vision import clip_video_features, clip_vision_apply, load_clip_vision
 from emojax.encoders.modernbert import load_modernbert, modernbert_apply
 from emojax.encoders.videomae import load_videomae, videomae_apply, videomae_pool
 
-SHARED = pathlib.Path(__file__).resolve().parents[1].parent / "shared"
-GOLDEN = SHARED / "fixtures" / "golden"
 
 STATIC = ("config", "dtype", "deterministic")
 modernbert_jit = jax.jit(modernbert_apply, static_argnames=STATIC)
@@ -41,16 +39,6 @@ def full_float32_matmuls():
         yield
 
 
-def golden(name: str) -> pathlib.Path:
-    folder = GOLDEN / name
-    if not (folder / "outputs.npz").exists():
-        pytest.skip(f"{folder} is absent: the reference outputs live in the 'shared' folder beside the repository")
-    return folder
-
-
-def arrays(folder: pathlib.Path, name: str) -> dict[str, np.ndarray]:
-    with np.load(folder / name) as data:
-        return {k: data[k] for k in data.files}
 
 
 def numpy_layer_norm(x, weight, bias, eps):

@@ -13,10 +13,15 @@ names the loaders also accept: Whisper's sinusoidal positions (when the checkpoi
 folded into one ``weight`` as ``weight_g`` / ``weight_v``.
 
     tensors = state_dict_from_params(tuned_params, config, source_state)   # {name: float32 array}
+
+Without a source checkpoint (``source_state=None``: its folder is gone) the probe hands the loader
+every tensor it asks for, at the shape it asks for, under the family's first name prefix: the
+tensors of a checkpoint holding exactly what the loader reads. This works for loaders that name
+the shape of every tensor they take and ask for no optional ones (BERT / RoBERTa).
 """
 from __future__ import annotations
 
-from typing import Any, Mapping, Sequence
+from typing import Any, Mapping, Optional, Sequence
 
 import jax
 import numpy as np
@@ -32,9 +37,10 @@ class _Probe(hub.StateReader):
     """Hands out element numbers in place of tensors (shapes: the checkpoint's, or the shape the
     loader asks for, e.g. a word-embedding matrix grown by added tokens)."""
 
-    def __init__(self, shapes: Mapping[str, tuple], source: str, prefixes: Sequence[str]):
+    def __init__(self, shapes: Optional[Mapping[str, tuple]], source: str, prefixes: Sequence[str]):
         super().__init__({}, source, prefixes)
-        self.shapes = dict(shapes)
+        self.open = shapes is None  # no source checkpoint: every tensor asked for exists
+        self.shapes = {} if shapes is None else dict(shapes)
         self.taken: dict[str, tuple[int, tuple]] = {}  # name -> (first element number, shape)
         self.total = 0
 
@@ -42,6 +48,11 @@ class _Probe(hub.StateReader):
         return any(p + name in self.shapes for p in self.prefixes)
 
     def take(self, name: str, shape=None) -> np.ndarray:
+        if self.open and not self.has(name):
+            if shape is None:
+                raise ExportError(f"{self.source}: the loader reads {name!r} without naming its shape; without "
+                                  "the source checkpoint it cannot be written back")
+            self.shapes[self.prefixes[0] + name] = tuple(shape)
         for prefix in self.prefixes:
             full = prefix + name
             if full in self.shapes:
@@ -71,12 +82,14 @@ def _loader(config):
     return family.params_from_state, family.prefixes
 
 
-def state_dict_from_params(params, config, source_state: Mapping[str, Any], *, source: str = "") -> dict:
+def state_dict_from_params(params, config, source_state: Optional[Mapping[str, Any]], *, source: str = "") -> dict:
     """The checkpoint tensors (float32, the checkpoint's names) that load as ``params`` under
-    ``config``; ``source_state``: the original checkpoint's tensors (for their names and shapes).
+    ``config``; ``source_state``: the original checkpoint's tensors (for their names and shapes),
+    or None when it is gone (the names the loader asks for first; see the module docstring).
     Only the tensors the loader reads are returned; the caller keeps the others as they were."""
     params_from_state, prefixes = _loader(config)
-    probe = _Probe({k: tuple(np.shape(v)) for k, v in source_state.items()}, source, prefixes)
+    shapes = None if source_state is None else {k: tuple(np.shape(v)) for k, v in source_state.items()}
+    probe = _Probe(shapes, source, prefixes)
     numbered = params_from_state(probe, config)
     out = {name: np.full(shape, np.nan, np.float32) for name, (_, shape) in probe.taken.items()}
     written = {name: np.zeros(shape, np.int32) for name, (_, shape) in probe.taken.items()}

@@ -113,40 +113,6 @@ _VOCAB_HEADS = ("cls.", "lm_head.", "decoder.")
 _PREFIXES = ("bert.", "roberta.", "model.")
 
 
-def bert_state_dict(params, config) -> dict[str, np.ndarray]:
-    """The PyTorch-named tensors of a BERT / RoBERTa parameter pytree (the inverse of
-    :func:`emojax.encoders.bert.params_from_state`; dense kernels back to ``(out, in)``)."""
-    def arr(x):
-        return np.ascontiguousarray(np.asarray(x, np.float32))
-
-    state: dict[str, np.ndarray] = {}
-
-    def dense(name, p):
-        state[f"{name}.weight"] = arr(np.asarray(p["w"]).T)
-        state[f"{name}.bias"] = arr(p["b"])
-
-    def norm(name, p):
-        state[f"{name}.weight"] = arr(p["scale"])
-        state[f"{name}.bias"] = arr(p["bias"])
-
-    emb = params["embeddings"]
-    state["embeddings.word_embeddings.weight"] = arr(emb["word"])
-    state["embeddings.position_embeddings.weight"] = arr(emb["position"])
-    state["embeddings.token_type_embeddings.weight"] = arr(emb["token_type"])
-    norm("embeddings.LayerNorm", emb["norm"])
-    for n, layer in enumerate(params["layers"]):
-        p = f"encoder.layer.{n}."
-        dense(p + "attention.self.query", layer["query"])
-        dense(p + "attention.self.key", layer["key"])
-        dense(p + "attention.self.value", layer["value"])
-        dense(p + "attention.output.dense", layer["attention_out"])
-        norm(p + "attention.output.LayerNorm", layer["attention_norm"])
-        dense(p + "intermediate.dense", layer["intermediate"])
-        dense(p + "output.dense", layer["output"])
-        norm(p + "output.LayerNorm", layer["output_norm"])
-    return state
-
-
 def _hf_config(config) -> dict:
     """A Hugging Face ``config.json`` for a :class:`BertConfig` (when the source folder is gone)."""
     return {"model_type": config.model_type, "vocab_size": config.vocab_size, "hidden_size": config.hidden_size,
@@ -250,7 +216,13 @@ def export_encoder(encoder, folder: str | os.PathLike, *, model: str = "", verif
                 del state[name]
             state.update(written)
     elif tokenizer is not None and type(config).__name__ == "BertConfig":
-        state = bert_state_dict(encoder.params, config)
+        # The source folder is gone: the tensors under the names the loader reads first.
+        rows = int(np.shape(encoder.params["embeddings"]["word"])[0])
+        try:
+            state = export.state_dict_from_params(encoder.params, dataclasses.replace(config, vocab_size=rows), None,
+                                                  source=model)
+        except export.ExportError as err:
+            raise CheckpointError(f"{folder}: cannot write encoder {model!r}: {err}") from err
         (folder / "config.json").write_text(json.dumps(_hf_config(config), indent=2, sort_keys=True))
     else:
         raise CheckpointError(f"{folder}: cannot write encoder {model!r}: its source folder is gone and its "
