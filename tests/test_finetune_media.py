@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from emojax import train as train_lib
+from emojax.runs.checkpoint import RunCheckpoints
 
 pytest.importorskip("transformers")
 
@@ -123,7 +124,8 @@ def test_finetune_media_lora_run_tunes_audio_and_video_and_estimator_uses_them(l
 def test_finetune_media_trainable_with_text_frozen_and_unreadable_file(tmp_path, media_checkpoints, media_demo,
                                                                        tiny_bert, caplog, monkeypatch):
     """``finetune.tune=A``: only wav2vec2 is tuned (BERT stays frozen); a corrupt audio file is a
-    logged skip (the sample lacks audio), and the stored inputs are read back, not recomputed."""
+    logged skip (the sample lacks audio); checkpoints with wav2vec2's earlier layer names restore;
+    the stored inputs are read back, not recomputed."""
     import logging
     import shutil
 
@@ -148,6 +150,19 @@ def test_finetune_media_trainable_with_text_frozen_and_unreadable_file(tmp_path,
     # the stored inputs are reused: preparing again (the frozen features) decodes no file
     def refuse(self, path):
         raise AssertionError(f"decoded {path} again")
+
+    # Checkpoints holding wav2vec2's layer arrays under their earlier names (final_norm,
+    # intermediate, output) restore as written: the state a resume starts from and the selected
+    # epoch's parameters; the files are read, not rewritten.
+    target = train_lib.init_state(prep, train_lib.make_optimizer(cfg, 1))
+    with RunCheckpoints(run_dir) as checkpoints:
+        state = checkpoints.restore_state(1, target)
+    assert _store_under_earlier_names(run_dir, {"A": "wav2vec2"}) == 2  # state/1, best/1
+    saved = _files(run_dir)
+    with RunCheckpoints(run_dir) as checkpoints:
+        _assert_same(checkpoints.restore_state(1, target), state)
+    _assert_same(train_lib.load_run(run_dir, tmp_path / "work")[2], params)
+    assert _files(run_dir) == saved
 
     monkeypatch.setattr(media_encoders.Wav2Vec2Features, "tuning_item", refuse)
     frozen = train_lib.prepare(cfg, tmp_path / "work").features
@@ -178,11 +193,9 @@ def test_finetune_media_extract_encoders_writes_tuned_weights(tmp_path, lora_run
         assert info[m]["hash"] == estimator.featurizer.encoders[m].weights_hash
 
 
-# The layer keys of wav2vec2 and VideoMAE as checkpoints written before the shared encoder block
-# stored them (today's name -> that name), from emojax.encoders.wav2vec2 / videomae at the time.
-EARLIER_LAYER_KEYS = {"wav2vec2": {"mlp_norm": "final_norm", "fc1": "intermediate", "fc2": "output"},
-                      "videomae": {"attn_norm": "norm_before", "mlp_norm": "norm_after", "fc1": "intermediate",
-                                   "fc2": "output"}}
+# wav2vec2's layer keys as checkpoints written before the shared encoder block stored them
+# (today's name -> that name), from emojax.encoders.wav2vec2 at the time.
+EARLIER_LAYER_KEYS = {"wav2vec2": {"mlp_norm": "final_norm", "fc1": "intermediate", "fc2": "output"}}
 
 
 def _with_earlier_names(tree, modality_family):
@@ -222,31 +235,7 @@ def _files(folder):
     return {p.relative_to(folder): p.read_bytes() for p in folder.rglob("*") if p.is_file()}
 
 
-@pytest.mark.slow
-def test_finetune_media_checkpoints_with_earlier_layer_names_resume_and_score(tmp_path, media_checkpoints,
-                                                                              media_demo):
-    """A tuned wav2vec2 + VideoMAE run whose checkpoints hold the encoders' layer arrays under
-    their earlier names (norm_before, intermediate, output, final_norm, ...) resumes from its last
-    epoch, and a finished one is scored with the parameters it stored; the old files are read,
-    not rewritten."""
-    families = {"A": "wav2vec2", "V": "videomae"}
-    cfg = tuning_config(media_demo, "trainable", epochs=2, A=("wav2vec2", media_checkpoints["wav2vec2"]),
-                        V=("videomae", media_checkpoints["videomae"]))
-    work = tmp_path / "work"
-    run_dir = train_lib.fit(cfg, work, max_epochs=1)
-    first = json.loads((run_dir / "progress.json").read_text())["history"]
-    assert _store_under_earlier_names(run_dir, families) == 2  # state/1, best/1
-    old_state = _files(run_dir / "state" / "1")
-    assert train_lib.fit(cfg, work) == run_dir
-    progress = json.loads((run_dir / "progress.json").read_text())
-    assert progress["finished"] and len(progress["history"]) == 2 and progress["history"][:1] == first
-    assert _files(run_dir / "state" / "1") == old_state and not (run_dir / "set_aside").exists()
-
-    _, _, params, _ = train_lib.load_run(run_dir, work)
-    assert _store_under_earlier_names(run_dir, families) >= 1
-    saved = _files(run_dir)
-    _, _, again, _ = train_lib.load_run(run_dir, work)
-    assert _files(run_dir) == saved
-    assert jax.tree_util.tree_structure(again) == jax.tree_util.tree_structure(params)
-    for x, y in zip(jax.tree_util.tree_leaves(again), jax.tree_util.tree_leaves(params)):
+def _assert_same(a, b):
+    assert jax.tree_util.tree_structure(a) == jax.tree_util.tree_structure(b)
+    for x, y in zip(jax.tree_util.tree_leaves(a), jax.tree_util.tree_leaves(b)):
         np.testing.assert_array_equal(np.asarray(x), np.asarray(y))

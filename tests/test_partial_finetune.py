@@ -361,9 +361,10 @@ from emojax import train as train_lib
 data, bert, workdir = sys.argv[1:4]
 out = {}
 for devices in (1, 8):
-    cfg = compose("dataset=MELD--E,encoders=T,mode=trainable")
+    cfg = compose("dataset=MELD--E,encoders=T,mode=lora")
     cfg.dataset.path, cfg.encoders.T.model = data, bert
     cfg.finetune.lr, cfg.finetune.tune_layers = 1e-3, 1
+    cfg.finetune.lora.update(rank=4, alpha=8.0)
     cfg.train.update(epochs=1, batch_size=16, lr=1e-2, patience=100, devices=devices)
     cfg.progress = False
     run_dir = train_lib.fit(cfg, f"{workdir}/{devices}")
@@ -375,6 +376,8 @@ print(json.dumps(out))
 
 @pytest.mark.slow
 def test_tune_layers_data_parallel_matches_one_device(tmp_path, text_meld, bert3):
+    """LoRA on the top layer, split over 8 (host) devices: the losses and scores of 1 device (the
+    adapters' gradients summed across devices as the head's are)."""
     env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8", JAX_PLATFORMS="cpu",
                PYTHONPATH=os.pathsep.join([str(pathlib.Path(__file__).parents[1]), str(pathlib.Path(__file__).parent)]))
     done = subprocess.run([sys.executable, "-c", DATA_PARALLEL, str(text_meld), str(bert3), str(tmp_path)], env=env,
