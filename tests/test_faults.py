@@ -380,6 +380,12 @@ def test_legacy_names_maps_earlier_layer_keys_one_to_one():
     # an array of the checkpoint left over, or one of the model's missing
     assert ckpt_lib.legacy_names(wanted, {**saved, "params/V/extra": (1,)}) is None
     assert ckpt_lib.legacy_names({**wanted, "params/T/w": (2,)}, saved) is None
+    # LoRA adapters, keyed by module path
+    adapters = {"encoder/A/layers.0.fc1/a": (4, 2), "encoder/A/layers.0.query/a": (4, 2)}
+    assert ckpt_lib.legacy_names(adapters, {"encoder/A/layers.0.intermediate/a": (4, 2),
+                                            "encoder/A/layers.0.query/a": (4, 2)}) == {
+        "encoder/A/layers.0.fc1/a": "encoder/A/layers.0.intermediate/a",
+        "encoder/A/layers.0.query/a": "encoder/A/layers.0.query/a"}
     # two earlier names present for one key: ambiguous
     two = {**saved, "params/V/layers/0/norm1/scale": (4,)}
     assert ckpt_lib.legacy_names({**wanted, "params/V/layers/0/norm1/scale": (4,)}, two) is None

@@ -29,6 +29,7 @@ import json
 import logging
 import os
 import pathlib
+import re
 import socket
 import sys
 import weakref
@@ -179,12 +180,17 @@ def _differences(path: pathlib.Path, target) -> Optional[tuple[bool, str]]:
     return None
 
 
+_ADAPTER_MODULE = re.compile(r"layers\.(\d+)\.(\w+)")  # a LoRA adapter's module path
+
+
 def legacy_names(wanted: dict[str, tuple], saved: dict[str, tuple]) -> Optional[dict[str, str]]:
     """``{path in the model: path in the checkpoint}`` for a checkpoint written before encoder
     layer keys were renamed, or ``None`` when renaming does not explain the difference.
 
-    Only a key directly inside an encoder layer (``.../layers/<i>/<key>/...``) is renamed, to one
-    of the names the registered families record as its earlier name (``Family.hashed_names``).
+    Only a key directly inside an encoder layer is renamed: ``.../layers/<i>/<key>/...`` (the
+    encoder's parameters and their optimizer moments) or ``.../layers.<i>.<key>/...`` (LoRA
+    adapters, keyed by module path), to one of the names the registered families record as its
+    earlier name (``Family.hashed_names``).
     Every path the model wants must then be in the checkpoint with the same shape, one name each
     way, and nothing of the checkpoint may be left over."""
     earlier: dict[str, set[str]] = {}
@@ -197,12 +203,15 @@ def legacy_names(wanted: dict[str, tuple], saved: dict[str, tuple]) -> Optional[
             continue
         parts = path.split("/")
         found = []
-        for i in range(2, len(parts)):
-            if parts[i - 2] == "layers" and parts[i - 1].isdigit() and parts[i] in earlier:
-                for old in sorted(earlier[parts[i]]):
-                    candidate = "/".join(parts[:i] + [old] + parts[i + 1:])
-                    if saved.get(candidate) == shape:
-                        found.append(candidate)
+        for i, part in enumerate(parts):
+            nested = i >= 2 and parts[i - 2] == "layers" and parts[i - 1].isdigit()
+            module = _ADAPTER_MODULE.fullmatch(part)
+            key = part if nested else module.group(2) if module else None
+            for old in sorted(earlier.get(key, ())):
+                renamed = old if nested else f"layers.{module.group(1)}.{old}"
+                candidate = "/".join(parts[:i] + [renamed] + parts[i + 1:])
+                if saved.get(candidate) == shape:
+                    found.append(candidate)
         if len(found) != 1:
             return None
         mapping[path] = found[0]
