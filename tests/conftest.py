@@ -1,7 +1,10 @@
 """Shared fixtures (a tiny random BERT in the Hugging Face layout, a tiny MELD-format dataset, the
 demo dataset, a launcher server) and the longest test files started first."""
 import json
+import os
 import pathlib
+import shutil
+import tempfile
 
 import numpy as np
 import pandas as pd
@@ -21,6 +24,35 @@ WORDS = {
 }
 SENTIMENT = {"neutral": "neutral", "joy": "positive", "surprise": "positive", "anger": "negative",
              "sadness": "negative", "disgust": "negative", "fear": "negative"}
+
+
+_CACHE = pytest.StashKey[str]()
+
+
+def pytest_configure(config):
+    """The suite compiles hundreds of small programs and runs each for milliseconds, so compiling
+    is most of its time. Two settings, for every test and every program a test starts:
+
+    - XLA's backend optimisation at level 0 (a program compiles in about two thirds of the time;
+      the same code runs in every process of the suite, so comparisons between them are unchanged);
+    - one JAX compilation cache per worker process for the whole session, so that a program built
+      again (each fit, prepare and load_run jits its own) compiles once.
+
+    Both are set before JAX starts its backend; ``XLA_FLAGS`` or a cache directory given by the
+    caller win."""
+    flags = os.environ.get("XLA_FLAGS", "")
+    if "--xla_backend_optimization_level" not in flags:
+        os.environ["XLA_FLAGS"] = f"{flags} --xla_backend_optimization_level=0".strip()
+    if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
+        cache = tempfile.mkdtemp(prefix=f"emojax-tests-compiled-{os.environ.get('PYTEST_XDIST_WORKER', 'main')}-")
+        os.environ.update(JAX_COMPILATION_CACHE_DIR=cache, JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
+                          JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0")
+        config.stash[_CACHE] = cache
+
+
+def pytest_unconfigure(config):
+    if _CACHE in config.stash:
+        shutil.rmtree(config.stash[_CACHE], ignore_errors=True)
 
 
 def shared_path(*parts) -> pathlib.Path:
@@ -136,64 +168,34 @@ def launcher(tmp_path_factory):
     server.close()
 
 
-@pytest.fixture(scope="module")
-def compiled_once(tmp_path_factory):
-    """A JAX compilation cache for one test module's duration, so that the runs of a module that
-    build the same programs again (each fit, prepare and load_run jits its own) compile each of
-    them once; the settings are put back when the module ends. Where this JAX has no cache reset
-    to call, every program compiles as usual."""
-    try:
-        from jax._src import compilation_cache  # JAX decides once per process whether to use the cache
-    except ImportError:
-        yield
-        return
-    import jax
-
-    names = ("jax_compilation_cache_dir", "jax_persistent_cache_min_compile_time_secs",
-             "jax_persistent_cache_min_entry_size_bytes")
-    before = {name: getattr(jax.config, name) for name in names}
-    jax.config.update("jax_compilation_cache_dir", str(tmp_path_factory.mktemp("compiled")))
-    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
-    jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
-    compilation_cache.reset_cache()
-    yield
-    for name, value in before.items():
-        jax.config.update(name, value)
-    compilation_cache.reset_cache()
-
-
 # -- the longest files first -----------------------------------------------------------------------
 # ``run.py test`` gives whole files to two workers (--dist=loadfile) in collection order
 # (--no-loadscope-reorder): started first, the longest files cannot leave one worker busy long
 # after the other ran out of files. Seconds per file of a whole run (--durations), roughly; files
 # not listed come after, in their usual order. Refresh when a file's cost changes much.
 FILE_SECONDS = {
-    "test_train.py": 377,
-    "test_finetune_media.py": 246,
-    "test_partial_finetune.py": 220,
-    "test_finetune.py": 149,
-    "test_dialogue_context.py": 135,
-    "test_benchmark.py": 104,
-    "test_precision_demo.py": 102,
-    "test_infer_notebook.py": 73,
-    "test_infer_batch.py": 72,
-    "test_neural_features.py": 70,
-    "test_faults.py": 64,
-    "test_infer_context.py": 63,
-    "test_audio_encoder_parity.py": 63,
-    "test_fusion.py": 61,
-    "test_whisper_asr.py": 53,
-    "test_losses.py": 50,
-    "test_bert_parity.py": 44,
-    "test_launch.py": 43,
-    "test_demo_dataset.py": 38,
-    "test_fusion_layers.py": 37,
-    "test_sweep.py": 28,
-    "test_text_encoder.py": 27,
-    "test_events.py": 24,
-    "test_vision_modernbert_parity.py": 23,
-    "test_distillation.py": 20,
-    "test_run_identity.py": 20,
+    "test_finetune_media.py": 255,
+    "test_train.py": 204,
+    "test_partial_finetune.py": 142,
+    "test_precision_demo.py": 110,
+    "test_neural_features.py": 93,
+    "test_dialogue_context.py": 67,
+    "test_infer_notebook.py": 63,
+    "test_finetune.py": 60,
+    "test_infer_batch.py": 59,
+    "test_faults.py": 52,
+    "test_infer_context.py": 49,
+    "test_fusion.py": 47,
+    "test_launch.py": 45,
+    "test_benchmark.py": 43,
+    "test_demo_dataset.py": 42,
+    "test_audio_encoder_parity.py": 34,
+    "test_whisper_asr.py": 32,
+    "test_sweep.py": 31,
+    "test_fusion_layers.py": 28,
+    "test_bert_parity.py": 27,
+    "test_distillation.py": 21,
+    "test_losses.py": 21,
 }
 
 

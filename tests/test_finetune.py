@@ -12,8 +12,6 @@ from emojax.encoders import lora as lora_lib
 from emojax.encoders.bert import bert_apply, load_bert
 
 
-# The runs here build the same programs again (each fit, prepare and load_run jits its own).
-pytestmark = pytest.mark.usefixtures("compiled_once")
 
 
 def tuning_config(data, bert, mode, epochs=3):

@@ -22,8 +22,6 @@ WRITERS = {"whisper": write_whisper, "wav2vec2": write_wav2vec2, "data2vec-audio
 MODALITY = {"whisper": "A", "wav2vec2": "A", "data2vec-audio": "A", "videomae": "V", "clip": "V"}
 
 
-# The runs here build the same programs again (each fit, prepare and load_run jits its own).
-pytestmark = pytest.mark.usefixtures("compiled_once")
 
 
 @pytest.fixture(scope="module")

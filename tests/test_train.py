@@ -253,7 +253,8 @@ def test_data_parallel_8_devices_match_1_device(tmp_path, text_meld, tiny_bert, 
     import sys
 
     script = pathlib.Path(__file__).parent / "scripts" / "data_parallel_run.py"
-    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8", JAX_PLATFORMS="cpu",
+    env = dict(os.environ, XLA_FLAGS=os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8",
+               JAX_PLATFORMS="cpu",
                PYTHONPATH=str(pathlib.Path(__file__).parents[1]))
     out = {1: single_device_run(loss, mode)}
     done = subprocess.run([sys.executable, str(script), str(text_meld), str(tiny_bert),
@@ -352,7 +353,7 @@ def test_multihost_two_processes_match_single_process(tmp_path, text_meld, tiny_
 
     scripts = pathlib.Path(__file__).parent / "scripts"
     env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=str(pathlib.Path(__file__).parents[1]))
-    env.pop("XLA_FLAGS", None)
+    env["XLA_FLAGS"] = " ".join(f for f in env.get("XLA_FLAGS", "").split() if "device_count" not in f)  # one each
     # The same config as the 8-device test's focal+spcl reference: one run serves both.
     reference = single_device_run("focal+spcl", "frozen")
     with socket.socket() as probe:
