@@ -35,16 +35,18 @@ def pytest_configure(config):
 
     - XLA's backend optimisation at level 0 (a program compiles in about two thirds of the time;
       the same code runs in every process of the suite, so comparisons between them are unchanged);
-    - one JAX compilation cache per worker process for the whole session, so that a program built
-      again (each fit, prepare and load_run jits its own) compiles once.
+    - one JAX compilation cache for the whole session, so that a program built again (each fit,
+      prepare and load_run jits its own) compiles once. The xdist workers and the programs tests
+      start inherit it from this process; an entry read while another process writes it is a
+      miss for JAX (a warning, then an ordinary compile).
 
-    Both are set before JAX starts its backend; ``XLA_FLAGS`` or a cache directory given by the
-    caller win."""
+    Both are set in the environment before JAX is imported; an optimisation level already in
+    ``XLA_FLAGS``, or a ``JAX_COMPILATION_CACHE_DIR`` already set, wins."""
     flags = os.environ.get("XLA_FLAGS", "")
     if "--xla_backend_optimization_level" not in flags:
         os.environ["XLA_FLAGS"] = f"{flags} --xla_backend_optimization_level=0".strip()
     if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
-        cache = tempfile.mkdtemp(prefix=f"emojax-tests-compiled-{os.environ.get('PYTEST_XDIST_WORKER', 'main')}-")
+        cache = tempfile.mkdtemp(prefix="emojax-tests-compiled-")
         os.environ.update(JAX_COMPILATION_CACHE_DIR=cache, JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
                           JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0")
         config.stash[_CACHE] = cache

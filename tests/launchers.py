@@ -90,6 +90,16 @@ def checkout_env(**extra: str) -> dict[str, str]:
     return dict(os.environ, PYTHONPATH=str(ROOT), **extra)
 
 
+def host_devices_env(devices: int, **extra: str) -> dict[str, str]:
+    """:func:`checkout_env` for a program on ``devices`` CPU devices: this process's ``XLA_FLAGS``
+    (the suite's compile settings, see conftest.py) kept, a device count in them replaced."""
+    flags = [flag for flag in os.environ.get("XLA_FLAGS", "").split()
+             if not flag.startswith("--xla_force_host_platform_device_count")]
+    if devices > 1:
+        flags.append(f"--xla_force_host_platform_device_count={devices}")
+    return checkout_env(XLA_FLAGS=" ".join(flags), JAX_PLATFORMS="cpu", **extra)
+
+
 def fresh(name: str, *args, timeout: float = 600, cwd=ROOT, env=None) -> subprocess.CompletedProcess:
     """``python -m launch.<name> ARGS`` in a new interpreter."""
     return subprocess.run([sys.executable, "-m", f"launch.{name}", *map(str, args)], cwd=cwd,

@@ -12,8 +12,6 @@ from emojax.encoders import lora as lora_lib
 from emojax.encoders.bert import bert_apply, load_bert
 
 
-
-
 def tuning_config(data, bert, mode, epochs=3):
     cfg = compose(f"dataset=MELD--E,encoders=T,mode={mode}")
     cfg.dataset.path = str(data)

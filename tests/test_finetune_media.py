@@ -22,8 +22,6 @@ WRITERS = {"whisper": write_whisper, "wav2vec2": write_wav2vec2, "data2vec-audio
 MODALITY = {"whisper": "A", "wav2vec2": "A", "data2vec-audio": "A", "videomae": "V", "clip": "V"}
 
 
-
-
 @pytest.fixture(scope="module")
 def media_checkpoints(tmp_path_factory):
     root = tmp_path_factory.mktemp("tuned-encoders")

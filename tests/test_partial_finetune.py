@@ -23,6 +23,7 @@ from emojax.encoders.modernbert import load_modernbert, modernbert_apply
 from emojax.encoders.text import encode_pooled_from, layer_input, pool_hidden
 from emojax.training.finetune_text import HiddenRows, TokenRows, top_layers, with_top_layers
 from emojax.training.batches import epoch_batches
+from launchers import host_devices_env
 
 
 @pytest.fixture(scope="module")
@@ -378,9 +379,8 @@ print(json.dumps(out))
 def test_tune_layers_data_parallel_matches_one_device(tmp_path, text_meld, bert3):
     """LoRA on the top layer, split over 8 (host) devices: the losses and scores of 1 device (the
     adapters' gradients summed across devices as the head's are)."""
-    env = dict(os.environ, XLA_FLAGS=os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8",
-               JAX_PLATFORMS="cpu",
-               PYTHONPATH=os.pathsep.join([str(pathlib.Path(__file__).parents[1]), str(pathlib.Path(__file__).parent)]))
+    env = host_devices_env(8)
+    env["PYTHONPATH"] = os.pathsep.join([env["PYTHONPATH"], str(pathlib.Path(__file__).parent)])
     done = subprocess.run([sys.executable, "-c", DATA_PARALLEL, str(text_meld), str(bert3), str(tmp_path)], env=env,
                           capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]

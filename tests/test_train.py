@@ -10,6 +10,7 @@ import pytest
 from configs.compose import compose
 from emojax import config as config_lib
 from emojax import train as train_lib
+from launchers import host_devices_env
 
 
 def text_config(data, bert, epochs=4, loss="ce"):
@@ -248,14 +249,11 @@ def test_data_parallel_8_devices_match_1_device(tmp_path, text_meld, tiny_bert, 
     """Training split over 8 (host) devices gives the parameters, losses and scores of 1 device
     (with ``lora``, also the fine-tuned encoder's dev features; LoRA over 8 devices is checked in
     test_partial_finetune.py, on the top layer)."""
-    import os
     import subprocess
     import sys
 
     script = pathlib.Path(__file__).parent / "scripts" / "data_parallel_run.py"
-    env = dict(os.environ, XLA_FLAGS=os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8",
-               JAX_PLATFORMS="cpu",
-               PYTHONPATH=str(pathlib.Path(__file__).parents[1]))
+    env = host_devices_env(8)
     out = {1: single_device_run(loss, mode)}
     done = subprocess.run([sys.executable, str(script), str(text_meld), str(tiny_bert),
                            str(tmp_path / "runs8"), "8", loss, mode],
@@ -346,14 +344,12 @@ def test_feature_cache_key_changes_with_precision_and_pooling(text_meld, tiny_be
 def test_multihost_two_processes_match_single_process(tmp_path, text_meld, tiny_bert, single_device_run):
     """Two processes on localhost (jax.distributed, CPU devices) train as one: both end with the
     single-process losses and dev scores; only process 0 writes the run's files."""
-    import os
     import socket
     import subprocess
     import sys
 
     scripts = pathlib.Path(__file__).parent / "scripts"
-    env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=str(pathlib.Path(__file__).parents[1]))
-    env["XLA_FLAGS"] = " ".join(f for f in env.get("XLA_FLAGS", "").split() if "device_count" not in f)  # one each
+    env = host_devices_env(1)  # one device each
     # The same config as the 8-device test's focal+spcl reference: one run serves both.
     reference = single_device_run("focal+spcl", "frozen")
     with socket.socket() as probe:
