@@ -221,7 +221,7 @@ def test_cache_show_and_clear_through_the_tool(workspace, launcher, tmp_path):
     workdir = tmp_path / "w"
     shutil.copytree(workspace.workdir / "cache", workdir / "cache")
     assert _tool(launcher, "cache", f"--workdir={workdir}", "--clear=all").returncode == 0
-    assert list((workdir / "cache" / "features").iterdir()) == []
+    assert [p.name for p in (workdir / "cache" / "features").iterdir()] == [".emojax-feature-cache"]  # marker kept
     missing = _tool(launcher, "cache", f"--cache_dir={tmp_path / 'nope'}")
     assert missing.returncode != 0 and str(tmp_path / "nope") in missing.stderr.strip().splitlines()[-1]
 
