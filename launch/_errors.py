@@ -6,13 +6,23 @@ raises about the user's input (config, dataset, checkpoint, weights, paths) ends
 ``error: <what is wrong>; <what to do>`` on stderr and exit status 1. Anything else is a bug and
 keeps its traceback.
 
-It also keeps the libraries' routine chatter out of the output (:func:`quiet_logging`).
+It also keeps the libraries' routine chatter out of the output (:func:`quiet_logging`), and
+stops the same way on Ctrl-C and on SIGTERM (what a batch scheduler sends before it kills a job):
+SIGTERM raises ``KeyboardInterrupt`` in the main thread (between two steps of Python code: a
+compilation or device call under way finishes first), so the cleanup that runs on Ctrl-C runs
+(files are written to a temporary name and renamed, a folder is built beside its final place,
+a sweep stops its runs), and the program ends with one line, ``stopped by SIGTERM; ...``, and exit
+status 143 (128 + 15); Ctrl-C ends with ``stopped by Ctrl-C (SIGINT); ...`` and the status it
+always had (killed by SIGINT: 130 in a shell).
 """
 from __future__ import annotations
 
+import errno
 import logging
 import pathlib
+import signal
 import sys
+import threading
 from typing import Callable, NoReturn, Optional, Sequence
 
 from absl import app, flags
@@ -160,10 +170,65 @@ def guarded(main: Callable[[list[str]], None],
             return main(argv)
         except user_errors(extra) as err:
             fail(str(err))
+        except OSError as err:
+            if err.errno not in (errno.ENOSPC, errno.EDQUOT, errno.EROFS):
+                raise
+            # The disk, not the program: every file is written aside and renamed, so what was
+            # there is intact; the user frees space (or remounts) and starts the same command.
+            fail(f"{err.filename or 'a file'}: {err.strerror}; every file written before is intact: free space "
+                 "(or make the folder writable) and start the same command again to go on")
 
     return wrapper
 
 
+# The signal that stopped the program, once one has (SIGTERM: set by its handler).
+_STOPPED_BY: list[int] = []
+
+
+def _on_sigterm(signum, frame) -> None:
+    """SIGTERM handled as Ctrl-C: ``KeyboardInterrupt`` in the main thread. A SIGTERM while the
+    program is already stopping (a scheduler that signals every process of a job, and a sweep
+    that forwards it to its runs) is ignored, so the cleanup it started runs to its end."""
+    if _STOPPED_BY:
+        return
+    _STOPPED_BY.append(signum)
+    raise KeyboardInterrupt(f"stopped by {signal.Signals(signum).name}")
+
+
+def handle_sigterm() -> None:
+    """Install the SIGTERM handler (:func:`_on_sigterm`); from the main thread only."""
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, _on_sigterm)
+
+
+def _quiet_interrupt(hook):
+    """``sys.excepthook`` that prints nothing for ``KeyboardInterrupt`` (its line was printed)."""
+    def excepthook(kind, value, traceback):
+        if not issubclass(kind, KeyboardInterrupt):
+            hook(kind, value, traceback)
+
+    return excepthook
+
+
+def stopped() -> NoReturn:
+    """End a program that a signal stopped, with one line on stderr: exit status 143 for SIGTERM;
+    for Ctrl-C the interpreter's own ending (killed by SIGINT, after its exit handlers ran)."""
+    sigterm = bool(_STOPPED_BY)
+    name = "SIGTERM" if sigterm else "Ctrl-C (SIGINT)"
+    sys.stdout.flush()
+    print(f"stopped by {name}; what was finished is kept: start the same command again to resume",
+          file=sys.stderr, flush=True)
+    if sigterm:
+        sys.exit(128 + signal.SIGTERM)
+    sys.excepthook = _quiet_interrupt(sys.excepthook)
+    raise KeyboardInterrupt
+
+
 def run(main: Callable[[list[str]], None], extra: Sequence[type[BaseException]] = ()) -> None:
-    """``absl.app.run(main)`` with every user error, from the flags on, reported as one line."""
-    app.run(guarded(main, extra), flags_parser=parse_flags)
+    """``absl.app.run(main)`` with every user error, from the flags on, reported as one line, and
+    SIGTERM handled as Ctrl-C (:func:`handle_sigterm`), either ending in one line (:func:`stopped`)."""
+    handle_sigterm()
+    try:
+        app.run(guarded(main, extra), flags_parser=parse_flags)
+    except KeyboardInterrupt:
+        stopped()

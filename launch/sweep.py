@@ -13,6 +13,12 @@ student waits for its teacher; the logs go to ``workdir/sweeps/<sweep>/logs/``. 
 reported and the sweep goes on (its students are skipped). The table -- per config, mean and
 standard deviation over seeds of dev/test accuracy and weighted F1 -- is printed and written to
 ``workdir/sweep_<sweep>.md`` and ``.json``; the exit status is 1 when a run failed or was skipped.
+
+Ctrl-C or SIGTERM (a batch scheduler's stop) stops the sweep and its runs: each run still going
+gets SIGTERM (SIGKILL after 30 s) and is reported as ``stopped``; the table is written with the
+runs so far, and the sweep ends with ``stopped by SIGTERM; ...`` (exit status 143). A sweep killed
+outright (``kill -9``) takes its runs with it (Linux: their parent-death signal). Started again,
+the sweep skips the finished runs and resumes the stopped ones from their last finished epoch.
 """
 import logging as std_logging
 import pathlib
@@ -23,6 +29,7 @@ from absl import flags
 from configs.compose import compose
 from configs.experiments import available_sweeps, load_sweep
 from emojax import sweep as sweep_lib
+from emojax.sweep.execution import SweepStopped
 from launch import _commands, _errors
 
 _SWEEP = flags.DEFINE_string("sweep", None, "The sweep: a module under configs/experiments/ (baseline/unimodal, mdn, "
@@ -60,14 +67,20 @@ def main(argv):
     if _DRY_RUN.value:
         return
     log_dir = workdir / "sweeps" / name.strip("/").replace("/", "-") / "logs"
-    outcomes = sweep_lib.execute(runs, workdir, parallel=_PARALLEL.value, devices=_DEVICES.value or None,
-                                 command=_commands.train_command, env=_commands.checkout_env(),
-                                 log_dir=log_dir, echo=lambda line: print(line, flush=True))
+    stop = None
+    try:
+        outcomes = sweep_lib.execute(runs, workdir, parallel=_PARALLEL.value, devices=_DEVICES.value or None,
+                                     command=_commands.train_command, env=_commands.checkout_env(),
+                                     log_dir=log_dir, echo=lambda line: print(line, flush=True))
+    except SweepStopped as stopped:  # the table of the runs so far, then the launcher's one line
+        stop, outcomes = stopped, stopped.outcomes
     text = sweep_lib.write_report(name, workdir, runs, outcomes)
     md_path, json_path = sweep_lib.report_paths(name, workdir)
     print()
     print(text)
-    print(f"written: {md_path} and {json_path}")
+    print(f"written: {md_path} and {json_path}", flush=True)
+    if stop is not None:
+        raise stop
     if any(outcome.status not in sweep_lib.OK for outcome in outcomes.values()):
         sys.exit(1)
 

@@ -28,7 +28,10 @@ added tokens hashes differently from the in-memory encoder that named the entry;
 
 Entries are written to a temporary folder beside the store and renamed into place, so a reader
 never sees half an entry; of two processes storing the same encoder at once, the one that loses
-the rename uses the winner's entry. An existing entry is never rewritten. Links are relative, so
+the rename uses the winner's entry. An existing entry is never rewritten. An entry that cannot be
+written (:data:`STORE_ERRORS`: a full disk, an unwritable folder, a source that is gone) leaves no
+temporary folder behind and, from :func:`link_run_encoders`, does not stop the run: it is logged
+in one warning line and the run's encoder is later loaded from its source. Links are relative, so
 the whole work directory can be moved or copied. Classic (librosa / OpenCV) encoders have no
 weights and are not stored.
 
@@ -50,13 +53,14 @@ from typing import Any, Optional
 
 import jax
 import numpy as np
+from safetensors import SafetensorError
 from safetensors.numpy import save_file
 
 from emojax.runs.checkpoint import CheckpointError
 from emojax.encoders import export, hub
 from emojax.encoders.text import TextEncoder
 from emojax.features.featurizer import resolve_model_path
-from emojax.files import building_folder, publish_folder, write_json_atomic
+from emojax.files import building_folder, publish_folder, write_json_atomic, write_json_if_changed
 
 log = logging.getLogger(__name__)
 
@@ -68,6 +72,14 @@ _TMP_PREFIX = ".tmp-"
 # Files of a source folder never copied into an entry: the weights (written anew) and indices.
 _WEIGHT_SUFFIXES = (".safetensors", ".bin", ".msgpack", ".h5", ".pt", ".pth", ".ckpt", ".onnx", ".ot", ".gguf")
 _REQUIRED = ("model.safetensors", "config.json")
+# What writing an entry can raise: the store's own checks (CheckpointError, and the weight and
+# export errors, all ValueError: an unreadable source, a family that cannot be rebuilt), file
+# system errors of copies, JSON files, renames and links (OSError: ENOSPC, EACCES, EROFS, ...),
+# the SafeTensors writer's (SafetensorError: "Error while serializing: I/O error: ..."), a source
+# JSON file that does not parse (JSONDecodeError is a ValueError) and a key the source lacks. The
+# tokenizers library's own errors (a plain Exception) become CheckpointError in
+# :func:`_save_tokenizer`.
+STORE_ERRORS = (CheckpointError, OSError, SafetensorError, ValueError, KeyError)
 
 
 def store_root(workdir: str | os.PathLike) -> pathlib.Path:
@@ -228,7 +240,7 @@ def export_encoder(encoder, folder: str | os.PathLike, *, model: str = "", verif
         raise CheckpointError(f"{folder}: cannot write encoder {model!r}: its source folder is gone and its "
                               f"family ({encoder_family(encoder) or '?'}) cannot be rebuilt from the parameters")
     if tokenizer is not None:
-        tokenizer.save_pretrained(str(folder))
+        _save_tokenizer(tokenizer, folder)
         word = np.ascontiguousarray(np.asarray(encoder.params["embeddings"]["word"], np.float32))
         key = next((k for k in state if _short(k) in _WORD_EMBEDDINGS), None)
         if key is None:
@@ -250,6 +262,19 @@ def export_encoder(encoder, folder: str | os.PathLike, *, model: str = "", verif
         raise CheckpointError(f"{folder}: the written encoder does not load back to the weights in memory "
                               f"(has {source or model} changed since the encoder was loaded?)")
     return folder
+
+
+def _save_tokenizer(tokenizer, folder: pathlib.Path) -> None:
+    """``tokenizer.save_pretrained(folder)``. The files ``transformers`` writes itself raise
+    OSError; ``tokenizer.json`` is written by the tokenizers library, whose errors (a full disk
+    included: ``No space left on device (os error 28)``) are plain ``Exception`` instances: those,
+    and only those, become :class:`CheckpointError` naming the folder."""
+    try:
+        tokenizer.save_pretrained(str(folder))
+    except Exception as err:  # noqa: BLE001 - narrowed below to the tokenizers library's plain Exception
+        if type(err) is not Exception:
+            raise
+        raise CheckpointError(f"{folder}: cannot write the tokenizer ({err})") from err
 
 
 def _added_tokens(encoder) -> list[str]:
@@ -362,6 +387,12 @@ def _link(link: pathlib.Path, target: str) -> None:
         raise
 
 
+def _reason(err: BaseException) -> str:
+    """Why an encoder was not stored, on one line (the error's type named unless it is ours)."""
+    text = " ".join(str(err).split())
+    return text if isinstance(err, CheckpointError) else f"{type(err).__name__}: {text}"
+
+
 def link_run_encoders(run_dir: str | os.PathLike, featurizer, workdir: str | os.PathLike, *,
                       strict: bool = False) -> dict:
     """Store each neural encoder of ``featurizer`` under ``workdir`` (once) and link it from the run:
@@ -370,9 +401,11 @@ def link_run_encoders(run_dir: str | os.PathLike, featurizer, workdir: str | os.
 
     Call it from process 0 only in a multi-host run. Safe to call again (a resumed run): an
     existing entry is reused and an up-to-date link is left as it is. An encoder that cannot be
-    written (its source folder gone, an unreadable file, a full disk) raises with ``strict``;
-    otherwise it is logged, left unlinked and its record carries ``"error"``, so training goes on
-    (``create-standalone`` then rebuilds that encoder from the run's config).
+    written (any of :data:`STORE_ERRORS`: its source folder gone, an unreadable file, a full disk
+    whichever writer meets it) raises with ``strict``; otherwise it is logged in one warning line,
+    left unlinked with no partial entry in the store, and its record carries ``"error"``, so
+    training goes on (evaluation and inference then load that encoder from its source, and
+    ``create-standalone`` rebuilds it from the run's config).
     """
     run_dir = pathlib.Path(run_dir)
     links = run_dir / RUN_LINKS
@@ -389,12 +422,15 @@ def link_run_encoders(run_dir: str | os.PathLike, featurizer, workdir: str | os.
             _link(link, target)
             if not link.exists():
                 raise CheckpointError(f"{link}: the new link to {target} does not resolve")
-        except (CheckpointError, OSError, ValueError, KeyError) as err:
+        except STORE_ERRORS as err:
             if strict:
                 raise
-            log.warning("encoder store: %s encoder of %s not stored (%s); the run trains on", modality, run_dir, err)
-            record[modality]["error"] = str(err)
-    write_json_atomic(run_dir / RUN_RECORD, record)
+            reason = _reason(err)
+            log.warning("encoder store: the %s encoder of %s was not stored in %s (%s); the run trains on, and "
+                        "evaluation and inference will load this encoder from its source %s", modality, run_dir,
+                        store_root(workdir), reason, name or "(the run's config)")
+            record[modality]["error"] = reason
+    write_json_if_changed(run_dir / RUN_RECORD, record)  # not rewritten when unchanged (a restart)
     return record
 
 

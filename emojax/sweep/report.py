@@ -1,5 +1,9 @@
 """A sweep's results table: per config, mean and standard deviation over seeds of dev / test
-accuracy and weighted F1 (:func:`aggregate`, :func:`format_report`, :func:`write_report`)."""
+accuracy and weighted F1 (:func:`aggregate`, :func:`format_report`, :func:`write_report`).
+
+A run's status is its :class:`~emojax.sweep.execution.Outcome`'s: a failed run carries its error
+(for a subprocess, the last line of its log); a run the sweep stopped (``stopped``: interrupted,
+or ended by a signal) carries none, as it did not fail and resumes at the next launch."""
 from __future__ import annotations
 
 import json
@@ -105,8 +109,11 @@ def format_report(name: str, groups: Sequence[Mapping], records: Sequence[Mappin
     lines = [f"# Sweep {name}", ""]
     if workdir is not None:
         lines.append(f"workdir: `{workdir}`  ")
-    lines += [f"{len(records)} runs: " + ", ".join(f"{n} {s}" for s, n in counts.items()) + "  ",
-              "Scores in %, mean ± standard deviation over seeds (population, ddof=0); the test scores are "
+    lines.append(f"{len(records)} runs: " + ", ".join(f"{n} {s}" for s, n in counts.items()) + "  ")
+    if "stopped" in counts:
+        lines.append("Stopped runs were interrupted by a signal (the sweep's or their own); starting the sweep "
+                     "again resumes them from their last finished epoch.  ")
+    lines += ["Scores in %, mean ± standard deviation over seeds (population, ddof=0); the test scores are "
               "those of the epoch selected on dev.", "",
               "| config | category | seeds | dev acc | dev wF1 | test acc | test wF1 | notes |",
               "|---|---|---|---|---|---|---|---|"]
