@@ -7,8 +7,10 @@
 
 All three create ``.venv`` beside this file on first use and reuse it while ``pyproject.toml`` is
 unchanged. Extra arguments after ``demo`` go to ``launch.train``; after ``test``, to pytest
-(the suite runs in two pytest-xdist workers, one test file each at a time, the longest files
-first; ``-n 0`` runs it in one process; ``-m "not slow"`` runs the everyday tier of quick tests).
+(test files or folders given there replace the whole suite, ``python3 run.py test
+tests/test_metrics.py``; the suite runs in two pytest-xdist workers, one test file each at a time,
+the longest files first; ``-n 0`` runs it in one process; ``-m "not slow"`` runs the everyday tier
+of quick tests).
 """
 import hashlib
 import os
@@ -60,8 +62,12 @@ def main(argv) -> int:
     else:
         # Files in collection order, which tests/conftest.py sorts longest first (not xdist's
         # most-tests-first): the two workers then finish close together.
+        # Test paths given after ``test`` replace the whole suite (an option's value is not a path).
+        args = argv[2:]
+        paths = [a for i, a in enumerate(args) if not a.startswith("-") and (ROOT / a.split("::")[0]).exists()
+                 and not (i and args[i - 1] in ("-m", "-k", "-n", "-p", "--numprocesses"))]
         cmd = [PYTHON, "-m", "pytest", "-q", "--numprocesses=2", "--dist=loadfile", "--no-loadscope-reorder",
-               "tests", *argv[2:]]
+               *([] if paths else ["tests"]), *args]
     return subprocess.run([str(c) for c in cmd], cwd=ROOT, env=env).returncode
 
 

@@ -15,11 +15,13 @@ import numpy as np
 from emojax.runs import checkpoint as ckpt_lib
 from emojax import config as config_lib
 from emojax import metrics as metrics_lib
+from emojax.runs.records import run_config
+from emojax.files import write_bytes_if_changed, write_json_if_changed
 from emojax.features.featurizer import FeatureSet, padded_batches
 from emojax.training.batches import batch_of
 from emojax.training.dialogue_batches import dialogue_batch, dialogue_layout, scoring_plan, scoring_turns
 from emojax.training.parallel import DataParallel
-from emojax.training.preparation import Prepared, prepare, tuned_features
+from emojax.training.preparation import Prepared, check_data_record, load_data, prepare, tuned_features
 from emojax.training.state import best_target, init_state, make_optimizer
 from emojax.training.steps import make_eval_step
 
@@ -89,7 +91,7 @@ def write_meta(prep: Prepared) -> None:
     if text is not None:
         meta["speaker_tokens"] = list(getattr(text, "speaker_tokens", []))
         text.encoder.save_preprocessing(prep.run_dir / "preprocessing" / "T")
-    ckpt_lib.write_json_atomic(prep.run_dir / "meta.json", meta)
+    write_json_if_changed(prep.run_dir / "meta.json", meta)
 
 
 def write_results(prep: Prepared, eval_step: Callable, params, progress: dict, *,
@@ -119,21 +121,30 @@ def write_results(prep: Prepared, eval_step: Callable, params, progress: dict, *
                    metrics_lib.format_confusion(scores["confusion"], names), ""]
     if not write:
         return results
-    ckpt_lib.write_json_atomic(run_dir / "results.json", results)
-    ckpt_lib.write_json_atomic(run_dir / "history.json", progress["history"])
+    # Each file atomically, and not at all where unchanged (a finished run started again).
+    write_json_if_changed(run_dir / "results.json", results)
+    write_json_if_changed(run_dir / "history.json", progress["history"])
     metrics_lib.plot_history(progress["history"], run_dir / "history.png", cfg.train.select_metric)
-    (run_dir / "metrics.md").write_text("\n".join(report))
+    write_bytes_if_changed(run_dir / "metrics.md", "\n".join(report).encode())
     return results
 
 
-def load_run(run_dir: str | pathlib.Path, workdir: Optional[str | pathlib.Path] = None):
-    """Rebuild a finished run: ``(prep, eval_step, best_params, progress)``."""
+def load_run(run_dir: str | pathlib.Path, workdir: Optional[str | pathlib.Path] = None, *,
+             allow_data_change: bool = False):
+    """Rebuild a finished run: ``(prep, eval_step, best_params, progress)``.
+
+    Refused (:class:`emojax.runs.checkpoint.CheckpointError`, before any feature is computed)
+    when the run's ``config.json`` was edited since training, or when its data (CSV files,
+    media) differs from the run's record, unless ``allow_data_change``."""
     run_dir = pathlib.Path(run_dir)
     progress = ckpt_lib.finished_run(run_dir)  # before any model is loaded
-    cfg = config_lib.load_config(run_dir / "config.json")
+    cfg = run_config(run_dir)  # refuses a config edited since training
     cfg.progress = False
     workdir = pathlib.Path(workdir) if workdir else _workdir_of(run_dir)
-    prep = prepare(cfg, workdir)
+    dataset = load_data(cfg)
+    if not allow_data_change:
+        check_data_record(cfg, run_dir, dataset, action="evaluate")
+    prep = prepare(cfg, workdir, dataset=dataset)
     prep.run_dir = run_dir
     eval_step = jax.jit(make_eval_step(prep.model))
     optimizer = make_optimizer(cfg, 1)

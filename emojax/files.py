@@ -7,10 +7,13 @@
 * :func:`write_bytes_atomic` and its text / JSON forms write a temporary file in the target's
   folder, flush it to disk and ``os.replace`` it over the target: a reader sees the old file or
   the new one, never a part.
+* :func:`write_bytes_if_changed` leaves a file that already holds the bytes alone, and
+  :func:`copy_folder_files_atomic` copies a folder's files that way (a run's files rewritten at
+  every start).
 * :func:`building_folder` and :func:`publish_folder` do the same for a whole folder: it is built
   in a temporary sibling and renamed into place when complete.
 * :func:`folder_problem` says why a folder a user names (workdir, cache, outputs) cannot be used,
-  before any work starts.
+  and :func:`write_problem` why it cannot be written, before any work starts.
 
 Standard library only, so that light launchers (a sweep's ``--dry_run``) can use it.
 """
@@ -23,6 +26,7 @@ import os
 import pathlib
 import secrets
 import shutil
+import tempfile
 from typing import Any, Iterator, Optional
 
 HASH_BLOCK = 8 << 20  # bytes read at a time by file_sha256
@@ -64,6 +68,34 @@ def write_bytes_atomic(path: str | os.PathLike, data: bytes) -> None:
         raise
 
 
+def write_bytes_if_changed(path: str | os.PathLike, data: bytes) -> bool:
+    """:func:`write_bytes_atomic` unless ``path`` already holds exactly ``data``; returns whether
+    it wrote. Files a run rewrites at every start (its config, meta, tokenizer) are then left
+    untouched when unchanged, so a restart on a full disk cannot damage them."""
+    path = pathlib.Path(path)
+    try:
+        if path.is_file() and path.stat().st_size == len(data) and path.read_bytes() == data:
+            return False
+    except OSError:
+        pass  # unreadable: replace it
+    write_bytes_atomic(path, data)
+    return True
+
+
+def copy_folder_files_atomic(source: str | os.PathLike, target: str | os.PathLike) -> list[str]:
+    """Copy every file of the folder ``source`` (recursively) into ``target``, each with
+    :func:`write_bytes_if_changed`: a reader of ``target`` sees each file old or new, never a part,
+    and unchanged files are not rewritten. Returns the relative names written."""
+    source, target = pathlib.Path(source), pathlib.Path(target)
+    written = []
+    for path in sorted(source.rglob("*")):
+        if path.is_file():
+            name = path.relative_to(source)
+            if write_bytes_if_changed(target / name, path.read_bytes()):
+                written.append(str(name))
+    return written
+
+
 def write_text_atomic(path: str | os.PathLike, text: str) -> None:
     """:func:`write_bytes_atomic` of ``text`` in UTF-8 (newlines written as they are)."""
     write_bytes_atomic(path, text.encode("utf-8"))
@@ -74,6 +106,11 @@ def write_json_atomic(path: str | os.PathLike, payload: Any, *, indent: Optional
     """:func:`write_text_atomic` of ``json.dumps(payload, ...)``; by default indented by 2, keys
     sorted, and NumPy / JAX scalars written as floats."""
     write_text_atomic(path, json.dumps(payload, indent=indent, sort_keys=sort_keys, default=default))
+
+
+def write_json_if_changed(path: str | os.PathLike, payload: Any) -> bool:
+    """:func:`write_bytes_if_changed` of the JSON :func:`write_json_atomic` writes by default."""
+    return write_bytes_if_changed(path, json.dumps(payload, indent=2, sort_keys=True, default=float).encode())
 
 
 @contextlib.contextmanager
@@ -117,7 +154,8 @@ def publish_folder(work: str | os.PathLike, final: str | os.PathLike, *, sync: b
     return True
 
 
-__all__ = ["digest", "file_sha256", "write_bytes_atomic", "write_text_atomic", "write_json_atomic",
+__all__ = ["digest", "file_sha256", "write_bytes_atomic", "write_bytes_if_changed", "copy_folder_files_atomic",
+           "write_text_atomic", "write_json_atomic", "write_json_if_changed",
            "building_folder", "publish_folder", "HASH_BLOCK"]
 
 
@@ -132,4 +170,22 @@ def folder_problem(path: str | pathlib.Path) -> Optional[str]:
     for parent in path.absolute().parents:
         if parent.exists():
             return None if parent.is_dir() else f"{parent} (above {path}) is a file, not a folder"
+    return None
+
+
+def write_problem(path: str | pathlib.Path) -> Optional[str]:
+    """Why files cannot be written in the folder ``path`` (or, when it does not exist yet, in the
+    nearest existing folder above it, where it would be created), or ``None`` when they can. A
+    small file is created there and removed, so a read-only mount or missing permission is found
+    before any work, not after it."""
+    path = pathlib.Path(path).absolute()
+    folder = next((p for p in (path, *path.parents) if p.exists()), None)
+    if folder is None or not folder.is_dir():
+        return folder_problem(path)
+    try:
+        fd, probe = tempfile.mkstemp(prefix=".emojax-write-check-", dir=folder)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as err:
+        return f"{folder} cannot be written ({err.strerror or err})"
     return None

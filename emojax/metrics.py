@@ -5,10 +5,13 @@ values, so they serve evaluation loops, notebooks and reports alike.
 """
 from __future__ import annotations
 
+import io
 import pathlib
 from typing import Sequence
 
 import numpy as np
+
+from emojax.files import write_bytes_if_changed
 
 
 def confusion_matrix(labels, predictions, num_classes: int) -> np.ndarray:
@@ -102,11 +105,19 @@ def confusion_figure(matrix, class_names: Sequence[str], title: str = ""):
     return fig
 
 
+def save_png(fig, path: str | pathlib.Path) -> pathlib.Path:
+    """``fig`` as a PNG at ``path``, written atomically (a full disk leaves the old picture), and
+    not rewritten when the file already holds the same picture."""
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=120)
+    path = pathlib.Path(path)
+    write_bytes_if_changed(path, buffer.getvalue())
+    return path
+
+
 def plot_confusion(matrix, class_names: Sequence[str], path: str | pathlib.Path, title: str = "") -> pathlib.Path:
     """Save :func:`confusion_figure` as a PNG."""
-    path = pathlib.Path(path)
-    confusion_figure(matrix, class_names, title).savefig(path, dpi=120)
-    return path
+    return save_png(confusion_figure(matrix, class_names, title), path)
 
 
 def plot_history(history: Sequence[dict], path: str | pathlib.Path, metric: str = "weighted_f1") -> pathlib.Path:
@@ -124,6 +135,4 @@ def plot_history(history: Sequence[dict], path: str | pathlib.Path, metric: str 
                 marker="o", label=f"dev {metric}")
     ax_dev.set_ylabel(f"dev {metric} (%)", color="tab:blue")
     fig.tight_layout()
-    path = pathlib.Path(path)
-    fig.savefig(path, dpi=120)
-    return path
+    return save_png(fig, path)

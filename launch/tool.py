@@ -12,7 +12,14 @@ test accuracy and weighted F1 (percent); unfinished runs show their last epoch. 
 ``label`` or ``path``; ``--filter`` keeps runs whose label contains the text (any case).
 
 ``cache``: size and entries per encoder namespace of the feature cache (default
-``workdir/cache/features``); ``--clear=all`` or ``--clear=NAMESPACE`` (or a unique prefix) empties it.
+``workdir/cache/features``); ``--clear=NAMESPACE`` (or a unique prefix) removes that namespace's
+shards, ``--clear=all`` every namespace's and the stored fine-tuning input sets. It deletes only
+what emojax wrote (see ``emojax.features.cache``): a folder without the cache's marker
+(``.emojax-feature-cache``) that holds anything the cache never writes is refused with one line
+naming what it holds, and nothing in it is touched. Before deleting, it prints a line per
+namespace (shards, size) and input set, the total, and each file or folder it leaves alone and
+why: files it never writes, and temporary files of writers that are running or were modified in
+the last hour (a run filling the cache meanwhile keeps working).
 
 ``gc``: encoder store entries (``workdir/checkpoints/encoders/``) that no run links to; a dry run
 unless ``--apply``. Entries younger than ``--grace_s`` are kept (a run may be linking one now).
@@ -35,7 +42,9 @@ from typing import Optional, TextIO
 from absl import app, flags
 
 from emojax import config as config_lib
+from emojax.features import cache as cache_lib
 from emojax.features.cache import FeatureCache
+from emojax.runs.records import RunConfigError, run_config
 from launch import _errors
 
 # emojax.runs.store and emojax.runs.standalone load JAX (seconds): the commands that need them import them,
@@ -83,9 +92,12 @@ def run_summary(run_dir: pathlib.Path, workdir: pathlib.Path) -> dict:
     row = {"path": str(run_dir.relative_to(workdir)) if run_dir.is_relative_to(workdir) else str(run_dir),
            "label": "?", "status": "", "best_epoch": None}
     try:
-        cfg = config_lib.load_config(run_dir / "config.json")
+        cfg = run_config(run_dir)
         row["label"] = config_lib.run_label(cfg)
         epochs = int(cfg.train.epochs)
+    except RunConfigError as err:  # edited by hand: its label would sit beside the original's scores
+        row["status"] = err.short
+        return row
     except (config_lib.ConfigError, AttributeError, KeyError, TypeError, ValueError) as err:
         row["status"] = f"unreadable config ({err})"
         return row
@@ -173,29 +185,57 @@ def cmd_info(workdir, *, sort: str = "dev_wf1", contains: Optional[str] = None,
 # ---------------------------------------------------------------------------------------------
 # cache
 # ---------------------------------------------------------------------------------------------
+def format_clear_plan(plan, *, inputs: bool) -> list[str]:
+    """The lines that say what a clear deletes (one per namespace and input set, then the total),
+    and what it leaves alone and why, printed before anything is deleted."""
+    lines = [f"to remove from {plan.root}:"]
+    for part in plan.namespaces:
+        stale = f", {len(part.stale)} temporary file(s) of writers that are gone" if part.stale else ""
+        lines.append(f"  {part.name}  {len(part.shards)} shard(s){stale}  {human_bytes(part.bytes)}")
+    for folder, size in plan.input_sets:
+        lines.append(f"  {folder.parent.name}/{folder.name}  stored input set  {human_bytes(size)}")
+    for folder, size in plan.stale_inputs:
+        lines.append(f"  {folder.parent.name}/{folder.name}  temporary input folder of a writer that is gone  "
+                     f"{human_bytes(size)}")
+    sets = f", {len(plan.input_sets)} input set(s)" if inputs else ""
+    lines.append(f"total: {plan.shard_count} shard(s) in {len(plan.namespaces)} namespace(s){sets}, "
+                 f"{human_bytes(plan.bytes)}")
+    lines += [f"left alone: {path}: {why}" for path, why in plan.kept]
+    return lines
+
+
 def cmd_cache(cache_dir, *, clear: Optional[str] = None, out: Optional[TextIO] = None) -> dict:
     out = out or sys.stdout
     cache_dir = pathlib.Path(cache_dir)
     if not cache_dir.is_dir():
         raise ToolError(f"--cache_dir: {cache_dir} is not a feature cache folder (no such folder)")
+    # Checked before the cache is opened: a folder that is not one is neither read nor changed.
+    problem = cache_lib.cache_problem(cache_dir)
+    if problem:
+        raise ToolError(f"--cache_dir: {problem}")
     cache = FeatureCache(cache_dir)
     if clear:
-        if clear == "all":
-            targets = cache.namespaces()
-        else:
-            targets = [n for n in cache.namespaces() if n == clear] or \
-                [n for n in cache.namespaces() if n.startswith(clear)]
+        names = [n for n in cache.namespaces() if cache_lib.is_namespace_name(n)]
+        targets = None  # all: every namespace and the stored inputs; anything else is reported
+        if clear != "all":
+            targets = [n for n in names if n == clear] or [n for n in names if n.startswith(clear)]
             if len(targets) != 1:
-                known = ", ".join(cache.namespaces()) or "none"
+                known = ", ".join(names) or "none"
                 what = "no" if not targets else "more than one"
                 raise ToolError(f"--clear: {what} namespace {clear!r} in {cache_dir} (namespaces: {known})")
-        removed = sum(cache.clear(name) for name in targets)
-        print(f"removed {removed} shard(s) of {len(targets)} namespace(s) from {cache_dir}", file=out)
-        if clear == "all":
-            inputs = cache.clear_inputs()
-            if inputs:
-                print(f"removed {inputs} stored fine-tuning input set(s)", file=out)
-    stats = cache.stats()
+        try:
+            plan = cache.plan_clear(targets, inputs=clear == "all")
+        except cache_lib.NotACacheError as err:
+            raise ToolError(f"--cache_dir: {err}") from None
+        print("\n".join(format_clear_plan(plan, inputs=clear == "all")), file=out)
+        removed = cache.apply_clear(plan)
+        for path, why in removed["failed"]:
+            print(f"not removed: {path}: {why}", file=out)
+        print(f"removed {removed['shards']} shard(s) of {len(plan.namespaces)} namespace(s) from {cache_dir}",
+              file=out)
+        if removed["input_sets"]:
+            print(f"removed {removed['input_sets']} stored fine-tuning input set(s)", file=out)
+    stats = cache.stats([n for n in cache.namespaces() if cache_lib.is_namespace_name(n)])
     inputs_bytes = cache.inputs_bytes()
     if inputs_bytes:
         print(f"fine-tuning inputs: {human_bytes(inputs_bytes)} in {cache.inputs_root}", file=out)

@@ -185,6 +185,8 @@ FILE_SECONDS = {
     "test_infer_notebook.py": 63,
     "test_finetune.py": 60,
     "test_infer_batch.py": 59,
+    "test_faults_signals.py": 80,
+    "test_faults_runs.py": 75,
     "test_faults.py": 52,
     "test_infer_context.py": 49,
     "test_fusion.py": 47,
@@ -198,6 +200,7 @@ FILE_SECONDS = {
     "test_bert_parity.py": 27,
     "test_distillation.py": 21,
     "test_losses.py": 21,
+    "test_faults_store.py": 20,
 }
 
 

@@ -7,6 +7,8 @@ import shutil
 
 import numpy as np
 import pytest
+
+from emojax.training.preparation import load_data
 from safetensors.numpy import load_file, save_file
 
 from conftest import write_tiny_bert
@@ -133,7 +135,9 @@ def test_unfinished_run_refuses_changed_data_and_old_runs_record_it(tmp_path, te
     (run_dir / "data.json").unlink()
     train_lib.fit(cfg, tmp_path / "runs")
     assert (run_dir / "results.json").exists()
-    assert json.loads((run_dir / "data.json").read_text()) == train_lib.data_record(cfg)
+    recorded = json.loads((run_dir / "data.json").read_text())
+    assert recorded == train_lib.data_record(cfg, load_data(cfg))
+    assert recorded["media"] == {}  # a text run reads no media file
 
 
 # ---------------------------------------------------------------------------------------------

@@ -20,6 +20,7 @@ import functools
 import json
 import os
 import pathlib
+import tempfile
 from typing import Optional, Sequence
 
 import jax
@@ -30,6 +31,7 @@ from emojax.encoders import hub
 from emojax.encoders.bert import BertConfig, bert_apply, bert_layers, grow_embeddings, load_bert, params_hash
 from emojax.encoders.modernbert import (ModernBertConfig, load_modernbert, modernbert_apply, modernbert_embed,
                                        modernbert_layers)
+from emojax.files import copy_folder_files_atomic
 from emojax.progress import progress_bar
 
 POOLINGS = ("mask", "mean", "cls")
@@ -275,8 +277,21 @@ class TextEncoder:
 
     def save_preprocessing(self, folder: str | os.PathLike) -> None:
         """Save the tokenizer (with its added tokens) to ``folder``; pass that folder as
-        ``from_pretrained(..., preprocessing=folder)`` to tokenize and embed identically."""
-        self.tokenizer.save_pretrained(str(folder))
+        ``from_pretrained(..., preprocessing=folder)`` to tokenize and embed identically.
+
+        The tokenizer is saved aside first (in the system's temporary folder), then each file is
+        written into ``folder`` atomically and only where it changed: a restart on a full disk
+        neither writes there nor leaves a truncated tokenizer."""
+        folder = pathlib.Path(folder)
+        # A fast tokenizer keeps the truncation of its last call and would save it: cleared, the
+        # saved files are the same whether or not this process tokenized (each call sets its own).
+        backend = getattr(self.tokenizer, "backend_tokenizer", None)
+        if backend is not None:
+            backend.no_truncation()
+            backend.no_padding()
+        with tempfile.TemporaryDirectory(prefix="emojax-tokenizer-") as aside:
+            self.tokenizer.save_pretrained(aside)
+            copy_folder_files_atomic(aside, folder)
 
     # -- encoding -------------------------------------------------------------------------
     def _forward(self, params, input_ids, attention_mask):

@@ -34,13 +34,14 @@ import time
 
 from emojax import config as config_lib
 from emojax.runs.checkpoint import CheckpointError
+from emojax.runs.records import STANDALONE_MANIFEST
 from emojax.features.featurizer import Featurizer
 from emojax.files import building_folder, publish_folder, write_json_atomic
 from emojax.runs.store import RUN_LINKS, export_encoder, neural_encoders, resolve_run_encoder, run_encoders
 
 # Cycle: emojax.inference imports this module, so Estimator is imported where it is used.
 
-MANIFEST = "standalone.json"
+MANIFEST = STANDALONE_MANIFEST
 _RUN_FILES = ("config.json", "meta.json", "results.json", "progress.json", "history.json", "metrics.md")
 
 

@@ -27,19 +27,25 @@ from emojax.runs import store
 from emojax.data.types import inverse_frequency_weights
 from emojax.model.dialogue import check_context_run
 from emojax.evaluation import score, scores_summary, write_meta, write_results
-from emojax.files import folder_problem
+from emojax.files import folder_problem, write_problem
 from emojax.progress import progress_bar, write_line
 from emojax.training.batches import train_batches
 from emojax.training.dialogue_batches import DialogueBatches
 from emojax.training.distillation import load_teacher, transfer_matching
 from emojax.training.events import RunEvents, as_floats
 from emojax.training.parallel import data_parallel
-from emojax.training.preparation import DATA_RECORD, check_data_record, prepare, tuned_features
+from emojax.training.preparation import (DATA_RECORD, check_data_record, check_dev_split, load_data, prepare,
+                                         tuned_features)
 from emojax.training.state import (best_target, init_state, learning_rate_schedule, make_optimizer,
                                    trainable_tree, usable_extras)
 from emojax.training.steps import make_eval_step, make_train_step
 
 log = logging.getLogger(__name__)
+
+
+class DivergedError(config_lib.ConfigError, FloatingPointError):
+    """The training loss stopped being finite; the message names the epoch, the step and the
+    learning rate. Nothing of the epoch is saved, so the run resumes from its last finished one."""
 
 
 def run_category(category: str, teacher) -> str:
@@ -53,8 +59,8 @@ def run_category(category: str, teacher) -> str:
 
 def check_run_paths(cfg, workdir: str | pathlib.Path, run_dir: pathlib.Path) -> None:
     """Refuse, before anything is computed, folders that cannot be written: the workdir, the run
-    directory, the feature cache or the demo dataset's folder being (under) a file would otherwise
-    fail only once the features are computed."""
+    directory, the feature cache or the demo dataset's folder being (under) a file, or read-only,
+    would otherwise fail only once the features are computed."""
     workdir = pathlib.Path(workdir)
     problem = folder_problem(workdir) or folder_problem(run_dir)
     if problem:
@@ -74,6 +80,17 @@ def check_run_paths(cfg, workdir: str | pathlib.Path, run_dir: pathlib.Path) -> 
                                          "give a new or empty folder")
     elif path.exists() and not path.is_dir():
         raise config_lib.ConfigError(f"dataset.path: {path} is a file; give the dataset's folder")
+    # Read-only folders (a mount, missing permission) fail the same way, only later: checked by a write.
+    problem = write_problem(run_dir)
+    if problem:
+        raise ckpt_lib.CheckpointError(f"workdir: {problem}; the run directory {run_dir} is written there: give "
+                                       "a --workdir that can be written")
+    cache_root = cfg.cache.dir or workdir / "cache" / "features"
+    problem = write_problem(cache_root)
+    if problem:
+        what = "cache.dir" if cfg.cache.dir else "workdir"
+        raise config_lib.ConfigError(f"{what}: {problem}; the feature cache {cache_root} is written during the run: "
+                                     "give a folder that can be written")
 
 
 def _check_same_config(cfg, run_dir: pathlib.Path) -> None:
@@ -168,15 +185,13 @@ def fit(cfg, workdir: str | pathlib.Path, *, category: str = "training", max_epo
     if teacher is not None and "dist" not in cfg.loss.extras:
         raise config_lib.ConfigError("loss: a distillation run needs the dist loss; add it, e.g. loss=focal+dist")
     # -- data, features, model ------------------------------------------------------------
-    # The data is checked against the run's record before the (costly) features are computed;
-    # a dataset generated on first use exists only after prepare, so it is checked then.
-    data = None
-    if pathlib.Path(cfg.dataset.path).is_dir():
-        data = check_data_record(cfg, config_lib.run_dir(cfg, workdir, category))
-    prep = prepare(cfg, workdir, category)
+    # The data (CSV files and media) is checked against the run's record, and the splits model
+    # selection needs are checked, before the (costly) features are computed.
+    dataset = load_data(cfg)
+    data = check_data_record(cfg, config_lib.run_dir(cfg, workdir, category), dataset)
+    check_dev_split(cfg, dataset)
+    prep = prepare(cfg, workdir, category, dataset=dataset)
     run_dir = prep.run_dir
-    if data is None:
-        data = check_data_record(cfg, run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     _check_same_config(cfg, run_dir)
     primary = jax.process_index() == 0  # in a multi-host run only process 0 writes files
@@ -186,9 +201,7 @@ def fit(cfg, workdir: str | pathlib.Path, *, category: str = "training", max_epo
             ckpt_lib.write_json_atomic(run_dir / DATA_RECORD, data)
         write_meta(prep)
         store.link_run_encoders(run_dir, prep.featurizer, workdir)
-    train_data, dev_data = prep.features["train"], prep.features.get("dev")
-    if dev_data is None:
-        raise ValueError(f"{cfg.dataset.path}: no dev split; model selection needs one")
+    train_data, dev_data = prep.features["train"], prep.features["dev"]
     distill = load_teacher(teacher, prep, workdir) if teacher is not None else None
     if distill is not None and distill.model.context is not None:
         raise config_lib.ConfigError(f"{teacher}: the teacher run has a dialogue context head (model.context); "
@@ -296,10 +309,16 @@ def fit(cfg, workdir: str | pathlib.Path, *, category: str = "training", max_epo
                     postfix.update(dev_acc=f"{100 * last_dev['accuracy']:.2f}",
                                    dev_wf1=f"{100 * last_dev['weighted_f1']:.2f}")
                 bar.set_postfix(postfix)
-        train_loss = float(np.mean(jax.device_get(losses))) if losses else float("nan")
+        step_losses = np.asarray(jax.device_get(losses), np.float64)
+        train_loss = float(np.mean(step_losses)) if losses else float("nan")
         if not np.isfinite(train_loss):
-            raise FloatingPointError(f"epoch {epoch}: training loss is {train_loss}; lower train.lr "
-                                     f"(now {cfg.train.lr}) or check the features")
+            bad = int(np.argmin(np.isfinite(step_losses))) if losses else 0
+            step = int(state.step) - len(losses) + bad + 1
+            checkpoints.close()
+            events.close()
+            raise DivergedError(f"train.lr: training diverged at epoch {epoch}, step {step} (the loss is "
+                                f"{step_losses[bad] if losses else train_loss}); lower train.lr (now {cfg.train.lr}) "
+                                "or check the features; the run resumes from its last finished epoch")
         train_seconds = time.perf_counter() - start
         if prep.tuning is not None:
             dev_data = prep.tuning.refresh(prep.features["dev"], state.encoder, eval_batch)

@@ -14,13 +14,14 @@ import json
 import logging
 import pathlib
 import time
-from typing import Any
+from typing import Any, Optional
 
 from emojax.runs import checkpoint as ckpt_lib
 from emojax import config as config_lib
 from emojax.features.cache import FeatureCache
 from emojax.data import load_dataset
 from emojax.data.context import all_speaker_tokens
+from emojax.data.media import media_file
 from emojax.data.demo import generate_demo
 from emojax.data.types import SPLITS
 from emojax.model.dialogue import check_context_run
@@ -61,19 +62,31 @@ def load_data(cfg):
                         allow_outside_paths=bool(cfg.dataset.get("allow_outside_paths", False)))
 
 
+def check_dev_split(cfg, dataset) -> None:
+    """Model selection and early stopping score the dev split after every epoch: a dataset whose
+    dev split is missing or holds no rows is refused before any feature is computed."""
+    dev = dataset.splits.get("dev")
+    if dev is None or not len(dev):
+        where = {"meld": "dev_sent_emo.csv", "iemocap": "IEMOCAP_dev.csv",
+                 "sims": "label.csv rows with mode=valid"}.get(str(cfg.dataset.kind), "the dev split")
+        raise config_lib.ConfigError(f"dataset.path: {cfg.dataset.path} has no dev rows ({where} missing or "
+                                     "empty); training selects its epoch on dev: add the dev split")
+
+
 def feature_cache(cfg, workdir: pathlib.Path) -> FeatureCache:
     """The feature cache of ``cfg`` (``cache.dir``, default ``workdir/cache/features``)."""
     root = pathlib.Path(cfg.cache.dir) if cfg.cache.dir else pathlib.Path(workdir) / "cache" / "features"
     return FeatureCache(root, host_bytes=int(cfg.cache.host_bytes), device_bytes=int(cfg.cache.device_bytes))
 
 
-def prepare(cfg, workdir: str | pathlib.Path, category: str = "training") -> Prepared:
-    """Validate, load the dataset, compute (or read cached) features and build the model."""
+def prepare(cfg, workdir: str | pathlib.Path, category: str = "training", *, dataset=None) -> Prepared:
+    """Validate, load the dataset (unless given, as :func:`load_data` returns it), compute (or read
+    cached) features and build the model."""
     config_lib.validate(cfg)
     check_context_run(cfg)
     workdir = pathlib.Path(workdir)
     run_dir = config_lib.run_dir(cfg, workdir, category)
-    dataset = load_data(cfg)
+    dataset = load_data(cfg) if dataset is None else dataset
     cache = feature_cache(cfg, workdir)
     start = time.perf_counter()
     featurizer = Featurizer(cfg, all_speaker_tokens(dataset), cache=cache)
@@ -112,6 +125,8 @@ def tuned_features(prep: Prepared, encoder, batch_size: int, splits=None) -> dic
 # ---------------------------------------------------------------------------------------------
 DATA_RECORD = "data.json"
 
+_MEDIA_FIELDS = {"A": "audio", "V": "video"}  # modality -> the Sample field naming its media file
+
 # The CSV files each dataset loader reads (emojax.data.meld / iemocap / sims).
 _DATASET_CSVS = {"meld": tuple(f"{split}_sent_emo.csv" for split in SPLITS),
                  "iemocap": tuple(f"IEMOCAP_{split}.csv" for split in SPLITS),
@@ -134,19 +149,53 @@ def dataset_files(kind: str, path: str | pathlib.Path) -> list[pathlib.Path]:
     return [path / name for name in names if (path / name).is_file()]
 
 
-def data_record(cfg) -> dict:
-    """What a run is trained and scored on: the dataset folder (absolute) and the SHA-256 of each
-    CSV file its loader reads (``{"path", "kind", "files": {name: sha256}}``)."""
+def media_record(cfg, dataset) -> dict[str, list[int]]:
+    """The media files ``cfg``'s modalities read from ``dataset`` (a loaded
+    :class:`emojax.data.DatasetSplits`): path (relative to the dataset folder where inside it) ->
+    ``[size, mtime_ns]``. Cheap (one ``stat`` per file) and enough to notice a re-encoded or
+    replaced file; the feature cache keys rows by the files' content in any case."""
+    root = pathlib.Path(dataset.root).resolve()
+    used = [m for m in config_lib.modalities(cfg) if m in _MEDIA_FIELDS]
+    record: dict[str, list[int]] = {}
+    for split in dataset.splits.values():
+        for sample in split.samples:
+            for modality in used:
+                ref = getattr(sample, _MEDIA_FIELDS[modality])
+                if ref is None:
+                    continue
+                path = pathlib.Path(media_file(ref)).resolve()
+                name = str(path.relative_to(root)) if path.is_relative_to(root) else str(path)
+                if name in record:
+                    continue
+                try:
+                    stat = path.stat()
+                except OSError:  # gone since the loader looked: recorded as absent
+                    continue
+                record[name] = [int(stat.st_size), int(stat.st_mtime_ns)]
+    return record
+
+
+def data_record(cfg, dataset=None) -> dict:
+    """What a run is trained and scored on: the dataset folder (absolute), the SHA-256 of each
+    CSV file its loader reads and, given the loaded ``dataset``, the size and modification time
+    of each media file its modalities read (``{"path", "kind", "files": {name: sha256},
+    "media": {name: [size, mtime_ns]}}``)."""
     path = pathlib.Path(cfg.dataset.path).resolve()
-    return {"path": str(path), "kind": str(cfg.dataset.kind),
-            "files": {p.name: file_sha256(p) for p in dataset_files(cfg.dataset.kind, path)}}
+    record = {"path": str(path), "kind": str(cfg.dataset.kind),
+              "files": {p.name: file_sha256(p) for p in dataset_files(cfg.dataset.kind, path)}}
+    if dataset is not None:
+        record["media"] = media_record(cfg, dataset)
+    return record
 
 
-def check_data_record(cfg, run_dir: pathlib.Path) -> dict:
+def check_data_record(cfg, run_dir: pathlib.Path, dataset=None, *, action: str = "train") -> dict:
     """The data record of ``cfg``'s dataset now; :class:`DataChangedError` when ``run_dir`` holds
-    a record (``data.json``) of other data: another folder, or a CSV file changed, added or
-    removed. A run without a record (new, or written before runs recorded their data) passes."""
-    current = data_record(cfg)
+    a record (``data.json``) of other data: another folder, a CSV file changed, added or removed,
+    or (given the loaded ``dataset``, and where the record has them) a media file changed in size
+    or modification time, added or removed. A run without a record (new, or written before runs
+    recorded their data) passes. ``action`` names what was asked in the message (``train``,
+    ``evaluate``)."""
+    current = data_record(cfg, dataset)
     record_path = pathlib.Path(run_dir) / DATA_RECORD
     if not record_path.exists():
         return current
@@ -171,5 +220,41 @@ def check_data_record(cfg, run_dir: pathlib.Path) -> dict:
         else:
             change = f"has changed (sha256 {old[:12]} in {record_path}, now {new[:12]})"
         raise DataChangedError(f"{pathlib.Path(new_path) / name}: {change} since the run {run_dir} was trained "
-                               "on it; restore the data, or use a new --workdir to train on the new data")
+                               f"on it; {_WHAT_TO_DO[action]}")
+    if "media" in recorded and "media" in current:
+        old_media, new_media = recorded["media"], current["media"]
+        changed = sorted(name for name in set(old_media) | set(new_media) if old_media.get(name) != new_media.get(name))
+        if changed:
+            first = changed[0]
+            old, new = old_media.get(first), new_media.get(first)
+            change = ("is new" if old is None else "is gone" if new is None
+                      else f"has changed (size {old[0]} -> {new[0]} bytes)" if old[0] != new[0]
+                      else "has changed (modified since)")
+            more = f" (and {len(changed) - 1} more media file(s))" if len(changed) > 1 else ""
+            where = pathlib.Path(first) if pathlib.Path(first).is_absolute() else pathlib.Path(new_path) / first
+            raise DataChangedError(f"{where}: {change} since the run {run_dir} was trained on it{more}; "
+                                   f"{_WHAT_TO_DO[action]}")
     return current
+
+
+def recorded_file_change(run_dir: str | pathlib.Path, path: str | pathlib.Path) -> Optional[str]:
+    """When ``path`` is one of the CSV files the run in ``run_dir`` recorded (``data.json``) and its
+    content differs from the record now, a one-line account of it; else ``None``. Batch prediction
+    scores whatever file it is given, but says so when it is the run's own split, changed."""
+    try:
+        recorded = json.loads((pathlib.Path(run_dir) / DATA_RECORD).read_text())
+    except (OSError, ValueError):
+        return None
+    path = pathlib.Path(path).resolve()
+    if str(path.parent) != recorded.get("path") or path.name not in recorded.get("files", {}):
+        return None
+    if file_sha256(path) == recorded["files"][path.name]:
+        return None
+    return (f"{path} has changed since the run {run_dir} was trained and scored on it (data.json); the "
+            "predictions are of the file as it is now")
+
+
+_WHAT_TO_DO = {
+    "train": "restore the data, or use a new --workdir to train on the new data",
+    "evaluate": "restore the data, or pass --allow_data_change to score the run on the data as it is now",
+}
