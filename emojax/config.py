@@ -10,15 +10,17 @@ naming the key at fault. This module reads finished configs only: it knows no pr
 from __future__ import annotations
 
 import copy
+import dataclasses
 import hashlib
 import json
 import math
 import pathlib
-from typing import Any
+from typing import Any, Iterator, Optional
 
 import ml_collections
 
 from emojax.data.types import MODALITIES
+from emojax.files import write_bytes_if_changed
 
 
 class ConfigError(ValueError):
@@ -62,11 +64,198 @@ def _finite(value) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
+@dataclasses.dataclass(frozen=True)
+class Rule:
+    """What one numeric or on/off field of a run config may hold: ``kind`` ``int`` (a whole number),
+    ``float`` (a finite number; whole numbers too) or ``bool`` (True / False); the bounds
+    ``low`` / ``high`` (``None``: none), each included unless ``open_low`` / ``open_high``; and
+    ``note``, what a special value means (``0: no cap``)."""
+
+    kind: str
+    low: Optional[float] = None
+    high: Optional[float] = None
+    open_low: bool = False
+    open_high: bool = False
+    note: str = ""
+
+    def allows(self, value) -> bool:
+        if self.kind == "bool":
+            return isinstance(value, bool)
+        if self.kind == "int" and (isinstance(value, bool) or not isinstance(value, int)):
+            return False
+        if not _finite(value):  # NaN compares false with everything: checked first
+            return False
+        if self.low is not None and not (value > self.low if self.open_low else value >= self.low):
+            return False
+        return self.high is None or (value < self.high if self.open_high else value <= self.high)
+
+    def allowed(self) -> str:
+        """The allowed values in words: ``a whole number of at least 1``, ``a number in [0, 1)``."""
+        if self.kind == "bool":
+            text = "True or False"
+        elif self.low is not None and self.high is not None:
+            what = "a whole number" if self.kind == "int" else "a number"
+            text = (f"{what} in {'(' if self.open_low else '['}{_number(self.low)}, "
+                    f"{_number(self.high)}{')' if self.open_high else ']'}")
+        elif self.low is None:
+            text = "a whole number" if self.kind == "int" else "a finite number"
+        elif self.open_low and self.low == 0:
+            text = "a positive whole number" if self.kind == "int" else "a positive number"
+        else:
+            what = "a whole number" if self.kind == "int" else "a finite number"
+            text = f"{what} {'above' if self.open_low else 'of at least'} {_number(self.low)}"
+        return f"{text} ({self.note})" if self.note else text
+
+    def check(self, key: str, value) -> None:
+        if not self.allows(value):
+            raise ConfigError(f"{key}: must be {self.allowed()}, got {value!r}")
+
+
+def _number(bound: float) -> str:
+    return str(int(bound)) if float(bound).is_integer() else str(bound)
+
+
+def _whole(low: int, high: Optional[int] = None, note: str = "") -> Rule:
+    return Rule("int", low, high, note=note)
+
+
+def _real(low: float, high: Optional[float] = None, *, open_low: bool = False, open_high: bool = False,
+          note: str = "") -> Rule:
+    return Rule("float", low, high, open_low=open_low, open_high=open_high, note=note)
+
+
+_FLAG = Rule("bool")
+_POSITIVE = _real(0, open_low=True)
+_PROBABILITY = _real(0, 1, open_high=True)  # a dropout rate: 1 would drop everything
+
+# Every numeric and on/off field of a run config, by dotted key (``*``: any one name, such as an
+# extra loss), and what it may hold; :func:`validate` checks each field a config has before any
+# work. The ranges are those the code can run: a field set here that a part or a new default adds
+# must get its rule (tests/test_config.py walks every preset for one).
+RULES: dict[str, Rule] = {
+    # seeds from 2**32 on would repeat smaller ones (JAX keeps 32 bits of an int seed)
+    "seed": _whole(0, 2**32 - 1),
+    "progress": _FLAG,
+    "modality_dropout": _real(0, 0.5, open_high=True),
+    "dataset.max_seconds": _real(0, note="0: no cap"),
+    "dataset.generate": _FLAG,
+    "dataset.allow_outside_paths": _FLAG,
+    "encoders.T.max_length": _whole(2, note="tokens, the start and end tokens included"),
+    "encoders.T.context_turns": _whole(-1, note="-1: the whole dialogue so far"),
+    "encoders.T.prompt": _FLAG,
+    "finetune.lr": _real(0, note="positive when mode trains the encoders"),
+    "finetune.remat": _FLAG,
+    "finetune.tune_layers": _whole(0, note="0: every layer"),
+    "finetune.lora.rank": _whole(1),
+    "finetune.lora.alpha": _POSITIVE,
+    "finetune.lora.dropout": _PROBABILITY,
+    "model.hidden_dim": _whole(1),
+    "model.dropout": _PROBABILITY,
+    "model.context.layers": _whole(1),
+    "model.context.heads": _whole(1),
+    "model.context.dim": _whole(1),
+    "model.context.dropout": _PROBABILITY,
+    "model.context.speakers": _whole(0, note="0: no speaker embeddings"),
+    "model.context.causal": _FLAG,
+    "fusion.out_features": _whole(1),
+    "fusion.depth": _whole(1),
+    "fusion.dropout": _PROBABILITY,
+    "fusion.hidden": _whole(1),
+    "fusion.rank": _whole(1),
+    "fusion.num_heads": _whole(1),
+    "fusion.private_dim": _whole(1),
+    "fusion.shared_dim": _whole(1),
+    "fusion.alpha": _real(0),
+    "fusion.project_inputs": _whole(0, note="0: the features as they are"),
+    "fusion.min_modalities": _whole(1, len(MODALITIES)),
+    "fusion.use_cross_attn": _FLAG,
+    "fusion.batch_as_sequence": _FLAG,
+    "fusion.residual": _FLAG,
+    "fusion.append_one": _FLAG,
+    "fusion.noisy": _FLAG,
+    "classifier.experts": _whole(1),
+    "classifier.top_k": _whole(0, note="0: every expert"),
+    "classifier.balance_weight": _real(0),
+    "loss.extras.*.weight": _real(0),
+    "loss.extras.*.temperature": _POSITIVE,
+    "loss.extras.spcl.pool_size": _whole(1),
+    "loss.extras.spcl.support_set_size": _whole(1),
+    "loss.extras.spcl.decoupled": _FLAG,
+    "loss.extras.apcl.alpha": _real(0),
+    "loss.extras.apcl.gamma": _real(0, 1),
+    "loss.extras.scl.hidden_dim": _whole(1),
+    "loss.extras.frl.alpha": _real(0),
+    "loss.extras.dist.beta": _real(0),
+    "loss.extras.dist.gamma": _real(0),
+    "train.batch_size": _whole(1),
+    "train.epochs": _whole(1),
+    "train.eval_batch_size": _whole(1),
+    "train.keep_epochs": _whole(1),
+    "train.patience": _whole(1),
+    "train.lr": _POSITIVE,
+    "train.weight_decay": _real(0),
+    "train.warmup_ratio": _real(0, 1),
+    "train.clip_norm": _POSITIVE,
+    "train.devices": _whole(0, note="0: every local device"),
+    "cache.host_bytes": _whole(0),
+    "cache.device_bytes": _whole(0),
+    "cache.media_workers": _whole(0, note="0: one thread per core"),
+}
+
+
+def rule(key: str) -> Optional[Rule]:
+    """The :data:`RULES` entry of the dotted ``key`` (``None``: not a numeric field)."""
+    if key in RULES:
+        return RULES[key]
+    parts = key.split(".")
+    for pattern, found in RULES.items():
+        names = pattern.split(".")
+        if len(names) == len(parts) and all(n in ("*", p) for n, p in zip(names, parts)):
+            return found
+    return None
+
+
+def leaves(cfg) -> Iterator[tuple[str, Any]]:
+    """Every field of ``cfg`` that holds a value, as ``(dotted key, value)``."""
+    def walk(prefix: str, node) -> Iterator[tuple[str, Any]]:
+        for key, value in node.items():
+            dotted = f"{prefix}{key}"
+            if isinstance(value, dict):
+                yield from walk(dotted + ".", value)
+            else:
+                yield dotted, value
+
+    yield from walk("", _plain(cfg))
+
+
+def check_values(cfg) -> None:
+    """Raise ``ConfigError`` naming the first field that :data:`RULES` does not allow."""
+    for key, value in leaves(cfg):
+        found = rule(key)
+        if found is not None:
+            found.check(key, value)
+    classifier = cfg.get("classifier") or {}
+    experts, top_k = classifier.get("experts", 1), classifier.get("top_k", 0)
+    if classifier.get("name") == "linear" and experts != 1:
+        raise ConfigError(f"classifier.experts: must be 1 for the linear classifier, got {experts!r}; "
+                          "choose experts=4xE or another mixture")
+    if classifier.get("name") == "sparse-moe" and not 1 <= top_k <= experts:
+        raise ConfigError(f"classifier.top_k: must be a whole number in [1, {experts}] (classifier.experts) for "
+                          f"a sparse mixture, got {top_k!r}")
+    if top_k > experts:
+        raise ConfigError(f"classifier.top_k: must be a whole number in [0, {experts}] (classifier.experts), "
+                          f"got {top_k!r}")
+    spcl = ((cfg.get("loss") or {}).get("extras") or {}).get("spcl") or {}
+    if spcl.get("support_set_size", 64) > spcl.get("pool_size", 512):
+        raise ConfigError(f"loss.extras.spcl.support_set_size: must be a whole number in [1, "
+                          f"{spcl.get('pool_size', 512)}] (loss.extras.spcl.pool_size), "
+                          f"got {spcl.get('support_set_size')!r}")
+
+
 def validate(cfg) -> None:
-    """Raise ``ConfigError`` naming the key for an impossible or inconsistent config."""
-    cap = cfg.dataset.get("max_seconds", DEFAULT_MAX_SECONDS)
-    if isinstance(cap, bool) or not isinstance(cap, (int, float)) or not cap >= 0:
-        raise ConfigError(f"dataset.max_seconds: {cap!r} must be a non-negative number of seconds (0: no cap)")
+    """Raise ``ConfigError`` naming the key for an impossible or inconsistent config: every
+    numeric field first (:func:`check_values`), then the names and their combinations."""
+    check_values(cfg)
     mods = cfg.modalities.split("+")
     bad = [m for m in mods if m not in MODALITIES]
     if bad or len(set(mods)) != len(mods):
@@ -99,8 +288,6 @@ def validate(cfg) -> None:
                           f"but encoders={cfg.modalities!r} has {len(mods)}")
     if cfg.mode not in ("frozen", "trainable", "lora"):
         raise ConfigError(f"mode: {cfg.mode!r} is not one of frozen, trainable, lora")
-    if not 0.0 <= cfg.modality_dropout < 0.5:
-        raise ConfigError(f"modality_dropout: {cfg.modality_dropout} must lie in [0, 0.5)")
     if cfg.loss.classification not in ("ce", "weighted", "focal"):
         raise ConfigError(f"loss.classification: {cfg.loss.classification!r} is not one of ce, weighted, focal")
     from emojax.model.losses import EXTRA_LOSSES  # import cost: JAX, as above
@@ -116,19 +303,6 @@ def validate(cfg) -> None:
         raise ConfigError(f"dataset.target: {cfg.dataset.target!r} is not emotion or sentiment")
     if cfg.train.select_metric not in ("accuracy", "weighted_f1"):
         raise ConfigError(f"train.select_metric: {cfg.train.select_metric!r} is not accuracy or weighted_f1")
-    for key in ("batch_size", "epochs", "eval_batch_size", "keep_epochs", "patience"):
-        value = cfg.train[key]
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or value != int(value) or value < 1:
-            raise ConfigError(f"train.{key}: must be a whole number of at least 1, got {value!r}")
-    # NaN compares false with everything, so each check is written to fail for it.
-    if not _finite(cfg.train.lr) or not cfg.train.lr > 0:
-        raise ConfigError(f"train.lr: must be a positive number, got {cfg.train.lr!r}; e.g. --config.train.lr=1e-3")
-    if not _finite(cfg.train.weight_decay) or not cfg.train.weight_decay >= 0:
-        raise ConfigError(f"train.weight_decay: must be a number of at least 0, got {cfg.train.weight_decay!r}")
-    if not _finite(cfg.train.warmup_ratio) or not 0 <= cfg.train.warmup_ratio <= 1:
-        raise ConfigError(f"train.warmup_ratio: must lie in [0, 1], got {cfg.train.warmup_ratio!r}")
-    if not _finite(cfg.train.clip_norm) or not cfg.train.clip_norm > 0:
-        raise ConfigError(f"train.clip_norm: must be a positive number, got {cfg.train.clip_norm!r}")
     if "T" in cfg.encoders:
         text = cfg.encoders.T
         if text.pooling not in ("mask", "mean", "cls"):
@@ -136,8 +310,6 @@ def validate(cfg) -> None:
         if text.pooling == "mask" and not text.prompt:
             raise ConfigError("encoders.T.pooling: 'mask' pools at the prompt's mask token; "
                               "set encoders.T.prompt=True or choose pooling mean/cls")
-        if text.context_turns < -1:
-            raise ConfigError(f"encoders.T.context_turns: {text.context_turns} must be -1 (all) or >= 0")
     if cfg.mode != "frozen":
         # trainable / lora fine-tune the encoders finetune.tune names inside the train step
         # (emojax.training.finetune); the others stay frozen.
@@ -154,20 +326,10 @@ def validate(cfg) -> None:
         if not tuned_modalities(cfg):
             raise ConfigError(f"mode: {cfg.mode!r} fine-tunes encoders with weights, but encoders={cfg.modalities!r} "
                               "has none (classic audio / video features); use mode=frozen")
-        if not float(cfg.finetune.lr) > 0:
-            raise ConfigError(f"finetune.lr: must be positive when mode={cfg.mode!r}, got {cfg.finetune.lr}")
-        tune_layers = cfg.finetune.get("tune_layers", 0)  # absent: every layer (emojax.training.finetune_text)
-        if isinstance(tune_layers, bool) or not isinstance(tune_layers, int) or tune_layers < 0:
-            raise ConfigError(f"finetune.tune_layers: {tune_layers!r} must be a whole number of top text-encoder "
-                              "layers to fine-tune, at least 0 (0: all of them)")
-        if cfg.mode == "lora":
-            spec = cfg.finetune.lora
-            if int(spec.rank) < 1:
-                raise ConfigError(f"finetune.lora.rank: must be at least 1, got {spec.rank}")
-            if not 0.0 <= float(spec.dropout) < 1.0:
-                raise ConfigError(f"finetune.lora.dropout: {spec.dropout} must lie in [0, 1)")
-            if not str(spec.targets).strip():
-                raise ConfigError("finetune.lora.targets: empty; e.g. query,key,value,dense")
+        if not cfg.finetune.lr > 0:
+            raise ConfigError(f"finetune.lr: must be a positive number when mode={cfg.mode!r}, got {cfg.finetune.lr!r}")
+        if cfg.mode == "lora" and not str(cfg.finetune.lora.targets).strip():
+            raise ConfigError("finetune.lora.targets: empty; e.g. query,key,value,dense")
 
 
 def _plain(cfg) -> Any:
@@ -257,7 +419,9 @@ def run_dir(cfg, workdir: str | pathlib.Path, category: str = "training") -> pat
 
 
 def save_config(cfg, path: str | pathlib.Path) -> None:
-    pathlib.Path(path).write_text(json.dumps(_plain(cfg), indent=2, sort_keys=True, default=str))
+    """Write ``cfg`` as JSON to ``path`` atomically; a file that already holds it is left as it is
+    (a run rewrites its config at every start, and a full disk must not truncate it)."""
+    write_bytes_if_changed(path, json.dumps(_plain(cfg), indent=2, sort_keys=True, default=str).encode())
 
 
 def migrate_config(tree: dict) -> dict:

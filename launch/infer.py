@@ -30,6 +30,8 @@ from absl import app, flags
 from emojax.runs.checkpoint import finished_run
 from emojax.files import folder_problem
 from emojax.inference import Estimator, predict_table
+from emojax.inference.estimator import check_text
+from emojax.training.preparation import recorded_file_change
 from launch import _errors
 
 _RUN_DIR = flags.DEFINE_string("run_dir", None, "A run directory written by launch/train.py.", required=True)
@@ -133,11 +135,18 @@ def main(argv):
         raise app.UsageError("batch prediction needs --output=PATH.csv")
     if _OUTPUT.value and not source:
         raise app.UsageError("--output goes with --input_csv or --input_dir")
+    try:
+        check_text(_TEXT.value)  # an empty transcript, or one of control / zero-width characters only
+    except ValueError as err:
+        raise app.UsageError(str(err)) from None
     _check_paths(source)
     finished_run(_RUN_DIR.value)  # before any model is loaded
     estimator = Estimator(_RUN_DIR.value, asr_model=_ASR_MODEL.value, asr_language=_ASR_LANGUAGE.value,
                           asr_task=_ASR_TASK.value)
     if source:
+        change = recorded_file_change(_RUN_DIR.value, _INPUT_CSV.value) if _INPUT_CSV.value else None
+        if change:
+            print(f"note: {change}", file=sys.stderr)
         _batch(estimator, source)
         return
     try:

@@ -242,3 +242,42 @@ def test_config_optional_part_is_left_out_until_named(monkeypatch):
         compose(arg + ",window=long")
     with pytest.raises(config_lib.ConfigError, match="known parts: dataset, .*, window"):
         compose("windows=short")
+
+
+def _composed_presets():
+    """Every preset of every part, composed (an overlay ``+name`` on a base it fits)."""
+    for part, spec in compose_lib.PARTS.items():
+        for name in spec.presets:
+            if name.startswith("+"):
+                base = "DF-1.0" if part == "fusion" else next(n for n in spec.presets if not n.startswith("+"))
+                name = base + name
+            yield f"{part}={name}", compose(f"{part}={name}")
+
+
+def test_every_numeric_field_has_a_rule():
+    """A new default or preset field that holds a number or True / False needs its entry in
+    ``emojax.config.RULES`` (what it may hold), or validate would let any value through."""
+    configs = [("default", default.get_config()), *_composed_presets()]
+    for arg, cfg in configs:
+        for key, value in config_lib.leaves(cfg):
+            if key.startswith("parts.") or isinstance(value, str):
+                continue
+            assert isinstance(value, (bool, int, float)), (arg, key, value)
+            assert config_lib.rule(key) is not None, f"{arg}: {key} = {value!r} has no rule in emojax.config.RULES"
+    assert config_lib.rule("loss.extras.spcl.weight") is config_lib.rule("loss.extras.dist.weight")
+    assert config_lib.rule("loss.extras.spcl.nothing") is None and config_lib.rule("train") is None
+
+
+def test_every_preset_passes_its_checks():
+    """The ranges accept every value the project's own presets use."""
+    for arg, cfg in _composed_presets():
+        config_lib.validate(cfg)
+    for arg in HASHES_OF_EXISTING_RUNS:
+        config_lib.validate(compose(arg))
+
+
+def test_every_rule_is_documented():
+    page = (ROOT / "docs" / "configs.md").read_text(encoding="utf-8")
+    section = page.split("## Checked values", 1)[1].split("\n## ", 1)[0]
+    missing = [key for key in config_lib.RULES if f"`{key}`" not in section]
+    assert not missing, f"docs/configs.md, Checked values: add {missing}"

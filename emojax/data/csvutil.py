@@ -110,6 +110,21 @@ def split_frames(root: pathlib.Path, file_name: str, dataset: str, *, columns: I
         yield split, path, None if is_empty_split(frame, path, split, dataset) else frame
 
 
+# The csv module refuses a field longer than its limit (131072 characters unless raised) with an
+# error; a long transcript is valid CSV, so reading a file raises the limit to the file's size (no
+# field is longer). The limit is the process's: it is raised, never lowered, up to the largest a
+# C long holds on every platform.
+_FIELD_LIMIT_CAP = 2**31 - 1
+
+
+def _allow_fields_of(size: int) -> int:
+    """Let the csv module read fields of up to ``size`` characters; returns the limit in force."""
+    wanted = min(size + 1, _FIELD_LIMIT_CAP)
+    if csv.field_size_limit() < wanted:
+        csv.field_size_limit(wanted)
+    return csv.field_size_limit()
+
+
 @dataclasses.dataclass
 class _Record:
     """One CSV record: its spreadsheet row (``None`` for a blank line) and its physical lines."""
@@ -129,6 +144,7 @@ def _records(data: bytes, path: pathlib.Path) -> list[_Record]:
     if data.startswith(codecs.BOM_UTF8):
         data = data[len(codecs.BOM_UTF8):]
     lines = data.splitlines(keepends=True)
+    limit = _allow_fields_of(len(data))
     reader = csv.reader(line.decode("latin-1") for line in lines)
     records: list[_Record] = []
     start, row = 0, 0
@@ -142,6 +158,9 @@ def _records(data: bytes, path: pathlib.Path) -> list[_Record]:
                 records.append(_Record(None, chunk))
             start = reader.line_num
     except csv.Error as err:
+        if "field larger than field limit" in str(err):
+            raise DatasetError(f"{path}, row {row + 1}: a field is longer than {limit} characters, the most one "
+                               "CSV field may hold here; shorten it or split the file") from None
         raise DatasetError(f"{path}, row {row + 1}: malformed CSV ({err}); check for an unclosed quote "
                            f"at or before that row") from None
     return records

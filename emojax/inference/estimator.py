@@ -7,12 +7,14 @@ import dataclasses
 import json
 import logging
 import pathlib
+import unicodedata
 from typing import TYPE_CHECKING, Optional, Sequence
 
 import jax
 import numpy as np
 
 from emojax.runs import checkpoint as ckpt_lib
+from emojax.runs.records import run_config
 from emojax import config as config_lib
 from emojax.runs import standalone as standalone_lib
 from emojax.runs import store
@@ -33,6 +35,23 @@ if TYPE_CHECKING:  # a hint only: tables builds on this module
 
 log = logging.getLogger(__name__)
 
+EMPTY_TEXT = ("--text: empty transcript; give the utterance's words, or leave --text out to use the run's "
+              "placeholder for the text modality")
+
+
+def has_words(text: Optional[str]) -> bool:
+    """Whether ``text`` holds a character a tokenizer reads: not only whitespace, control
+    characters (``\\x00``, ``\\x01``) and format characters (zero-width spaces and joiners,
+    ``\\u200b``, ``\\u2060``, the byte-order mark ``\\ufeff``), which tokenize to nothing."""
+    return any(not char.isspace() and unicodedata.category(char) not in ("Cc", "Cf") for char in text or "")
+
+
+def check_text(text: Optional[str]) -> None:
+    """Refuse a transcript given without words (:func:`has_words`), as an empty one: ``None`` (no
+    text: the run's placeholder) is fine."""
+    if text is not None and not has_words(text):
+        raise ValueError(EMPTY_TEXT)
+
 
 class Estimator:
     """A trained run, ready to score single utterances."""
@@ -46,7 +65,7 @@ class Estimator:
         meta_path = self.run_dir / "meta.json"
         if not meta_path.exists():
             raise ckpt_lib.CheckpointError(f"{meta_path}: missing; {self.run_dir} is not a finished run directory")
-        self.cfg = config_lib.load_config(self.run_dir / "config.json")
+        self.cfg = run_config(self.run_dir)  # refuses a config edited since training
         self.cfg.progress = False
         meta = json.loads(meta_path.read_text())
         self.class_names = tuple(meta["class_names"])
@@ -131,7 +150,7 @@ class Estimator:
         inputs = list(inputs)
         transcripts: list[Optional[str]] = [None] * len(inputs)
         errors: list[Optional[str]] = [None] * len(inputs)
-        wanted = [i for i, (text, audio, _) in enumerate(inputs) if not (text or "").strip() and audio is not None]
+        wanted = [i for i, (text, audio, _) in enumerate(inputs) if not has_words(text) and audio is not None]
         if not wanted or "T" not in self.model.modalities:
             return inputs, transcripts, errors
         if self.transcriber is None:
@@ -215,9 +234,7 @@ class Estimator:
         turns with their text only) that the head reads whole, as scoring reads a split's
         dialogues; without ``context`` the utterance is a dialogue of its own (logged).
         """
-        if text is not None and not text.strip():
-            raise ValueError("--text: empty transcript; give the utterance's words, or leave --text out to use "
-                             "the run's placeholder for the text modality")
+        check_text(text)
         for name, path in (("audio", audio), ("video", video)):
             if path is not None and not pathlib.Path(path).is_file():
                 raise FileNotFoundError(f"--{name}: {path} does not exist")

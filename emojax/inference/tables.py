@@ -17,7 +17,7 @@ from emojax.data.iemocap import read_rows
 from emojax.files import write_text_atomic
 from emojax.progress import progress_bar
 
-from emojax.inference.estimator import Estimator
+from emojax.inference.estimator import Estimator, has_words
 
 log = logging.getLogger(__name__)
 
@@ -50,13 +50,19 @@ class TableInput:
 
 def read_table_inputs(source: str | os.PathLike, *, media_root: Optional[str | os.PathLike] = None,
                       split: Optional[str] = None, allow_outside_paths: bool = False) -> list[TableInput]:
-    """The rows of ``source``: a CSV file or a folder of clips (see :func:`predict_table`)."""
+    """The rows of ``source``: a CSV file or a folder of clips (see :func:`predict_table`). A
+    transcript without words (only control or zero-width characters, which tokenize to nothing)
+    is an empty transcript."""
     path = pathlib.Path(source)
     if path.is_dir():
         return _folder_inputs(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no such CSV file or folder of clips")
-    return _csv_inputs(path, pathlib.Path(media_root) if media_root else path.parent, split, allow_outside_paths)
+    rows = _csv_inputs(path, pathlib.Path(media_root) if media_root else path.parent, split, allow_outside_paths)
+    for row in rows:
+        if row.text and not has_words(row.text):
+            row.text = ""
+    return rows
 
 
 def _folder_inputs(folder: pathlib.Path) -> list[TableInput]:
