@@ -17,30 +17,19 @@ cannot exhaust the machine. 0 means no cap.
 
 _TEXT_FROZEN = {"pooling": "mean", "context_turns": 0, "prompt": False, "max_length": 64}
 
+
+def preset(kind: str, target: str, path: str, *, generate: bool = False) -> dict:
+    """A dataset part: the dataset ``kind`` (a key of ``emojax.data.DATASETS``) read for ``target``
+    (one of its description's targets) from the folder ``path``, with the settings every dataset
+    part shares. ``generate``: write the demo set into ``path`` first."""
+    return {"kind": kind, "target": target, "path": path, "generate": generate,
+            "allow_outside_paths": False, "max_seconds": 60.0, "text": dict(_TEXT_FROZEN)}
+
+
 PRESETS = {
-    "MELD--E": {
-        "kind": "meld", "target": "emotion", "path": "datasets/MELD", "generate": False,
-        "allow_outside_paths": False, "max_seconds": 60.0,
-        "text": dict(_TEXT_FROZEN),
-    },
-    "MELD--S": {
-        "kind": "meld", "target": "sentiment", "path": "datasets/MELD", "generate": False,
-        "allow_outside_paths": False, "max_seconds": 60.0,
-        "text": dict(_TEXT_FROZEN),
-    },
-    "IEMOCAP--E": {
-        "kind": "iemocap", "target": "emotion", "path": "datasets/IEMOCAP", "generate": False,
-        "allow_outside_paths": False, "max_seconds": 60.0,
-        "text": dict(_TEXT_FROZEN),
-    },
-    "SIMS--S": {
-        "kind": "sims", "target": "sentiment", "path": "datasets/SIMS", "generate": False,
-        "allow_outside_paths": False, "max_seconds": 60.0,
-        "text": dict(_TEXT_FROZEN),
-    },
-    "demo": {
-        "kind": "meld", "target": "emotion", "path": "datasets/demo", "generate": True,
-        "allow_outside_paths": False, "max_seconds": 60.0,
-        "text": dict(_TEXT_FROZEN),
-    },
+    "MELD--E": preset("meld", "emotion", "datasets/MELD"),
+    "MELD--S": preset("meld", "sentiment", "datasets/MELD"),
+    "IEMOCAP--E": preset("iemocap", "emotion", "datasets/IEMOCAP"),
+    "SIMS--S": preset("sims", "sentiment", "datasets/SIMS"),
+    "demo": preset("meld", "emotion", "datasets/demo", generate=True),
 }

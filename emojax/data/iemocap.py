@@ -27,13 +27,14 @@ import pathlib
 import re
 from typing import Optional
 
-from emojax.data import csvutil, paths
-from emojax.data.media import segment_ref
-from emojax.data.types import DatasetError, DatasetSplits, Sample
+from emojax.data import paths
+from emojax.data.types import SPLITS, DatasetError, DatasetKind, DatasetSplits, MediaPaths, Sample
 
 log = logging.getLogger(__name__)
 
 EMOTIONS = ("neu", "ang", "exc", "fru", "hap", "sad")
+CSV_FILE = "IEMOCAP_{split}.csv"
+MEDIA_COLUMNS = {"A": "Wav_Path", "V": "Video_Path"}
 _ALIASES = {"neutral": "neu", "anger": "ang", "angry": "ang", "excited": "exc", "frustration": "fru",
             "frustrated": "fru", "happy": "hap", "happiness": "hap", "sadness": "sad"}
 _UTTERANCE_ID = re.compile(
@@ -65,13 +66,14 @@ def load_iemocap(root: str | pathlib.Path, *, target: str = "emotion",
                  allow_outside_paths: bool = False) -> DatasetSplits:
     """Load IEMOCAP's release CSVs (see the module docstring); ``allow_outside_paths`` lets media
     paths lead outside ``root``."""
+    from emojax.data import csvutil  # import cost: pandas, when a dataset is loaded only
+
     root = pathlib.Path(root)
-    if target != "emotion":
-        raise DatasetError(f"IEMOCAP has emotion labels only; target {target!r} is not available")
-    labels = {name: i for i, name in enumerate(EMOTIONS)}
+    class_names = IEMOCAP.class_names(target)
+    labels = {name: i for i, name in enumerate(class_names)}
     labels.update({alias: labels[short] for alias, short in _ALIASES.items()})
     splits, not_scored = {}, []
-    for split, path, frame in csvutil.split_frames(root, "IEMOCAP_{split}.csv", "IEMOCAP"):
+    for split, path, frame in csvutil.split_frames(root, CSV_FILE, "IEMOCAP"):
         if frame is None:
             not_scored.append(split)
             continue
@@ -80,7 +82,20 @@ def load_iemocap(root: str | pathlib.Path, *, target: str = "emotion",
                    for r in read_rows(frame, path, root, labels=labels, allow_outside=allow_outside_paths,
                                       split=split)]
         splits[split] = csvutil.finish_split(split, samples, "IEMOCAP")
-    return DatasetSplits("IEMOCAP", str(root), EMOTIONS, splits, tuple(not_scored))
+    return DatasetSplits("IEMOCAP", str(root), class_names, splits, tuple(not_scored))
+
+
+def media_paths(root: pathlib.Path, split: Optional[str], row: dict, *, where: str = "",
+                allow_outside: bool = False) -> MediaPaths:
+    """The row's ``Wav_Path`` and ``Video_Path`` relative to ``root`` (the whole dialogue's video:
+    :func:`read_rows` cuts the utterance's segment); a path leading outside ``root`` is not used
+    unless ``allow_outside``. ``split`` plays no part."""
+    found, problems = {}, {}
+    for modality, column in MEDIA_COLUMNS.items():
+        found[modality], problem = paths.resolve_media(root, row[column], where=where, allow_outside=allow_outside)
+        if problem:
+            problems[modality] = f"{row[column]}: {problem}"
+    return MediaPaths(found["A"], found["V"], problems)
 
 
 def read_rows(frame, path: pathlib.Path, root: pathlib.Path, *, labels: Optional[dict] = None,
@@ -88,14 +103,18 @@ def read_rows(frame, path: pathlib.Path, root: pathlib.Path, *, labels: Optional
     """The rows of one IEMOCAP CSV as the loader reads them, in file order: per row ``name``
     (utterance id), ``dialogue``, ``index`` (position in the dialogue by ``Start_Time``, ties in
     file order), ``speaker`` (the actor), ``text``, ``audio`` / ``video`` (existing files, the video
-    as the utterance's segment; ``None`` where absent), ``problems`` (modality -> why a path given
-    was not used), ``row`` (spreadsheet row) and ``label`` (an index into ``labels``; ``None``
-    without ``labels``). Batch prediction reads a CSV of this layout through here too.
+    as the utterance's segment; ``None`` where absent), ``looked`` (modality -> the path looked
+    for), ``problems`` (modality -> the path given and why it was not used), ``row`` (spreadsheet
+    row) and ``label`` (an index into ``labels``; ``None`` without ``labels``). Batch prediction
+    reads a CSV of this layout through here too.
     """
+    from emojax.data import csvutil  # import cost: pandas and the media readers, when rows are read only
+    from emojax.data.media import segment_ref
+
     pick = lambda names, what, required=True: csvutil.pick_column(  # noqa: E731
         frame, path, names, what, required=required)
-    wav_col = pick(["Wav_Path"], "audio path relative to the dataset root")
-    video_col = pick(["Video_Path"], "video path relative to the dataset root")
+    wav_col = pick([MEDIA_COLUMNS["A"]], "audio path relative to the dataset root")
+    pick([MEDIA_COLUMNS["V"]], "video path relative to the dataset root")
     label = pick(["Label", "Emotion", "label", "emotion"], "emotion label", labels is not None)
     text = pick(["Text", "Utterance", "Transcript", "text"], "transcript")
     ident = pick(["Utterance_ID", "Name", "ID", "utterance_id"], "utterance id", False)
@@ -121,9 +140,8 @@ def read_rows(frame, path: pathlib.Path, root: pathlib.Path, *, labels: Optional
         start, end = _seconds(row, start_col, path, row_number), _seconds(row, end_col, path, row_number)
         if start is not None and end is not None and not end > start:
             raise DatasetError(f"{where}: End_Time ({end}) must be after Start_Time ({start})")
-        audio_path, audio_problem = paths.resolve_media(root, row[wav_col], where=where, allow_outside=allow_outside)
-        video_path, video_problem = paths.resolve_media(root, row[video_col], where=where, allow_outside=allow_outside)
-        problems = {m: p for m, p in (("A", audio_problem), ("V", video_problem)) if p}
+        media = media_paths(root, split or None, row, where=where, allow_outside=allow_outside)
+        audio_path, video_path, problems = media.audio, media.video, dict(media.problems)
         audio = csvutil.existing(audio_path) if audio_path else None
         video = csvutil.existing(video_path) if video_path else None
         for modality, looked, found in (("A", audio_path, audio), ("V", video_path, video)):
@@ -151,3 +169,8 @@ def read_rows(frame, path: pathlib.Path, root: pathlib.Path, *, labels: Optional
         for index, r in enumerate(sorted(members, key=lambda r: r["order"])):
             r["index"] = index
     return rows
+
+
+IEMOCAP = DatasetKind(
+    kind="iemocap", name="IEMOCAP", csv_files={split: CSV_FILE.format(split=split) for split in SPLITS},
+    targets={"emotion": EMOTIONS}, load=load_iemocap, media_paths=media_paths)

@@ -25,6 +25,8 @@ import librosa
 import numpy as np
 import soundfile as sf
 
+from emojax.data.types import DEFAULT_MAX_SECONDS
+
 # OpenCV (cv2) is imported by the video readers only: audio runs on installs without it.
 
 log = logging.getLogger(__name__)
@@ -67,27 +69,21 @@ def media_file(ref: str | os.PathLike) -> str:
     return split_ref(ref)[0]
 
 
-# Longest stretch of one input that is decoded, in seconds (``None``: no limit). One 30-minute
-# file in an utterance dataset would otherwise take gigabytes and minutes; a longer clip is cut
-# to its first ``DURATION_CAP`` seconds, with one warning naming it. Set from the run's
-# ``dataset.max_seconds`` by :func:`set_duration_cap`.
-DEFAULT_DURATION_CAP = 60.0
-_duration_cap: Optional[float] = DEFAULT_DURATION_CAP
+# Every reader takes ``max_seconds``: the longest stretch of one input that is decoded (the
+# run's ``dataset.max_seconds``; default ``emojax.data.types.DEFAULT_MAX_SECONDS``; 0 or ``None``: no
+# limit). One 30-minute file in an utterance dataset would otherwise take gigabytes and minutes;
+# a longer clip is cut to its first ``max_seconds``, with one warning naming it.
 _warned_long: set[str] = set()
 _warned_lock = threading.Lock()  # readers run on worker threads: one warning per clip, not one per thread
 
 
-def set_duration_cap(seconds: Optional[float]) -> None:
-    """Cut every clip (or segment) read from now on to its first ``seconds`` (``None`` or 0: no cap)."""
-    global _duration_cap
-    if seconds is not None and not float(seconds) >= 0:
-        raise ValueError(f"dataset.max_seconds: {seconds!r} must be a non-negative number of seconds (0: no cap)")
-    _duration_cap = float(seconds) if seconds else None
-
-
-def duration_cap() -> Optional[float]:
-    """The cap :func:`read_audio` and :func:`read_video_frames` apply now (``None``: none)."""
-    return _duration_cap
+def duration_cap(max_seconds: Optional[float]) -> Optional[float]:
+    """The cap a reader applies for ``max_seconds``: seconds as a float, ``None`` for no cap
+    (``None`` or 0). Raises ``ValueError`` for a negative or non-numeric value."""
+    if max_seconds is not None and not float(max_seconds) >= 0:
+        raise ValueError(f"dataset.max_seconds: {max_seconds!r} must be a non-negative number of seconds "
+                         "(0: no cap)")
+    return float(max_seconds) if max_seconds else None
 
 
 def _warn_cut(ref: str, seconds: float) -> None:
@@ -108,19 +104,21 @@ def _check_file(path: pathlib.Path, kind: str) -> None:
         raise MediaError(path, f"{kind} file is empty (0 bytes); re-extract or re-download it")
 
 
-def read_audio(path: str | os.PathLike, sample_rate: int = 16000) -> np.ndarray:
+def read_audio(path: str | os.PathLike, sample_rate: int = 16000, *,
+               max_seconds: Optional[float] = DEFAULT_MAX_SECONDS) -> np.ndarray:
     """Decode an audio file (or the audio track of a video) to mono float32 ``(samples,)``.
 
     WAV / FLAC / OGG go through soundfile; other containers (``.mp4``, ``.m4a``) through
     ``librosa.load``, which needs an audioread backend such as the ``ffmpeg`` program. Channels
-    are averaged; the signal is resampled to ``sample_rate`` with librosa when it differs.
+    are averaged; the signal is resampled to ``sample_rate`` with librosa when it differs. Only
+    the first ``max_seconds`` of the clip (or segment) are read (0 or ``None``: all of it).
     Raises ``MediaError`` for a missing, empty or undecodable file, or one without samples.
     """
+    cap = duration_cap(max_seconds)
     ref = os.fspath(path)
     file, segment = split_ref(ref)
     path = pathlib.Path(file)
     _check_file(path, "audio")
-    cap = _duration_cap
     offset = segment[0] if segment is not None else 0.0
     length = segment[1] - segment[0] if segment is not None else None  # seconds; None: to the end
     data, rate, failures, cut = None, None, [], False
@@ -164,13 +162,13 @@ def read_audio(path: str | os.PathLike, sample_rate: int = 16000) -> np.ndarray:
     return np.ascontiguousarray(data, dtype=np.float32)
 
 
-def read_audios(refs, sample_rate: int = 16000) -> list:
+def read_audios(refs, sample_rate: int = 16000, *, max_seconds: Optional[float] = DEFAULT_MAX_SECONDS) -> list:
     """:func:`read_audio` of each reference: its samples, or its ``MediaError`` in its place (the
     per-file readers of a pool report a bad file and go on)."""
     out: list = []
     for ref in refs:
         try:
-            out.append(read_audio(ref, sample_rate))
+            out.append(read_audio(ref, sample_rate, max_seconds=max_seconds))
         except MediaError as err:
             out.append(err)
     return out
@@ -274,9 +272,10 @@ def _pass(capture, plans: Sequence[_Plan], wanted: set[int], convert) -> tuple[d
 
 
 def _read_segments(path: pathlib.Path, segments: Sequence[Optional[tuple[float, float]]], names: Sequence[str],
-                   num_frames: int, size: Optional[tuple[int, int]], transform: Optional[FrameTransform]
-                   ) -> list:
-    """:func:`read_video_segments`, with ``names`` (the references as given) in messages."""
+                   num_frames: int, size: Optional[tuple[int, int]], transform: Optional[FrameTransform],
+                   cap: Optional[float]) -> list:
+    """:func:`read_video_segments`, with ``names`` (the references as given) in messages and the
+    :func:`duration_cap` ``cap``."""
     import cv2  # cv2: audio-only installs work without it
 
     results: list = [None] * len(segments)
@@ -288,7 +287,6 @@ def _read_segments(path: pathlib.Path, segments: Sequence[Optional[tuple[float, 
     try:
         reported_total = int(capture.get(cv2.CAP_PROP_FRAME_COUNT) or 0)
         fps = float(capture.get(cv2.CAP_PROP_FPS) or 0.0)
-        cap = _duration_cap
         plans: dict[int, _Plan] = {}
         for k, segment in enumerate(segments):
             try:
@@ -353,7 +351,8 @@ def _read_segments(path: pathlib.Path, segments: Sequence[Optional[tuple[float, 
 
 def read_video_segments(path: str | os.PathLike, segments: Sequence[Optional[tuple[float, float]]],
                         num_frames: int = 16, size: Optional[tuple[int, int]] = None, *,
-                        transform: Optional[FrameTransform] = None) -> list:
+                        transform: Optional[FrameTransform] = None,
+                        max_seconds: Optional[float] = DEFAULT_MAX_SECONDS) -> list:
     """The frames of every segment ``(start, end)`` (seconds; ``None``: the whole file) of one
     video, read in one pass: a list with, per segment, what :func:`read_video_frames` returns for
     its reference, or the ``MediaError`` it raises.
@@ -362,18 +361,22 @@ def read_video_segments(path: str | os.PathLike, segments: Sequence[Optional[tup
     keeping only the frames the segments take, where one read per segment would decode the
     recording's start again for every utterance. ``transform`` maps each kept RGB frame (after
     ``size``) to what the caller needs, as soon as it is decoded: a shrinking transform bounds the
-    memory of many segments of a large video.
+    memory of many segments of a large video. Each segment is cut to its first ``max_seconds``
+    (0 or ``None``: no cut).
     """
+    cap = duration_cap(max_seconds)
     file = os.fspath(path)
     names = [file if s is None else segment_ref(file, *s) for s in segments]
-    return _read_segments(pathlib.Path(file), list(segments), names, num_frames, size, transform)
+    return _read_segments(pathlib.Path(file), list(segments), names, num_frames, size, transform, cap)
 
 
 def read_video_references(refs: Sequence[str | os.PathLike], num_frames: int = 16,
                           size: Optional[tuple[int, int]] = None, *,
-                          transform: Optional[FrameTransform] = None) -> list:
+                          transform: Optional[FrameTransform] = None,
+                          max_seconds: Optional[float] = DEFAULT_MAX_SECONDS) -> list:
     """:func:`read_video_segments` for references (:func:`segment_ref` or plain paths): one pass per
     file, results in the order of ``refs``, messages naming each reference as given."""
+    cap = duration_cap(max_seconds)
     refs = [os.fspath(r) for r in refs]
     by_file: dict[str, list[int]] = {}
     for k, ref in enumerate(refs):
@@ -381,7 +384,7 @@ def read_video_references(refs: Sequence[str | os.PathLike], num_frames: int = 1
     results: list = [None] * len(refs)
     for file, members in by_file.items():
         parts = _read_segments(pathlib.Path(file), [split_ref(refs[k])[1] for k in members],
-                               [refs[k] for k in members], num_frames, size, transform)
+                               [refs[k] for k in members], num_frames, size, transform, cap)
         for k, part in zip(members, parts):
             results[k] = part
     return results
@@ -389,7 +392,8 @@ def read_video_references(refs: Sequence[str | os.PathLike], num_frames: int = 1
 
 def read_video_frames(path: str | os.PathLike, num_frames: int = 16,
                       size: Optional[tuple[int, int]] = None, *,
-                      transform: Optional[FrameTransform] = None) -> np.ndarray:
+                      transform: Optional[FrameTransform] = None,
+                      max_seconds: Optional[float] = DEFAULT_MAX_SECONDS) -> np.ndarray:
     """``num_frames`` RGB frames of a video, spread over the clip: ``(num_frames, H, W, 3)`` uint8.
 
     ``path`` may be a segment reference (:func:`segment_ref`): the frames are then taken from the
@@ -398,10 +402,11 @@ def read_video_frames(path: str | os.PathLike, num_frames: int = 16,
     interpolation), or ``None`` to keep the clip's size; ``transform`` is then applied to each
     kept frame as it is decoded (see :func:`read_video_segments`). Frames are chosen by
     :func:`frame_indices` over the frames actually decoded (the container's frame count is only
-    a first guess). Raises ``MediaError`` for a missing, empty or undecodable file, one without
-    frames, or a segment that starts after the recording ends.
+    a first guess). Only the first ``max_seconds`` of the clip (or segment) are read (0 or
+    ``None``: all of it). Raises ``MediaError`` for a missing, empty or undecodable file, one
+    without frames, or a segment that starts after the recording ends.
     """
-    result = read_video_references([path], num_frames, size, transform=transform)[0]
+    result = read_video_references([path], num_frames, size, transform=transform, max_seconds=max_seconds)[0]
     if isinstance(result, MediaError):
         raise result
     return result
@@ -523,6 +528,6 @@ def map_references(refs: Sequence[str | os.PathLike], decode: Callable[[list[str
         _opencv_threads(previous_cv_threads)
 
 
-__all__ = ["DEFAULT_DURATION_CAP", "MediaError", "duration_cap", "frame_indices", "map_references", "media_file",
+__all__ = ["MediaError", "duration_cap", "frame_indices", "map_references", "media_file",
            "media_workers", "read_audio", "read_audios", "read_video_frames", "read_video_references",
-           "read_video_segments", "segment_ref", "set_duration_cap", "split_ref"]
+           "read_video_segments", "segment_ref", "split_ref"]

@@ -6,14 +6,14 @@ import dataclasses
 import logging
 import os
 import pathlib
-import re
 from typing import Any, Optional, Sequence
 
 import numpy as np
 import pandas as pd
 
-from emojax.data import csvutil, paths
+from emojax.data import csvutil, meld, paths, sims
 from emojax.data.iemocap import read_rows
+from emojax.data.types import DatasetError, MediaPaths
 from emojax.files import write_text_atomic
 from emojax.progress import progress_bar
 
@@ -28,7 +28,6 @@ AUDIO_COLUMNS = ("audio", "Audio", "audio_path", "Wav_Path")
 VIDEO_COLUMNS = ("video", "Video", "video_path", "Video_Path")
 ID_COLUMNS = ("id", "ID", "Name", "Utterance_ID", "name", "clip")
 LABEL_COLUMNS = ("Emotion", "Sentiment", "Label", "label", "annotation")
-_MELD_FILE = re.compile(r"^(?P<split>train|dev|test)_sent_emo$")
 
 
 @dataclasses.dataclass
@@ -99,8 +98,7 @@ def _csv_inputs(path: pathlib.Path, root: pathlib.Path, split: Optional[str],
     if {"Dialogue_ID", "Utterance_ID"} <= columns:
         layout, id_cols = "meld", ["Dialogue_ID", "Utterance_ID"]
         if split is None:
-            match = _MELD_FILE.match(path.stem)
-            split = match["split"] if match else None
+            split = meld.MELD.split_of(path.name)
     elif {"video_id", "clip_id"} <= columns:
         layout, id_cols = "sims", ["video_id", "clip_id"]
     elif {"Wav_Path", "Video_Path"} <= columns:
@@ -125,44 +123,29 @@ def _csv_inputs(path: pathlib.Path, root: pathlib.Path, split: Optional[str],
                 item.problems[modality] = f"{_cell(row, column)}: {problem}"
         if layout == "meld":
             try:
-                dialogue, utterance = int(row["Dialogue_ID"]), int(row["Utterance_ID"])
-                name = f"dia{dialogue}_utt{utterance}"
-            except ValueError:
-                name = None
+                dialogue, utterance = meld.utterance_key(row, where)
+            except DatasetError as err:
                 ids["id"] = _cell(row, "Utterance_ID") or str(i)
-                item.error = (f"{where}: Dialogue_ID / Utterance_ID must be integers, got "
-                              f"{row['Dialogue_ID']!r} / {row['Utterance_ID']!r}")
-            if name is not None:
-                ids["id"] = name
+                item.error = str(err)
+            else:
+                ids["id"] = meld.utterance_name(dialogue, utterance)
                 item.dialogue, item.index = str(dialogue), utterance
                 item.speaker = _cell(row, "Speaker") if "Speaker" in columns else "speaker"
-                if "A" not in item.problems:
-                    item.audio = item.audio or str(root.joinpath("audios", *([split] if split else []),
-                                                                 f"{name}.flac"))
-                if "V" not in item.problems:
-                    item.video = item.video or str(root.joinpath("videos", *([split] if split else []),
-                                                                 f"{name}.mp4"))
+                _fill_media(item, meld.MELD.media_paths(root, split, row, where=where))
         elif layout == "sims":
-            video_id = str(row["video_id"]).strip()
             try:
-                clip_number = int(row["clip_id"])
-                clip = f"{clip_number:04d}"
-            except ValueError:
-                clip = None
-                item.error = f"{where}: clip_id must be an integer, got {row['clip_id']!r}"
-            folder, problem = paths.resolve_media(root, f"Raw/{video_id}", where=where, allow_outside=allow_outside)
-            if clip is not None and folder is None:
-                item.problems.setdefault("A", f"Raw/{video_id}: {problem}")
-                item.problems.setdefault("V", f"Raw/{video_id}: {problem}")
-            elif clip is not None:
-                ids["id"] = f"{video_id}/{clip}"
-                item.dialogue, item.index, item.speaker = video_id, clip_number, video_id
-                wav = folder / f"{clip}.wav"
-                if "A" not in item.problems:
-                    item.audio = item.audio or str(wav if wav.is_file() or not (folder / f"{clip}.flac").is_file()
-                                                   else folder / f"{clip}.flac")
-                if "V" not in item.problems:
-                    item.video = item.video or str(folder / f"{clip}.mp4")
+                media = sims.SIMS.media_paths(root, split, row, where=where, allow_outside=allow_outside)
+            except DatasetError as err:
+                item.error = str(err)
+            else:
+                if media.problems:  # the clip's folder leads outside root
+                    for modality, problem in media.problems.items():
+                        item.problems.setdefault(modality, problem)
+                else:
+                    video_id, clip = sims.clip_key(row, where)
+                    ids["id"] = f"{video_id}/{clip:04d}"
+                    item.dialogue, item.index, item.speaker = video_id, clip, video_id
+                    _fill_media(item, media)
         elif id_cols:
             ids["id"] = _cell(row, id_cols[0])
         elif item.audio or item.video:
@@ -170,6 +153,15 @@ def _csv_inputs(path: pathlib.Path, root: pathlib.Path, split: Optional[str],
         item.text = csvutil.clean_text(row[text_col]) if text_col is not None else None
         rows.append(item)
     return rows
+
+
+def _fill_media(item: TableInput, media: MediaPaths) -> None:
+    """Take the dataset's media paths where ``item``'s own path columns gave none and named no path
+    that was refused."""
+    if "A" not in item.problems:
+        item.audio = item.audio or str(media.audio)
+    if "V" not in item.problems:
+        item.video = item.video or str(media.video)
 
 
 def _iemocap_inputs(frame, path: pathlib.Path, root: pathlib.Path, labels: list[str],
@@ -183,10 +175,8 @@ def _iemocap_inputs(frame, path: pathlib.Path, root: pathlib.Path, labels: list[
         ids.update({c: record[c] for c in labels})
         audio = row["audio"] or (str(row["looked"]["A"]) if row["looked"]["A"] else None)
         video = row["video"] or (str(row["looked"]["V"]) if row["looked"]["V"] else None)
-        problems = {m: f"{record['Wav_Path' if m == 'A' else 'Video_Path']}: {why}"
-                    for m, why in row["problems"].items()}
         rows.append(TableInput(ids, row["text"], audio, video, dialogue=row["dialogue"], index=row["index"],
-                               speaker=row["speaker"], problems=problems))
+                               speaker=row["speaker"], problems=row["problems"]))
     return rows
 
 
