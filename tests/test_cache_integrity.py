@@ -16,7 +16,8 @@ from emojax.features.cache import CORRUPT_SUFFIX, FeatureCache
 from emojax.data.media import MediaError
 from emojax.data.types import Sample, Split
 from emojax.features.featurizer import Featurizer
-from emojax.training.finetune import StoredRows, store_inputs
+from emojax.training.finetune_base import StoredRows
+from emojax.training.finetune_media import store_inputs
 
 DIM = 8
 
@@ -120,7 +121,8 @@ def test_shard_without_checksums_is_recomputed_once(tmp_path, caplog):
 # -- incremental writes -------------------------------------------------------------------------
 
 class _StubAudio:
-    """A per-file encoder that fails on a chosen call, like a crash during a long pass."""
+    """A batched encoder (the interface of emojax.encoders.media_encoders: ``compute(paths)``, NaN
+    rows for unreadable files) that fails on a chosen file, like a crash during a long pass."""
 
     def __init__(self, fail_at=None, unreadable=()):
         self.namespace = "stub-audio"
@@ -130,13 +132,15 @@ class _StubAudio:
         self.unreadable = set(unreadable)
         self.calls: list[str] = []
 
-    def compute_one(self, path):
-        self.calls.append(path)
-        if self.fail_at is not None and len(self.calls) == self.fail_at:
-            raise RuntimeError("the encoder crashed")
-        if path in self.unreadable:
-            return None
-        return np.full(DIM, float(pathlib.Path(path).read_bytes()[-1]), np.float32)
+    def compute(self, paths, progress=False):
+        out = np.full((len(paths), DIM), np.nan, np.float32)
+        for row, path in enumerate(paths):
+            self.calls.append(path)
+            if self.fail_at is not None and len(self.calls) == self.fail_at:
+                raise RuntimeError("the encoder crashed")
+            if path not in self.unreadable:
+                out[row] = float(pathlib.Path(path).read_bytes()[-1])
+        return out
 
 
 def _audio_split(tmp_path, n):
@@ -186,6 +190,7 @@ class _FakeMediaEncoder:
     """Prepares a variable-length float input and an int mask per file (like a waveform)."""
 
     family, modality = "fake-audio", "A"
+    max_seconds = 60.0  # seconds of each file read (emojax.data.media.duration_cap): part of the store's key
 
     def __init__(self):
         self.calls = 0

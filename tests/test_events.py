@@ -5,6 +5,7 @@ import json
 import os
 import pathlib
 import re
+import struct
 import subprocess
 import sys
 
@@ -104,6 +105,35 @@ def test_replayed_steps_replace_the_earlier_points(tmp_path):
         [(s, float(s)) for s in range(1, 6)] + [(s, 100.0 + s) for s in range(6, 9)])
     RunEvents(tmp_path / "other", first_step=1, enabled=False).scalars(1, {"x": 1.0})
     assert not (tmp_path / "other").exists()
+
+
+def test_a_flushed_epoch_is_on_disk_and_the_next_one_follows(tmp_path):
+    events = RunEvents(tmp_path, first_step=1)
+    for step in range(1, 201):  # more than tensorboardX queues before its own thread writes them
+        events.scalars(step, {"train/loss": float(step), "train/grad_norm": 1.0 / step})
+    events.flush()  # the epoch's end: everything on disk now, without close
+    scalars = read_scalars(tmp_path / EVENTS_DIR)
+    assert scalars["train/loss"] == [(s, float(s)) for s in range(1, 201)]
+    assert scalars["train/grad_norm"] == [(s, float(np.float32(1.0 / s))) for s in range(1, 201)]
+    events.scalars(201, {"train/loss": 201.0})  # the next epoch: a file of its own, no purge marker
+    events.flush()
+    events.close()
+    assert len(event_files(tmp_path / EVENTS_DIR)) == 2
+    assert read_scalars(tmp_path / EVENTS_DIR)["train/loss"] == [(s, float(s)) for s in range(1, 202)]
+
+
+def test_a_torn_last_record_ends_the_file(tmp_path):
+    with RunEvents(tmp_path, first_step=1) as events:
+        for step in range(1, 6):
+            events.scalars(step, {"train/loss": float(step)})
+    (path,) = event_files(tmp_path / EVENTS_DIR)
+    whole = path.read_bytes()
+    last = 0  # where the last record starts: 8 bytes of length, 4 of its CRC, the data, 4 of its CRC
+    while last + 12 + struct.unpack("<Q", whole[last:last + 8])[0] + 4 < len(whole):
+        last += 12 + struct.unpack("<Q", whole[last:last + 8])[0] + 4
+    for end in (last + 5, last + 10, last + 12, len(whole) - 9, len(whole) - 2):  # length, its CRC, data, CRC
+        path.write_bytes(whole[:end])
+        assert read_scalars(tmp_path / EVENTS_DIR)["train/loss"] == [(s, float(s)) for s in range(1, 5)]
 
 
 def test_events_module_keeps_pytorch_unloaded(tmp_path):

@@ -3,6 +3,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 
+from emojax.data.types import DEFAULT_MAX_SECONDS
 from emojax.data.media import MediaError, frame_indices, read_audio, read_video_frames
 
 
@@ -123,41 +124,42 @@ def test_read_audio_of_a_video_without_sound_is_a_media_error(tmp_path):
 def test_duration_cap_cuts_long_clips_with_one_warning(tmp_path, caplog):
     import logging
 
+    import ml_collections
     import soundfile as sf
 
     from configs.compose import compose
     from emojax import config as config_lib
     from emojax.data import media
+    from emojax.runs import format as format_lib
     from test_iemocap import write_ramp_video
 
     rate = 8000
     signal = np.sin(np.arange(90 * rate) / 7.0).astype(np.float32)
     sf.write(tmp_path / "long.wav", signal, rate)
-    try:
-        with caplog.at_level(logging.WARNING):
-            media.set_duration_cap(media.DEFAULT_DURATION_CAP)
-            first = media.read_audio(tmp_path / "long.wav", rate)
-            media.read_audio(tmp_path / "long.wav", rate)
-        np.testing.assert_allclose(first, signal[:60 * rate], atol=1e-4)
-        warnings = [r.getMessage() for r in caplog.records if "long.wav" in r.getMessage()]
-        assert len(warnings) == 1 and "first 60 s" in warnings[0]
-        media.set_duration_cap(10)
-        segment = media.read_audio(media.segment_ref(tmp_path / "long.wav", 5.0, 80.0), rate)
-        np.testing.assert_allclose(segment, signal[5 * rate:15 * rate], atol=1e-4)
-        write_ramp_video(tmp_path / "ramp.avi", seconds=20.0)  # grey level = time
-        media.set_duration_cap(5)
-        frames = media.read_video_frames(tmp_path / "ramp.avi", num_frames=4)
-        assert frames.reshape(4, -1).mean(axis=1).max() <= 50 * 255 / 199 + 3  # from the first 5 s only
-        media.set_duration_cap(0)  # no cap
-        assert len(media.read_audio(tmp_path / "long.wav", rate)) == len(signal)
+    assert config_lib.DEFAULT_MAX_SECONDS == DEFAULT_MAX_SECONDS == 60.0  # one default
+    with caplog.at_level(logging.WARNING):
+        first = media.read_audio(tmp_path / "long.wav", rate)  # the default cap
+        media.read_audio(tmp_path / "long.wav", rate, max_seconds=DEFAULT_MAX_SECONDS)
+    np.testing.assert_allclose(first, signal[:60 * rate], atol=1e-4)
+    warnings = [r.getMessage() for r in caplog.records if "long.wav" in r.getMessage()]
+    assert len(warnings) == 1 and "first 60 s" in warnings[0]
+    segment = media.read_audio(media.segment_ref(tmp_path / "long.wav", 5.0, 80.0), rate, max_seconds=10)
+    np.testing.assert_allclose(segment, signal[5 * rate:15 * rate], atol=1e-4)
+    write_ramp_video(tmp_path / "ramp.avi", seconds=20.0)  # grey level = time
+    frames = media.read_video_frames(tmp_path / "ramp.avi", num_frames=4, max_seconds=5)
+    assert frames.reshape(4, -1).mean(axis=1).max() <= 50 * 255 / 199 + 3  # from the first 5 s only
+    assert len(media.read_audio(tmp_path / "long.wav", rate, max_seconds=0)) == len(signal)  # no cap
+    assert len(media.read_audio(tmp_path / "long.wav", rate, max_seconds=None)) == len(signal)
+    for reader in (lambda: media.read_audio(tmp_path / "long.wav", rate, max_seconds=-1),
+                   lambda: media.read_video_frames(tmp_path / "ramp.avi", num_frames=4, max_seconds=-1)):
         with pytest.raises(ValueError, match="max_seconds"):
-            media.set_duration_cap(-1)
-    finally:
-        media.set_duration_cap(media.DEFAULT_DURATION_CAP)
+            reader()
     cfg = compose("dataset=IEMOCAP--E,encoders=T")
     default_hash = config_lib.config_hash(cfg)
-    del cfg.dataset["max_seconds"]  # a run written before the cap existed: same hash
-    assert config_lib.config_hash(cfg) == default_hash
+    earlier = cfg.to_dict()
+    del earlier["dataset"]["max_seconds"]  # a run of format 1 written before the cap existed: migrated, same hash
+    assert format_lib.format_1_hash(earlier) == format_lib.format_1_hash(cfg)
+    assert config_lib.config_hash(ml_collections.ConfigDict(format_lib.config_of_format_2(earlier)[0])) == default_hash
     cfg.dataset.max_seconds = 30.0
     assert config_lib.config_hash(cfg) != default_hash
     cfg.dataset.max_seconds = -1.0

@@ -164,20 +164,18 @@ def test_segments_in_one_pass_follow_the_duration_cap(recordings, caplog):
     file = recordings["avi"]
     segments = [(0.5, 4.5), (1.0, 1.5), None, (2.0, 5.9)]
     try:
-        media.set_duration_cap(2)
         media._warned_long.clear()
         with caplog.at_level(logging.WARNING):
-            together = read_video_segments(file, segments, 8)
+            together = read_video_segments(file, segments, 8, max_seconds=2)
         warned = [r.getMessage() for r in caplog.records if "longer than" in r.getMessage()]
         assert len(warned) == 3  # every segment over 2 s, once each
         media._warned_long.clear()
         for segment, got in zip(segments, together):
             ref = str(file) if segment is None else media.segment_ref(file, *segment)
-            np.testing.assert_array_equal(got, read_video_frames(ref, 8))
+            np.testing.assert_array_equal(got, read_video_frames(ref, 8, max_seconds=2))
         # the cut segment (0.5, 4.5) is its first 2 s: frames 5 to 24
         np.testing.assert_array_equal(together[0], every_frame_reference(file, (0.5, 2.5), 8))
     finally:
-        media.set_duration_cap(media.DEFAULT_DURATION_CAP)
         media._warned_long.clear()
 
 
@@ -387,7 +385,7 @@ def test_neural_features_equal_for_every_pool_size(tiny, media_split, caplog):
 
 
 def test_stored_tuning_inputs_equal_for_every_pool_size(tiny, media_split, tmp_path):
-    from emojax.training.finetune import store_inputs
+    from emojax.training.finetune_media import store_inputs
 
     encoder = _encoder("clip", tiny["clip"])
     paths = [s.video for s in media_split.samples] + [None]

@@ -43,12 +43,14 @@ import itertools
 import os
 import pathlib
 import threading
-from typing import Sequence
+from typing import Optional, Sequence
 
 import librosa
 import numpy as np
 
-from emojax.data.media import MediaError, read_audio, read_audios, read_video_frames, read_video_references
+from emojax.data.types import DEFAULT_MAX_SECONDS
+from emojax.data.media import (MediaError, read_audio, read_audios, read_video_frames,
+                               read_video_references)
 
 # OpenCV (cv2) is imported by the video functions only: audio features run on installs without it.
 
@@ -213,14 +215,15 @@ def audio_features_from_samples(y: np.ndarray, sr: int = SAMPLE_RATE) -> np.ndar
                     pitch, energy, _mean_std(zcr), spectral, rhythm, [duration]], AUDIO_DIM)
 
 
-def audio_features(path: str | os.PathLike) -> np.ndarray:
-    """``(AUDIO_DIM,)`` float32 features of an audio file; ``MediaError`` when it cannot be read."""
-    return audio_features_from_samples(read_audio(path, SAMPLE_RATE), SAMPLE_RATE)
+def audio_features(path: str | os.PathLike, *, max_seconds: Optional[float] = DEFAULT_MAX_SECONDS) -> np.ndarray:
+    """``(AUDIO_DIM,)`` float32 features of an audio file (its first ``max_seconds``; 0: all of
+    it); ``MediaError`` when it cannot be read."""
+    return audio_features_from_samples(read_audio(path, SAMPLE_RATE, max_seconds=max_seconds), SAMPLE_RATE)
 
 
-def read_audio_clips(refs: Sequence[str]) -> list:
+def read_audio_clips(refs: Sequence[str], *, max_seconds: Optional[float] = DEFAULT_MAX_SECONDS) -> list:
     """The samples :func:`audio_features` reads, per reference (or its ``MediaError``)."""
-    return read_audios(refs, SAMPLE_RATE)
+    return read_audios(refs, SAMPLE_RATE, max_seconds=max_seconds)
 
 
 # -- video ---------------------------------------------------------------------------------------
@@ -373,10 +376,10 @@ def shrink_frame(frame: np.ndarray) -> np.ndarray:
     return frame if size is None else cv2.resize(frame, size, interpolation=cv2.INTER_AREA)
 
 
-def read_video_clips(refs: Sequence[str]) -> list:
+def read_video_clips(refs: Sequence[str], *, max_seconds: Optional[float] = DEFAULT_MAX_SECONDS) -> list:
     """The shrunk frames :func:`video_features` reads, per reference (or its ``MediaError``); the
     segments of one recording are read in one pass (``emojax.data.media.read_video_references``)."""
-    return read_video_references(refs, VIDEO_FRAMES, transform=shrink_frame)
+    return read_video_references(refs, VIDEO_FRAMES, transform=shrink_frame, max_seconds=max_seconds)
 
 
 def video_features_from_frames(frames: np.ndarray) -> np.ndarray:
@@ -401,9 +404,11 @@ def video_features_from_frames(frames: np.ndarray) -> np.ndarray:
     return _finish([face, _colour(frames, hsv), face_colour, texture, _motion(gray)], VIDEO_DIM)
 
 
-def video_features(path: str | os.PathLike) -> np.ndarray:
-    """``(VIDEO_DIM,)`` float32 features of a video file; ``MediaError`` when it cannot be read."""
-    return video_features_from_frames(read_video_frames(path, VIDEO_FRAMES, transform=shrink_frame))
+def video_features(path: str | os.PathLike, *, max_seconds: Optional[float] = DEFAULT_MAX_SECONDS) -> np.ndarray:
+    """``(VIDEO_DIM,)`` float32 features of a video file (its first ``max_seconds``; 0: all of
+    it); ``MediaError`` when it cannot be read."""
+    return video_features_from_frames(read_video_frames(path, VIDEO_FRAMES, transform=shrink_frame,
+                                                        max_seconds=max_seconds))
 
 
 __all__ = ["AUDIO_DIM", "VIDEO_DIM", "FEATURE_VERSION", "AUDIO_FEATURE_NAMES", "VIDEO_FEATURE_NAMES",

@@ -45,7 +45,8 @@ references handed back in input order (``emojax.data.media.map_references``), so
 and with them the features, are the same whatever the pool size. A family splits its input into
 ``decode_group`` (the files' samples or frames; the segments of one recording read in one pass,
 video frames shrunk to the processor's resize as they are decoded) and ``prepare`` /
-``tuning_prepare`` (the model input of one decoded file).
+``tuning_prepare`` (the model input of one decoded file). Each file is decoded up to the
+encoder's ``max_seconds`` (the run's ``dataset.max_seconds``, given to :func:`media_encoder`).
 
 Compiled shapes stay fixed: every call runs ``BATCH_SIZE`` rows (a short batch repeats its last
 input), Whisper and the video encoders have one input shape, wav2vec2 one per length bucket, and
@@ -70,11 +71,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from emojax.data.media import MediaError, map_references, read_audios, read_video_references
+from emojax.data.types import DEFAULT_MAX_SECONDS
+from emojax.data.media import (MediaError, duration_cap, map_references, read_audios,
+                               read_video_references)
 from emojax.encoders import hub
+from emojax.encoders.families import DEFAULT_POOLING, MEDIA_FAMILIES
 from emojax.encoders.bert import params_hash
 from emojax.encoders.clip_vision import clip_video_features, clip_vision_apply, load_clip_vision
-from emojax.encoders.core import hash_view
 from emojax.encoders.videomae import load_videomae, videomae_apply, videomae_pool
 from emojax.encoders.wav2vec2 import load_wav2vec2, load_wav2vec2_feature_extractor, wav2vec2_apply, wav2vec2_pool
 from emojax.encoders.whisper import (load_whisper, load_whisper_feature_extractor, whisper_apply, whisper_pool,
@@ -89,14 +92,7 @@ BATCH_SIZE = 8  # rows of every compiled call
 CLIP_FRAMES = 8  # frames CLIP encodes per video (one image each)
 WAV2VEC2_BUCKETS_S = (1, 2, 4, 8, 16, 30)  # padded lengths of wav2vec2 inputs, seconds; longer clips are cut
 
-# family -> (modality, poolings accepted in encoders.X.pooling); "default" resolves per family.
-FAMILIES: dict[str, tuple[str, tuple[str, ...]]] = {
-    "whisper": ("A", ("default", "mean")),
-    "wav2vec2": ("A", ("default", "first", "mean")),
-    "videomae": ("V", ("default", "first", "mean")),
-    "clip": ("V", ("default", "first", "mean")),
-}
-DEFAULT_POOLING = {"whisper": "mean", "wav2vec2": "first", "videomae": "first", "clip": "first"}
+FAMILIES = MEDIA_FAMILIES  # the registry (emojax.encoders.families), by the name this module uses
 
 
 def resolve_pooling(family: str, pooling: str) -> str:
@@ -182,8 +178,10 @@ class _MediaEncoder:
     # whether decode_group gets every reference into one file at once (video: one pass per recording)
     by_file: bool = False
 
-    def __init__(self, spec, dtype=jnp.float32):
+    def __init__(self, spec, dtype=jnp.float32, *, max_seconds: Optional[float] = DEFAULT_MAX_SECONDS):
         self.spec = spec
+        # seconds of each clip decoded (emojax.data.media.duration_cap; None: all of it)
+        self.max_seconds = duration_cap(max_seconds)
         self.model = str(spec["model"])
         self.pooling = resolve_pooling(self.family, str(spec.get("pooling", "default")))
         self.dtype = dtype
@@ -282,7 +280,7 @@ class _MediaEncoder:
         """Compute with ``params`` (e.g. fine-tuned weights) from now on; the weights hash and the
         cache namespace follow them."""
         self.params = params
-        self.weights_hash = params_hash(hash_view(self.params, self.config), repr(self.config))
+        self.weights_hash = params_hash(self.params, repr(self.config))
         self.namespace = digest(self.family, FEATURE_VERSION, self.model, self.weights_hash, self.preprocessing(),
                                 self.pooling, str(jnp.dtype(self.dtype)))[:24]
 
@@ -342,7 +340,7 @@ class WhisperFeatures(_MediaEncoder):
         return {"extractor": _settings(self.extractor)}
 
     def decode_group(self, paths):
-        return read_audios(paths, int(self.extractor.sampling_rate))
+        return read_audios(paths, int(self.extractor.sampling_rate), max_seconds=self.max_seconds)
 
     def prepare(self, decoded):
         """``(mel, mask)`` of one clip: the extractor works clip by clip (each padded to its
@@ -398,7 +396,7 @@ class Wav2Vec2Features(_MediaEncoder):
 
     def decode_group(self, paths):
         return [wave if isinstance(wave, Exception) else wave[: self.buckets[-1]]
-                for wave in read_audios(paths, int(self.extractor.sampling_rate))]
+                for wave in read_audios(paths, int(self.extractor.sampling_rate), max_seconds=self.max_seconds)]
 
     def bucket(self, item) -> int:
         return next(b for b in self.buckets if b >= len(item))
@@ -477,8 +475,8 @@ def _frame_resizer(processor):
     return resize
 
 
-def _read_frames_group(paths: list[str], num_frames: int, processor) -> list:
-    return read_video_references(paths, num_frames, transform=_frame_resizer(processor))
+def _read_frames_group(paths: list[str], num_frames: int, processor, max_seconds: Optional[float]) -> list:
+    return read_video_references(paths, num_frames, transform=_frame_resizer(processor), max_seconds=max_seconds)
 
 
 def _unnormalised(processor, images) -> np.ndarray:
@@ -525,7 +523,7 @@ class VideoMAEFeatures(_MediaEncoder):
     by_file = True
 
     def decode_group(self, paths):
-        return _read_frames_group(paths, self.config.num_frames, self.processor)
+        return _read_frames_group(paths, self.config.num_frames, self.processor, self.max_seconds)
 
     def prepare(self, decoded):
         pixels = self.processor([list(decoded)], return_tensors="np", do_resize=False)["pixel_values"][0]
@@ -572,7 +570,7 @@ class CLIPFeatures(_MediaEncoder):
     by_file = True
 
     def decode_group(self, paths):
-        return _read_frames_group(paths, self.num_frames, self.processor)
+        return _read_frames_group(paths, self.num_frames, self.processor, self.max_seconds)
 
     def prepare(self, decoded):
         pixels = self.processor(images=list(decoded), return_tensors="np", do_resize=False)["pixel_values"]
@@ -599,14 +597,16 @@ ENCODERS = {"whisper": WhisperFeatures, "wav2vec2": Wav2Vec2Features, "videomae"
             "clip": CLIPFeatures}
 
 
-def media_encoder(modality: str, spec, dtype=jnp.float32) -> _MediaEncoder:
-    """The neural encoder ``spec`` (``{"family", "model", "pooling"}``) names for ``modality``."""
+def media_encoder(modality: str, spec, dtype=jnp.float32, *,
+                  max_seconds: Optional[float] = DEFAULT_MAX_SECONDS) -> _MediaEncoder:
+    """The neural encoder ``spec`` (``{"family", "model", "pooling"}``) names for ``modality``,
+    decoding at most ``max_seconds`` of each clip (0 or ``None``: all of it)."""
     family = str(spec["family"])
     if family not in ENCODERS or FAMILIES[family][0] != modality:
         choices = [f for f, (m, _) in FAMILIES.items() if m == modality]
         raise ValueError(f"encoders.{modality}.family: {family!r} is not a neural {modality} encoder; "
                          f"choose from {', '.join(choices)}")
-    return ENCODERS[family](spec, dtype)
+    return ENCODERS[family](spec, dtype, max_seconds=max_seconds)
 
 
 __all__ = ["BATCH_SIZE", "CLIP_FRAMES", "DEFAULT_POOLING", "ENCODERS", "FAMILIES", "CLIPFeatures",

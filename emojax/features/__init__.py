@@ -6,9 +6,3 @@
 Fine-tuning's stored inputs and hidden states live with the tuner (:mod:`emojax.training.finetune`)
 and follow the cache's integrity rules.
 """
-from emojax import lazy_exports
-
-_EXPORTS = {"Featurizer": "featurizer", "FeatureSet": "featurizer", "standardize": "featurizer",
-            "FeatureCache": "cache"}
-__all__ = sorted(_EXPORTS)
-__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

@@ -21,6 +21,7 @@ import numpy as np
 
 from emojax.features.cache import file_identity
 from emojax.config import modalities
+from emojax.data.types import DEFAULT_MAX_SECONDS
 from emojax.data import context as text_context
 from emojax.data import media
 from emojax.data.media import MediaError, map_references
@@ -159,13 +160,16 @@ class _MediaFeatures:
     # threads that decode and compute (cache.media_workers; 0: every core), set by the Featurizer
     workers: int = 0
 
-    def __init__(self, modality: str, spec):
+    def __init__(self, modality: str, spec, *, max_seconds: Optional[float] = DEFAULT_MAX_SECONDS):
         self.modality = modality
+        # seconds of each clip decoded (emojax.data.media.duration_cap; None: all of it)
+        self.max_seconds = media.duration_cap(max_seconds)
         if modality == "A":
-            self.decode, self.finish = classic.read_audio_clips, functools.partial(
-                classic.audio_features_from_samples, sr=classic.SAMPLE_RATE)
+            self.decode = functools.partial(classic.read_audio_clips, max_seconds=self.max_seconds)
+            self.finish = functools.partial(classic.audio_features_from_samples, sr=classic.SAMPLE_RATE)
         else:
-            self.decode, self.finish = classic.read_video_clips, classic.video_features_from_frames
+            self.decode = functools.partial(classic.read_video_clips, max_seconds=self.max_seconds)
+            self.finish = classic.video_features_from_frames
         self.dim = classic.AUDIO_DIM if modality == "A" else classic.VIDEO_DIM
         self.namespace = digest(spec.family, classic.FEATURE_VERSION, spec.get("pooling", "default"))[:24]
         # path -> why it could not be read, for callers that report unreadable files per input
@@ -201,7 +205,9 @@ class Featurizer:
     def __init__(self, cfg, speaker_tokens: Sequence[str] = (), cache=None):
         self.cfg = cfg
         self.cache = cache
-        media.set_duration_cap(cfg.dataset.get("max_seconds", media.DEFAULT_DURATION_CAP))
+        # Seconds of each clip the media encoders decode (dataset.max_seconds; None: no cap). Read
+        # with get: configs written before the field existed mean the default.
+        self.max_seconds = media.duration_cap(cfg.dataset.get("max_seconds", DEFAULT_MAX_SECONDS))
         self.progress = bool(cfg.get("progress", True))
         dtype = jnp.bfloat16 if cfg.precision == "bfloat16" else jnp.float32
         self.modalities = modalities(cfg)
@@ -218,13 +224,14 @@ class Featurizer:
                     raise ValueError(f"encoders.T.family: 'modernbert', but {spec.model} is not a ModernBERT "
                                      "checkpoint (config.json model_type); use family=bert")
             elif spec.family in ("classic-audio", "classic-video"):
-                self.encoders[modality] = _MediaFeatures(modality, spec)
+                self.encoders[modality] = _MediaFeatures(modality, spec, max_seconds=self.max_seconds)
             else:
                 if spec.family not in media_encoders.FAMILIES:
                     raise ValueError(f"encoders.{modality}.family: {spec.family!r} has no frozen feature path; "
                                      "choose classic-audio / classic-video / whisper / wav2vec2 / videomae / clip")
                 # Batched neural encoder (Whisper, wav2vec2 / data2vec-audio, VideoMAE, CLIP).
-                self.encoders[modality] = media_encoders.media_encoder(modality, spec, dtype)
+                self.encoders[modality] = media_encoders.media_encoder(modality, spec, dtype,
+                                                                       max_seconds=self.max_seconds)
         # Threads decoding media for the audio / video encoders (cache.media_workers; 0: every core).
         # Read with get: configs written before the field existed mean every core.
         workers = cfg.get("cache", {}).get("media_workers", 0)
@@ -263,21 +270,14 @@ class Featurizer:
         if not available:
             return matrix, present
         # The duration cap is part of the key: a clip cut at another length is another input.
-        keys = [digest(file_identity(paths[i]), media.duration_cap()) for i in available]
+        keys = [digest(file_identity(paths[i]), self.max_seconds) for i in available]
 
         def compute(indices, bar):
             if isinstance(encoder, _MediaFeatures):  # per-file rows from the media pool, NaN when unreadable
                 return encoder.compute([paths[available[i]] for i in indices], progress=False, bar=bar)
-            if not hasattr(encoder, "compute_one"):  # batched neural encoders: NaN rows for unreadable files
-                values = encoder.compute([paths[available[i]] for i in indices], progress=False)
-                bar.update(len(indices))
-                return values
-            rows = []  # an encoder with only a per-file compute_one: one file after another
-            for i in indices:
-                value = encoder.compute_one(paths[available[i]])
-                rows.append(value if value is not None else np.full(encoder.dim, np.nan, np.float32))
-                bar.update(1)
-            return np.stack(rows)
+            values = encoder.compute([paths[available[i]] for i in indices], progress=False)  # NaN rows: unreadable
+            bar.update(len(indices))
+            return values
 
         values = self._cached(encoder.namespace, keys, compute, desc=f"{modality} features ({split.name})",
                               keep=lambda row: bool(np.isfinite(row).all()))
