@@ -24,18 +24,20 @@ from emojax.config import ConfigError
 class Part(NamedTuple):
     """A config part: its presets (name -> plain dict); ``combine``: whether ``base+extra+...``
     merges several of them; ``into``: for a part not assembled by :func:`compose` field by
-    field, the dotted field its preset is merged into (``None``: the config itself)."""
+    field, the dotted field its preset is merged into (``None``: the config itself); ``aliases``:
+    other spellings of its presets (``{"weight": "weighted"}``), composed as the preset itself."""
 
     presets: Mapping[str, dict]
     combine: bool = False
     into: Optional[str] = None
+    aliases: Mapping[str, str] = {}
 
 
 PARTS: dict[str, Part] = {
     "dataset": Part(datasets.PRESETS),
     "encoders": Part(encoders.PRESETS),
     "fusion": Part(fusion.PRESETS, combine=True),
-    "loss": Part(losses.PRESETS, combine=True),
+    "loss": Part(losses.PRESETS, combine=True, aliases=losses.ALIASES),
     "experts": Part(experts.PRESETS),
     "mode": Part(modes.PRESETS),
     "dropout": Part(dropout.PRESETS),
@@ -73,10 +75,18 @@ def parse_parts(arg: Optional[str]) -> dict[str, str]:
     return chosen
 
 
+def canonical(part: str, value: str) -> str:
+    """``value`` with each preset named by its own name, not an alias (``weight+spcl`` ->
+    ``weighted+spcl``): two spellings of one config compose to one config, and one run."""
+    aliases = PARTS[part].aliases if part in PARTS else {}
+    return "+".join(aliases.get(name, name) for name in value.split("+"))
+
+
 def resolve(part: str, value: str) -> dict:
     """A copy of a preset, or for a combining part (``fusion``, ``loss``) of ``base+extra+...``:
     the base with each extra merged on top (an extra is a preset, or an overlay ``+name``)."""
     table = presets(part)
+    value = canonical(part, value)
     if value in table:
         return copy.deepcopy(table[value])
     if PARTS[part].combine and "+" in value:
@@ -115,7 +125,7 @@ def compose(arg: Optional[str] = None) -> ml_collections.ConfigDict:
     """The full run config of ``key=value,...`` parts (see the module docstring)."""
     cfg = default.get_config().to_dict()
     defaults = set(cfg["parts"])
-    chosen = {**cfg["parts"], **parse_parts(arg)}
+    chosen = {part: canonical(part, value) for part, value in {**cfg["parts"], **parse_parts(arg)}.items()}
     missing = [part for part in _ASSEMBLED if part not in chosen]
     if missing:
         raise ConfigError(f"config part {missing[0]!r} has no default preset in configs/default.py; "

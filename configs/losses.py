@@ -1,7 +1,8 @@
 """Loss parts (``loss=...``): the classification loss and extra losses with their weights.
 
 Combine them with ``+``: ``loss=focal+spcl``. ``classification`` is ``ce``, ``weighted``
-(cross entropy weighted by 1 / class frequency; the suite's ``weight``) or ``focal`` (gamma 2).
+(cross entropy weighted by 1 / class frequency; ``weight``, the suite's name, is another spelling
+of it: :data:`ALIASES`) or ``focal`` (gamma 2).
 ``extras`` maps an ``emojax.model.losses`` extra-loss name to its options, ``weight`` being the factor
 in the total. ``combine`` is ``sum`` (default) or ``uncertainty`` (learned sigma per loss,
 ``emojax.model.losses.combine_losses``).
@@ -14,7 +15,6 @@ on unimodal runs, as in the suite.
 
 PRESETS = {
     "ce": {"classification": "ce"},
-    "weight": {"classification": "weighted"},
     "weighted": {"classification": "weighted"},
     "focal": {"classification": "focal"},
     # [loss.sample_contrastive] temperature 0.08, pool_size 512, support_set_size 64
@@ -34,3 +34,7 @@ PRESETS = {
     "dist": {"extras": {"dist": {"weight": 2.0, "temperature": 4.0, "beta": 1.0, "gamma": 1.0}}},
     "uncertainty": {"combine": "uncertainty"},
 }
+
+# Other spellings of a preset, replaced by the preset's own name when a config is composed: a
+# run's config (and so its directory) follows from what it trains, never from how it was spelled.
+ALIASES = {"weight": "weighted"}

@@ -99,10 +99,6 @@ def _unknown_key_message(err: BaseException, argv: Sequence[str]) -> Optional[st
     flag = next((arg for arg in argv if arg.startswith("--") and "." in arg.split("=", 1)[0]
                  and key in arg.split("=", 1)[0].lstrip("-").split(".")[1:]), None)
     where = flag or "a --config override"
-    if flag and flag.lstrip("-").startswith("config.encoder."):
-        # The fine-tuning settings were called ``encoder`` before they became ``finetune``.
-        return (f"{where}: the fine-tuning settings are now under 'finetune' "
-                f"(use --config.finetune.{flag.split('.', 2)[2]})")
     return (f"{where}: unknown config key {key!r}; " + (hint if hint else "see configs/train.py for the keys"))
 
 

@@ -5,6 +5,7 @@ r"""Housekeeping for runs, the encoder store and the feature cache.
     python -m launch.tool gc --workdir=runs [--apply] [--grace_s=600]
     python -m launch.tool create-standalone --run_dir=RUN --output=DIR
     python -m launch.tool extract-encoders --run_dir=RUN --output=DIR
+    python -m launch.tool migrate --workdir=runs [--apply]
 
 ``info``: one row per run under ``workdir/checkpoints/``: label, status, selected epoch, dev and
 test accuracy and weighted F1 (percent); unfinished runs show their last epoch. ``--sort`` takes
@@ -29,6 +30,13 @@ parameters, encoder folders) that ``Estimator`` / ``launch.infer --run_dir=DIR``
 
 ``extract-encoders``: the run's encoder folders plus ``encoders.cfg`` (``encoders.T.model=PATH``)
 and ``encoders.flags`` (for ``launch.train --flagfile=DIR/encoders.flags``).
+
+``migrate``: the runs under ``workdir/checkpoints/`` written by an earlier emojax (an earlier run
+format, ``emojax.runs.format``), brought to today's: config in today's names, the run moved to the
+directory of its new hash, checkpoints and encoder store entries under today's layer names, links
+and the run's records rewritten. One line per run (its old and new directory, what changes); a dry
+run unless ``--apply``. A run that a process holds, whose new directory exists, or whose config
+was edited by hand is refused in one line and left as it is; migrating again does what is left.
 """
 from __future__ import annotations
 
@@ -44,13 +52,14 @@ from absl import app, flags
 from emojax import config as config_lib
 from emojax.features import cache as cache_lib
 from emojax.features.cache import FeatureCache
+from emojax.runs.format import FORMAT, RunFormatError
 from emojax.runs.records import RunConfigError, run_config
 from launch import _errors
 
-# emojax.runs.store and emojax.runs.standalone load JAX (seconds): the commands that need them import them,
+# emojax.runs.store and emojax.inference.standalone load JAX (seconds): the commands that need them import them,
 # so --help, flag errors and the cache command start without it.
 
-COMMANDS = ("info", "cache", "gc", "create-standalone", "extract-encoders")
+COMMANDS = ("info", "cache", "gc", "create-standalone", "extract-encoders", "migrate")
 SORT_KEYS = ("dev_wf1", "dev_acc", "test_wf1", "test_acc", "best_epoch", "label", "path")
 
 _WORKDIR = flags.DEFINE_string("workdir", "runs", "Folder for checkpoints and the feature cache.")
@@ -59,7 +68,8 @@ _CACHE_DIR = flags.DEFINE_string("cache_dir", None, "cache: the feature cache fo
 _CLEAR = flags.DEFINE_string("clear", None, "cache: 'all', or a namespace (or a unique prefix of one) to remove.")
 _SORT = flags.DEFINE_enum("sort", "dev_wf1", SORT_KEYS, "info: the column to sort by (metrics: best first).")
 _FILTER = flags.DEFINE_string("filter", None, "info: keep runs whose label contains this text (any case).")
-_APPLY = flags.DEFINE_bool("apply", False, "gc: remove the unreferenced entries (default: list them only).")
+_APPLY = flags.DEFINE_bool("apply", False, "gc: remove the unreferenced entries; migrate: migrate the runs "
+                           "(default: list them only).")
 _GRACE = flags.DEFINE_float("grace_s", 600.0, "gc: keep unreferenced entries younger than this many seconds.")
 _RUN_DIR = flags.DEFINE_string("run_dir", None, "create-standalone / extract-encoders: a run directory.")
 _OUTPUT = flags.DEFINE_string("output", None, "create-standalone / extract-encoders: a new folder to write.")
@@ -95,7 +105,7 @@ def run_summary(run_dir: pathlib.Path, workdir: pathlib.Path) -> dict:
         cfg = run_config(run_dir)
         row["label"] = config_lib.run_label(cfg)
         epochs = int(cfg.train.epochs)
-    except RunConfigError as err:  # edited by hand: its label would sit beside the original's scores
+    except (RunConfigError, RunFormatError) as err:  # edited by hand, or an earlier format: no label to trust
         row["status"] = err.short
         return row
     except (config_lib.ConfigError, AttributeError, KeyError, TypeError, ValueError) as err:
@@ -296,7 +306,7 @@ def _paths(run_dir: Optional[str], output: Optional[str], command: str) -> tuple
 def cmd_create_standalone(run_dir, output, *, out: Optional[TextIO] = None) -> pathlib.Path:
     out = out or sys.stdout
     # JAX kept out of launch.tool so `launch.tool --help` stays fast
-    from emojax.runs.standalone import create_standalone
+    from emojax.inference.standalone import create_standalone
 
     run_dir, output = _paths(run_dir, output, "create-standalone")
     folder = create_standalone(run_dir, output)
@@ -310,7 +320,7 @@ def cmd_create_standalone(run_dir, output, *, out: Optional[TextIO] = None) -> p
 def cmd_extract_encoders(run_dir, output, *, out: Optional[TextIO] = None) -> dict:
     out = out or sys.stdout
     # JAX kept out of launch.tool so `launch.tool --help` stays fast
-    from emojax.runs.standalone import extract_encoders
+    from emojax.inference.standalone import extract_encoders
 
     run_dir, output = _paths(run_dir, output, "extract-encoders")
     encoders = extract_encoders(run_dir, output)
@@ -319,6 +329,44 @@ def cmd_extract_encoders(run_dir, output, *, out: Optional[TextIO] = None) -> di
     print(f"config snippet: {output / 'encoders.cfg'}  (launch.train --flagfile={output / 'encoders.flags'})",
           file=out)
     return encoders
+
+
+# ---------------------------------------------------------------------------------------------
+# migrate
+# ---------------------------------------------------------------------------------------------
+def cmd_migrate(workdir, *, apply: bool = False, out: Optional[TextIO] = None) -> list:
+    """Migrate (``apply``) or list the runs of an earlier format under ``workdir``, one line each."""
+    out = out or sys.stdout
+    from emojax.runs import format as format_lib  # JAX kept out of launch.tool so `launch.tool --help` stays fast
+
+    workdir = pathlib.Path(workdir)
+    if not workdir.is_dir():
+        raise ToolError(f"--workdir: {workdir} is not a folder")
+
+    def where(path: pathlib.Path) -> str:
+        return str(path.relative_to(workdir)) if path.is_relative_to(workdir) else str(path)
+
+    moves = []
+    for move in format_lib.migrate(workdir, apply=apply):
+        moves.append(move)
+        if move.refused:
+            print(f"refused  {where(move.source)}: {move.refused}", file=out, flush=True)
+        else:
+            print(f"{'migrated' if move.done else 'to migrate'}  {where(move.source)} -> {where(move.target)}  "
+                  f"({'; '.join(move.changes)})", file=out, flush=True)
+    refused = sum(bool(m.refused) for m in moves)
+    todo = len(moves) - refused
+    if not moves:
+        print(f"no runs of an earlier format under {workdir / 'checkpoints'}: every run is of format {FORMAT}",
+              file=out)
+    elif apply:
+        gc = any(m.rehashed for m in moves if m.done)
+        print(f"migrated {todo} run(s) to format {FORMAT}, {refused} refused"
+              + ("; launch.tool gc removes the store entries no run links any more" if gc else ""), file=out)
+    else:
+        print(f"dry run: {todo} run(s) to migrate to format {FORMAT}, {refused} refused; pass --apply to migrate "
+              "them", file=out)
+    return moves
 
 
 # ---------------------------------------------------------------------------------------------
@@ -334,6 +382,8 @@ def dispatch(command: str) -> None:
         cmd_create_standalone(_RUN_DIR.value, _OUTPUT.value)
     elif command == "extract-encoders":
         cmd_extract_encoders(_RUN_DIR.value, _OUTPUT.value)
+    elif command == "migrate":
+        cmd_migrate(workdir, apply=_APPLY.value)
 
 
 def main(argv):

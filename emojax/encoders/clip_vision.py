@@ -135,8 +135,7 @@ LAYER_TENSORS = {"attn_norm": "layer_norm1", "query": "self_attn.q_proj", "key":
                  "fc1": "mlp.fc1", "fc2": "mlp.fc2"}
 FAMILY = core.register(core.Family(
     CLIPVisionConfig, model_types=VISION_TYPES, default_type="clip_vision_model", params_from_state=params_from_state,
-    prefixes=STATE_PREFIXES, activations=(("hidden_act", "hidden_act"),),
-    hashed_names={"attn_norm": "norm1", "mlp_norm": "norm2"}))
+    prefixes=STATE_PREFIXES, activations=(("hidden_act", "hidden_act"),)))
 
 
 # -- computation -------------------------------------------------------------------------------

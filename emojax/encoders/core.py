@@ -251,8 +251,7 @@ class Family:
     ``head_keys``: the ``config.json`` names of ``hidden_size`` / ``num_heads`` for the check
     that one divides the other (None: no check). ``check(raw, config, where)``: further checks,
     raising :class:`~emojax.encoders.hub.WeightError`. ``prefixes``: where the encoder's tensors
-    may sit in a checkpoint, in the order tried. ``hashed_names``: layer keys renamed since
-    weights hashes were first recorded, ``{name: name when recorded}`` (:func:`hash_view`).
+    may sit in a checkpoint, in the order tried.
     """
 
     config_class: type
@@ -263,14 +262,13 @@ class Family:
     activations: tuple[tuple[str, str], ...] = ()
     head_keys: Optional[tuple[str, str]] = ("hidden_size", "num_attention_heads")
     check: Optional[Callable[[dict, Any, pathlib.Path], None]] = None
-    hashed_names: Mapping[str, str] = dataclasses.field(default_factory=dict)
 
 
 _FAMILIES: dict[type, Family] = {}
 
 
 def register(family: Family) -> Family:
-    """Make ``family`` known to :func:`family_of` (export, weights hashes); returns it."""
+    """Make ``family`` known to :func:`family_of` (export); returns it."""
     _FAMILIES[family.config_class] = family
     return family
 
@@ -317,21 +315,3 @@ def load(family: Family, name_or_path: str, **overrides) -> tuple[Params, Any]:
     folder, _, config = open_checkpoint(family, name_or_path, **overrides)
     state = hub.StateReader(hub.load_state_dict(folder), str(folder), prefixes=family.prefixes)
     return family.params_from_state(state, config), config
-
-
-def renamed_layer_keys() -> set[tuple[str, str]]:
-    """``{(layer key, its name when weights hashes were first recorded)}`` over the registered
-    families: the names checkpoints written before a rename hold (read back by
-    :mod:`emojax.runs.checkpoint`)."""
-    return {(new, old) for family in _FAMILIES.values() for new, old in family.hashed_names.items()}
-
-
-def hash_view(params: Params, config) -> Params:
-    """``params`` with its layers' keys under the names they had when weights hashes were first
-    recorded (a run's record of its encoders, and the feature cache's key), so that renaming a
-    parameter does not orphan runs and caches. Hash this, not ``params``."""
-    family = family_of(config)
-    names = family.hashed_names if family is not None else {}
-    if not names or "layers" not in params:
-        return params
-    return {**params, "layers": [{names.get(k, k): v for k, v in layer.items()} for layer in params["layers"]]}

@@ -161,8 +161,7 @@ LAYER_TENSORS = {"attn_norm": "layernorm_before", "query": "attention.attention.
                  "fc2": "output.dense"}
 FAMILY = core.register(core.Family(
     VideoMAEConfig, model_types=("videomae",), default_type="videomae", params_from_state=params_from_state,
-    prefixes=STATE_PREFIXES, activations=(("hidden_act", "hidden_act"),),
-    hashed_names={"attn_norm": "norm_before", "mlp_norm": "norm_after", "fc1": "intermediate", "fc2": "output"}))
+    prefixes=STATE_PREFIXES, activations=(("hidden_act", "hidden_act"),)))
 
 
 # -- computation -------------------------------------------------------------------------------

@@ -266,7 +266,7 @@ FAMILY = core.register(core.Family(
     Wav2Vec2Config, model_types=FAMILIES, default_type=None, params_from_state=params_from_state,
     prefixes=STATE_PREFIXES, activations=(("hidden_act", "hidden_act"), ("feat_extract_activation",
                                                                          "feat_extract_activation")),
-    check=_check, hashed_names={"mlp_norm": "final_norm", "fc1": "intermediate", "fc2": "output"}))
+    check=_check))
 
 
 # -- preprocessing -----------------------------------------------------------------------------

@@ -13,15 +13,9 @@ Layout inside a run directory::
 ``progress.json`` is replaced atomically after the Orbax save has finished, so a run killed at
 any moment resumes from a consistent epoch. A damaged training state (unreadable metadata or
 array files) is moved to ``set_aside/`` and the run resumes from the newest intact one.
-
-Checkpoints keep restoring when an encoder's layer parameters are renamed: a checkpoint whose
-arrays sit under a layer key's earlier name (``layers/<i>/norm1`` for today's ``attn_norm``, as
-each family's ``hashed_names`` records) is read under those names and handed back under today's
-(see :func:`legacy_names`). The files on disk are left as they are.
 """
 from __future__ import annotations
 
-import atexit
 import datetime
 import fcntl
 import gc
@@ -29,10 +23,8 @@ import json
 import logging
 import os
 import pathlib
-import re
 import socket
 import sys
-import weakref
 from typing import Any, Optional
 
 import jax
@@ -40,7 +32,6 @@ import numpy as np
 import orbax.checkpoint as ocp
 import tensorstore as ts
 
-from emojax.encoders import core as encoder_core
 from emojax.files import write_json_atomic  # noqa: F401 - re-exported: run files are written with it
 
 log = logging.getLogger(__name__)
@@ -180,51 +171,6 @@ def _differences(path: pathlib.Path, target) -> Optional[tuple[bool, str]]:
     return None
 
 
-_ADAPTER_MODULE = re.compile(r"layers\.(\d+)\.(\w+)")  # a LoRA adapter's module path
-
-
-def legacy_names(wanted: dict[str, tuple], saved: dict[str, tuple]) -> Optional[dict[str, str]]:
-    """``{path in the model: path in the checkpoint}`` for a checkpoint written before encoder
-    layer keys were renamed, or ``None`` when renaming does not explain the difference.
-
-    Only a key directly inside an encoder layer is renamed: ``.../layers/<i>/<key>/...`` (the
-    encoder's parameters and their optimizer moments) or ``.../layers.<i>.<key>/...`` (LoRA
-    adapters, keyed by module path), to one of the names the registered families record as its
-    earlier name (``Family.hashed_names``).
-    Every path the model wants must then be in the checkpoint with the same shape, one name each
-    way, and nothing of the checkpoint may be left over."""
-    earlier: dict[str, set[str]] = {}
-    for new, old in encoder_core.renamed_layer_keys():
-        earlier.setdefault(new, set()).add(old)
-    mapping: dict[str, str] = {}
-    for path, shape in wanted.items():
-        if path in saved:
-            mapping[path] = path
-            continue
-        parts = path.split("/")
-        found = []
-        for i, part in enumerate(parts):
-            nested = i >= 2 and parts[i - 2] == "layers" and parts[i - 1].isdigit()
-            module = _ADAPTER_MODULE.fullmatch(part)
-            key = part if nested else module.group(2) if module else None
-            for old in sorted(earlier.get(key, ())):
-                renamed = old if nested else f"layers.{module.group(1)}.{old}"
-                candidate = "/".join(parts[:i] + [renamed] + parts[i + 1:])
-                if saved.get(candidate) == shape:
-                    found.append(candidate)
-        if len(found) != 1:
-            return None
-        mapping[path] = found[0]
-    if sorted(mapping.values()) != sorted(saved) or any(saved[old] != wanted[new] for new, old in mapping.items()):
-        return None
-    return mapping
-
-
-def _path_names(tree) -> list[str]:
-    """The leaf paths of ``tree`` in flattening order, spelled as :func:`_leaf_shapes` spells them."""
-    return list(_leaf_shapes(tree))
-
-
 def _discard_pending_reads() -> None:
     """Finalize, quietly, the reads a failed Orbax restore left pending on its closed event loop:
     each would otherwise print a traceback of its own (or, at interpreter exit, an ImportError)
@@ -235,23 +181,6 @@ def _discard_pending_reads() -> None:
         gc.collect()
     finally:
         sys.unraisablehook = hook
-
-
-# Managers still open at interpreter exit (a caller that raised before closing them).
-_OPEN: "weakref.WeakSet[RunCheckpoints]" = weakref.WeakSet()
-
-
-@atexit.register
-def _close_open_checkpoints() -> None:
-    """Close forgotten managers and collect the reads a failed restore left pending, while the
-    interpreter can still import: finalized during shutdown, Orbax's pending reads import a
-    module and print ``ImportError: sys.meta_path is None`` after the error message."""
-    for checkpoints in list(_OPEN):
-        try:
-            checkpoints.close()
-        except Exception:  # noqa: BLE001 - best effort at exit; the run's error was reported already
-            pass
-    _discard_pending_reads()
 
 
 class RunCheckpoints:
@@ -269,7 +198,6 @@ class RunCheckpoints:
                                            options=ocp.CheckpointManagerOptions(max_to_keep=1, create=True))
         self.progress_path = self.run_dir / "progress.json"
         self._closed = False
-        _OPEN.add(self)
 
     def __enter__(self) -> "RunCheckpoints":
         return self
@@ -312,10 +240,6 @@ class RunCheckpoints:
         difference = _differences(path, target)
         if difference is not None and difference[0]:
             raise CheckpointError(mismatch.format(difference[1]))
-        if difference is not None:
-            renamed = self._restore_renamed(manager, step, path, target)
-            if renamed is not None:
-                return renamed, None
         try:
             return manager.restore(step, args=ocp.args.StandardRestore(target)), None
         except Exception as err:  # noqa: BLE001 - Orbax and TensorStore raise bare Exception for bad files
@@ -325,32 +249,6 @@ class RunCheckpoints:
         if difference is not None:
             raise CheckpointError(mismatch.format(difference[1]))
         return None, failure
-
-    def _restore_renamed(self, manager: ocp.CheckpointManager, step: int, path: pathlib.Path, target):
-        """``target`` restored from a checkpoint that holds its arrays under earlier encoder
-        layer names (:func:`legacy_names`), or ``None`` when the names do not explain it."""
-        handler = ocp.StandardCheckpointHandler()
-        try:
-            metadata = handler.metadata(path / _ITEM)
-        except Exception:  # noqa: BLE001 - left to the plain restore, which reports what it cannot read
-            return None
-        finally:
-            handler.close()
-        mapping = legacy_names(_leaf_shapes(target), _leaf_shapes(metadata))
-        if mapping is None:
-            return None
-        leaves, treedef = jax.tree_util.tree_flatten(target)
-        by_old = {mapping[new]: leaf for new, leaf in zip(_path_names(target), leaves)}
-        # The checkpoint's own structure, each array asked for as the model's (shape, dtype, sharding).
-        saved_leaves, saved_def = jax.tree_util.tree_flatten(metadata)
-        saved_target = jax.tree_util.tree_unflatten(
-            saved_def, [by_old[name] for name in _path_names(metadata)][:len(saved_leaves)])
-        restored = manager.restore(step, args=ocp.args.StandardRestore(saved_target))
-        values = dict(zip(_path_names(restored), jax.tree_util.tree_leaves(restored)))
-        renamed = sorted((old, new) for new, old in mapping.items() if new != old)
-        log.info("%s: arrays stored under earlier encoder layer names, read under today's (%d arrays, e.g. "
-                 "%s -> %s)", path, len(renamed), *renamed[0])
-        return jax.tree_util.tree_unflatten(treedef, [values[mapping[new]] for new in _path_names(target)])
 
     def restore_latest(self, epoch: int, target) -> tuple[int, Any]:
         """The newest intact training state at or before ``epoch`` (the one ``progress.json``
@@ -436,7 +334,6 @@ class RunCheckpoints:
         if self._closed:
             return
         self._closed = True
-        _OPEN.discard(self)
         self._state.close()
         self._best.close()
 

@@ -1,7 +1,9 @@
 """What a run directory records about itself, read without JAX (``launch.tool info`` lists many).
 
-:func:`run_config` reads a run's ``config.json`` and checks it against the hash the run was made
-with, so that a config edited by hand after training is refused rather than silently used.
+:func:`run_config` reads a run's ``config.json`` after checking the run's format (a run of an
+earlier format is refused in one line that says how to migrate it: :mod:`emojax.runs.format`),
+and checks it against the hash the run was made with, so that a config edited by hand after
+training is refused rather than silently used.
 """
 from __future__ import annotations
 
@@ -13,6 +15,7 @@ from typing import Optional
 import ml_collections
 
 from emojax import config as config_lib
+from emojax.runs import format as format_lib
 
 
 class RunConfigError(config_lib.ConfigError):
@@ -29,8 +32,9 @@ _RUN_NAME = re.compile(r"^(?P<hash>[0-9a-f]{8})--(?P<seed>\d+)$")  # {hash}--{se
 
 
 def run_config(run_dir: str | pathlib.Path):
-    """The config of the run in ``run_dir`` (its ``config.json``), checked against what the run was
-    made with: the hash in ``meta.json`` (else ``results.json``) and the run directory's name
+    """The config of the run in ``run_dir`` (its ``config.json``), of a run of today's format
+    (else :class:`emojax.runs.format.RunFormatError`), checked against what the run was made
+    with: the hash in ``meta.json`` (else ``results.json``) and the run directory's name
     ``{hash}--{seed}``. A config edited by hand after training (a pooling, a token budget) would
     change every prediction while the stored parameters and scores stay those of the original:
     :class:`RunConfigError` names the file and both hashes instead.
@@ -39,6 +43,7 @@ def run_config(run_dir: str | pathlib.Path):
     folders; the check hashes the config with the paths the run was trained with."""
     run_dir = pathlib.Path(run_dir)
     path = run_dir / "config.json"
+    format_lib.check_format(run_dir)
     cfg = config_lib.load_config(path)
     hashed = cfg
     manifest = _json_or_none(run_dir / STANDALONE_MANIFEST)

@@ -387,6 +387,15 @@ def _link(link: pathlib.Path, target: str) -> None:
         raise
 
 
+def link_entry(run_dir: str | os.PathLike, modality: str, entry: str | os.PathLike) -> pathlib.Path:
+    """Point ``run_dir/encoders/{modality}`` at the store entry ``entry`` with a relative link
+    (another link there is replaced atomically); returns the link."""
+    links = pathlib.Path(run_dir) / RUN_LINKS
+    links.mkdir(parents=True, exist_ok=True)
+    _link(links / modality, os.path.relpath(os.path.realpath(entry), os.path.realpath(links)))
+    return links / modality
+
+
 def _reason(err: BaseException) -> str:
     """Why an encoder was not stored, on one line (the error's type named unless it is ours)."""
     text = " ".join(str(err).split())

@@ -13,7 +13,8 @@ import jax
 import numpy as np
 
 from configs.compose import compose
-from emojax import train as train_lib
+from emojax.training.evaluation import load_run
+from emojax.training.loop import fit
 
 
 def run(data, bert, workdir, devices, loss, mode="frozen") -> dict:
@@ -25,8 +26,8 @@ def run(data, bert, workdir, devices, loss, mode="frozen") -> dict:
         cfg.finetune.lora.update(rank=4, alpha=8.0)
     cfg.train.update(epochs=3, batch_size=16, lr=1e-2, patience=100, devices=int(devices), eval_batch_size=40)
     cfg.progress = False
-    run_dir = train_lib.fit(cfg, workdir)
-    prep, _, params, _ = train_lib.load_run(run_dir)
+    run_dir = fit(cfg, workdir)
+    prep, _, params, _ = load_run(run_dir)
     history = json.loads((run_dir / "history.json").read_text())
     results = json.loads((run_dir / "results.json").read_text())
     return {"devices": jax.local_device_count(), "used": int(devices),

@@ -13,15 +13,16 @@ def main(data, bert, workdir, process_id, num_processes, port, loss):
     import jax
 
     from configs.compose import compose
-    from emojax import train as train_lib
+    from emojax.runs import checkpoint as ckpt_lib
+    from emojax.training.loop import fit
 
     cfg = compose(f"dataset=MELD--E,encoders=T,loss={loss}")
     cfg.dataset.path, cfg.encoders.T.model = data, bert
     cfg.train.update(epochs=3, batch_size=16, lr=1e-2, patience=100, eval_batch_size=40)
     cfg.progress = False
-    run_dir = train_lib.fit(cfg, workdir)
+    run_dir = fit(cfg, workdir)
     # Every process restores the selected parameters (replicated); read them on this host.
-    checkpoints = train_lib.ckpt_lib.RunCheckpoints(run_dir, primary=False)
+    checkpoints = ckpt_lib.RunCheckpoints(run_dir, primary=False)
     progress = checkpoints.progress()
     history = progress["history"]
     print(json.dumps({"process": jax.process_index(), "global_devices": jax.device_count(),
