@@ -2,43 +2,24 @@
 
 The data path, each step a function you can call alone::
 
-    emojax.data.load_dataset     -> samples
-    emojax.features.Featurizer   -> per-modality features (frozen encoders, cached)
-    emojax.model.EmotionModel    -> fusion + classifier -> logits
-    emojax.training.fit          -> jit-compiled train/eval steps, dev selection, test scored once
-    emojax.evaluation            -> probabilities, scores, a run's results; a finished run rebuilt
-    emojax.metrics               -> accuracy, weighted F1, confusion matrix + PNG
+    emojax.data.load_dataset              -> samples
+    emojax.features.featurizer.Featurizer -> per-modality features (frozen encoders, cached)
+    emojax.model.model.EmotionModel       -> fusion + classifier -> logits
+    emojax.training.loop.fit              -> jit-compiled train/eval steps, dev selection, test scored once
+    emojax.training.evaluation            -> probabilities, scores, a run's results; a finished run rebuilt
+    emojax.metrics                        -> accuracy, weighted F1, confusion matrix + PNG
 
-The packages, imports pointing down (inference and runs -> training -> model -> encoders, data):
+The packages, bottom up; every import points down this order (tests/test_layout.py checks it):
 
-    data/        dataset loaders, CSV reading, media decoding, the demo dataset
-    encoders/    encoder core and families, LoRA, hub access, export back to checkpoint tensors
-    features/    frozen-encoder features (featurizer) and the SafeTensors feature cache
-    model/       layers, fusion, classifier, dialogue context, the model, losses, suite import
-    training/    state, steps, batches, data parallel, preparation, fine-tuning, the epoch loop
-    runs/        Orbax checkpoints, the encoder store and run discovery, standalone copies
-    inference/   the estimator of a finished run, batch prediction over tables
-    sweep/       experiment sweeps: specs, plan, execution, report
+    files, progress  atomic writes and digests; progress bars
+    metrics          scores, tables and plots
+    data/            one description per dataset (files, rows -> samples, media, targets), media decoding
+    encoders/        encoder families and their registry, LoRA, hub access, export
+    config           a run config: checked values and names, hash, directory, label
+    features/ model/ frozen features and their cache; layers, fusion, classifier, context head, losses
+    runs/            what a run writes and reads back: records, format and migration, checkpoints, store
+    training/        a run's plan, state, steps, batches, tuners, evaluation, the epoch loop
+    inference/       the estimator of a finished run, batch prediction, standalone copies
+    sweep/ benchmark many runs: specs, plan, execution, report; the benchmark command
 """
-import importlib
-from typing import Any, Callable
-
 __version__ = "0.1.0"
-
-
-def lazy_exports(package: str, exports: dict[str, str]) -> tuple[Callable[[str], Any], Callable[[], list[str]]]:
-    """``(__getattr__, __dir__)`` for a package whose public names (``{name: module}``) are
-    imported from their module on first use, so that importing one light module of the package
-    does not load the others with it."""
-    def getattr_(name: str) -> Any:
-        module = exports.get(name)
-        if module is None:
-            raise AttributeError(f"module {package!r} has no attribute {name!r}")
-        value = getattr(importlib.import_module(f"{package}.{module}"), name)
-        vars(importlib.import_module(package))[name] = value
-        return value
-
-    def dir_() -> list[str]:
-        return sorted(set(vars(importlib.import_module(package))) | set(exports))
-
-    return getattr_, dir_

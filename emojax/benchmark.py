@@ -44,16 +44,18 @@ from emojax import metrics as metrics_lib
 from emojax.features.cache import FeatureCache
 from emojax.data.context import all_speaker_tokens
 from emojax.data.types import Split, inverse_frequency_weights
-from emojax.evaluation import predict_proba
+from emojax.training.evaluation import predict_proba
 from emojax.features.featurizer import FeatureSet, Featurizer, feature_stats, standardize
 from emojax.files import write_json_atomic, write_text_atomic
-from emojax.training.finetune import ArrayRows, Tuning
+from emojax.training.finetune import Tuning
+from emojax.training.finetune_base import ArrayRows
 from emojax.inference import Estimator
 from emojax.model.model import build_model
 from emojax.training.batches import batch_of
 from emojax.training.preparation import Prepared, load_data
 from emojax.training.state import init_state, make_optimizer, usable_extras
 from emojax.training.steps import make_eval_step, make_train_step
+from emojax.training.plan import validate_config
 
 WARMUP_STEPS = 2
 
@@ -100,7 +102,7 @@ def setup_from_run(run_dir: str | os.PathLike, *, dataset_path: Optional[str] = 
 
 def setup_from_config(cfg, *, max_samples: int = 0) -> Setup:
     """A config (``configs/train.py:...``): its encoders and a freshly initialised model."""
-    config_lib.validate(cfg)
+    validate_config(cfg)
     cfg.progress = False
     dataset, dev = _load_dev(cfg, max_samples)
     class_names = dataset.class_names
@@ -125,16 +127,15 @@ class EncoderMeter:
         self.samples = {m: 0 for m in featurizer.encoders}
         self.seconds = {m: 0.0 for m in featurizer.encoders}
         for modality, encoder in featurizer.encoders.items():
-            name = "compute_one" if hasattr(encoder, "compute_one") else "compute"
-            setattr(encoder, name, self._wrap(modality, getattr(encoder, name), per_call=name == "compute_one"))
+            encoder.compute = self._wrap(modality, encoder.compute)
 
-    def _wrap(self, modality: str, function: Callable, per_call: bool) -> Callable:
+    def _wrap(self, modality: str, function: Callable) -> Callable:
         def timed(inputs, *args, **kwargs):
             start = time.perf_counter()
             out = function(inputs, *args, **kwargs)
             self.seconds[modality] += time.perf_counter() - start
             self.calls[modality] += 1
-            self.samples[modality] += 1 if per_call else len(inputs)
+            self.samples[modality] += len(inputs)
             return out
 
         return timed

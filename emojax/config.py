@@ -19,7 +19,9 @@ from typing import Any, Iterator, Optional
 
 import ml_collections
 
-from emojax.data.types import MODALITIES
+from emojax.data import DatasetError, dataset_kind
+from emojax.data.types import DEFAULT_MAX_SECONDS, MODALITIES  # noqa: F401 - the run's default duration cap
+from emojax.encoders.families import encoder_problem
 from emojax.files import write_bytes_if_changed
 
 
@@ -29,13 +31,9 @@ class ConfigError(ValueError):
 
 # Fields that say where or how often, not what is trained: they stay out of the hash.
 _UNHASHED = ("seed", "dataset.path", "dataset.allow_outside_paths", "cache", "progress", "workdir", "train.devices",
-             "encoder.remat")  # hashed under the legacy name of ``finetune`` (see config_hash)
-# Earlier configs kept the fine-tuning settings under ``encoder`` (beside ``encoders``, the
-# per-modality encoders); load_config and migrate_config move them to ``finetune``.
-LEGACY_FINETUNE_KEY = "encoder"
+             "finetune.remat")
 
 CATEGORIES = ("training", "distillation")
-DEFAULT_MAX_SECONDS = 60.0  # dataset.max_seconds: emojax.data.media.DEFAULT_DURATION_CAP
 
 
 def modalities(cfg) -> tuple[str, ...]:
@@ -49,13 +47,24 @@ TUNABLE_FAMILIES = ("bert", "modernbert", "whisper", "wav2vec2", "videomae", "cl
 
 def tuned_modalities(cfg) -> tuple[str, ...]:
     """The modalities whose encoder a ``trainable`` / ``lora`` run fine-tunes (``finetune.tune``:
-    ``all`` = every encoder with weights, or modalities such as ``T`` / ``T+A``); none when frozen."""
+    ``all`` = every encoder with weights, or modalities such as ``T`` / ``T+A``, also ``T,A``);
+    none when frozen. The one reading of ``finetune.tune`` (:func:`validate` checks it through
+    this): raises ``ConfigError`` naming it for a modality the run lacks or an encoder without
+    weights."""
     if cfg.mode == "frozen":
         return ()
     tune = str(cfg.finetune.get("tune", "all")).strip()
     if tune == "all":
         return tuple(m for m in modalities(cfg) if cfg.encoders[m].get("family", "bert") in TUNABLE_FAMILIES)
+    mods = cfg.modalities.split("+")
     chosen = [m.strip() for m in tune.replace(",", "+").split("+") if m.strip()]
+    for m in chosen or [""]:
+        if m not in mods:
+            raise ConfigError(f"finetune.tune: {tune!r}: {m!r} is not a modality of this run "
+                              f"({cfg.modalities}); use all or e.g. {'+'.join(mods)}")
+        if cfg.encoders[m].get("family") not in TUNABLE_FAMILIES:
+            raise ConfigError(f"finetune.tune: encoders.{m}.family {cfg.encoders[m].family!r} has no weights "
+                              f"to fine-tune; choose from {', '.join(TUNABLE_FAMILIES)}")
     return tuple(m for m in modalities(cfg) if m in chosen)
 
 
@@ -254,7 +263,10 @@ def check_values(cfg) -> None:
 
 def validate(cfg) -> None:
     """Raise ``ConfigError`` naming the key for an impossible or inconsistent config: every
-    numeric field first (:func:`check_values`), then the names and their combinations."""
+    numeric field first (:func:`check_values`), then the names and their combinations; the
+    ``encoders`` and ``dataset`` sections against their registries (:mod:`emojax.encoders.families`,
+    :mod:`emojax.data`). The loss section and the context head are checked by the model's own
+    registries: :func:`emojax.training.plan.validate_config` checks a whole run config."""
     check_values(cfg)
     mods = cfg.modalities.split("+")
     bad = [m for m in mods if m not in MODALITIES]
@@ -267,62 +279,30 @@ def validate(cfg) -> None:
     extra = [m for m in cfg.encoders if m not in mods]
     if extra:
         raise ConfigError(f"encoders.{extra[0]}: modality {extra[0]!r} is not in modalities={cfg.modalities!r}")
-    # Import cost: media_encoders and losses load JAX; the config stays JAX-free (sweeps, launch flags).
-    from emojax.encoders.media_encoders import FAMILIES as MEDIA_FAMILIES
-
-    families = {"T": ("bert", "modernbert"),
-                "A": ("classic-audio", *(f for f, (m, _) in MEDIA_FAMILIES.items() if m == "A")),
-                "V": ("classic-video", *(f for f, (m, _) in MEDIA_FAMILIES.items() if m == "V"))}
-    for m in mods:
-        family = cfg.encoders[m].get("family")
-        if family not in families[m]:
-            raise ConfigError(f"encoders.{m}.family: {family!r} is not one of {', '.join(families[m])}")
-        pooling = cfg.encoders[m].get("pooling", "default")
-        allowed = MEDIA_FAMILIES[family][1] if family in MEDIA_FAMILIES else ("default",)
-        if m != "T" and pooling not in allowed:
-            raise ConfigError(f"encoders.{m}.pooling: {pooling!r} is not supported by family {family!r}; "
-                              f"choose from {', '.join(allowed)}")
+    for m in mods:  # each family and pooling, against the encoders' registry (plain data)
+        problem = encoder_problem(m, cfg.encoders[m])
+        if problem:
+            raise ConfigError(problem)
     fusion_min = int(cfg.fusion.get("min_modalities", 1))
     if len(mods) < fusion_min:
         raise ConfigError(f"fusion: {cfg.fusion.preset!r} fuses at least {fusion_min} modalities, "
                           f"but encoders={cfg.modalities!r} has {len(mods)}")
     if cfg.mode not in ("frozen", "trainable", "lora"):
         raise ConfigError(f"mode: {cfg.mode!r} is not one of frozen, trainable, lora")
-    if cfg.loss.classification not in ("ce", "weighted", "focal"):
-        raise ConfigError(f"loss.classification: {cfg.loss.classification!r} is not one of ce, weighted, focal")
-    from emojax.model.losses import EXTRA_LOSSES  # import cost: JAX, as above
-
-    for name in cfg.loss.extras:
-        if name not in EXTRA_LOSSES:
-            raise ConfigError(f"loss.extras.{name}: unknown extra loss; choose from {', '.join(EXTRA_LOSSES)}")
-    if cfg.loss.get("combine", "sum") not in ("sum", "uncertainty"):
-        raise ConfigError(f"loss.combine: {cfg.loss.combine!r} is not sum or uncertainty")
     if cfg.precision not in ("float32", "bfloat16"):
         raise ConfigError(f"precision: {cfg.precision!r} is not float32 or bfloat16")
-    if cfg.dataset.target not in ("emotion", "sentiment"):
-        raise ConfigError(f"dataset.target: {cfg.dataset.target!r} is not emotion or sentiment")
+    try:
+        targets = dataset_kind(cfg.dataset.kind).targets
+    except DatasetError as err:
+        raise ConfigError(str(err)) from None
+    if cfg.dataset.target not in targets:
+        raise ConfigError(f"dataset.target: {cfg.dataset.target!r} is not {' or '.join(targets)} "
+                          f"(the targets of dataset.kind {cfg.dataset.kind!r})")
     if cfg.train.select_metric not in ("accuracy", "weighted_f1"):
         raise ConfigError(f"train.select_metric: {cfg.train.select_metric!r} is not accuracy or weighted_f1")
-    if "T" in cfg.encoders:
-        text = cfg.encoders.T
-        if text.pooling not in ("mask", "mean", "cls"):
-            raise ConfigError(f"encoders.T.pooling: {text.pooling!r} is not one of mask, mean, cls")
-        if text.pooling == "mask" and not text.prompt:
-            raise ConfigError("encoders.T.pooling: 'mask' pools at the prompt's mask token; "
-                              "set encoders.T.prompt=True or choose pooling mean/cls")
     if cfg.mode != "frozen":
         # trainable / lora fine-tune the encoders finetune.tune names inside the train step
-        # (emojax.training.finetune); the others stay frozen.
-        tune = str(cfg.finetune.get("tune", "all")).strip()
-        if tune != "all":
-            chosen = [m.strip() for m in tune.replace(",", "+").split("+") if m.strip()]
-            for m in chosen or [""]:
-                if m not in mods:
-                    raise ConfigError(f"finetune.tune: {tune!r}: {m!r} is not a modality of this run "
-                                      f"({cfg.modalities}); use all or e.g. {'+'.join(mods)}")
-                if cfg.encoders[m].get("family") not in TUNABLE_FAMILIES:
-                    raise ConfigError(f"finetune.tune: encoders.{m}.family {cfg.encoders[m].family!r} has no weights "
-                                      f"to fine-tune; choose from {', '.join(TUNABLE_FAMILIES)}")
+        # (emojax.training.finetune); the others stay frozen. tuned_modalities checks the names.
         if not tuned_modalities(cfg):
             raise ConfigError(f"mode: {cfg.mode!r} fine-tunes encoders with weights, but encoders={cfg.modalities!r} "
                               "has none (classic audio / video features); use mode=frozen")
@@ -344,21 +324,14 @@ def _drop(tree: dict, dotted: str) -> None:
 
 
 def config_hash(cfg) -> str:
-    """Stable 8-hex-digit hash of everything that changes what is trained (not seed or paths)."""
+    """Stable 8-hex-digit hash of everything that changes what is trained (not seed or paths).
+
+    Every other field is hashed as it is, defaults included: renaming a field or adding one
+    changes the hash of every run, so it comes with a new run format and a migration step that
+    moves the runs written before it (:mod:`emojax.runs.format`)."""
     tree = copy.deepcopy(_plain(cfg))
-    if "finetune" in tree:
-        # ``finetune`` was called ``encoder`` when the first runs were hashed; hashing it under
-        # that name keeps every run's directory where it was.
-        tree[LEGACY_FINETUNE_KEY] = tree.pop("finetune")
-    if tree.get(LEGACY_FINETUNE_KEY, {}).get("tune_layers") == 0:
-        # Every layer tuned, as before tune_layers existed: such runs keep their directories.
-        tree[LEGACY_FINETUNE_KEY].pop("tune_layers")
     for dotted in _UNHASHED:
         _drop(tree, dotted)
-    if tree.get("dataset", {}).get("max_seconds") == DEFAULT_MAX_SECONDS:
-        # The default duration cap leaves the hash as it was before the cap existed, so earlier
-        # runs keep their directories; another cap is another run.
-        tree["dataset"].pop("max_seconds")
     blob = json.dumps(tree, sort_keys=True, separators=(",", ":"), default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:8]
 
@@ -424,18 +397,9 @@ def save_config(cfg, path: str | pathlib.Path) -> None:
     write_bytes_if_changed(path, json.dumps(_plain(cfg), indent=2, sort_keys=True, default=str).encode())
 
 
-def migrate_config(tree: dict) -> dict:
-    """A run config as written by an earlier emojax, in today's names: the fine-tuning settings
-    ``encoder`` become ``finetune``. The hash (and so the run directory) does not change."""
-    if LEGACY_FINETUNE_KEY in tree and "finetune" not in tree:
-        tree = dict(tree)
-        tree["finetune"] = tree.pop(LEGACY_FINETUNE_KEY)
-    return tree
-
-
 def load_config(path: str | pathlib.Path) -> ml_collections.ConfigDict:
     path = pathlib.Path(path)
     try:
-        return ml_collections.ConfigDict(migrate_config(json.loads(path.read_text())))
+        return ml_collections.ConfigDict(json.loads(path.read_text()))
     except (OSError, json.JSONDecodeError) as err:
         raise ConfigError(f"{path}: cannot read the run config ({err})") from err

@@ -80,7 +80,7 @@ def confusion_figure(matrix, class_names: Sequence[str], title: str = ""):
 
     Built without pyplot, so it never changes the process's backend: a notebook shows it inline
     (``display(fig)`` or as a cell's last value), a script saves it (``fig.savefig``)."""
-    # Import cost: matplotlib takes seconds, and scoring (emojax.evaluation) imports this module.
+    # Import cost: matplotlib takes seconds, and scoring (emojax.training.evaluation) imports this module.
     from matplotlib.figure import Figure
 
     matrix = np.asarray(matrix, dtype=np.float64)

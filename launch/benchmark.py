@@ -15,8 +15,8 @@ from absl import flags
 from ml_collections import config_flags
 
 from emojax import benchmark as benchmark_lib
-from emojax import config as config_lib
 from emojax.runs.checkpoint import finished_run
+from emojax.training.plan import validate_config
 from launch import _errors
 
 _RUN = flags.DEFINE_string("run", None, "A finished run directory written by launch/train.py.")
@@ -46,7 +46,7 @@ def main(argv):
     if _RUN.value is not None:
         finished_run(_RUN.value)  # before any model is loaded
     else:
-        config_lib.validate(_CONFIG.value)
+        validate_config(_CONFIG.value)
     std_logging.getLogger("absl").setLevel(std_logging.WARNING)
     if _RUN.value is not None:
         setup = benchmark_lib.setup_from_run(_RUN.value, dataset_path=_DATASET_PATH.value,

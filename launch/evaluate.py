@@ -15,7 +15,7 @@ from absl import flags
 
 from emojax.runs import checkpoint as ckpt_lib
 from emojax import metrics as metrics_lib
-from emojax.evaluation import load_run, score
+from emojax.training.evaluation import load_run, score
 from emojax.files import write_problem
 from launch import _errors
 

@@ -23,6 +23,7 @@ from emojax import config as config_lib
 from emojax.training import distributed
 from emojax.runs.checkpoint import finished_run
 from emojax.training.loop import fit
+from emojax.training.plan import validate_config
 from launch import _errors
 
 _CONFIG = config_flags.DEFINE_config_file(
@@ -46,7 +47,7 @@ def main(argv):
     if len(argv) > 1:
         raise _errors.UserError(f"unexpected arguments: {argv[1:]}; give options as --flag=value")
     cfg = _CONFIG.value
-    config_lib.validate(cfg)
+    validate_config(cfg)
     _errors.check_folder(_WORKDIR.value, "--workdir")
     if _TEACHER.value is not None:
         finished_run(_TEACHER.value)

@@ -28,8 +28,8 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 # start-up on. No launch.* module: they define absl flags, which each command defines afresh.
 PRELOAD = ("jax", "jax.numpy", "flax.linen", "optax", "orbax.checkpoint", "ml_collections.config_flags",
            "absl.app", "absl.flags", "transformers", "matplotlib.figure", "configs.compose",
-           "emojax.training.loop", "emojax.evaluation", "emojax.inference", "emojax.benchmark", "emojax.sweep",
-           "emojax.runs.store", "emojax.runs.standalone")
+           "emojax.training.loop", "emojax.training.evaluation", "emojax.inference", "emojax.benchmark", "emojax.sweep",
+           "emojax.runs.store", "emojax.inference.standalone")
 
 _SERVER = r"""
 import importlib, json, os, runpy, sys, traceback

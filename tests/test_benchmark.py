@@ -11,7 +11,8 @@ import pytest
 
 from emojax import benchmark as bench
 from configs.compose import compose
-from emojax import train as train_lib
+from emojax.training.loop import fit
+from emojax.training.steps import make_eval_step
 from emojax.features.cache import FeatureCache
 from emojax.data.demo import generate_demo
 
@@ -88,7 +89,7 @@ def test_benchmark_config_every_field_and_cached_evaluation_runs_no_encoder(tmp_
     setup = bench.setup_from_config(demo_config(demo_data, tiny_bert))
 
     # The warm-cache pass on its own: every feature read from the shards, no encoder called.
-    eval_step = jax.jit(train_lib.make_eval_step(setup.model))
+    eval_step = jax.jit(make_eval_step(setup.model))
     _, computed, _ = bench.evaluate_dev(setup, FeatureCache(tmp_path / "cache"), eval_step)
     assert calls == {"T": 1, "A": SMALL["dev"], "V": SMALL["dev"]}
     calls.update(T=0, A=0, V=0)
@@ -114,7 +115,7 @@ def test_benchmark_run_dir_scores_as_the_run_did(tmp_path, text_meld, tiny_bert)
     cfg = compose("dataset=MELD--E,encoders=T")
     cfg.dataset.path, cfg.encoders.T.model = str(text_meld), str(tiny_bert)
     cfg.train.epochs, cfg.train.batch_size, cfg.train.lr, cfg.progress = 3, 16, 1e-2, False
-    run_dir = train_lib.fit(cfg, tmp_path / "runs")
+    run_dir = fit(cfg, tmp_path / "runs")
     setup = bench.setup_from_run(run_dir)
     result = bench.run_benchmark(setup, tmp_path / "out", steps=5)
     check_result(result, ("T",), 42)

@@ -4,12 +4,14 @@ import pathlib
 import subprocess
 import sys
 
+import ml_collections
 import pytest
 
 from configs import compose as compose_lib
 from configs import default
 from configs.compose import compose, presets
 from emojax import config as config_lib
+from emojax.runs import format as format_lib
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
@@ -132,61 +134,82 @@ print(cfg.seed, cfg.dataset.path, cfg.loss.classification, c.run_dir(cfg, flags.
     assert wrong_type.returncode != 0 and "epochs" in wrong_type.stderr
 
 
-def test_finetune_settings_renamed_with_runs_kept_in_place(tmp_path):
-    """``cfg.finetune`` was ``cfg.encoder``: hashes (so run directories) are those computed under
-    the old name, and a config.json written with ``encoder`` loads with ``finetune``."""
+def test_finetune_settings_of_format_1_runs_migrate_to_their_new_hash(tmp_path):
+    """``cfg.finetune`` was ``cfg.encoder`` in runs of format 1: the migration finds those runs by
+    the hashes computed under the old name, and a config.json written with ``encoder`` becomes one
+    with ``finetune`` and today's hash (so the run directory today's fit uses)."""
     # Hashes of these configs as computed before the rename.
     before = {"dataset=MELD--E,encoders=T": "fe33a7a7", "dataset=MELD--E,encoders=T,mode=lora": "b707fc7f",
               "dataset=IEMOCAP--E,encoders=T+A+V,mode=trainable": "c57b6f16"}
     for arg, digest in before.items():
-        assert config_lib.config_hash(compose(arg)) == digest
+        assert format_lib.format_1_hashes(compose(arg)) == {digest}
     cfg = compose("dataset=MELD--E,encoders=T,mode=lora")
     old = cfg.to_dict()
     old["encoder"] = old.pop("finetune")
     path = tmp_path / "config.json"
     path.write_text(json.dumps(old))
-    loaded = config_lib.load_config(path)
+    assert format_lib.format_1_hash(config_lib.load_config(path)) == before["dataset=MELD--E,encoders=T,mode=lora"]
+    migrated, changes = format_lib.config_of_format_2(old)
+    loaded = ml_collections.ConfigDict(migrated)
     assert "encoder" not in loaded and loaded.finetune.lora.rank == cfg.finetune.lora.rank
-    assert config_lib.config_hash(loaded) == before["dataset=MELD--E,encoders=T,mode=lora"]
+    assert changes == ["encoder -> finetune"]
+    assert config_lib.config_hash(loaded) == config_lib.config_hash(cfg) == "9e29a0d9"
 
 
-# Hashes (so run directories) of these configs as computed while the defaults and presets were
-# read inside emojax/config.py; configs/ must rebuild every one of them.
+# Hashes (so run directories) of these configs: as runs of format 1 were placed (while the
+# defaults and presets were read inside emojax/config.py; the migration finds them there) and as
+# today's runs are. configs/ must rebuild every one of them; changing one is a new run format.
 HASHES_OF_EXISTING_RUNS = {
-    "": "e7903ec2",
-    "dataset=demo,encoders=T+A+V,fusion=vallina,loss=ce": "e7903ec2",
-    "dataset=MELD--E,encoders=T": "fe33a7a7",
-    "dataset=MELD--E,encoders=T,mode=lora": "b707fc7f",
-    "dataset=MELD--E,encoders=T,mode=trainable": "75d258e6",
-    "dataset=IEMOCAP--E,encoders=T+A+V,mode=trainable": "c57b6f16",
-    "dataset=MELD--S,encoders=T+A,fusion=DF-1.0+attn,loss=focal+dist": "d5cc6641",
-    "dataset=IEMOCAP--E,encoders=T+A+V,fusion=DF-2.0+concat,loss=weight+frl-iemocap": "b4e14dbf",
-    "dataset=SIMS--S,encoders=T+V,fusion=self-attention+per-sample,mode=lora": "69f018dd",
-    "dataset=MELD--E,encoders=A+V,fusion=low-rank,experts=8xE-top2,dropout=MD-0.2": "7ab783cc",
-    "dataset=MELD--E,encoders=T+A+V,fusion=tensor,loss=focal+spcl+uncertainty,experts=64xE": "bdc102f6",
-    "dataset=demo,encoders=V,dropout=MD-0.1,loss=focal+cmcl": "7ea43cb2",
-    "dataset=SIMS--S,encoders=A,fusion=private,loss=apcl,experts=4xE": "6a0e5394",
-    "dataset=MELD--E,encoders=T+A,fusion=cross-attention+residual,mode=lora,dropout=MD-0.3": "f516dde3",
+    "": ("e7903ec2", "9d6cb6b4"),
+    "dataset=demo,encoders=T+A+V,fusion=vallina,loss=ce": ("e7903ec2", "9d6cb6b4"),
+    "dataset=MELD--E,encoders=T": ("fe33a7a7", "9051dbcb"),
+    "dataset=MELD--E,encoders=T,mode=lora": ("b707fc7f", "9e29a0d9"),
+    "dataset=MELD--E,encoders=T,mode=trainable": ("75d258e6", "d3beb7af"),
+    "dataset=IEMOCAP--E,encoders=T+A+V,mode=trainable": ("c57b6f16", "9ce8ddbc"),
+    "dataset=MELD--S,encoders=T+A,fusion=DF-1.0+attn,loss=focal+dist": ("d5cc6641", "943249f5"),
+    "dataset=IEMOCAP--E,encoders=T+A+V,fusion=DF-2.0+concat,loss=weight+frl-iemocap": ("b4e14dbf", "76902e5c"),
+    "dataset=SIMS--S,encoders=T+V,fusion=self-attention+per-sample,mode=lora": ("69f018dd", "384004fd"),
+    "dataset=MELD--E,encoders=A+V,fusion=low-rank,experts=8xE-top2,dropout=MD-0.2": ("7ab783cc", "59ce9357"),
+    "dataset=MELD--E,encoders=T+A+V,fusion=tensor,loss=focal+spcl+uncertainty,experts=64xE": ("bdc102f6", "4767cae5"),
+    "dataset=demo,encoders=V,dropout=MD-0.1,loss=focal+cmcl": ("7ea43cb2", "02e8a502"),
+    "dataset=SIMS--S,encoders=A,fusion=private,loss=apcl,experts=4xE": ("6a0e5394", "051bf40f"),
+    "dataset=MELD--E,encoders=T+A,fusion=cross-attention+residual,mode=lora,dropout=MD-0.3": ("f516dde3", "ad077f1c"),
 }
 
 
 def test_config_hashes_of_existing_runs_unchanged():
-    for arg, digest in HASHES_OF_EXISTING_RUNS.items():
+    for arg, (format_1, digest) in HASHES_OF_EXISTING_RUNS.items():
+        assert format_1 in format_lib.format_1_hashes(compose(arg)), arg
         assert config_lib.config_hash(compose(arg)) == digest, arg
 
 
-def test_tune_layers_default_keeps_hashes_and_every_mode_takes_it(tmp_path):
-    """``finetune.tune_layers`` is a default key (0: every layer), hashed only when set, so runs
-    from before it existed keep their directories; a launch line sets it on any mode."""
+def test_loss_weight_and_weighted_are_one_run():
+    """``weight`` (the suite's name) and ``weighted`` compose to one config: one hash, one run
+    directory, whichever spelling a command line or a sweep uses."""
+    for extra in ("", "+spcl", "+frl-iemocap+uncertainty"):
+        suite, ours = compose(f"encoders=T,loss=weight{extra}"), compose(f"encoders=T,loss=weighted{extra}")
+        assert suite.to_dict() == ours.to_dict() and ours.loss.preset == ours.parts.loss == f"weighted{extra}"
+        assert config_lib.config_hash(suite) == config_lib.config_hash(ours)
+        assert config_lib.run_dir(suite, "runs") == config_lib.run_dir(ours, "runs")
+    assert "weight" not in presets("loss")
+
+
+def test_tune_layers_default_of_format_1_runs_and_every_mode_takes_it(tmp_path):
+    """``finetune.tune_layers`` is a default key (0: every layer); runs of format 1 hashed it only
+    when set, so a run from before it existed shares its format-1 hash with one that has it, and
+    the migration writes the 0 out (today's hash); a launch line sets it on any mode."""
     cfg = compose("dataset=MELD--E,encoders=T,mode=trainable")
     assert cfg.finetune.tune_layers == 0
     plain = cfg.to_dict()
     del plain["finetune"]["tune_layers"]
     path = tmp_path / "config.json"
     path.write_text(json.dumps(plain))
-    assert config_lib.config_hash(config_lib.load_config(path)) == config_lib.config_hash(cfg) == "75d258e6"
+    assert format_lib.format_1_hash(config_lib.load_config(path)) == format_lib.format_1_hash(cfg) == "75d258e6"
+    migrated, changes = format_lib.config_of_format_2(plain)
+    assert changes == ["finetune.tune_layers=0 written"]
+    assert config_lib.config_hash(ml_collections.ConfigDict(migrated)) == config_lib.config_hash(cfg) == "d3beb7af"
     cfg.finetune.tune_layers = 2
-    assert config_lib.config_hash(cfg) != "75d258e6"
+    assert format_lib.format_1_hash(cfg) != "75d258e6" and config_lib.config_hash(cfg) != "d3beb7af"
     code = ("import sys; from absl import flags; from ml_collections import config_flags;"
             "C = config_flags.DEFINE_config_file('config', lock_config=True); flags.FLAGS(sys.argv);"
             "print(C.value.finetune.tune_layers)")
@@ -205,7 +228,8 @@ def test_config_defaults_come_from_configs_default(monkeypatch):
     for arg in HASHES_OF_EXISTING_RUNS:
         cfg = compose(arg).to_dict()
         assert {key: cfg[key] for key in fields} == fields, arg
-        chosen = {**default.get_config().parts.to_dict(), **compose_lib.parse_parts(arg)}
+        chosen = {part: compose_lib.canonical(part, value)
+                  for part, value in {**default.get_config().parts.to_dict(), **compose_lib.parse_parts(arg)}.items()}
         assert cfg["parts"] == chosen, arg
     frozen = compose("mode=frozen")
     assert frozen.finetune.to_dict() == default.get_config().finetune.to_dict()
@@ -232,7 +256,7 @@ def test_config_optional_part_is_left_out_until_named(monkeypatch):
     arg = "dataset=MELD--E,encoders=T"
     plain = compose(arg)
     assert "window" not in plain.parts and "context" not in plain.model
-    assert config_lib.config_hash(plain) == HASHES_OF_EXISTING_RUNS[arg]
+    assert config_lib.config_hash(plain) == HASHES_OF_EXISTING_RUNS[arg][1]
     assert compose(arg + ",window=none").to_dict() == plain.to_dict()  # a preset that sets nothing: not named
     named = compose(arg + ",window=short")
     assert named.parts.window == "short"

@@ -19,10 +19,11 @@ from configs.context import PRESETS
 from emojax import config as config_lib
 from emojax.model import losses as losses_lib
 from emojax.model.dialogue import DialogueContext, check_context_run, context_spec
-from emojax.evaluation import load_run, predict_proba
+from emojax.training.evaluation import load_run, predict_proba
 from emojax.features.featurizer import FeatureSet
 from emojax.inference import Estimator, predict_table
 from emojax.model.model import build_model
+from emojax.runs import format as format_lib
 from emojax.training import dialogue_batches as db
 from emojax.training.loop import fit
 from emojax.training.steps import make_eval_step, masked_classification_loss
@@ -327,12 +328,14 @@ def test_masked_loss_is_the_loss_of_the_real_rows(kind):
 # Config
 # ---------------------------------------------------------------------------------------------
 def test_config_checks_name_the_key_and_runs_without_the_head_keep_their_hash():
-    # Hashes of these configs as computed before the context head existed.
-    before = {"dataset=MELD--E,encoders=T": "fe33a7a7", "dataset=MELD--E,encoders=T,mode=lora": "b707fc7f"}
-    for arg, digest in before.items():
+    # Hashes of these configs as computed before the context head existed (format 1, the
+    # migration's) and today.
+    before = {"dataset=MELD--E,encoders=T": ("fe33a7a7", "9051dbcb"),
+              "dataset=MELD--E,encoders=T,mode=lora": ("b707fc7f", "9e29a0d9")}
+    for arg, (format_1, digest) in before.items():
         cfg = compose(arg)
         assert "context" not in cfg.model and context_spec(cfg) is None
-        assert config_lib.config_hash(cfg) == digest
+        assert format_lib.format_1_hashes(cfg) == {format_1} and config_lib.config_hash(cfg) == digest
         with_head = compose(arg + ",context=transformer")
         assert config_lib.config_hash(with_head) != digest
         assert config_lib.run_dir(with_head, "runs") != config_lib.run_dir(cfg, "runs")

@@ -8,7 +8,10 @@ import pytest
 from configs.compose import compose
 from emojax import config as config_lib
 from emojax.model import losses as losses_lib
-from emojax import train as train_lib
+from emojax.training.distillation import transfer_matching
+from emojax.training.loop import fit
+from emojax.training.state import TrainState, make_optimizer
+from emojax.training.steps import make_train_step
 from emojax.model.model import build_model
 
 
@@ -30,17 +33,17 @@ def test_distillation_step_uses_frozen_teacher_logits():
     from flax.traverse_util import flatten_dict
 
     before = flatten_dict(s_params)
-    s_params, copied = train_lib.transfer_matching(s_params, t_params)
+    s_params, copied = transfer_matching(s_params, t_params)
     flat_s, flat_t = flatten_dict(s_params), flatten_dict(t_params)
     same = sorted("/".join(p) for p in flat_s if p in flat_t and np.array_equal(flat_s[p], flat_t[p]))
     assert copied == len(same) == 4 and "placeholder_T" in same and any(p.endswith("kernel") for p in same)
     assert [p for p in flat_s if "/".join(p) not in same and not np.array_equal(flat_s[p], before[p])] == []
-    optimizer = train_lib.make_optimizer(student_cfg, 10)
+    optimizer = make_optimizer(student_cfg, 10)
     extras = student_cfg.loss.extras.to_dict()
-    state = train_lib.TrainState(step=np.zeros((), np.int32), params=s_params,
+    state = TrainState(step=np.zeros((), np.int32), params=s_params,
                                  opt_state=optimizer.init({"model": s_params, "losses": {}}),
                                  rng=jax.random.PRNGKey(3), loss_state={})
-    step = jax.jit(train_lib.make_train_step(student, optimizer, loss_kind="focal", class_weights=None,
+    step = jax.jit(make_train_step(student, optimizer, loss_kind="focal", class_weights=None,
                                              extras=extras, teacher=teacher))
     new_state, logs = step(state, batch, t_params)
     teacher_logits = teacher.apply({"params": t_params}, {"T": feats["T"]}, {"T": present["T"]})[0]
@@ -65,15 +68,15 @@ def _text_cfg(parts, data, bert, epochs):
 
 @pytest.mark.slow
 def test_distillation_run_end_to_end(tmp_path, text_meld, tiny_bert, capsys):
-    teacher_dir = train_lib.fit(_text_cfg("dataset=MELD--E,encoders=T,loss=focal", text_meld, tiny_bert, 4), tmp_path)
+    teacher_dir = fit(_text_cfg("dataset=MELD--E,encoders=T,loss=focal", text_meld, tiny_bert, 4), tmp_path)
     teacher_results = json.loads((teacher_dir / "results.json").read_text())
     student_cfg = _text_cfg("dataset=MELD--E,encoders=T,fusion=deep-vallina,loss=focal+dist", text_meld, tiny_bert, 3)
     with pytest.raises(config_lib.ConfigError, match="teacher"):
-        train_lib.fit(student_cfg, tmp_path)  # dist without a teacher
+        fit(student_cfg, tmp_path)  # dist without a teacher
     with pytest.raises(config_lib.ConfigError, match="dist"):
-        train_lib.fit(_text_cfg("dataset=MELD--E,encoders=T,loss=focal", text_meld, tiny_bert, 1), tmp_path,
+        fit(_text_cfg("dataset=MELD--E,encoders=T,loss=focal", text_meld, tiny_bert, 1), tmp_path,
                       teacher=teacher_dir)
-    run_dir = train_lib.fit(student_cfg, tmp_path, teacher=teacher_dir)
+    run_dir = fit(student_cfg, tmp_path, teacher=teacher_dir)
     assert "/checkpoints/distillation/MELD--E/" in str(run_dir)
     assert run_dir == config_lib.run_dir(student_cfg, tmp_path, "distillation")
     record = json.loads((run_dir / "teacher.json").read_text())

@@ -72,20 +72,19 @@ def test_attention_additive_bias_and_scale_match_numpy(qkv):
     np.testing.assert_allclose(np.asarray(scaled), expected, atol=1e-5)
 
 
-def test_hash_view_restores_the_names_runs_recorded():
-    """Weights hashes are recorded by runs and key the feature cache: they are taken under the
-    layer names each family's pytree had before the families shared one transformer block."""
-    from emojax.encoders import clip_vision, videomae, wav2vec2, whisper
+def test_format_1_weights_view_restores_the_names_runs_recorded():
+    """Runs of format 1 recorded weights hashes (and keyed the feature cache) under the layer names
+    each family's pytree had before the families shared one transformer block: the migration takes
+    the hash on that view to recognise a run's store entry before storing it under today's."""
+    from emojax.runs.format import weights_view_1
 
     layer = {name: {"w": np.zeros((1, 1), np.float32)} for name in core.BLOCK_NAMES}
     recorded = {
-        whisper.WhisperConfig(): set(core.BLOCK_NAMES),
-        wav2vec2.Wav2Vec2Config(): {"attn_norm", "query", "key", "value", "attn_out", "final_norm", "intermediate",
-                                    "output"},
-        videomae.VideoMAEConfig(): {"norm_before", "query", "key", "value", "attn_out", "norm_after", "intermediate",
-                                    "output"},
-        clip_vision.CLIPVisionConfig(): {"norm1", "query", "key", "value", "attn_out", "norm2", "fc1", "fc2"},
+        "whisper": set(core.BLOCK_NAMES),
+        "wav2vec2": {"attn_norm", "query", "key", "value", "attn_out", "final_norm", "intermediate", "output"},
+        "videomae": {"norm_before", "query", "key", "value", "attn_out", "norm_after", "intermediate", "output"},
+        "clip": {"norm1", "query", "key", "value", "attn_out", "norm2", "fc1", "fc2"},
     }
-    for config, names in recorded.items():
-        view = core.hash_view({"layers": [layer, layer], "other": 1}, config)
+    for family, names in recorded.items():
+        view = weights_view_1({"layers": [layer, layer], "other": 1}, family)
         assert [set(v) for v in view["layers"]] == [names, names] and view["other"] == 1

@@ -26,7 +26,7 @@ import pytest
 from emojax.runs import checkpoint as ckpt_lib
 from configs.compose import compose
 from emojax import config as config_lib
-from emojax import train as train_lib
+from emojax.training.loop import fit, progress_at
 from launchers import fresh
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -77,21 +77,21 @@ def run_config(text_meld, tiny_bert, cache_dir):
 def whole_run(tmp_path_factory, run_config):
     """An uninterrupted run: ``(cfg, workdir, run_dir)``."""
     workdir = tmp_path_factory.mktemp("whole")
-    return run_config, workdir, train_lib.fit(run_config, workdir)
+    return run_config, workdir, fit(run_config, workdir)
 
 
 @pytest.fixture(scope="session")
 def unfinished_run(tmp_path_factory, run_config):
     """A run stopped after its first epoch: ``(workdir, run_dir)``."""
     workdir = tmp_path_factory.mktemp("unfinished")
-    return workdir, train_lib.fit(run_config, workdir, max_epochs=1)
+    return workdir, fit(run_config, workdir, max_epochs=1)
 
 
 @pytest.fixture(scope="session")
 def second_epoch_run(tmp_path_factory, run_config, unfinished_run):
     """A copy of the unfinished run carried on to its second epoch: ``(workdir, run_dir)``."""
     workdir, run_dir = copied_run(unfinished_run, tmp_path_factory.mktemp("second-epoch"))
-    assert train_lib.fit(run_config, workdir, max_epochs=1) == run_dir  # one epoch more
+    assert fit(run_config, workdir, max_epochs=1) == run_dir  # one epoch more
     return workdir, run_dir
 
 
@@ -134,7 +134,7 @@ def test_damaged_latest_state_resumes_from_intact_epoch(whole_run, second_epoch_
     assert json.loads((run_dir / "progress.json").read_text())["epoch"] == 2
     damage(run_dir / "state" / "2", part)
     with caplog.at_level(logging.WARNING):
-        assert train_lib.fit(cfg, workdir) == run_dir
+        assert fit(cfg, workdir) == run_dir
     warned = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
     assert any(str(run_dir / "state" / "2") in m and "damaged" in m for m in warned), warned
     # The same numbers as the uninterrupted run: epoch 2 was replayed from epoch 1's state.
@@ -154,7 +154,7 @@ def test_no_intact_state_starts_the_run_again(whole_run, unfinished_run, tmp_pat
     cfg, _, whole = whole_run
     workdir, run_dir = copied_run(unfinished_run, tmp_path)
     damage(run_dir / "state" / "1", "arrays")
-    train_lib.fit(cfg, workdir)
+    fit(cfg, workdir)
     assert scores(json.loads((run_dir / "results.json").read_text())) == \
         scores(json.loads((whole / "results.json").read_text()))
     assert len(list((run_dir / ckpt_lib.SET_ASIDE).glob("state-1.damaged-*"))) == 1
@@ -181,7 +181,7 @@ def test_progress_at_replays_selection_and_patience():
     rows = [{"epoch": e, "dev": {"weighted_f1": f}} for e, f in enumerate([0.2, 0.5, 0.4, 0.6], 1)]
     progress = {"epoch": 4, "history": rows, "best_epoch": 4, "best_score": 0.6, "bad_epochs": 0,
                 "finished": True, "other": 1}
-    assert train_lib.progress_at(progress, 3, "weighted_f1") == {
+    assert progress_at(progress, 3, "weighted_f1") == {
         "epoch": 3, "history": rows[:3], "best_epoch": 2, "best_score": 0.5, "bad_epochs": 1, "finished": False,
         "other": 1}
 
@@ -357,35 +357,34 @@ def test_unexpected_failure_keeps_its_traceback():
     assert stop.value.code == "error: train.lr: must be a positive number, got nan; second line"
 
 
-# Checkpoints written before encoder layer keys were renamed
+# Checkpoints of format 1: encoder layer keys under their earlier names
 
-def test_legacy_names_maps_earlier_layer_keys_one_to_one():
-    """Today's ``layers/<i>/<key>`` paths found under the key's earlier name (as the families
-    record it) with the same shape; anything else that differs is not explained by a rename."""
-    from emojax.encoders import clip_vision, videomae, wav2vec2  # noqa: F401 - registers the families
+def test_format_1_layer_keys_map_to_todays_one_to_one():
+    """The migration renames a format-1 checkpoint's ``layers/<i>/<key>`` arrays of a tuned
+    encoder (and their optimizer moments, and LoRA adapters keyed by module path) from the key's
+    earlier name, as its family had it, to today's; nothing else is renamed."""
+    from emojax.runs.format import layer_keys_renamed
 
-    wanted = {"params/V/layers/0/attn_norm/scale": (4,), "params/V/layers/0/fc1/w": (4, 8),
-              "params/V/final_norm/scale": (4,), "opt/mu/V/layers/0/fc1/w": (4, 8), "step": ()}
-    saved = {"params/V/layers/0/norm_before/scale": (4,), "params/V/layers/0/intermediate/w": (4, 8),
-             "params/V/final_norm/scale": (4,), "opt/mu/V/layers/0/intermediate/w": (4, 8), "step": ()}
-    assert ckpt_lib.legacy_names(wanted, saved) == {
-        "params/V/layers/0/attn_norm/scale": "params/V/layers/0/norm_before/scale",
-        "params/V/layers/0/fc1/w": "params/V/layers/0/intermediate/w",
-        "params/V/final_norm/scale": "params/V/final_norm/scale",
-        "opt/mu/V/layers/0/fc1/w": "opt/mu/V/layers/0/intermediate/w", "step": "step"}
-    # another shape under the earlier name: not the same array
-    assert ckpt_lib.legacy_names(wanted, {**saved, "params/V/layers/0/intermediate/w": (4, 9)}) is None
-    # a key renamed outside an encoder layer is not an earlier name
-    assert ckpt_lib.legacy_names({"params/V/fc1/w": (2,)}, {"params/V/intermediate/w": (2,)}) is None
-    # an array of the checkpoint left over, or one of the model's missing
-    assert ckpt_lib.legacy_names(wanted, {**saved, "params/V/extra": (1,)}) is None
-    assert ckpt_lib.legacy_names({**wanted, "params/T/w": (2,)}, saved) is None
-    # LoRA adapters, keyed by module path
-    adapters = {"encoder/A/layers.0.fc1/a": (4, 2), "encoder/A/layers.0.query/a": (4, 2)}
-    assert ckpt_lib.legacy_names(adapters, {"encoder/A/layers.0.intermediate/a": (4, 2),
-                                            "encoder/A/layers.0.query/a": (4, 2)}) == {
-        "encoder/A/layers.0.fc1/a": "encoder/A/layers.0.intermediate/a",
-        "encoder/A/layers.0.query/a": "encoder/A/layers.0.query/a"}
-    # two earlier names present for one key: ambiguous
-    two = {**saved, "params/V/layers/0/norm1/scale": (4,)}
-    assert ckpt_lib.legacy_names({**wanted, "params/V/layers/0/norm1/scale": (4,)}, two) is None
+    def layer(*names):
+        return {name: {"w": name} for name in names}
+
+    saved = {"encoder": {"V": {"layers": [layer("norm_before", "intermediate", "query")],
+                               "final_norm": {"scale": "final_norm"}, "intermediate": {"w": "outside"}},
+                         "A": {"layers.0.intermediate": {"a": "lora"}, "layers.0.query": {"a": "lora"}},
+                         "T": {"layers": [layer("intermediate", "output")]}},
+             "opt": {"mu": {"encoder": {"V": {"layers": [layer("intermediate")]}}}},
+             "params": {"V": {"layers": [layer("intermediate")]}}, "step": 3}
+    wanted = {"encoder": {"V": {"layers": [{"attn_norm": {"w": "norm_before"}, "fc1": {"w": "intermediate"},
+                                            "query": {"w": "query"}}],
+                                "final_norm": {"scale": "final_norm"}, "intermediate": {"w": "outside"}},
+                          "A": {"layers.0.fc1": {"a": "lora"}, "layers.0.query": {"a": "lora"}},
+                          "T": {"layers": [layer("intermediate", "output")]}},
+              "opt": {"mu": {"encoder": {"V": {"layers": [{"fc1": {"w": "intermediate"}}]}}}},
+              "params": {"V": {"layers": [layer("intermediate")]}}, "step": 3}
+    families = {"V": "videomae", "A": "wav2vec2", "T": "bert"}
+    assert layer_keys_renamed(saved, families) == (wanted, 4)
+    # a key renamed outside an encoder layer, a text encoder's keys, a head's: not earlier names
+    assert layer_keys_renamed(wanted, families) == (wanted, 0)
+    # CLIP's earlier norms
+    assert layer_keys_renamed({"encoder": {"V": {"layers": [layer("norm1", "norm2")]}}}, {"V": "clip"}) == (
+        {"encoder": {"V": {"layers": [{"attn_norm": {"w": "norm1"}, "mlp_norm": {"w": "norm2"}}]}}}, 2)

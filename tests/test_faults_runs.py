@@ -24,7 +24,7 @@ import pytest
 import soundfile as sf
 
 from emojax import config as config_lib
-from emojax.evaluation import load_run
+from emojax.training.evaluation import load_run
 from emojax.inference import Estimator
 from emojax.runs.records import RunConfigError
 from emojax.training.loop import DivergedError, fit

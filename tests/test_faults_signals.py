@@ -26,7 +26,7 @@ from configs.compose import compose
 from configs.experiments import load_sweep
 from emojax import config as config_lib
 from emojax import sweep as sweep_lib
-from emojax import train as train_lib
+from emojax.training.loop import fit
 from emojax.runs import checkpoint as ckpt_lib
 from emojax.sweep.execution import SweepStopped
 from launchers import checkout_env
@@ -147,7 +147,7 @@ def _epoch(run_dir: pathlib.Path) -> int:
 @pytest.mark.slow
 def test_sigterm_stops_train_in_one_line_and_the_run_resumes(text_meld, tiny_bert, tmp_path):
     cfg = text_config(text_meld, tiny_bert, tmp_path / "cache", epochs=TRAIN_EPOCHS)
-    whole = train_lib.fit(cfg, tmp_path / "whole")
+    whole = fit(cfg, tmp_path / "whole")
     workdir = tmp_path / "stopped"
     run_dir = config_lib.run_dir(cfg, workdir)
     command = [sys.executable, "-m", "launch.train", *train_flags(cfg), f"--workdir={workdir}"]

@@ -18,7 +18,8 @@ import subprocess
 import pytest
 from safetensors import SafetensorError
 
-from emojax import train as train_lib
+from emojax.training.loop import fit
+from emojax.training.preparation import prepare
 from emojax.runs import store
 from emojax.runs.checkpoint import CheckpointError
 from test_faults import scores, text_config
@@ -59,7 +60,7 @@ def config(text_meld, tiny_bert, cache):
 @pytest.fixture(scope="module")
 def featurizer(config, tmp_path_factory):
     """The run's featurizer, as ``fit`` builds it (``prepare``)."""
-    return train_lib.prepare(config, tmp_path_factory.mktemp("store-fault-prepare")).featurizer
+    return prepare(config, tmp_path_factory.mktemp("store-fault-prepare")).featurizer
 
 
 def store_warnings(caplog) -> list[str]:
@@ -146,11 +147,11 @@ def test_store_bug_is_not_taken_for_a_full_disk(featurizer, tmp_path, monkeypatc
 def test_full_store_disk_does_not_stop_training(config, tmp_path, caplog):
     """A run whose store entry cannot be written trains to the end, with the scores of a clean
     run of the same config, one warning line, and nothing left in the store."""
-    clean = train_lib.fit(config, tmp_path / "clean")
+    clean = fit(config, tmp_path / "clean")
     workdir = tmp_path / "full"
     with small_tmpfs(store.store_root(workdir), 48):
         with caplog.at_level(logging.WARNING):
-            run_dir = train_lib.fit(config, workdir)
+            run_dir = fit(config, workdir)
         record = store.run_encoders(run_dir)
         assert_not_stored(run_dir, workdir, record, caplog, "SafetensorError: Error while serializing: I/O error: "
                                                             "No space left on device (os error 28)")

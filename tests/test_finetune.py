@@ -7,7 +7,9 @@ import numpy as np
 import pytest
 
 from configs.compose import compose
-from emojax import train as train_lib
+from emojax.training.evaluation import load_run, predict_proba, score
+from emojax.training.loop import fit
+from emojax.training.preparation import prepare
 from emojax.encoders import lora as lora_lib
 from emojax.encoders.bert import bert_apply, load_bert
 
@@ -67,7 +69,7 @@ def test_finetune_in_step_features_reproduce_frozen_features(tmp_path, text_meld
     """Before any update, the features the train step computes from tokens equal the frozen
     feature path's (standardised, cached) features, for both modes."""
     for mode in ("trainable", "lora"):
-        prep = train_lib.prepare(tuning_config(text_meld, tiny_bert, mode), tmp_path)
+        prep = prepare(tuning_config(text_meld, tiny_bert, mode), tmp_path)
         start = prep.tuning.init(jax.random.PRNGKey(0))
         for split in ("train", "dev"):
             refreshed = prep.tuning.refresh(prep.features[split], start, batch_size=16)
@@ -80,14 +82,14 @@ def test_finetune_trainable_run_tunes_encoder_and_estimator_uses_it(tmp_path, te
     from emojax.inference import Estimator
 
     cfg = tuning_config(text_meld, tiny_bert, "trainable", epochs=10)
-    run_dir = train_lib.fit(cfg, tmp_path)
+    run_dir = fit(cfg, tmp_path)
     results = json.loads((run_dir / "results.json").read_text())
     assert results["dev"]["accuracy"] > 0.4  # chance is 1/7
-    prep, eval_step, params, progress = train_lib.load_run(run_dir, tmp_path)
-    frozen = train_lib.prepare(cfg, tmp_path).features["dev"].features["T"]
+    prep, eval_step, params, progress = load_run(run_dir, tmp_path)
+    frozen = prepare(cfg, tmp_path).features["dev"].features["T"]
     tuned = prep.features["dev"].features["T"]
     assert np.abs(tuned - frozen).max() > 1e-2  # the encoder moved
-    rescored = train_lib.score(eval_step, params, prep.features["dev"], len(prep.class_names), 64)
+    rescored = score(eval_step, params, prep.features["dev"], len(prep.class_names), 64)
     assert rescored["accuracy"] == pytest.approx(results["dev"]["accuracy"])
 
     estimator = Estimator(run_dir)
@@ -98,12 +100,12 @@ def test_finetune_trainable_run_tunes_encoder_and_estimator_uses_it(tmp_path, te
     dev = load_dataset("meld", str(text_meld), target="emotion").splits["dev"]
     again = standardize(estimator.featurizer.split_features(dev), estimator.feature_stats)
     np.testing.assert_allclose(again.features["T"], tuned, atol=2e-4)
-    probs = train_lib.predict_proba(estimator._eval_step, estimator.params, again, 64)
+    probs = predict_proba(estimator._eval_step, estimator.params, again, 64)
     assert 100 * float((probs.argmax(-1) == again.labels).mean()) == pytest.approx(100 * results["dev"]["accuracy"])
 
     # extract-encoders writes the tuned weights: a frozen run on that folder sees the tuned features
     from emojax.encoders.text import TextEncoder
-    from emojax.runs.standalone import extract_encoders
+    from emojax.inference.standalone import extract_encoders
 
     info = extract_encoders(run_dir, tmp_path / "extracted")
     assert info["T"]["tuned"] == "trainable"
@@ -118,9 +120,9 @@ def test_finetune_lora_trains_only_adapters_and_resume_matches(tmp_path, text_me
     import orbax.checkpoint as ocp
 
     cfg = tuning_config(text_meld, tiny_bert, "lora", epochs=3)
-    full = train_lib.fit(cfg, tmp_path / "full")
-    train_lib.fit(cfg, tmp_path / "split", max_epochs=1)
-    resumed = train_lib.fit(cfg, tmp_path / "split")
+    full = fit(cfg, tmp_path / "full")
+    fit(cfg, tmp_path / "split", max_epochs=1)
+    resumed = fit(cfg, tmp_path / "split")
     history = [json.loads((d / "history.json").read_text()) for d in (full, resumed)]
     np.testing.assert_allclose([h["train_loss"] for h in history[0]], [h["train_loss"] for h in history[1]],
                                rtol=1e-5)
@@ -135,7 +137,7 @@ def test_finetune_lora_trains_only_adapters_and_resume_matches(tmp_path, text_me
     assert results["dev"]["accuracy"] > 0.25  # chance is 1/7
 
     # the extracted encoder is the base with the adapters merged: W + (alpha / rank) A B
-    from emojax.runs.standalone import extract_encoders
+    from emojax.inference.standalone import extract_encoders
 
     extract_encoders(full, tmp_path / "extracted")
     merged, _ = load_bert(str(tmp_path / "extracted" / "T"))

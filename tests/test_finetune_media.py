@@ -9,11 +9,18 @@ import jax
 import numpy as np
 import pytest
 
-from emojax import train as train_lib
+from emojax.training.evaluation import load_run, predict_proba, score
+from emojax.training.batches import batch_of
+from emojax.training.loop import fit
+from emojax.training.preparation import prepare
+from emojax.training.state import init_state, make_optimizer
+from emojax.runs import store
 from emojax.runs.checkpoint import RunCheckpoints
+from emojax.runs.format import RunFormatError, migrate
 
 pytest.importorskip("transformers")
 
+from test_migrate import to_format_1  # noqa: E402
 from test_neural_features import (SIZES, make_config, write_clip, write_data2vec_audio,  # noqa: E402
                                   write_videomae, write_wav2vec2, write_whisper)
 
@@ -51,7 +58,7 @@ def lora_run(tmp_path_factory, media_checkpoints, media_demo):
     work = tmp_path_factory.mktemp("lora-run")
     cfg = tuning_config(media_demo, "lora", epochs=3, A=("whisper", media_checkpoints["whisper"]),
                         V=("clip", media_checkpoints["clip"]))
-    return cfg, train_lib.fit(cfg, work), work
+    return cfg, fit(cfg, work), work
 
 
 def _family(name):
@@ -65,7 +72,7 @@ def test_finetune_media_in_step_features_reproduce_frozen_features(tmp_path, med
     equal the frozen feature path's, for every family; a training batch feeds the step."""
     modality = MODALITY[name]
     cfg = tuning_config(media_demo, "trainable", **{modality: (_family(name), media_checkpoints[name])})
-    prep = train_lib.prepare(cfg, tmp_path)
+    prep = prepare(cfg, tmp_path)
     assert prep.tuning.modalities == (modality,)
     start = prep.tuning.init(jax.random.PRNGKey(0))
     for split in ("train", "dev"):
@@ -73,7 +80,7 @@ def test_finetune_media_in_step_features_reproduce_frozen_features(tmp_path, med
         assert data.present[modality].all()
         refreshed = prep.tuning.refresh(data, start, batch_size=4)
         np.testing.assert_allclose(refreshed.features[modality], data.features[modality], atol=2e-4)
-    batch = train_lib.batch_of(prep.features["train"], np.arange(7))
+    batch = batch_of(prep.features["train"], np.arange(7))
     features = prep.tuning.features(start, prep.tuning.base_args, batch["inputs"], batch["present"])
     assert features[modality].shape == (7, prep.featurizer.dims[modality])
     if name != "data2vec-audio":  # its positional convolutions see the batch's padding
@@ -99,11 +106,11 @@ def test_finetune_media_lora_run_tunes_audio_and_video_and_estimator_uses_them(l
     for adapters in best["encoder"].values():
         assert max(np.abs(a["b"]).max() for a in adapters.values()) > 0
 
-    prep, eval_step, params, _ = train_lib.load_run(run_dir, work)
-    frozen = train_lib.prepare(cfg, work).features["dev"]
+    prep, eval_step, params, _ = load_run(run_dir, work)
+    frozen = prepare(cfg, work).features["dev"]
     for m in ("A", "V"):
         assert np.abs(prep.features["dev"].features[m] - frozen.features[m]).max() > 1e-4  # the encoders moved
-    rescored = train_lib.score(eval_step, params, prep.features["dev"], len(prep.class_names), 64)
+    rescored = score(eval_step, params, prep.features["dev"], len(prep.class_names), 64)
     assert rescored["accuracy"] == pytest.approx(results["dev"]["accuracy"])
 
     estimator = Estimator(run_dir)
@@ -112,7 +119,7 @@ def test_finetune_media_lora_run_tunes_audio_and_video_and_estimator_uses_them(l
     again = standardize(estimator.featurizer.split_features(dev), estimator.feature_stats)
     for m in ("A", "V"):
         np.testing.assert_allclose(again.features[m], prep.features["dev"].features[m], atol=2e-4)
-    probs = train_lib.predict_proba(estimator._eval_step, estimator.params, again, 64)
+    probs = predict_proba(estimator._eval_step, estimator.params, again, 64)
     assert float((probs.argmax(-1) == again.labels).mean()) == pytest.approx(results["dev"]["accuracy"])
 
 
@@ -120,7 +127,8 @@ def test_finetune_media_lora_run_tunes_audio_and_video_and_estimator_uses_them(l
 def test_finetune_media_trainable_with_text_frozen_and_unreadable_file(tmp_path, media_checkpoints, media_demo,
                                                                        tiny_bert, caplog, monkeypatch):
     """``finetune.tune=A``: only wav2vec2 is tuned (BERT stays frozen); a corrupt audio file is a
-    logged skip (the sample lacks audio); checkpoints with wav2vec2's earlier layer names restore;
+    logged skip (the sample lacks audio); the run written by format 1 (wav2vec2's earlier layer
+    names in its checkpoints and weights hash) is refused, and restores as trained once migrated;
     the stored inputs are read back, not recomputed."""
     import logging
     import shutil
@@ -137,9 +145,9 @@ def test_finetune_media_trainable_with_text_frozen_and_unreadable_file(tmp_path,
     broken = pathlib.Path(load_dataset("meld", str(demo), target="emotion").splits["train"].samples[3].audio)
     broken.write_bytes(b"not audio")
     with caplog.at_level(logging.WARNING):
-        run_dir = train_lib.fit(cfg, tmp_path / "work")
+        run_dir = fit(cfg, tmp_path / "work")
     assert any("skipping A input" in r.getMessage() and str(broken) in r.getMessage() for r in caplog.records)
-    prep, _, params, _ = train_lib.load_run(run_dir, tmp_path / "work")
+    prep, _, params, _ = load_run(run_dir, tmp_path / "work")
     assert prep.tuning.modalities == ("A",)
     assert not prep.features["train"].present["A"][3] and prep.features["train"].present["A"].sum() == 13
 
@@ -147,21 +155,30 @@ def test_finetune_media_trainable_with_text_frozen_and_unreadable_file(tmp_path,
     def refuse(self, path):
         raise AssertionError(f"decoded {path} again")
 
-    # Checkpoints holding wav2vec2's layer arrays under their earlier names (final_norm,
-    # intermediate, output) restore as written: the state a resume starts from and the selected
-    # epoch's parameters; the files are read, not rewritten.
-    target = train_lib.init_state(prep, train_lib.make_optimizer(cfg, 1))
+    # The run as format 1 wrote it: wav2vec2's layer arrays checkpointed under their earlier names
+    # (final_norm, intermediate, output), its store entry named by the weights hash taken on them.
+    # Refused until migrated; migrated, it restores as written: the state a resume starts from and
+    # the selected epoch's parameters; the files are read, not rewritten.
+    target = init_state(prep, make_optimizer(cfg, 1))
     with RunCheckpoints(run_dir) as checkpoints:
         state = checkpoints.restore_state(1, target)
+    entry = store.resolve_run_encoder(run_dir, "A")
     assert _store_under_earlier_names(run_dir, {"A": "wav2vec2"}) == 2  # state/1, best/1
+    earlier = to_format_1(run_dir, tmp_path / "work", layer_keys={"A": EARLIER_LAYER_KEYS["wav2vec2"]})
+    with pytest.raises(RunFormatError, match=r"\(run format 1\); run python -m launch.tool migrate"):
+        load_run(earlier, tmp_path / "work")
+    (move,) = migrate(tmp_path / "work", apply=True)
+    assert (move.source, move.target, move.done, move.refused) == (earlier, run_dir, True, None)
+    assert "layer keys of best/1, state/1" in move.changes and move.rehashed == ["A"]
+    assert store.resolve_run_encoder(run_dir, "A") == entry  # stored again under today's hash
     saved = _files(run_dir)
     with RunCheckpoints(run_dir) as checkpoints:
         _assert_same(checkpoints.restore_state(1, target), state)
-    _assert_same(train_lib.load_run(run_dir, tmp_path / "work")[2], params)
+    _assert_same(load_run(run_dir, tmp_path / "work")[2], params)
     assert _files(run_dir) == saved
 
     monkeypatch.setattr(media_encoders.Wav2Vec2Features, "tuning_item", refuse)
-    frozen = train_lib.prepare(cfg, tmp_path / "work").features
+    frozen = prepare(cfg, tmp_path / "work").features
     assert np.abs(prep.features["dev"].features["A"] - frozen["dev"].features["A"]).max() > 1e-4
     np.testing.assert_array_equal(prep.features["dev"].features["T"], frozen["dev"].features["T"])
     again = frozen["train"]
@@ -175,7 +192,7 @@ def test_finetune_media_extract_encoders_writes_tuned_weights(tmp_path, lora_run
     from emojax.encoders.clip_vision import load_clip_vision
     from emojax.encoders.whisper import load_whisper
     from emojax.inference import Estimator
-    from emojax.runs.standalone import extract_encoders
+    from emojax.inference.standalone import extract_encoders
 
     run_dir = lora_run[1]
     info = extract_encoders(run_dir, tmp_path / "extracted")
@@ -189,8 +206,8 @@ def test_finetune_media_extract_encoders_writes_tuned_weights(tmp_path, lora_run
         assert info[m]["hash"] == estimator.featurizer.encoders[m].weights_hash
 
 
-# wav2vec2's layer keys as checkpoints written before the shared encoder block stored them
-# (today's name -> that name), from emojax.encoders.wav2vec2 at the time.
+# wav2vec2's layer keys as checkpoints (and weights hashes) of format 1 written before the shared
+# encoder block held them (today's name -> that name), from emojax.encoders.wav2vec2 at the time.
 EARLIER_LAYER_KEYS = {"wav2vec2": {"mlp_norm": "final_norm", "fc1": "intermediate", "fc2": "output"}}
 
 

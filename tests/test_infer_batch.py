@@ -11,7 +11,7 @@ import pytest
 import soundfile as sf
 
 from configs.compose import compose
-from emojax import train as train_lib
+from emojax.training.loop import fit
 from emojax.data import load_dataset
 from emojax.data.demo import generate_demo
 from emojax.inference import Estimator, predict_table
@@ -30,7 +30,7 @@ def demo_run(tmp_path_factory, tiny_bert):
     cfg.dataset.path, cfg.dataset.generate = str(data), False
     cfg.encoders.T.model = str(tiny_bert)
     cfg.train.epochs, cfg.train.batch_size, cfg.progress = 2, 8, False
-    run_dir = train_lib.fit(cfg, root / "runs")
+    run_dir = fit(cfg, root / "runs")
     return run_dir, data, Estimator(run_dir)
 
 
@@ -128,7 +128,7 @@ def test_infer_batch_sentiment_run_writes_the_suite_estimate(tmp_path, text_meld
     cfg = compose("dataset=MELD--S,encoders=T")
     cfg.dataset.path, cfg.encoders.T.model = str(text_meld), str(tiny_bert)
     cfg.train.epochs, cfg.train.batch_size, cfg.progress = 2, 16, False
-    estimator = Estimator(train_lib.fit(cfg, tmp_path / "runs"))
+    estimator = Estimator(fit(cfg, tmp_path / "runs"))
     assert estimator.provides_estimate and estimator.class_names == ("neutral", "positive", "negative")
     # A text-only run: the dataset has no media, and none is needed.
     table = predict_table(estimator, text_meld / "test_sent_emo.csv", None, progress=False)

@@ -12,7 +12,8 @@ import pytest
 
 from conftest import shared_path
 from configs.compose import compose
-from emojax import train as train_lib
+from emojax.training.evaluation import load_run, predict_proba
+from emojax.training.loop import fit
 from emojax.inference import Estimator, predict_table
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -27,14 +28,14 @@ TEXT_PATHS = {
 
 def _train(cfg, workdir):
     cfg.train.epochs, cfg.train.batch_size, cfg.train.eval_batch_size, cfg.progress = 1, 16, 8, False
-    return train_lib.fit(cfg, workdir)
+    return fit(cfg, workdir)
 
 
 def _reference(run_dir, split):
     """The run's own scoring of ``split``: the features and batches ``results.json`` came from."""
-    prep, eval_step, params, _ = train_lib.load_run(run_dir)
+    prep, eval_step, params, _ = load_run(run_dir)
     data = prep.features[split]
-    probs = train_lib.predict_proba(eval_step, params, data, int(prep.cfg.train.eval_batch_size))
+    probs = predict_proba(eval_step, params, data, int(prep.cfg.train.eval_batch_size))
     return {uid.split("/", 1)[1]: row for uid, row in zip(data.uids, probs)}, data
 
 

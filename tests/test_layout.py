@@ -4,9 +4,12 @@
   command-line apps (``launch/``), and starts no program of theirs (no ``"launch.train"`` for
   ``python -m``, no path built to ``configs``): those sit on top of it, and a notebook or another
   program uses the library without them. The installed distribution holds the library alone.
-* Scoring and prediction (``emojax.evaluation``, ``emojax.inference``, ``launch/tool.py``) never
-  reach the epoch loop (``emojax.training.loop``), directly or through other modules: a finished
-  run is scored and used without the training machinery.
+* Scoring and prediction (``emojax.training.evaluation``, ``emojax.inference``, ``launch/tool.py``)
+  never reach the epoch loop (``emojax.training.loop``), directly or through other modules: a
+  finished run is scored and used without the training machinery.
+* The library's packages follow one declared order (:data:`LAYERS`, docs/development.md): every
+  import points to a package below, or within the same package, with no cycle between modules;
+  an ``__init__`` imports nothing outside its package and resolves no name lazily.
 
 Imports are collected from the whole module, those inside functions included (they run when the
 function does), and importing ``a.b.c`` counts as importing ``a`` and ``a.b`` too, since Python
@@ -28,7 +31,22 @@ LIBRARY = "emojax"
 APPS = ("configs", "launch")
 
 LOOP = "emojax.training.loop"
-SCORING = ("emojax.evaluation", "emojax.inference", "launch.tool")
+SCORING = ("emojax.training.evaluation", "emojax.inference", "launch.tool")
+
+# The library's packages, bottom up (docs/development.md, "The order of the packages"): a module
+# imports only from the layers below its own, or from its own package.
+LAYERS = (
+    ("emojax.files", "emojax.progress"),   # writes that a crash never leaves half done; progress bars
+    ("emojax.metrics",),                   # scores, tables and plots
+    ("emojax.data",),                      # one description per dataset, rows -> samples, media decoding
+    ("emojax.encoders",),                  # pure-function encoders, their registry, hub, export
+    ("emojax.config",),                    # a run config: values, names, hash, directory, label
+    ("emojax.features", "emojax.model"),   # frozen features and their cache; the head and its losses
+    ("emojax.runs",),                      # what a run writes and reads back: records, checkpoints, store
+    ("emojax.training",),                  # a run's plan, state, steps, tuners, evaluation, the loop
+    ("emojax.inference",),                 # the estimator and batch prediction; standalone copies
+    ("emojax.sweep", "emojax.benchmark"),  # many runs; the benchmark command
+)
 
 _IMPORTLIB_CALLS = {"import_module", "__import__", "find_spec"}
 _APP_MODULE = re.compile(r"(%s)(\.\w+)*\.?" % "|".join(APPS))
@@ -201,10 +219,95 @@ def test_scoring_never_reaches_the_epoch_loop():
         assert chain is None, f"{start} reaches {LOOP}: {' -> '.join(chain)}"
 
 
+def _package(module: str) -> str:
+    """The declared package of ``module`` (``emojax`` itself for the root)."""
+    for layer in LAYERS:
+        for package in layer:
+            if module == package or module.startswith(package + "."):
+                return package
+    return module
+
+
+def _level(package: str) -> int:
+    return next(i for i, layer in enumerate(LAYERS) if package in layer)
+
+
+def module_edges(modules: dict[str, pathlib.Path]) -> dict[str, set[str]]:
+    """Module -> the library modules it imports by name (a package's ``__init__`` counts only where
+    it is named itself: the plain ``__init__`` files are checked on their own)."""
+    return {name: {imported for imported in imported_names(path) if imported in modules and imported != name}
+            for name, path in modules.items()}
+
+
+def test_every_library_module_has_a_declared_place():
+    declared = {package for layer in LAYERS for package in layer}
+    for name in _modules(LIBRARY):
+        assert name == LIBRARY or _package(name) in declared, f"{name}: not in a package of LAYERS"
+
+
+def order_problems(edges: dict[str, set[str]]) -> list[str]:
+    """The imports of ``edges`` (module -> modules) that do not point down :data:`LAYERS`."""
+    wrong = []
+    for name, imported in edges.items():
+        for other in imported:
+            if LIBRARY in (name, other):
+                continue
+            a, b = _package(name), _package(other)
+            if a != b and _level(b) >= _level(a):
+                wrong.append(f"{name} -> {other} ({a} is not above {b})")
+    return sorted(wrong)
+
+
+def test_imports_point_down_the_declared_order():
+    wrong = order_problems(module_edges(_modules(LIBRARY)))
+    assert not wrong, "imports against the declared order:\n" + "\n".join(wrong)
+
+
+def test_no_cycle_between_library_modules():
+    modules = _modules(LIBRARY)
+    edges = {name: {m for m in imported if not modules[m].name == "__init__.py"}
+             for name, imported in module_edges(modules).items()}
+    state: dict[str, int] = {}
+    cycles = []
+
+    def visit(node, trail):
+        state[node] = 1
+        for nxt in sorted(edges.get(node, ())):
+            if state.get(nxt) == 1:
+                cycles.append(" -> ".join(trail[trail.index(nxt):] + [nxt]))
+            elif nxt not in state:
+                visit(nxt, trail + [nxt])
+        state[node] = 2
+
+    for name in sorted(modules):
+        if name not in state:
+            visit(name, [name])
+    assert not cycles, "import cycles:\n" + "\n".join(cycles)
+
+
+def test_init_files_are_plain():
+    for name, path in _modules(LIBRARY).items():
+        if path.name != "__init__.py":
+            continue
+        source = path.read_text()
+        assert "__getattr__" not in source, f"{path}: resolves names lazily"
+        outside = [m for m in imported_names(path) if m.startswith(LIBRARY + ".") and _package(m) != _package(name)
+                   and name != LIBRARY]
+        assert not outside, f"{path}: imports from outside its package: {outside}"
+
+
+def test_layer_check_sees_a_wrong_import():
+    # The order check means something only if it finds an upward or sideways import.
+    assert order_problems({"emojax.data.meld": {"emojax.training.loop"}}) == [
+        "emojax.data.meld -> emojax.training.loop (emojax.data is not above emojax.training)"]
+    assert order_problems({"emojax.model.fusion": {"emojax.features.cache"}})
+    assert not order_problems({"emojax.training.loop": {"emojax.data.meld", "emojax.training.steps"}})
+
+
 def test_import_graph_sees_the_imports():
     # The check above means something only if the graph holds the real edges.
     graph = import_graph(_modules(LIBRARY, "launch"))
     assert import_path(graph, "launch.train", LOOP) == ["launch.train", LOOP]
-    assert "emojax.training.steps" in graph["emojax.evaluation"]
-    assert "emojax.training" in graph["emojax.evaluation"]  # the package above runs first
-    assert import_path(graph, "launch.tool", "emojax.evaluation") is not None  # through inference
+    assert "emojax.training.steps" in graph["emojax.training.evaluation"]
+    assert "emojax.training" in graph["emojax.training.evaluation"]  # the package above runs first
+    assert import_path(graph, "launch.tool", "emojax.training.evaluation") is not None  # through inference

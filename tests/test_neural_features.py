@@ -382,11 +382,11 @@ def test_corrupt_media_file_features_missing_with_logged_skip(checkpoints, demo,
 
 @pytest.mark.slow
 def test_train_fit_with_wav2vec2_and_videomae_encoders(checkpoints, demo, tmp_path):
-    from emojax import train as train_lib
+    from emojax.training.loop import fit
 
     cfg = make_config(demo, A=("wav2vec2", checkpoints["wav2vec2"]), V=("videomae", checkpoints["videomae"]))
     cfg.train.update(epochs=3, batch_size=8, patience=100)
-    run_dir = train_lib.fit(cfg, tmp_path)
+    run_dir = fit(cfg, tmp_path)
     results = json.loads((run_dir / "results.json").read_text())
     assert 1 <= results["best_epoch"] <= 3 and results["test"]["scored"]
     assert 0.0 <= results["test"]["accuracy"] <= 1.0

@@ -16,7 +16,12 @@ import pytest
 from configs.compose import compose
 from conftest import shared_path, write_tiny_bert
 from emojax import config as config_lib
-from emojax import train as train_lib
+from emojax.training.evaluation import load_run, predict_proba
+from emojax.training.batches import epoch_order
+from emojax.training.loop import fit
+from emojax.training.preparation import prepare
+from emojax.training.steps import make_eval_step
+from emojax.runs import format as format_lib
 from emojax.encoders import lora as lora_lib
 from emojax.encoders.bert import bert_apply, load_bert
 from emojax.encoders.modernbert import load_modernbert, modernbert_apply
@@ -129,7 +134,7 @@ def test_tuned_layers_get_the_loss_and_gradients_of_whole_encoder_tuning(tmp_pat
     def loss_of(features):
         return jnp.sum(jnp.tanh(features) * w)
 
-    whole_prep = train_lib.prepare(tuning_config(text_meld, bert3, mode), tmp_path)
+    whole_prep = prepare(tuning_config(text_meld, bert3, mode), tmp_path)
     tuner = whole_prep.tuning.tuners["T"]
     rows = whole_prep.features["train"].inputs["T"]
     assert isinstance(rows, TokenRows) and not isinstance(rows, HiddenRows)
@@ -143,7 +148,7 @@ def test_tuned_layers_get_the_loss_and_gradients_of_whole_encoder_tuning(tmp_pat
                     for k, v in adapters.items()}
 
     for tune_layers in (3, 1):
-        prep = train_lib.prepare(tuning_config(text_meld, bert3, mode, tune_layers), tmp_path)
+        prep = prepare(tuning_config(text_meld, bert3, mode, tune_layers), tmp_path)
         part = prep.tuning.tuners["T"]
         start = part.start
         assert start == (0 if tune_layers == 3 else 3 - tune_layers)
@@ -191,7 +196,7 @@ def test_tuned_layers_get_the_loss_and_gradients_of_whole_encoder_tuning(tmp_pat
 @pytest.mark.slow
 def test_stored_hidden_states_are_the_bottom_layers_and_damage_is_rebuilt(tmp_path, text_meld, bert3, caplog):
     cfg = tuning_config(text_meld, bert3, "trainable", tune_layers=1)
-    prep = train_lib.prepare(cfg, tmp_path)
+    prep = prepare(cfg, tmp_path)
     tuner, rows = prep.tuning.tuners["T"], prep.features["dev"].inputs["T"]
     assert isinstance(rows, HiddenRows) and tuner.start == 2
     whole, config = tuner.whole, tuner.encoder.config
@@ -207,12 +212,12 @@ def test_stored_hidden_states_are_the_bottom_layers_and_damage_is_rebuilt(tmp_pa
 
     # The key follows the layer split, the text path and the compute dtype.
     ids = rows.ids
-    other = train_lib.prepare(tuning_config(text_meld, bert3, "trainable", tune_layers=2), tmp_path)
+    other = prepare(tuning_config(text_meld, bert3, "trainable", tune_layers=2), tmp_path)
     assert other.tuning.tuners["T"].hidden_key(ids) != tuner.hidden_key(ids)
     assert other.features["dev"].inputs["T"].stored.folder != rows.stored.folder
     cfg_ctx = tuning_config(text_meld, bert3, "trainable", tune_layers=1)
     cfg_ctx.encoders.T.context_turns = 1
-    ctx = train_lib.prepare(cfg_ctx, tmp_path).features["dev"].inputs["T"]
+    ctx = prepare(cfg_ctx, tmp_path).features["dev"].inputs["T"]
     assert ctx.stored.folder != rows.stored.folder and ctx.lengths.sum() < rows.lengths.sum()
 
     # Changed bytes (same size), a truncated file, a missing index: reported by name, rebuilt.
@@ -231,7 +236,7 @@ def test_stored_hidden_states_are_the_bottom_layers_and_damage_is_rebuilt(tmp_pa
             (folder / "index.json").unlink()
         caplog.clear()
         with caplog.at_level(logging.WARNING):
-            again = train_lib.prepare(cfg, tmp_path).features["dev"].inputs["T"]
+            again = prepare(cfg, tmp_path).features["dev"].inputs["T"]
         assert any(expected in r.getMessage() for r in caplog.records), [r.getMessage() for r in caplog.records]
         assert again.stored.folder == folder
         for i, value in enumerate(original):
@@ -269,7 +274,7 @@ def test_bucketed_epoch_batches_cover_rows_once_and_replay_by_seed_and_epoch():
     assert mixed <= len(np.unique(rows.buckets)) - 1
     # without buckets: the plain epoch order, as before
     plain = epoch_batches(0, 1, 96, 8)
-    np.testing.assert_array_equal(np.concatenate(plain), train_lib.epoch_order(0, 1, 96))
+    np.testing.assert_array_equal(np.concatenate(plain), epoch_order(0, 1, 96))
 
 
 @pytest.mark.slow
@@ -278,7 +283,7 @@ def test_bucket_padding_gives_the_features_and_logits_of_max_length_padding(tmp_
     from emojax.model.model import build_model
 
     cfg = tuning_config(text_meld, bert3, "lora", tune_layers)
-    prep = train_lib.prepare(cfg, tmp_path)
+    prep = prepare(cfg, tmp_path)
     tuner, dev = prep.tuning.tuners["T"], prep.features["dev"]
     rows = dev.inputs["T"]
     assert len(rows.groups()) > 1  # the dev texts span several buckets
@@ -290,7 +295,7 @@ def test_bucket_padding_gives_the_features_and_logits_of_max_length_padding(tmp_
     np.testing.assert_allclose(refreshed, np.asarray(reference), atol=1e-4)
     model = build_model(cfg, prep.featurizer.dims, len(prep.class_names))
     params = model.init(jax.random.PRNGKey(1), {"T": refreshed[:2]}, {"T": np.ones(2, bool)})["params"]
-    eval_step = jax.jit(train_lib.make_eval_step(model))
+    eval_step = jax.jit(make_eval_step(model))
     logits = eval_step(params, {"T": refreshed}, {"T": np.ones(len(rows), bool)})
     padded = eval_step(params, {"T": np.asarray(reference)}, {"T": np.ones(len(rows), bool)})
     np.testing.assert_allclose(np.asarray(logits), np.asarray(padded), atol=1e-4)
@@ -304,7 +309,7 @@ def test_tune_layers_in_bfloat16_stores_its_own_states_close_to_float32(tmp_path
     for precision in ("float32", "bfloat16"):
         cfg = tuning_config(text_meld, bert3, "trainable", tune_layers=1)
         cfg.precision = precision
-        prep = train_lib.prepare(cfg, tmp_path)
+        prep = prepare(cfg, tmp_path)
         dev = prep.features["dev"]
         out[precision] = (dev.inputs["T"].stored.folder,
                           prep.tuning.refresh(dev, prep.tuning.init(jax.random.PRNGKey(0)), 16).features["T"])
@@ -321,12 +326,12 @@ def test_tune_layers_run_resumes_exactly_and_estimator_and_export_reproduce_it(t
     from emojax.data import load_dataset
     from emojax.features.featurizer import standardize
     from emojax.inference import Estimator
-    from emojax.runs.standalone import extract_encoders
+    from emojax.inference.standalone import extract_encoders
 
     cfg = tuning_config(text_meld, bert3, "lora", tune_layers=1, epochs=2)
-    whole = train_lib.fit(cfg, tmp_path / "whole")
-    train_lib.fit(cfg, tmp_path / "split", max_epochs=1)
-    resumed = train_lib.fit(cfg, tmp_path / "split")
+    whole = fit(cfg, tmp_path / "whole")
+    fit(cfg, tmp_path / "split", max_epochs=1)
+    resumed = fit(cfg, tmp_path / "split")
     history = [json.loads((d / "history.json").read_text()) for d in (whole, resumed)]
     np.testing.assert_allclose([h["train_loss"] for h in history[0]], [h["train_loss"] for h in history[1]],
                                rtol=1e-6)
@@ -337,9 +342,9 @@ def test_tune_layers_run_resumes_exactly_and_estimator_and_export_reproduce_it(t
     estimator = Estimator(whole)
     test = load_dataset("meld", str(text_meld), target="emotion").splits["test"]
     features = standardize(estimator.featurizer.split_features(test), estimator.feature_stats)
-    probs = train_lib.predict_proba(estimator._eval_step, estimator.params, features, 64)
+    probs = predict_proba(estimator._eval_step, estimator.params, features, 64)
     assert float((probs.argmax(-1) == features.labels).mean()) == pytest.approx(results["test"]["accuracy"])
-    prep, _, _, _ = train_lib.load_run(whole, tmp_path / "whole")
+    prep, _, _, _ = load_run(whole, tmp_path / "whole")
     np.testing.assert_allclose(features.features["T"], prep.features["test"].features["T"], atol=2e-4)
 
     # Exported: the embeddings and the frozen layers are the base's, the tuned layer has the adapters.
@@ -358,7 +363,7 @@ def test_tune_layers_run_resumes_exactly_and_estimator_and_export_reproduce_it(t
 DATA_PARALLEL = """
 import json, sys
 from configs.compose import compose
-from emojax import train as train_lib
+from emojax.training.loop import fit
 data, bert, workdir = sys.argv[1:4]
 out = {}
 for devices in (1, 8):
@@ -368,7 +373,7 @@ for devices in (1, 8):
     cfg.finetune.lora.update(rank=4, alpha=8.0)
     cfg.train.update(epochs=1, batch_size=16, lr=1e-2, patience=100, devices=devices)
     cfg.progress = False
-    run_dir = train_lib.fit(cfg, f"{workdir}/{devices}")
+    run_dir = fit(cfg, f"{workdir}/{devices}")
     history = json.loads((run_dir / "history.json").read_text())
     out[devices] = {"loss": [r["train_loss"] for r in history], "wf1": [r["dev"]["weighted_f1"] for r in history]}
 print(json.dumps(out))
@@ -398,12 +403,15 @@ def test_tune_layers_config_errors_name_the_key(tmp_path, text_meld, bert3):
     with pytest.raises(TypeError):  # a composed config refuses a non-integer on assignment already
         tuning_config(text_meld, bert3, "trainable").finetune.tune_layers = 1.5
     with pytest.raises(config_lib.ConfigError, match="finetune.tune_layers: 4, but .* has 3 layers"):
-        train_lib.prepare(tuning_config(text_meld, bert3, "trainable", tune_layers=4), tmp_path)
-    # 0 (the default: every layer) leaves the run's hash (and directory) as it was before the key
+        prepare(tuning_config(text_meld, bert3, "trainable", tune_layers=4), tmp_path)
+    # 0 (the default: every layer) is the run of format 1 written before the key existed: the
+    # migration writes the 0 out, giving the run today's hash (and directory)
     plain = tuning_config(text_meld, bert3, "trainable")
     assert plain.finetune.tune_layers == 0
     written = plain.to_dict()
     del written["finetune"]["tune_layers"]
-    assert config_lib.config_hash(ml_collections.ConfigDict(written)) == config_lib.config_hash(plain)
+    assert format_lib.format_1_hash(written) == format_lib.format_1_hash(plain)
+    migrated = ml_collections.ConfigDict(format_lib.config_of_format_2(written)[0])
+    assert config_lib.config_hash(migrated) == config_lib.config_hash(plain)
     tuned = tuning_config(text_meld, bert3, "trainable", tune_layers=2)
     assert config_lib.config_hash(tuned) != config_lib.config_hash(plain)

@@ -15,7 +15,8 @@ from conftest import write_tiny_bert
 from configs.compose import compose
 from emojax import config as config_lib
 from emojax.runs import store
-from emojax import train as train_lib
+from emojax.training.loop import fit
+from emojax.training.preparation import DataChangedError, data_record
 from emojax.runs.checkpoint import CheckpointError
 
 TEXTS = ["i am so happy wonderful", "sad lonely cry", "gross nasty ew"]
@@ -69,7 +70,7 @@ def test_finished_run_refuses_changed_data(tmp_path, text_meld, tiny_bert, launc
     data = tmp_path / "data"
     shutil.copytree(text_meld, data)
     cfg = _config(data, tiny_bert)
-    run_dir = train_lib.fit(cfg, tmp_path / "runs")
+    run_dir = fit(cfg, tmp_path / "runs")
     record = json.loads((run_dir / "data.json").read_text())
     assert record["path"] == str(data.resolve())
     assert sorted(record["files"]) == ["dev_sent_emo.csv", "test_sent_emo.csv", "train_sent_emo.csv"]
@@ -77,34 +78,34 @@ def test_finished_run_refuses_changed_data(tmp_path, text_meld, tiny_bert, launc
     before = _outputs(run_dir)
 
     # The same data: rescored as before, same bytes.
-    assert train_lib.fit(cfg, tmp_path / "runs") == run_dir
+    assert fit(cfg, tmp_path / "runs") == run_dir
     assert _outputs(run_dir) == before
 
     # One CSV changed: refused, naming the file; nothing rewritten.
     original = (data / "dev_sent_emo.csv").read_text()
     (data / "dev_sent_emo.csv").write_text(original.replace("lonely", "sorry", 1))
-    with pytest.raises(train_lib.DataChangedError,
+    with pytest.raises(DataChangedError,
                        match=rf"{re.escape(str(data.resolve() / 'dev_sent_emo.csv'))}: has changed .*new --workdir"):
-        train_lib.fit(cfg, tmp_path / "runs")
+        fit(cfg, tmp_path / "runs")
     assert _outputs(run_dir) == before
     # A split file gone since is a change too.
     (data / "dev_sent_emo.csv").write_text(original)
     (data / "test_sent_emo.csv").rename(data / "moved.csv")
-    with pytest.raises(train_lib.DataChangedError, match=r"test_sent_emo.csv: is gone"):
-        train_lib.fit(cfg, tmp_path / "runs")
+    with pytest.raises(DataChangedError, match=r"test_sent_emo.csv: is gone"):
+        fit(cfg, tmp_path / "runs")
     (data / "moved.csv").rename(data / "test_sent_emo.csv")
 
     # The same files in another folder: refused, naming both folders.
     other = tmp_path / "other"
     shutil.copytree(data, other)
     moved = _config(other, tiny_bert)
-    with pytest.raises(train_lib.DataChangedError,
+    with pytest.raises(DataChangedError,
                        match=rf"trained on {re.escape(str(data.resolve()))}, not {re.escape(str(other.resolve()))}"):
-        train_lib.fit(moved, tmp_path / "runs")
+        fit(moved, tmp_path / "runs")
     assert _outputs(run_dir) == before
 
     # Data restored: accepted again, results unchanged.
-    train_lib.fit(cfg, tmp_path / "runs")
+    fit(cfg, tmp_path / "runs")
     assert _outputs(run_dir) == before
 
     # The launcher reports the refusal as one error line.
@@ -124,19 +125,19 @@ def test_unfinished_run_refuses_changed_data_and_old_runs_record_it(tmp_path, te
     data = tmp_path / "data"
     shutil.copytree(text_meld, data)
     cfg = _config(data, tiny_bert, epochs=2)
-    run_dir = train_lib.fit(cfg, tmp_path / "runs", max_epochs=1)
+    run_dir = fit(cfg, tmp_path / "runs", max_epochs=1)
     assert not (run_dir / "results.json").exists() and (run_dir / "data.json").exists()
     progress = (run_dir / "progress.json").read_bytes()
     (data / "train_sent_emo.csv").write_text((data / "train_sent_emo.csv").read_text().replace("lonely", "sorry"))
-    with pytest.raises(train_lib.DataChangedError, match=r"train_sent_emo.csv: has changed"):
-        train_lib.fit(cfg, tmp_path / "runs")
+    with pytest.raises(DataChangedError, match=r"train_sent_emo.csv: has changed"):
+        fit(cfg, tmp_path / "runs")
     assert (run_dir / "progress.json").read_bytes() == progress
     # A run written before runs recorded their data goes on, and records the data it now uses.
     (run_dir / "data.json").unlink()
-    train_lib.fit(cfg, tmp_path / "runs")
+    fit(cfg, tmp_path / "runs")
     assert (run_dir / "results.json").exists()
     recorded = json.loads((run_dir / "data.json").read_text())
-    assert recorded == train_lib.data_record(cfg, load_data(cfg))
+    assert recorded == data_record(cfg, load_data(cfg))
     assert recorded["media"] == {}  # a text run reads no media file
 
 
@@ -153,7 +154,7 @@ def test_estimator_uses_the_store_entry_and_checks_its_weights(tmp_path, text_me
 
     bert = write_tiny_bert(tmp_path / "bert", seed=0)
     cfg = _config(text_meld, bert, prompt=True)  # speaker tokens: the entry's vocabulary grew
-    run_dir = train_lib.fit(cfg, tmp_path / "runs")
+    run_dir = fit(cfg, tmp_path / "runs")
     expected = _probabilities(Estimator(run_dir))
 
     # The model folder now holds other weights: predictions still come from the stored encoder.

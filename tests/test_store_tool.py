@@ -13,7 +13,8 @@ import pytest
 from configs.compose import compose
 from emojax import config as config_lib
 from emojax.runs import store
-from emojax import train as train_lib
+from emojax.training.loop import fit
+from emojax.training.preparation import prepare
 from emojax.runs.checkpoint import CheckpointError
 
 TEXTS = ["i am so happy wonderful", "sad lonely cry", "gross nasty ew"]
@@ -41,9 +42,9 @@ def _config(data, bert, seed):
 def workspace(tmp_path_factory, text_meld, tiny_bert):
     """Two finished runs (seeds 0 and 1) of one config in one workdir; fit linked their encoders."""
     workdir = tmp_path_factory.mktemp("store") / "runs"
-    runs = [train_lib.fit(_config(text_meld, tiny_bert, seed), workdir) for seed in (0, 1)]
+    runs = [fit(_config(text_meld, tiny_bert, seed), workdir) for seed in (0, 1)]
     records = [store.run_encoders(run) for run in runs]
-    featurizer = train_lib.prepare(_config(text_meld, tiny_bert, 0), workdir).featurizer
+    featurizer = prepare(_config(text_meld, tiny_bert, 0), workdir).featurizer
     return types.SimpleNamespace(workdir=workdir, runs=runs, records=records, featurizer=featurizer,
                                  cfg=_config(text_meld, tiny_bert, 0))
 
@@ -119,7 +120,7 @@ def test_checkpoint_dangling_link_is_an_error_naming_the_path(workspace, tmp_pat
     shutil.rmtree(store.store_root(workdir) / digest)
     with pytest.raises(CheckpointError, match=rf"{re.escape(str(link))}: dangling link .*{digest}"):
         store.resolve_run_encoder(runs[0], "T")
-    from emojax.runs.standalone import create_standalone
+    from emojax.inference.standalone import create_standalone
 
     with pytest.raises(CheckpointError, match=re.escape(str(link))):
         create_standalone(runs[0], tmp_path / "alone")
@@ -228,7 +229,7 @@ def test_cache_show_and_clear_through_the_tool(workspace, launcher, tmp_path):
 
 def test_checkpoint_create_standalone_predicts_like_the_run(workspace, launcher, tmp_path, capsys):
     from emojax.inference import Estimator
-    from emojax.runs.standalone import load_standalone
+    from emojax.inference.standalone import load_standalone
     from launch import tool
 
     output = tmp_path / "alone"

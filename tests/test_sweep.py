@@ -55,7 +55,7 @@ def test_sweep_contents_match_the_experiments():
     assert {r.cfg.fusion.preset for r in multi} == {"vallina"}
     mdn = _plan("mdn")
     assert {(r.cfg.fusion.preset, r.cfg.loss.preset, r.cfg.modalities) for r in mdn} == {
-        ("DF-1.0+attn", "focal", "T+A+V"), ("DF-1.0+attn", "weight", "T+A+V")}
+        ("DF-1.0+attn", "focal", "T+A+V"), ("DF-1.0+attn", "weighted", "T+A+V")}
     assert all(r.cfg.fusion.use_cross_attn for r in mdn)
     ablation = _plan("mdn-ablation")
     meld = {r.cfg.fusion.preset for r in ablation if r.cfg.dataset.name == "MELD--E"}
@@ -249,7 +249,7 @@ def test_sweep_second_call_skips_finished_runs(demo_sweep):
 # Failures: reported, the sweep goes on, students skipped
 # ---------------------------------------------------------------------------------------------
 def _fake_fit(calls, fail):
-    """A stand-in for ``emojax.train.fit``: records the call, fails for the runs in ``fail``,
+    """A stand-in for ``emojax.training.loop.fit``: records the call, fails for the runs in ``fail``,
     otherwise writes a results.json."""
 
     def fit(cfg, workdir, *, category="training", teacher=None):

@@ -9,7 +9,13 @@ import pytest
 
 from configs.compose import compose
 from emojax import config as config_lib
-from emojax import train as train_lib
+from emojax.training.evaluation import load_run, predict_proba
+from emojax.features.featurizer import FeatureSet
+from emojax.training.loop import fit
+from emojax.training.parallel import data_parallel
+from emojax.training.preparation import prepare
+from emojax.training.state import TrainState, init_state, make_optimizer, usable_extras
+from emojax.training.steps import make_eval_step, make_train_step
 from launchers import host_devices_env
 
 
@@ -38,7 +44,7 @@ def test_train_text_run_end_to_end(tmp_path, text_meld, tiny_bert, monkeypatch):
     monkeypatch.setattr(text_lib.TextEncoder, "encode", counting)
     cfg = text_config(text_meld, tiny_bert, epochs=15)
     cfg.train.patience = 100
-    run_dir = train_lib.fit(cfg, tmp_path)
+    run_dir = fit(cfg, tmp_path)
     assert run_dir == config_lib.run_dir(cfg, tmp_path)
     # Frozen encoder: every split encoded once, before the first epoch, never again.
     assert sum(calls) == 140 + 42 + 42
@@ -49,7 +55,7 @@ def test_train_text_run_end_to_end(tmp_path, text_meld, tiny_bert, monkeypatch):
     # scikit-learn logistic-regression probe on the same cached features.
     from sklearn.linear_model import LogisticRegression
 
-    prep = train_lib.prepare(cfg, tmp_path)
+    prep = prepare(cfg, tmp_path)
     train, dev = prep.features["train"], prep.features["dev"]
     probe = LogisticRegression(max_iter=3000).fit(train.features["T"], train.labels)
     assert results["dev"]["accuracy"] > 0.4
@@ -64,7 +70,7 @@ def test_train_text_run_end_to_end(tmp_path, text_meld, tiny_bert, monkeypatch):
         assert (run_dir / name).exists(), name
     # A second run of the same data reads every feature from the cache.
     cfg.seed = 1
-    train_lib.fit(cfg, tmp_path)
+    fit(cfg, tmp_path)
     assert calls == []
 
 
@@ -74,12 +80,12 @@ def test_resume_reproduces_uninterrupted_run(tmp_path, text_meld, tiny_bert, los
     """Parameters, optimizer, RNG, the SPCL pools and the data order survive a restart."""
     cfg = text_config(text_meld, tiny_bert, epochs=4, loss=loss)
     cfg.train.patience = 100
-    whole = train_lib.fit(cfg, tmp_path / "a")
-    interrupted = train_lib.fit(cfg, tmp_path / "b", max_epochs=2)
+    whole = fit(cfg, tmp_path / "a")
+    interrupted = fit(cfg, tmp_path / "b", max_epochs=2)
     assert not (interrupted / "results.json").exists()
     progress = json.loads((interrupted / "progress.json").read_text())
     assert progress["epoch"] == 2 and not progress["finished"]
-    resumed = train_lib.fit(cfg, tmp_path / "b")
+    resumed = fit(cfg, tmp_path / "b")
     a = json.loads((whole / "history.json").read_text())
     b = json.loads((resumed / "history.json").read_text())
     np.testing.assert_allclose([r["train_loss"] for r in a], [r["train_loss"] for r in b], rtol=1e-6)
@@ -95,7 +101,7 @@ def test_train_absent_test_split_not_scored(tmp_path, text_meld, tiny_bert):
     shutil.copytree(text_meld, data)
     (data / "test_sent_emo.csv").unlink()
     cfg = text_config(data, tiny_bert, epochs=1)
-    run_dir = train_lib.fit(cfg, tmp_path / "runs")
+    run_dir = fit(cfg, tmp_path / "runs")
     results = json.loads((run_dir / "results.json").read_text())
     assert results["test"]["scored"] is False and "test" in results["test"]["reason"]
     assert results["dev"]["scored"] is True
@@ -106,16 +112,16 @@ def test_infer_estimator_and_evaluate(tmp_path, text_meld, tiny_bert):
     from emojax.inference import Estimator
 
     cfg = text_config(text_meld, tiny_bert, epochs=3)
-    run_dir = train_lib.fit(cfg, tmp_path)
+    run_dir = fit(cfg, tmp_path)
     estimator = Estimator(run_dir)
     out = estimator.predict(text="i am so happy wonderful")
     assert set(out["probabilities"]) == {"neutral", "joy", "surprise", "anger", "sadness", "disgust", "fear"}
     assert sum(out["probabilities"].values()) == pytest.approx(1.0, abs=1e-5)
     assert out["predicted"] == max(out["probabilities"], key=out["probabilities"].get)
     # The estimator agrees with the batch evaluation of the same run on a dev utterance.
-    prep, eval_step, params, _ = train_lib.load_run(run_dir, tmp_path)
+    prep, eval_step, params, _ = load_run(run_dir, tmp_path)
     dev = prep.features["dev"]
-    probs = train_lib.predict_proba(eval_step, params, dev, 8)
+    probs = predict_proba(eval_step, params, dev, 8)
     sample = prep.featurizer.cfg  # noqa: F841  (the estimator rebuilt the same featurizer)
     from emojax.data import load_dataset
 
@@ -142,16 +148,16 @@ def test_train_step_multimodal_losses_uncertainty_total_matches_losses(caplog):
              "present": {m: np.ones(8, bool) for m in dims},
              "labels": rng.integers(0, 7, 8).astype(np.int32)}
 
-    class Prep:  # the parts of train.Prepared that init_state reads
+    class Prep:  # the parts of emojax.training.preparation.Prepared that init_state reads
         pass
 
     prep = Prep()
     prep.cfg, prep.model, prep.class_names = cfg, model, tuple("abcdefg")
-    prep.features = {"train": train_lib.FeatureSet(batch["features"], batch["present"], batch["labels"],
+    prep.features = {"train": FeatureSet(batch["features"], batch["present"], batch["labels"],
                                                    [str(i) for i in range(8)])}
-    optimizer = train_lib.make_optimizer(cfg, 100)
-    extras = train_lib._usable_extras(cfg, model.modalities)
-    state = train_lib.init_state(prep, optimizer, extras)
+    optimizer = make_optimizer(cfg, 100)
+    extras = usable_extras(cfg, model.modalities)
+    state = init_state(prep, optimizer, extras)
     assert set(state.loss_params) == {"frl", "uncertainty"}
     assert set(state.loss_params["uncertainty"]) == {"classification", "cmcl", "frl"}
 
@@ -164,7 +170,7 @@ def test_train_step_multimodal_losses_uncertainty_total_matches_losses(caplog):
     # sigma = 1 at the start: 0.5 * each loss, log sigma = 0.
     expected = 0.5 * (cls + cmcl + frl) + aux
 
-    step = jax.jit(train_lib.make_train_step(model, optimizer, loss_kind="focal", class_weights=None,
+    step = jax.jit(make_train_step(model, optimizer, loss_kind="focal", class_weights=None,
                                              extras=extras, combine="uncertainty"))
     new_state, logs = step(state, batch)
     np.testing.assert_allclose(float(logs["loss"]), float(expected), rtol=1e-5)
@@ -181,17 +187,17 @@ def test_train_step_multimodal_losses_uncertainty_total_matches_losses(caplog):
     # On a unimodal run the multimodal losses are skipped with a note.
     text_cfg = compose("encoders=T,loss=ce+cmcl+frl-meld+spcl")
     with caplog.at_level("WARNING"):
-        assert list(train_lib._usable_extras(text_cfg, ("T",))) == ["spcl"]
+        assert list(usable_extras(text_cfg, ("T",))) == ["spcl"]
     assert "cmcl needs several modalities" in caplog.text and "frl needs several modalities" in caplog.text
     uneven = build_model(cfg, {"T": 6, "A": 4, "V": 6}, 7)
     bad = dict(batch, features=dict(batch["features"], A=batch["features"]["A"][:, :4]))
     prep.model, prep.features["train"].features = uneven, bad["features"]
-    uneven_state = train_lib.init_state(prep, optimizer, extras)
-    uneven_step = train_lib.make_train_step(uneven, optimizer, loss_kind="focal", class_weights=None, extras=extras)
+    uneven_state = init_state(prep, optimizer, extras)
+    uneven_step = make_train_step(uneven, optimizer, loss_kind="focal", class_weights=None, extras=extras)
     with pytest.raises(ValueError, match="project_inputs"):
         uneven_step(uneven_state, bad)
     with pytest.raises(config_lib.ConfigError, match="dist"):
-        train_lib._usable_extras(compose("encoders=T+A,loss=ce+dist"), ("T", "A"))
+        usable_extras(compose("encoders=T+A,loss=ce+dist"), ("T", "A"))
 
 
 @pytest.mark.slow
@@ -206,13 +212,13 @@ def test_padded_eval_batch_equals_unpadded_in_fusion_across_the_batch():
     model = build_model(cfg, dims, 7)
     rng = np.random.default_rng(3)
     n = 11
-    data = train_lib.FeatureSet({m: rng.normal(size=(n, d)).astype(np.float32) for m, d in dims.items()},
+    data = FeatureSet({m: rng.normal(size=(n, d)).astype(np.float32) for m, d in dims.items()},
                                 {m: np.ones(n, bool) for m in dims}, np.zeros(n, np.int32), [str(i) for i in range(n)])
     # init and apply compiled (one program each) rather than dispatched op by op.
     params = jax.jit(model.init)(jax.random.PRNGKey(0), data.features, data.present)["params"]
     apply = jax.jit(model.apply)
-    eval_step = jax.jit(train_lib.make_eval_step(model))
-    probs = train_lib.predict_proba(eval_step, params, data, batch_size=8)
+    eval_step = jax.jit(make_eval_step(model))
+    probs = predict_proba(eval_step, params, data, batch_size=8)
     tail = {m: v[8:] for m, v in data.features.items()}
     alone = jax.nn.softmax(apply({"params": params}, tail, {m: v[8:] for m, v in data.present.items()})[0])
     np.testing.assert_allclose(probs[8:], np.asarray(alone), atol=1e-5)
@@ -272,9 +278,9 @@ def test_data_parallel_config_errors_name_the_key():
     cfg = compose("encoders=T")
     cfg.train.devices = jax.local_device_count() + 1
     with pytest.raises(config_lib.ConfigError, match="train.devices"):
-        train_lib.data_parallel(cfg)
+        data_parallel(cfg)
     cfg.train.devices = 1
-    assert train_lib.data_parallel(cfg) is None
+    assert data_parallel(cfg) is None
     # The device count is not part of the config hash: the same run on 1 or 8 devices.
     other = compose("encoders=T")
     other.train.devices = 8
@@ -290,7 +296,7 @@ def test_bfloat16_training_reaches_float32_accuracy(tmp_path, text_meld, tiny_be
         cfg = text_config(text_meld, tiny_bert, epochs=10)
         cfg.precision = precision
         cfg.train.patience = 100
-        runs[precision] = json.loads((train_lib.fit(cfg, tmp_path / precision) / "results.json").read_text())
+        runs[precision] = json.loads((fit(cfg, tmp_path / precision) / "results.json").read_text())
     assert runs["float32"]["dev"]["accuracy"] > 0.4
     assert abs(runs["bfloat16"]["dev"]["accuracy"] - runs["float32"]["dev"]["accuracy"]) <= 0.05
 
@@ -307,15 +313,15 @@ def test_bfloat16_step_computes_in_bfloat16_keeps_float32_masters():
     batch = {"features": {m: rng.normal(size=(8, 8)).astype(np.float32) for m in ("T", "A")},
              "present": {m: np.ones(8, bool) for m in ("T", "A")}, "labels": rng.integers(0, 4, 8).astype(np.int32)}
     params = jax.jit(model.init)(jax.random.PRNGKey(0), batch["features"], batch["present"])["params"]
-    optimizer = train_lib.make_optimizer(cfg, 10)
+    optimizer = make_optimizer(cfg, 10)
     from emojax.model import losses as losses_lib
 
     extras = cfg.loss.extras.to_dict()
-    state = train_lib.TrainState(step=np.zeros((), np.int32), params=params,
+    state = TrainState(step=np.zeros((), np.int32), params=params,
                                  opt_state=optimizer.init({"model": params, "losses": {}}), rng=jax.random.PRNGKey(1),
                                  loss_state=losses_lib.init_loss_state(extras, num_classes=4, embed_dim=32 + 16,
                                                                        rng=jax.random.PRNGKey(2)))
-    step = train_lib.make_train_step(model, optimizer, loss_kind="focal", class_weights=None, extras=extras)
+    step = make_train_step(model, optimizer, loss_kind="focal", class_weights=None, extras=extras)
     # Traced once: the jaxpr read, then the same trace lowered and compiled for the step.
     traced = jax.jit(step).trace(state, batch)
     jaxpr = str(traced.jaxpr)

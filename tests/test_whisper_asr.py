@@ -129,14 +129,14 @@ def test_estimator_transcribes_audio_without_text(tiny_asr, tmp_path, text_meld,
     """A text run given only audio scores the Whisper transcript: the same result as giving that
     text; batch prediction reports it per row, and an unreadable file is that row's error."""
     from configs.compose import compose
-    from emojax import train as train_lib
+    from emojax.training.loop import fit
     from emojax.encoders.whisper_decoder import Transcriber
     from emojax.inference import Estimator, predict_table
 
     cfg = compose("dataset=MELD--E,encoders=T,loss=ce")
     cfg.dataset.path, cfg.encoders.T.model = str(text_meld), str(tiny_bert)
     cfg.train.epochs, cfg.progress = 1, False
-    run = train_lib.fit(cfg, tmp_path / "runs")
+    run = fit(cfg, tmp_path / "runs")
     asr = str(tiny_asr["root"] / "msgpack")
     rng = np.random.default_rng(0)
     clips = []

@@ -16,6 +16,8 @@ turns from ``context=``.
 
     estimator.py   Estimator: the run's encoders, tuned weights and best parameters, rebuilt
     tables.py      predict_table / read_table_inputs: many rows at once, asking each loader
+    standalone.py  self-contained copies of a finished run (create_standalone, load_standalone),
+                   and its encoders on their own (extract_encoders)
 """
 from __future__ import annotations
 

@@ -8,30 +8,26 @@ import json
 import logging
 import pathlib
 import unicodedata
-from typing import TYPE_CHECKING, Optional, Sequence
+from typing import Optional, Sequence
 
 import jax
 import numpy as np
 
 from emojax.runs import checkpoint as ckpt_lib
-from emojax.runs.records import run_config
+from emojax.runs.records import STANDALONE_MANIFEST, run_config
 from emojax import config as config_lib
-from emojax.runs import standalone as standalone_lib
 from emojax.runs import store
 from emojax.data import context as text_context
 from emojax.data import csvutil
 from emojax.data.media import MediaError, read_audio, split_ref
 from emojax.data.types import Sample, Split
 from emojax.encoders.whisper_decoder import Transcriber
-from emojax.evaluation import predict_proba
+from emojax.training.evaluation import predict_proba
 from emojax.features.featurizer import FeatureSet, Featurizer, standardize
 from emojax.training.finetune import Tuning
 from emojax.model.model import build_model
 from emojax.training.dialogue_batches import with_dialogues
 from emojax.training.steps import make_eval_step
-
-if TYPE_CHECKING:  # a hint only: tables builds on this module
-    from emojax.inference.tables import TableInput
 
 log = logging.getLogger(__name__)
 
@@ -76,18 +72,16 @@ class Estimator:
         dummy = {m: np.zeros((1, dims[m]), np.float32) for m in self.model.modalities}
         present = {m: np.ones((1,), bool) for m in self.model.modalities}
         params = self.model.init({"params": jax.random.PRNGKey(0)}, dummy, present, deterministic=True)["params"]
-        checkpoints = ckpt_lib.RunCheckpoints(self.run_dir)
-        progress = checkpoints.progress()
-        if not progress or not progress.get("finished"):
-            checkpoints.close()
-            raise ckpt_lib.CheckpointError(f"{self.run_dir / 'progress.json'}: the run has not finished; "
-                                           "resume it with launch/train.py first")
         self.tuned_modalities: tuple[str, ...] = ()
-        if self.cfg.mode == "frozen":
-            self.params = checkpoints.restore_best(params, progress["best_epoch"])
-        else:
-            self.params = self._restore_tuned(checkpoints, params, progress["best_epoch"], meta)
-        checkpoints.close()
+        with ckpt_lib.RunCheckpoints(self.run_dir) as checkpoints:
+            progress = checkpoints.progress()
+            if not progress or not progress.get("finished"):
+                raise ckpt_lib.CheckpointError(f"{self.run_dir / 'progress.json'}: the run has not finished; "
+                                               "resume it with launch/train.py first")
+            if self.cfg.mode == "frozen":
+                self.params = checkpoints.restore_best(params, progress["best_epoch"])
+            else:
+                self.params = self._restore_tuned(checkpoints, params, progress["best_epoch"], meta)
         self._eval_step = jax.jit(make_eval_step(self.model))
         self.transcriber = None
         if asr_model is not None and "T" in self.model.modalities:
@@ -102,8 +96,8 @@ class Estimator:
         the run recorded (``encoders.json`` / ``standalone.json``). An encoder the run could not
         store, and runs from before the store, load from the config's model path as before."""
         record, record_path = store.run_encoders(self.run_dir), self.run_dir / store.RUN_RECORD
-        if not record and (self.run_dir / standalone_lib.MANIFEST).is_file():
-            record_path = self.run_dir / standalone_lib.MANIFEST
+        if not record and (self.run_dir / STANDALONE_MANIFEST).is_file():
+            record_path = self.run_dir / STANDALONE_MANIFEST
             record = json.loads(record_path.read_text()).get("encoders", {})
         cfg = copy.deepcopy(self.cfg)
         entries: dict[str, pathlib.Path] = {}
@@ -160,7 +154,7 @@ class Estimator:
         waves, ok = [], []
         for i in wanted:
             try:
-                waves.append(read_audio(inputs[i][1]))
+                waves.append(read_audio(inputs[i][1], max_seconds=self.featurizer.max_seconds))
                 ok.append(i)
             except MediaError as err:
                 errors[i] = f"transcription: {err}"
@@ -385,10 +379,11 @@ class Estimator:
         return list(zip(results, errors))
 
 
-    def predict_dialogues(self, rows: Sequence["TableInput"], *, progress: bool = False
+    def predict_dialogues(self, rows: Sequence, *, progress: bool = False
                           ) -> list[tuple[Optional[dict], Optional[str]]]:
-        """Rows of a dataset split (each with ``dialogue``, ``index``, ``speaker``) -> ``(result, error)``
-        pairs, scored exactly as the run scored its own dev / test split.
+        """Rows of a dataset split (:class:`emojax.inference.tables.TableInput`, each with ``dialogue``,
+        ``index``, ``speaker``) -> ``(result, error)`` pairs, scored exactly as the run scored its own
+        dev / test split.
 
         The rows are ordered as the dataset's loader orders a split (dialogue, then position), every
         text is built as training built it (speaker tokens by first appearance over the rows, the

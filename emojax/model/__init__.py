@@ -8,10 +8,3 @@
     losses.py        losses as pure functions with explicit state (focal, SPCL/APCL, CMCL, ...)
     suite_import.py  the PyTorch suite's trained heads loaded into these parameters
 """
-from emojax import lazy_exports
-
-_EXPORTS = {"EmotionModel": "model", "build_model": "model", "build_fusion": "fusion",
-            "build_classifier": "classifier", "DialogueContext": "dialogue", "combine_losses": "losses",
-            "init_loss": "losses"}
-__all__ = sorted(_EXPORTS)
-__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

@@ -46,6 +46,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from emojax.config import ConfigError
 from emojax.model.layers import Projector
 
 log = logging.getLogger(__name__)
@@ -357,6 +358,24 @@ EXTRA_LOSSES = ("spcl", "apcl", "cmcl", "scl", "frl", "dist")
 # Losses that compare modalities with each other; skipped (with a logged note) on unimodal runs.
 MULTIMODAL_LOSSES = ("cmcl", "scl", "frl")
 STATEFUL_LOSSES = ("spcl", "apcl")
+
+
+CLASSIFICATION_LOSSES = ("ce", "weighted", "focal")
+COMBINATIONS = ("sum", "uncertainty")
+
+
+def check_loss_config(cfg) -> None:
+    """The ``loss`` section of a run config against this registry: a ``ConfigError`` naming the key
+    for an unknown classification loss, extra loss or combination."""
+    loss = cfg.loss
+    if loss.classification not in CLASSIFICATION_LOSSES:
+        raise ConfigError(f"loss.classification: {loss.classification!r} is not one of "
+                          f"{', '.join(CLASSIFICATION_LOSSES)}")
+    for name in loss.extras:
+        if name not in EXTRA_LOSSES:
+            raise ConfigError(f"loss.extras.{name}: unknown extra loss; choose from {', '.join(EXTRA_LOSSES)}")
+    if loss.get("combine", "sum") not in COMBINATIONS:
+        raise ConfigError(f"loss.combine: {loss.combine!r} is not {' or '.join(COMBINATIONS)}")
 
 
 def _check_names(extras: Mapping) -> None:

@@ -10,6 +10,7 @@ from typing import Any, Callable, Iterable, Mapping, Optional, Sequence
 
 from emojax import config as config_lib
 from emojax.sweep.specs import SweepError, check_specs
+from emojax.training.plan import validate_config
 
 
 def dataset_folder(cfg) -> str:
@@ -139,7 +140,7 @@ def build_run(item: Mapping, workdir, data_root, overrides: Optional[Mapping[str
         except SweepError as err:
             raise SweepError(f"run {name!r}: {err}") from None
     try:
-        config_lib.validate(cfg)
+        validate_config(cfg)
     except config_lib.ConfigError as err:
         raise SweepError(f"run {name!r}: {err}") from None
     category = item.get("category") or "training"

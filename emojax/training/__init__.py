@@ -4,59 +4,17 @@
     steps.py         the jit-compiled pure steps: make_train_step, make_eval_step
     batches.py       epoch order and batches (a pure function of seed and epoch)
     parallel.py      data parallelism over devices with jax.sharding (DataParallel)
+    plan.py          a run's plan, decided before any work: validated config, directory, folders
     preparation.py   data, features and model of a run (Prepared, prepare); the record of its data
     distillation.py  a finished run as a frozen teacher
     loop.py          fit: resume, epochs, dev selection, the selected epoch scored once
     dialogue_batches.py  batches of whole dialogues for the dialogue-context head
-    finetune.py      encoders trained with the head (trainable, LoRA, top layers): stored inputs
-    finetune_text.py the text encoders' tuner
+    finetune.py      a run's encoders trained with the head (trainable, LoRA, top layers): Tuning
+    finetune_base.py what every tuner shares: the Tuner base, input rows, the checked input store
+    finetune_media.py the media encoders' tuner and their stored inputs
+    finetune_text.py the text encoders' tuner (top layers from stored hidden states)
     events.py        TensorBoard event files of a run
     distributed.py   multi-host runs on jax.distributed
-
-Scoring and results (predict_proba, score, write_results, load_run) live in
-:mod:`emojax.evaluation`.
-
-The names below resolve on first use: importing one light module (``emojax.training.steps``
-to score a run) runs this file first, and that must not load the epoch loop with it.
+    evaluation.py    scoring and results: predict_proba, score, write_results, a finished run
+                     rebuilt (load_run); never imports the epoch loop
 """
-from __future__ import annotations
-
-from emojax import lazy_exports
-
-# Public name -> the module of this package that defines it.
-_EXPORTS: dict[str, str] = {
-    "TrainState": "state",
-    "learning_rate_schedule": "state",
-    "make_optimizer": "state",
-    "trainable_tree": "state",
-    "compute_params": "state",
-    "best_target": "state",
-    "usable_extras": "state",
-    "init_state": "state",
-    "make_train_step": "steps",
-    "make_eval_step": "steps",
-    "epoch_order": "batches",
-    "batch_of": "batches",
-    "train_batches": "batches",
-    "DataParallel": "parallel",
-    "data_parallel": "parallel",
-    "Prepared": "preparation",
-    "load_data": "preparation",
-    "feature_cache": "preparation",
-    "prepare": "preparation",
-    "tuned_features": "preparation",
-    "DATA_RECORD": "preparation",
-    "DataChangedError": "preparation",
-    "dataset_files": "preparation",
-    "data_record": "preparation",
-    "check_data_record": "preparation",
-    "Teacher": "distillation",
-    "transfer_matching": "distillation",
-    "load_teacher": "distillation",
-    "fit": "loop",
-    "progress_at": "loop",
-    "check_run_paths": "loop",
-}
-
-__all__ = sorted(_EXPORTS)
-__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

@@ -18,7 +18,7 @@ from flax.traverse_util import flatten_dict, unflatten_dict
 
 from emojax.runs import checkpoint as ckpt_lib
 from emojax import config as config_lib
-from emojax.evaluation import load_run, score, scores_summary
+from emojax.training.evaluation import load_run, score, scores_summary
 from emojax.features.featurizer import FeatureSet
 from emojax.model.model import EmotionModel
 from emojax.progress import write_line

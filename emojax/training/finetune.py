@@ -33,7 +33,10 @@ except wav2vec2: a training batch is padded to the length bucket of its longest 
 compiled step per bucket), and evaluation groups clips by bucket so that each one is padded to
 its own bucket, exactly as the frozen feature path and the estimator compute it.
 
-The text tuner lives in :mod:`emojax.training.finetune_text`: token ids padded per length bucket, and
+The tuners build on :mod:`emojax.training.finetune_base` (the shared :class:`Tuner`, input rows and
+the checked store's reader): the media tuner and its input store live in
+:mod:`emojax.training.finetune_media`, the text tuner in :mod:`emojax.training.finetune_text`: token
+ids padded per length bucket, and
 ``finetune.tune_layers=K``, which trains the top ``K`` layers from stored hidden states of the
 frozen ones. ``tune_layers`` applies to the text families only; a Whisper, wav2vec2, VideoMAE or
 CLIP encoder of the same run is fine-tuned whole (their hidden states, hundreds to thousands of
@@ -42,372 +45,19 @@ positions of each clip, would take far more disk than their inputs).
 from __future__ import annotations
 
 import dataclasses
-import hashlib
-import json
 import logging
-import os
-import pathlib
-import secrets
-import shutil
-import tempfile
-from typing import Any, Optional, Sequence
+from typing import Optional
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from emojax.features.cache import file_identity
 from emojax.config import tuned_modalities
-from emojax.data import media
-from emojax.data.media import MediaError, map_references
-from emojax.encoders import lora as lora_lib
-from emojax.features.featurizer import padded_batches
-from emojax.files import digest, file_sha256
-from emojax.progress import progress_bar
+from emojax.training.finetune_base import StoredRows, Tuner
+from emojax.training.finetune_media import MediaTuner
+from emojax.training.finetune_text import TextTuner
 
 log = logging.getLogger(__name__)
-
-TUNING_MODES = ("trainable", "lora")
-INPUTS_VERSION = 1
-# (path, size, mtime_ns) of stored input files whose sha256 matched in this process: a store is
-# hashed once per process, not once per split or run that opens it.
-_VERIFIED_FILES: set[tuple[str, int, int]] = set()
-
-
-class StoredInputsError(ValueError):
-    """A stored input set fails its checks (missing index, wrong size, checksum mismatch); the
-    message names the file."""
-
-
-# ---------------------------------------------------------------------------------------------
-# Encoder inputs of a split
-# ---------------------------------------------------------------------------------------------
-class ArrayRows:
-    """Fixed-shape inputs held in memory (text token ids): ``{name: (n, ...) array}``."""
-
-    def __init__(self, arrays: dict[str, np.ndarray]):
-        self.arrays = arrays
-
-    def __len__(self) -> int:
-        return len(next(iter(self.arrays.values())))
-
-    def batch(self, index) -> dict[str, np.ndarray]:
-        return {k: v[np.asarray(index)] for k, v in self.arrays.items()}
-
-    def groups(self) -> list[np.ndarray]:
-        """Row groups that evaluation batches separately (one here)."""
-        return [np.arange(len(self))]
-
-
-class StoredRows:
-    """Per-sample media inputs stored once on disk: one flat memory-mapped file per input name,
-    each sample's array at its offset with its own shape (so clips of any length fit).
-
-    Opening checks every file against ``index.json`` (size, and with ``verify`` its sha256), so
-    a damaged store raises :class:`StoredInputsError` naming the file instead of failing later in
-    a reshape or feeding garbage to training.
-    """
-
-    def __init__(self, folder: pathlib.Path, collate, *, verify: bool = True):
-        self.folder = pathlib.Path(folder)
-        self.collate = collate
-        index_path = self.folder / "index.json"
-        try:
-            index = json.loads(index_path.read_text())
-        except FileNotFoundError:
-            raise StoredInputsError(f"{index_path} is missing") from None
-        except (OSError, ValueError) as err:
-            raise StoredInputsError(f"{index_path} is unreadable ({err})") from None
-        try:
-            self.names = list(index["names"])
-            self.present = np.asarray(index["present"], bool)
-            self.group_keys = list(index["groups"])
-            self.rows = index["rows"]  # per sample: {name: [offset, shape]}
-            dtypes = {name: np.dtype(index["dtypes"][name]) for name in self.names}
-            files = index.get("files")
-            if files is None:
-                raise StoredInputsError(f"{index_path} was written without file checksums, so the store "
-                                        "cannot be verified")
-            for name in self.names:
-                self._check(self.folder / f"{name}.bin", int(files[name]["bytes"]), str(files[name]["sha256"]),
-                            verify)
-            self.data = {name: np.memmap(self.folder / f"{name}.bin", dtype=dtypes[name], mode="r")
-                         for name in self.names}
-        except StoredInputsError:
-            raise
-        except (KeyError, TypeError, ValueError, OSError) as err:
-            raise StoredInputsError(f"{index_path} does not describe a readable store ({err!r})") from None
-
-    @staticmethod
-    def _check(path: pathlib.Path, size: int, sha256: str, verify: bool) -> None:
-        """Raise :class:`StoredInputsError` unless ``path`` has the recorded size (and sha256)."""
-        try:
-            stat = path.stat()
-        except FileNotFoundError:
-            raise StoredInputsError(f"{path} is missing") from None
-        if stat.st_size != size:
-            raise StoredInputsError(f"{path} has {stat.st_size} bytes, index.json records {size} (truncated or "
-                                    "overwritten)")
-        memo = (str(path.resolve()), stat.st_size, stat.st_mtime_ns)
-        if not verify or memo in _VERIFIED_FILES:
-            return
-        if file_sha256(path) != sha256:
-            raise StoredInputsError(f"{path} does not match its sha256 in index.json (its bytes changed)")
-        _VERIFIED_FILES.add(memo)
-
-    def __len__(self) -> int:
-        return len(self.rows)
-
-    def item(self, i: int) -> dict[str, np.ndarray]:
-        out = {}
-        for name in self.names:
-            offset, shape = self.rows[i][name]
-            size = int(np.prod(shape, dtype=np.int64))
-            out[name] = np.asarray(self.data[name][offset:offset + size]).reshape(shape)
-        return out
-
-    def batch(self, index) -> dict[str, np.ndarray]:
-        return self.collate([self.item(int(i)) for i in np.asarray(index)])
-
-    def groups(self) -> list[np.ndarray]:
-        keys = {}
-        for i, key in enumerate(self.group_keys):
-            keys.setdefault(json.dumps(key), []).append(i)
-        return [np.asarray(v) for v in keys.values()]
-
-
-def _discard_store(folder: pathlib.Path) -> None:
-    """Remove a damaged store: renamed away first (atomic), so no reader ever sees it half deleted."""
-    aside = folder.with_name(f".{folder.name}-discarded-{secrets.token_hex(4)}")
-    try:
-        os.rename(folder, aside)
-    except FileNotFoundError:  # another process discarded it first
-        return
-    except OSError:
-        aside = folder
-    shutil.rmtree(aside, ignore_errors=True)
-
-
-def _tuning_items(encoder, paths: Sequence[Optional[str]], workers: Optional[int]):
-    """``encoder.tuning_item`` of every path (``None`` for a path that is ``None``), or its
-    ``MediaError``, in order; decoded and preprocessed on the encoder's media pool when it has one
-    (``encoder.inputs``: one pass per recording, every core), else through the same pool one
-    file per task."""
-    given = [str(p) for p in paths if p]
-    if hasattr(encoder, "inputs"):
-        results = encoder.inputs(given, tuning=True, workers=workers)
-    else:
-        def decode(group):
-            out = []
-            for path in group:
-                try:
-                    out.append(encoder.tuning_item(path))
-                except MediaError as err:
-                    out.append(err)
-            return out
-
-        results = map_references(given, decode, workers=getattr(encoder, "workers", 0) if workers is None else workers,
-                                 by_file=False)
-    try:
-        for path in paths:
-            yield next(results) if path else None
-    finally:
-        results.close()
-
-
-def store_inputs(root: pathlib.Path, encoder, paths: Sequence[Optional[str]], *, desc: str,
-                 progress: bool = True, workers: Optional[int] = None) -> StoredRows:
-    """The preprocessed inputs of ``paths`` for the media ``encoder`` (read from ``root`` when
-    stored before and intact; otherwise prepared, with a progress bar, and stored atomically).
-
-    Files are decoded and preprocessed on ``workers`` threads (default: the encoder's
-    ``workers``, i.e. ``cache.media_workers``; 0: every core) and written in order, so the
-    store's bytes do not depend on the pool size.
-
-    A stored set that fails its checks (see :class:`StoredRows`) is reported, naming the file,
-    removed and prepared again, so a damaged store never needs removing by hand.
-    """
-    identities = [file_identity(p) if p else None for p in paths]
-    key = digest("inputs", INPUTS_VERSION, encoder.family, encoder.preprocessing(), identities,
-                  media.duration_cap())[:32]
-    folder = pathlib.Path(root) / key
-    if folder.exists():
-        try:
-            rows = StoredRows(folder, encoder.collate)
-            if len(rows) == len(paths):
-                return rows
-            problem = f"{folder / 'index.json'} holds {len(rows)} rows for {len(paths)} inputs"
-        except StoredInputsError as err:
-            problem = str(err)
-        log.warning("%s: stored %s inputs fail their check: %s; preparing them again", desc, encoder.modality,
-                    problem)
-        _discard_store(folder)
-    pathlib.Path(root).mkdir(parents=True, exist_ok=True)
-    tmp = pathlib.Path(tempfile.mkdtemp(prefix=f".{key}-", dir=root))
-    loaded = _tuning_items(encoder, paths, workers)  # a generator: starts with the first item asked for
-    try:
-        handles, digests, dtypes, offsets, rows, present, groups = {}, {}, {}, {}, [], [], []
-        skipped = 0
-        for item in progress_bar(loaded, total=len(paths), desc=desc, enabled=progress, leave=False):
-            ok = item is not None and not isinstance(item, MediaError)
-            if isinstance(item, MediaError):
-                log.warning("skipping %s input: %s", encoder.modality, item)
-                skipped += 1
-                item = None
-            if item is None:
-                item = encoder.blank_item()
-            row = {}
-            for name, value in item.items():
-                value = np.ascontiguousarray(value)
-                if name not in handles:
-                    handles[name] = open(tmp / f"{name}.bin", "wb")
-                    digests[name] = hashlib.sha256()
-                    dtypes[name], offsets[name] = value.dtype.str, 0
-                value = np.ascontiguousarray(value.astype(np.dtype(dtypes[name]), copy=False))
-                data = value.tobytes()
-                handles[name].write(data)
-                digests[name].update(data)
-                row[name] = [offsets[name], list(value.shape)]
-                offsets[name] += int(value.size)
-            rows.append(row)
-            present.append(ok)
-            groups.append(encoder.group(item))
-        for handle in handles.values():
-            handle.flush()
-            os.fsync(handle.fileno())
-            handle.close()
-        if skipped:
-            log.warning("%s: %d %s file(s) unreadable, treated as missing", desc, skipped, encoder.modality)
-        files = {name: {"bytes": offsets[name] * np.dtype(dtypes[name]).itemsize, "sha256": digests[name].hexdigest()}
-                 for name in handles}
-        with open(tmp / "index.json", "w") as handle:
-            json.dump({"names": list(handles), "dtypes": dtypes, "rows": rows, "present": present,
-                       "groups": groups, "files": files}, handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        try:
-            os.rename(tmp, folder)
-            ours = True
-        except OSError:  # another process stored the same inputs first
-            shutil.rmtree(tmp, ignore_errors=True)
-            ours = False
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    finally:
-        loaded.close()  # stop the decoding threads now, not when a traceback is dropped
-    # Our own files were hashed as they were written; another process's store is checked in full.
-    return StoredRows(folder, encoder.collate, verify=not ours)
-
-
-# ---------------------------------------------------------------------------------------------
-# One fine-tuned encoder
-# ---------------------------------------------------------------------------------------------
-class _Tuner:
-    """What every tuned encoder shares: modes, adapters, scaling; a family supplies
-    :meth:`_pooled`, :meth:`input_rows`, :meth:`install` and :attr:`params`."""
-
-    modality = ""
-
-    def __init__(self, cfg, params, stats: dict):
-        self.mode = str(cfg.mode)
-        if self.mode not in TUNING_MODES:
-            raise ValueError(f"mode: {self.mode!r} does not fine-tune encoders")
-        self.base = jax.device_get(params)
-        # The frozen base weights travel as a jit argument (never baked into the program as
-        # constants); a trainable run needs none.
-        self.base_args = jax.tree_util.tree_map(jnp.asarray, self.base) if self.mode == "lora" else None
-        self.remat = bool(cfg.finetune.get("remat", False))
-        self.mean = np.asarray(stats[self.modality]["mean"], np.float32)
-        self.std = np.asarray(stats[self.modality]["std"], np.float32)
-        spec = cfg.finetune.lora
-        self.rank, self.alpha = int(spec.rank), float(spec.alpha)
-        self.lora_dropout, self.targets = float(spec.dropout), str(spec.targets)
-        self._forward = jax.jit(lambda trainable, base, inputs: self.features(trainable, base, inputs))
-
-    # parameters
-    def init(self, rng: jax.Array) -> Any:
-        """The trainable pytree at the start: the base encoder, or fresh adapters."""
-        if self.mode == "trainable":
-            return jax.tree_util.tree_map(jnp.asarray, self.base)
-        return lora_lib.init_lora(self.base, rng, rank=self.rank, targets=self.targets)
-
-    def effective(self, trainable, base=None, *, rng: Optional[jax.Array] = None, deterministic: bool = True):
-        """The encoder parameters the forward pass uses (``base``: :attr:`base_args`, for lora)."""
-        if self.mode == "trainable":
-            return trainable
-        return lora_lib.apply_lora(self.base if base is None else base, trainable, alpha=self.alpha, rank=self.rank,
-                                   dropout=self.lora_dropout, rng=rng, deterministic=deterministic)
-
-    def merged(self, trainable):
-        """A plain encoder pytree (adapters folded in) for export and inference."""
-        if self.mode == "trainable":
-            return jax.device_get(trainable)
-        return lora_lib.merge_lora(self.base, trainable, alpha=self.alpha, rank=self.rank)
-
-    # computation
-    def features(self, trainable, base, inputs: dict, *, rng: Optional[jax.Array] = None,
-                 deterministic: bool = True):
-        """Standardised pooled features ``(batch, dim)`` float32 (differentiable in ``trainable``)."""
-        lora_rng = enc_rng = None
-        if rng is not None:
-            lora_rng, enc_rng = jax.random.split(rng)
-        params = self.effective(trainable, base, rng=lora_rng, deterministic=deterministic)
-        pooled = self._pooled(params, inputs, enc_rng, deterministic).astype(jnp.float32)
-        return (pooled - self.mean) / self.std
-
-    def _pooled(self, params, inputs, rng, deterministic):
-        raise NotImplementedError
-
-    def refresh(self, rows, trainable, batch_size: int) -> np.ndarray:
-        """Features ``(len(rows), dim)`` of every row by the current encoder, in padded batches
-        (per row group: wav2vec2 clips of one length bucket)."""
-        out = None
-        for group in rows.groups():
-            for index, padded in padded_batches(len(group), batch_size):
-                values = np.asarray(self._forward(trainable, self.base_args, rows.batch(group[padded])))
-                if out is None:
-                    out = np.zeros((len(rows), values.shape[-1]), np.float32)
-                out[group[index]] = values[:len(index)]
-        return out
-
-    def describe(self, trainable) -> str:
-        total = lora_lib.count_parameters(self.base)
-        name = f"{self.modality} encoder ({self.family})"
-        if self.mode == "trainable":
-            return f"{name} fine-tuned: {total:,} parameters"
-        adapters = lora_lib.count_parameters(trainable)
-        return (f"{name} LoRA: {len(trainable)} adapted projections, rank {self.rank}, alpha {self.alpha:g}: "
-                f"{adapters:,} trainable parameters ({100 * adapters / total:.2f}% of {total:,})")
-
-
-class MediaTuner(_Tuner):
-    """Whisper, wav2vec2 / data2vec-audio, VideoMAE or CLIP (inputs stored on disk)."""
-
-    def __init__(self, cfg, modality: str, encoder, stats: dict):
-        """``encoder``: the Featurizer's media encoder (``emojax.encoders.media_encoders``)."""
-        self.modality = modality
-        self.encoder = encoder
-        self.family = encoder.family
-        if int(cfg.finetune.get("tune_layers", 0) or 0):
-            log.warning("finetune.tune_layers applies to the text encoder; the %s encoder (%s) is fine-tuned whole",
-                        modality, self.family)
-        super().__init__(cfg, encoder.params, stats)
-        self.config = dataclasses.replace(encoder.config, remat=self.remat)
-
-    def _pooled(self, params, inputs, rng, deterministic):
-        return self.encoder.tuning_features(params, inputs, config=self.config, deterministic=deterministic, rng=rng)
-
-    def input_rows(self, split, root=None, progress=False) -> StoredRows:
-        if root is None:
-            raise ValueError("media inputs need a folder to be stored in")
-        paths = [getattr(s, "audio" if self.modality == "A" else "video") for s in split.samples]
-        return store_inputs(root, self.encoder, paths, desc=f"{self.modality} inputs ({split.name})",
-                            progress=progress)
-
-    def install(self, trainable) -> None:
-        """The featurizer's media encoder computes with the tuned weights from now on."""
-        self.encoder.set_params(self.merged(trainable))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -420,12 +70,10 @@ class Tuning:
         self.modalities = tuned_modalities(cfg)
         if not self.modalities:
             raise ValueError(f"mode: {cfg.mode!r}: no encoder of this run can be fine-tuned")
-        self.tuners: dict[str, _Tuner] = {}
+        self.tuners: dict[str, Tuner] = {}
         for modality in self.modalities:
             wrapper = featurizer.encoders[modality]
             if modality == "T":
-                # cycle: finetune_text builds on this module's _Tuner
-                from emojax.training.finetune_text import TextTuner
 
                 self.tuners[modality] = TextTuner(cfg, wrapper, stats)
             else:

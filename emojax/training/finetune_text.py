@@ -14,7 +14,7 @@ them with ``mode=lora``; ModernBERT's final norm with them); the embeddings and 
 ``L - K`` layers keep the base weights. Their output, the input of layer ``L - K``, is computed
 once per split, at every real position of every sample (``(length, hidden)`` float32, no
 padding), and stored beside the feature cache (``{cache}/_inputs/{key}``), with the integrity
-rules of the fine-tuning input store (:class:`emojax.training.finetune.StoredRows`: ``index.json`` with
+rules of the fine-tuning input store (:class:`emojax.training.finetune_base.StoredRows`: ``index.json`` with
 each ``.bin`` file's size and sha256, built in a temporary folder and renamed into place, a
 damaged store reported by file name and built again). Its key covers the encoder's weights hash
 (speaker-token rows and vocabulary included), the layer split, the compute dtype, the text path
@@ -50,7 +50,7 @@ from emojax.encoders import lora as lora_lib
 from emojax.encoders.modernbert import ModernBertConfig
 from emojax.encoders.text import bucket_widths, encode_pooled, encode_pooled_from, layer_input
 from emojax.files import building_folder, digest, publish_folder
-from emojax.training.finetune import StoredInputsError, StoredRows, _discard_store, _Tuner
+from emojax.training.finetune_base import StoredInputsError, StoredRows, Tuner, discard_store
 from emojax.progress import progress_bar
 
 log = logging.getLogger(__name__)
@@ -105,7 +105,7 @@ class TokenRows:
 
 class HiddenRows(TokenRows):
     """:class:`TokenRows` with each sample's stored input of the first tuned layer
-    (``hidden``: ``(length, hidden)`` float32, read from a :class:`~emojax.training.finetune.StoredRows`)."""
+    (``hidden``: ``(length, hidden)`` float32, read from a :class:`~emojax.training.finetune_base.StoredRows`)."""
 
     def __init__(self, stored: StoredRows, ids: Sequence[Sequence[int]], pad_id: int, widths: Sequence[int]):
         super().__init__(ids, pad_id, widths)
@@ -156,7 +156,7 @@ def store_hidden_states(root: str | os.PathLike, key: str, ids: Sequence[Sequenc
         if rows is not None:
             return rows
         log.warning("%s: the stored hidden states fail their check: %s; computing them again", desc, problem)
-        _discard_store(folder)
+        discard_store(folder)
     token_rows = TokenRows(ids, pad_id, widths)
     n = len(token_rows)
     order = np.argsort(token_rows.lengths, kind="stable")
@@ -220,7 +220,7 @@ def with_top_layers(params, top: dict) -> dict:
 # ---------------------------------------------------------------------------------------------
 # The tuner
 # ---------------------------------------------------------------------------------------------
-class TextTuner(_Tuner):
+class TextTuner(Tuner):
     """BERT / RoBERTa / ModernBERT over the run's text format: token ids in memory, or, with
     ``finetune.tune_layers``, the stored input of the first tuned layer (see the module docstring)."""
 

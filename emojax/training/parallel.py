@@ -1,6 +1,6 @@
 """Data parallelism with ``jax.sharding``: the state replicated, every batch split across devices.
 
-Kept apart from the loop because scoring (:func:`emojax.evaluation.score`) shards its batches
+Kept apart from the loop because scoring (:func:`emojax.training.evaluation.score`) shards its batches
 the same way a training run does.
 """
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """Everything a run needs before its first step: the dataset, its features, the model.
 
 :func:`prepare` is shared by training (:func:`emojax.training.loop.fit`) and by rebuilding a
-finished run (:func:`emojax.evaluation.load_run`), so both see the same features and model.
+finished run (:func:`emojax.training.evaluation.load_run`), so both see the same features and model.
 
 It also keeps the record of what a run was trained on (``data.json``: the dataset folder and the
 SHA-256 of its CSV files): resuming or rescoring a run on other data would mix two datasets, so
@@ -19,15 +19,14 @@ from typing import Any, Optional
 from emojax.runs import checkpoint as ckpt_lib
 from emojax import config as config_lib
 from emojax.features.cache import FeatureCache
-from emojax.data import load_dataset
+from emojax.data import DATASETS, load_dataset
 from emojax.data.context import all_speaker_tokens
 from emojax.data.media import media_file
 from emojax.data.demo import generate_demo
-from emojax.data.types import SPLITS
-from emojax.model.dialogue import check_context_run
 from emojax.features.featurizer import FeatureSet, Featurizer, feature_stats, standardize
 from emojax.files import file_sha256
 from emojax.training.finetune import Tuning
+from emojax.training.plan import validate_config
 from emojax.model.model import EmotionModel, build_model
 from emojax.training.dialogue_batches import with_dialogues
 
@@ -67,8 +66,8 @@ def check_dev_split(cfg, dataset) -> None:
     dev split is missing or holds no rows is refused before any feature is computed."""
     dev = dataset.splits.get("dev")
     if dev is None or not len(dev):
-        where = {"meld": "dev_sent_emo.csv", "iemocap": "IEMOCAP_dev.csv",
-                 "sims": "label.csv rows with mode=valid"}.get(str(cfg.dataset.kind), "the dev split")
+        described = DATASETS.get(str(cfg.dataset.kind))
+        where = described.dev_source if described is not None else "the dev split"
         raise config_lib.ConfigError(f"dataset.path: {cfg.dataset.path} has no dev rows ({where} missing or "
                                      "empty); training selects its epoch on dev: add the dev split")
 
@@ -79,13 +78,15 @@ def feature_cache(cfg, workdir: pathlib.Path) -> FeatureCache:
     return FeatureCache(root, host_bytes=int(cfg.cache.host_bytes), device_bytes=int(cfg.cache.device_bytes))
 
 
-def prepare(cfg, workdir: str | pathlib.Path, category: str = "training", *, dataset=None) -> Prepared:
-    """Validate, load the dataset (unless given, as :func:`load_data` returns it), compute (or read
-    cached) features and build the model."""
-    config_lib.validate(cfg)
-    check_context_run(cfg)
+def prepare(cfg, workdir: str | pathlib.Path, category: str = "training", *, dataset=None,
+            run_dir: Optional[pathlib.Path] = None) -> Prepared:
+    """Load the dataset (unless given, as :func:`load_data` returns it), compute (or read cached)
+    features and build the model. Given the ``run_dir`` of a plan (:func:`emojax.training.plan.plan_run`,
+    which validated ``cfg``), the config is not checked again; otherwise it is validated first."""
     workdir = pathlib.Path(workdir)
-    run_dir = config_lib.run_dir(cfg, workdir, category)
+    if run_dir is None:
+        validate_config(cfg)
+        run_dir = config_lib.run_dir(cfg, workdir, category)
     dataset = load_data(cfg) if dataset is None else dataset
     cache = feature_cache(cfg, workdir)
     start = time.perf_counter()
@@ -127,12 +128,6 @@ DATA_RECORD = "data.json"
 
 _MEDIA_FIELDS = {"A": "audio", "V": "video"}  # modality -> the Sample field naming its media file
 
-# The CSV files each dataset loader reads (emojax.data.meld / iemocap / sims).
-_DATASET_CSVS = {"meld": tuple(f"{split}_sent_emo.csv" for split in SPLITS),
-                 "iemocap": tuple(f"IEMOCAP_{split}.csv" for split in SPLITS),
-                 "sims": ("label.csv",)}
-
-
 class DataChangedError(ckpt_lib.CheckpointError):
     """The dataset a run recorded (folder, CSV contents) is not the one given now: resuming would
     mix two datasets' epochs and normalisation statistics, and rescoring a finished run would
@@ -140,13 +135,14 @@ class DataChangedError(ckpt_lib.CheckpointError):
 
 
 def dataset_files(kind: str, path: str | pathlib.Path) -> list[pathlib.Path]:
-    """The CSV files the loader of ``kind`` reads in the dataset folder ``path`` (those present;
-    every ``*.csv`` directly in the folder for a kind without a known layout)."""
+    """The CSV files the loader of ``kind`` reads in the dataset folder ``path``, as its description
+    (:data:`emojax.data.DATASETS`) names them: those present, each once, in split order; every
+    ``*.csv`` directly in the folder for a kind not registered."""
     path = pathlib.Path(path)
-    names = _DATASET_CSVS.get(str(kind))
-    if names is None:
+    described = DATASETS.get(str(kind))
+    if described is None:
         return sorted(p for p in path.glob("*.csv") if p.is_file())
-    return [path / name for name in names if (path / name).is_file()]
+    return [p for p in dict.fromkeys(described.files(path).values()) if p.is_file()]
 
 
 def media_record(cfg, dataset) -> dict[str, list[int]]:

@@ -162,7 +162,7 @@ def make_eval_step(model: EmotionModel) -> Callable:
     batch's shape (a model with a context head, see :class:`emojax.model.model.EmotionModel`).
 
     The step's ``dialogue_context`` attribute (kept by ``jax.jit``) says whether the model has a
-    context head: scoring (:func:`emojax.evaluation.predict_proba`) then gives it whole dialogues."""
+    context head: scoring (:func:`emojax.training.evaluation.predict_proba`) then gives it whole dialogues."""
 
     def eval_step(params, features, present, batch_mask=None, speakers=None):
         shape = {} if speakers is None else {"speakers": speakers}

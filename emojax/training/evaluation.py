@@ -15,6 +15,7 @@ import numpy as np
 from emojax.runs import checkpoint as ckpt_lib
 from emojax import config as config_lib
 from emojax import metrics as metrics_lib
+from emojax.runs.format import FORMAT as RUN_FORMAT
 from emojax.runs.records import run_config
 from emojax.files import write_bytes_if_changed, write_json_if_changed
 from emojax.features.featurizer import FeatureSet, padded_batches
@@ -82,11 +83,12 @@ def scores_summary(scores: dict) -> dict:
 
 
 def write_meta(prep: Prepared) -> None:
-    """``meta.json`` (class names, input sizes, label, hash, feature statistics, speaker tokens)
-    and the text encoder's preprocessing: what inference needs to rebuild the run's inputs."""
+    """``meta.json`` (class names, input sizes, label, hash, feature statistics, speaker tokens,
+    the run format) and the text encoder's preprocessing: what inference needs to rebuild the
+    run's inputs."""
     meta = {"class_names": list(prep.class_names), "input_dims": prep.featurizer.dims,
             "label": config_lib.run_label(prep.cfg), "hash": config_lib.config_hash(prep.cfg),
-            "feature_stats": prep.feature_stats}
+            "feature_stats": prep.feature_stats, "format": RUN_FORMAT}
     text = prep.featurizer.encoders.get("T")
     if text is not None:
         meta["speaker_tokens"] = list(getattr(text, "speaker_tokens", []))
@@ -144,8 +146,7 @@ def load_run(run_dir: str | pathlib.Path, workdir: Optional[str | pathlib.Path] 
     dataset = load_data(cfg)
     if not allow_data_change:
         check_data_record(cfg, run_dir, dataset, action="evaluate")
-    prep = prepare(cfg, workdir, dataset=dataset)
-    prep.run_dir = run_dir
+    prep = prepare(cfg, workdir, dataset=dataset, run_dir=run_dir)  # its config checked by run_config
     eval_step = jax.jit(make_eval_step(prep.model))
     optimizer = make_optimizer(cfg, 1)
     state = init_state(prep, optimizer)

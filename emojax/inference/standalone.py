@@ -37,9 +37,8 @@ from emojax.runs.checkpoint import CheckpointError
 from emojax.runs.records import STANDALONE_MANIFEST
 from emojax.features.featurizer import Featurizer
 from emojax.files import building_folder, publish_folder, write_json_atomic
+from emojax.inference.estimator import Estimator
 from emojax.runs.store import RUN_LINKS, export_encoder, neural_encoders, resolve_run_encoder, run_encoders
-
-# Cycle: emojax.inference imports this module, so Estimator is imported where it is used.
 
 MANIFEST = STANDALONE_MANIFEST
 _RUN_FILES = ("config.json", "meta.json", "results.json", "progress.json", "history.json", "metrics.md")
@@ -158,7 +157,6 @@ def load_standalone(folder: str | os.PathLike):
         if not (folder / info["path"] / "model.safetensors").is_file():
             raise CheckpointError(f"{folder / info['path']}: encoder folder missing or incomplete")
     _point_config(folder)
-    from emojax.inference import Estimator  # cycle: standalone <-> inference
 
     return Estimator(folder)
 
@@ -166,7 +164,6 @@ def load_standalone(folder: str | os.PathLike):
 def _export_tuned(run_dir: pathlib.Path, output: pathlib.Path, cfg) -> dict:
     """The fine-tuned encoders of the run's selected epoch (LoRA adapters merged) as plain
     Hugging Face folders ``output/{m}``, in place of the base encoders copied there."""
-    from emojax.inference import Estimator  # cycle: standalone <-> inference
 
     estimator = Estimator(run_dir)
     encoders = neural_encoders(estimator.featurizer)
