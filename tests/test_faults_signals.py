@@ -321,8 +321,10 @@ def test_sigterm_on_a_parallel_sweep_stops_its_runs_and_a_relaunch_finishes_them
     data_root, workdir = tmp_path / "data", tmp_path / "runs"
     data_root.mkdir()
     (data_root / "MELD").symlink_to(text_meld)
-    sets = {"encoders.T.model": str(tiny_bert), "train.epochs": "2", "train.batch_size": "16",
-            "cache.dir": str(tmp_path / "cache"), "progress": "False"}
+    # Enough epochs that no run can finish between taking its lock and the SIGTERM, however
+    # loaded the machine (a run that finished first would be reported done, not stopped).
+    sets = {"encoders.T.model": str(tiny_bert), "train.epochs": "40", "train.patience": "40",
+            "train.batch_size": "16", "cache.dir": str(tmp_path / "cache"), "progress": "False"}
     runs = sweep_lib.plan(load_sweep(SWEEP), workdir, data_root, compose=compose, overrides=sets, only=ONLY)
     assert len(runs) == 3
     by_name = {run.name: run for run in runs}
