@@ -96,6 +96,16 @@ def copy_folder_files_atomic(source: str | os.PathLike, target: str | os.PathLik
     return written
 
 
+def read_json_object(path: str | os.PathLike) -> Optional[dict]:
+    """The JSON object in the file ``path``, or ``None`` when it is missing, unreadable, not JSON,
+    or not an object (a run's record files, read where an absent one is a valid answer)."""
+    try:
+        payload = json.loads(pathlib.Path(path).read_text())
+    except (OSError, UnicodeDecodeError, ValueError):
+        return None
+    return payload if isinstance(payload, dict) else None
+
+
 def write_text_atomic(path: str | os.PathLike, text: str) -> None:
     """:func:`write_bytes_atomic` of ``text`` in UTF-8 (newlines written as they are)."""
     write_bytes_atomic(path, text.encode("utf-8"))
@@ -155,7 +165,7 @@ def publish_folder(work: str | os.PathLike, final: str | os.PathLike, *, sync: b
 
 
 __all__ = ["digest", "file_sha256", "write_bytes_atomic", "write_bytes_if_changed", "copy_folder_files_atomic",
-           "write_text_atomic", "write_json_atomic", "write_json_if_changed",
+           "read_json_object", "write_text_atomic", "write_json_atomic", "write_json_if_changed",
            "building_folder", "publish_folder", "HASH_BLOCK"]
 
 

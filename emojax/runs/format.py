@@ -40,6 +40,7 @@ from typing import Iterator, Mapping, Optional
 
 import ml_collections
 
+from emojax.files import read_json_object
 from emojax import config as config_lib
 
 FORMAT = 2
@@ -58,24 +59,16 @@ class RunFormatError(config_lib.ConfigError):
         self.short = short or message
 
 
-def _json(path: pathlib.Path) -> Optional[dict]:
-    try:
-        payload = json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, ValueError):
-        return None
-    return payload if isinstance(payload, dict) else None
-
-
 def run_format(run_dir: str | os.PathLike) -> int:
     """The format of the run in ``run_dir``: ``meta.json``'s ``"format"`` (1 when it has none). A
     run stopped before its ``meta.json`` is told by its ``config.json`` (format 1 kept the
     fine-tuning settings under ``encoder``); a folder with neither is a new run, of :data:`FORMAT`."""
     run_dir = pathlib.Path(run_dir)
-    meta = _json(run_dir / RECORD)
+    meta = read_json_object(run_dir / RECORD)
     if meta is not None:
         found = meta.get("format", 1)
         return found if isinstance(found, int) and not isinstance(found, bool) else 1
-    raw = _json(run_dir / "config.json")
+    raw = read_json_object(run_dir / "config.json")
     return 1 if raw is not None and _FINETUNE_1 in raw and "finetune" not in raw else FORMAT
 
 
@@ -311,14 +304,14 @@ def _renamed_in(item: pathlib.Path, families: dict[str, str]) -> int:
 
 def _recorded_hashes(run_dir: pathlib.Path) -> list[str]:
     """The hashes a run was made with: ``meta.json``'s, ``results.json``'s, its directory's name."""
-    recorded = [(_json(run_dir / name) or {}).get("hash") for name in ("meta.json", "results.json")]
+    recorded = [(read_json_object(run_dir / name) or {}).get("hash") for name in ("meta.json", "results.json")]
     return [str(digest) for digest in recorded if digest] + [run_dir.name.split("--")[0]]
 
 
 def _plan_run(run: pathlib.Path, workdir: pathlib.Path) -> Migration:
     """Where the run of format 1 in ``run`` goes and what changes, or why it is left as it is."""
     move = Migration(run, run)
-    raw = _json(run / "config.json") or {}
+    raw = read_json_object(run / "config.json") or {}
     try:
         move.config, changes = config_of_format_2(raw)
         cfg = ml_collections.ConfigDict(move.config)
@@ -372,7 +365,7 @@ def plan(workdir: str | os.PathLike) -> tuple[list[Migration], int]:
 
 
 def _encoder_record(run_dir: pathlib.Path) -> dict:
-    return _json(run_dir / "encoders.json") or {}
+    return read_json_object(run_dir / "encoders.json") or {}
 
 
 def migrate(workdir: str | os.PathLike, *, apply: bool = False) -> Iterator[Migration]:
@@ -483,12 +476,12 @@ def _migrate_run(move: Migration, workdir: pathlib.Path, moved: dict[str, str]) 
             os.rename(move.source, move.target)
         for modality, entry in entries.items():
             store.link_entry(move.target, modality, entry)
-        teacher = _json(move.target / "teacher.json")
+        teacher = read_json_object(move.target / "teacher.json")
         if teacher and str(teacher.get("run_dir")) in moved:
             write_json_if_changed(move.target / "teacher.json", {**teacher, "run_dir": moved[teacher["run_dir"]]})
-        results = _json(move.target / "results.json")
+        results = read_json_object(move.target / "results.json")
         if results is not None:
             write_json_if_changed(move.target / "results.json", {**results, "hash": digest})
-        meta = _json(move.target / RECORD)
+        meta = read_json_object(move.target / RECORD)
         if meta is not None:
             write_json_if_changed(move.target / RECORD, {**meta, "hash": digest, "format": FORMAT})

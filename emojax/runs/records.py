@@ -14,6 +14,7 @@ from typing import Optional
 
 import ml_collections
 
+from emojax.files import read_json_object
 from emojax import config as config_lib
 from emojax.runs import format as format_lib
 
@@ -46,7 +47,7 @@ def run_config(run_dir: str | pathlib.Path):
     format_lib.check_format(run_dir)
     cfg = config_lib.load_config(path)
     hashed = cfg
-    manifest = _json_or_none(run_dir / STANDALONE_MANIFEST)
+    manifest = read_json_object(run_dir / STANDALONE_MANIFEST)
     if manifest is not None:
         hashed = ml_collections.ConfigDict(cfg.to_dict())
         for modality, info in (manifest.get("encoders") or {}).items():
@@ -58,7 +59,7 @@ def run_config(run_dir: str | pathlib.Path):
         raise RunConfigError(f"{path}: not a run config ({err}); restore the file the run wrote") from None
     recorded = []
     for name in ("meta.json", "results.json"):
-        payload = _json_or_none(run_dir / name)
+        payload = read_json_object(run_dir / name)
         if payload is not None and payload.get("hash"):
             recorded.append((str(payload["hash"]), name))
             break
@@ -80,9 +81,3 @@ def run_config(run_dir: str | pathlib.Path):
     return cfg
 
 
-def _json_or_none(path: pathlib.Path) -> Optional[dict]:
-    try:
-        payload = json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, ValueError):
-        return None
-    return payload if isinstance(payload, dict) else None
