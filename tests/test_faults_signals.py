@@ -321,8 +321,8 @@ def test_sigterm_on_a_parallel_sweep_stops_its_runs_and_a_relaunch_finishes_them
     data_root, workdir = tmp_path / "data", tmp_path / "runs"
     data_root.mkdir()
     (data_root / "MELD").symlink_to(text_meld)
-    # Enough epochs that no run can finish between taking its lock and the SIGTERM, however
-    # loaded the machine (a run that finished first would be reported done, not stopped).
+    # Each run is frozen (SIGSTOP) as soon as it holds its lock, so neither can finish before the
+    # other has started, however loaded the machine; both go on (SIGCONT) just before the SIGTERM.
     sets = {"encoders.T.model": str(tiny_bert), "train.epochs": "40", "train.patience": "40",
             "train.batch_size": "16", "cache.dir": str(tmp_path / "cache"), "progress": "False"}
     runs = sweep_lib.plan(load_sweep(SWEEP), workdir, data_root, compose=compose, overrides=sets, only=ONLY)
@@ -338,8 +338,19 @@ def test_sigterm_on_a_parallel_sweep_stops_its_runs_and_a_relaunch_finishes_them
         children = wait_for(lambda: len(started_runs(out.lines)) == 2 and started_runs(out.lines), 120,
                             "the sweep to start two runs")
         # Both runs are under way: each holds its run directory's lock (taken as training starts).
-        wait_for(lambda: all(lock_pid(by_name[name].run_dir) == pid for name, pid in children.items()), 300,
-                 "both runs to lock their run directories")
+        frozen = set()
+
+        def freeze_locked():
+            for name, pid in children.items():
+                if name not in frozen and lock_pid(by_name[name].run_dir) == pid:
+                    os.kill(pid, signal.SIGSTOP)
+                    frozen.add(name)
+            return len(frozen) == len(children)
+
+        wait_for(freeze_locked, 300, "both runs to lock their run directories")
+        assert not [name for name in children if (by_name[name].run_dir / "results.json").exists()]
+        for pid in children.values():
+            os.kill(pid, signal.SIGCONT)
         parent.send_signal(signal.SIGTERM)
         parent.wait(timeout=60)  # the runs get 30 s to stop, then SIGKILL
     finally:
