@@ -20,13 +20,18 @@ Measured, each pair alternated ``--repeats`` times (medians reported; the machin
 2. the IEMOCAP-like recording: the 16 shrunk frames of every utterance, all segments in one pass
    (``read_video_segments``) against decoding from the file's start for each segment
    (``read_video_frames`` per reference, as before), one thread each, same frames (checked);
-3. audio per clip, one worker against the pool: classic librosa features (``encoders=A``) and
-   Whisper's input (the 80-bin log-mel of transformers' ``WhisperFeatureExtractor`` for a 30 s
-   window, per clip as ``WhisperFeatures.prepare`` computes it).
+3. audio per clip, one worker against the pool of ``--workers`` worker processes
+   (``map_references(..., processes=True)``: librosa's features and transformers' numpy log-mel
+   hold the GIL, so threads do not spread them): classic librosa features (``encoders=A``, the
+   Featurizer) and Whisper's input (the 80-bin log-mel of transformers' ``WhisperFeatureExtractor``
+   for a 30 s window, per clip as ``WhisperFeatures.prepare`` computes it). The pools' processes
+   are started and warmed up before the timings, as they are once per program.
 
-Prints a Markdown table and the load average (``os.getloadavg``) before and after, and writes
-everything to ``--output`` as JSON.
+``--parts`` picks rows: ``video``, ``segments``, ``audio``, ``whisper`` (default: all; the audio
+rows alone need no video generated). Prints a Markdown table and the load average
+(``os.getloadavg``) before and after, and writes everything to ``--output`` as JSON.
 """
+import functools
 import os
 import pathlib
 import statistics
@@ -54,6 +59,7 @@ _RECORDING = flags.DEFINE_float("recording_seconds", 180.0, "Length of the IEMOC
 _SEGMENTS = flags.DEFINE_integer("segments", 50, "Utterance segments in the recording.")
 _WORKDIR = flags.DEFINE_string("workdir", "runs/bench-media", "Generated media (kept and reused).")
 _OUTPUT = flags.DEFINE_string("output", "", "JSON file for the results (default: WORKDIR/media_decode.json).")
+_PARTS = flags.DEFINE_list("parts", ["video", "segments", "audio", "whisper"], "Rows to measure.")
 
 CLIP_SIZE, CLIP_FPS, CLIP_SECONDS = (1280, 720), 25.0, 3.0
 RECORDING_SIZE, RECORDING_FPS = (720, 480), 29.97
@@ -95,20 +101,21 @@ def _write_voice(path: pathlib.Path, seconds: float, seed: int) -> None:
     sf.write(str(path), (0.2 * voice + 0.005 * rng.normal(size=len(t))).astype(np.float32), AUDIO_RATE)
 
 
-def generate(root: pathlib.Path, clips: int, recording_seconds: float, segments: int) -> dict:
-    """The clips, their audio and the recording with its segments (reused when already made)."""
+def generate(root: pathlib.Path, clips: int, recording_seconds: float, segments: int, *, video: bool = True) -> dict:
+    """The clips, their audio and the recording with its segments (reused when already made;
+    ``video=False``: the audio alone)."""
     root.mkdir(parents=True, exist_ok=True)
     videos = [root / "clips" / f"clip{i:04d}.mp4" for i in range(clips)]
     audios = [root / "clips" / f"clip{i:04d}.flac" for i in range(clips)]
     (root / "clips").mkdir(exist_ok=True)
     start = time.perf_counter()
-    for i, (video, audio) in enumerate(zip(videos, audios)):
-        if not video.exists():
-            _write_video(video, CLIP_SECONDS, CLIP_FPS, CLIP_SIZE, "mp4v", seed=i)
+    for i, (clip, audio) in enumerate(zip(videos, audios)):
+        if video and not clip.exists():
+            _write_video(clip, CLIP_SECONDS, CLIP_FPS, CLIP_SIZE, "mp4v", seed=i)
         if not audio.exists():
             _write_voice(audio, CLIP_SECONDS, seed=i)
     recording = root / f"dialogue-{recording_seconds:g}s.avi"
-    if not recording.exists():
+    if video and not recording.exists():
         _write_video(recording, recording_seconds, RECORDING_FPS, RECORDING_SIZE, "DIVX", seed=12345)
     rng = np.random.default_rng(0)
     slot = recording_seconds / segments
@@ -156,17 +163,20 @@ def featurizer_features(modality: str, paths: list[str], workers: int) -> np.nda
     return data.features[modality]
 
 
-def whisper_inputs(paths: list[str], workers: int, extractor) -> np.ndarray:
-    """Whisper's log-mel of every clip on the media pool, per clip as ``WhisperFeatures.prepare``."""
+def whisper_clip_input(wave: np.ndarray, extractor) -> np.ndarray:
+    """One clip's log-mel ``(n_mels, frames)``, as ``WhisperFeatures.prepare`` computes it (a
+    module-level function: it goes to the worker processes by name)."""
     from emojax.encoders.whisper import whisper_preprocess
 
-    def decode(group):
-        return [media.read_audio(p, AUDIO_RATE) for p in group]
+    return whisper_preprocess([wave], extractor, sampling_rate=AUDIO_RATE)[0][0]
 
-    def finish(wave):
-        return whisper_preprocess([wave], extractor, sampling_rate=AUDIO_RATE)[0][0]
 
-    return np.stack(list(media.map_references(paths, decode, finish, workers=workers, by_file=False)))
+def whisper_inputs(paths: list[str], workers: int, extractor) -> np.ndarray:
+    """Whisper's log-mel of every clip on the media pool's worker processes."""
+    decode = functools.partial(media.read_audios, sample_rate=AUDIO_RATE)
+    finish = functools.partial(whisper_clip_input, extractor=extractor)
+    return np.stack(list(media.map_references(paths, decode, finish, workers=workers, by_file=False,
+                                              processes=True)))
 
 
 def segments_one_pass(recording: str, segments) -> list[np.ndarray]:
@@ -203,7 +213,11 @@ def main(argv):
     workdir = pathlib.Path(_WORKDIR.value)
     workers = media.media_workers(_WORKERS.value)
     repeats = _REPEATS.value
-    data = generate(workdir, _CLIPS.value, _RECORDING.value, _SEGMENTS.value)
+    parts = set(_PARTS.value)
+    unknown = parts - {"video", "segments", "audio", "whisper"}
+    if unknown:
+        raise app.UsageError(f"--parts: unknown {', '.join(sorted(unknown))}; choose video, segments, audio, whisper")
+    data = generate(workdir, _CLIPS.value, _RECORDING.value, _SEGMENTS.value, video=bool(parts & {"video", "segments"}))
     load_before = os.getloadavg()
     machine = machine_description()
     videos, audios, n = data["videos"], data["audios"], len(data["videos"])
@@ -212,38 +226,51 @@ def main(argv):
 
     def row(work, items, unit, ours_name, ours_s, ref_name, ref_s, identical):
         ours, ref = statistics.median(ours_s), statistics.median(ref_s)
+        paired = statistics.median(r / o for o, r in zip(ours_s, ref_s))  # each repetition's pair
         rows.append({"work": work, "items": items, "unit": unit, "emojax": ours_name, "emojax_s": ours_s,
                      "reference": ref_name, "reference_s": ref_s, "emojax_median_s": ours, "reference_median_s": ref,
-                     "speedup": ref / ours, "identical": identical})
-        print(f"{work}: emojax {ours:.2f} s, reference {ref:.2f} s ({ref / ours:.2f}x)", flush=True)
+                     "speedup": ref / ours, "median_paired_speedup": paired, "identical": identical})
+        print(f"{work}: emojax {ours:.2f} s, reference {ref:.2f} s ({ref / ours:.2f}x; median of the pairs' "
+              f"ratios {paired:.2f}x)", flush=True)
 
-    # warm up (imports, Haar cascade, librosa's first calls) outside the timings
-    featurizer_features("V", videos[:2], workers)
-    featurizer_features("A", audios[:2], workers)
-    whisper_inputs(audios[:2], 1, extractor)
+    # warm up (imports, Haar cascade, librosa's first calls; the worker processes' start, each
+    # with a task or more) outside the timings
+    warm = audios[:4 * workers]
+    if parts & {"video", "segments"}:
+        featurizer_features("V", videos[:2], workers)
+    if "audio" in parts:
+        featurizer_features("A", warm, workers)
+        featurizer_features("A", warm[:1], 1)
+    if "whisper" in parts:
+        whisper_inputs(warm, workers, extractor)
+        whisper_inputs(warm[:1], 1, extractor)
 
-    seconds, out = alternate({"ours": lambda: featurizer_features("V", videos, workers),
-                              "suite": lambda: suite_video_features(videos)}, repeats)
-    row("classic video features, MELD-shaped clips (1280x720, 25 fps, 3 s)", n, "clips",
-        f"Featurizer, pool of {workers}", seconds["ours"], "decode every frame, keep 16, one clip at a time",
-        seconds["suite"], _same(out["ours"], out["suite"]))
+    if "video" in parts:
+        seconds, out = alternate({"ours": lambda: featurizer_features("V", videos, workers),
+                                  "suite": lambda: suite_video_features(videos)}, repeats)
+        row("classic video features, MELD-shaped clips (1280x720, 25 fps, 3 s)", n, "clips",
+            f"Featurizer, pool of {workers}", seconds["ours"], "decode every frame, keep 16, one clip at a time",
+            seconds["suite"], _same(out["ours"], out["suite"]))
 
-    recording, segments = data["recording"], [tuple(s) for s in data["segments"]]
-    seconds, out = alternate({"one pass": lambda: segments_one_pass(recording, segments),
-                              "per segment": lambda: segments_each_from_start(recording, segments)}, repeats)
-    row(f"IEMOCAP-like recording ({_RECORDING.value:g} s, 720x480 DivX): 16 frames of each utterance",
-        len(segments), "segments", "all segments in one pass", seconds["one pass"],
-        "from the file's start per segment", seconds["per segment"], _same(out["one pass"], out["per segment"]))
+    if "segments" in parts:
+        recording, segments = data["recording"], [tuple(s) for s in data["segments"]]
+        seconds, out = alternate({"one pass": lambda: segments_one_pass(recording, segments),
+                                  "per segment": lambda: segments_each_from_start(recording, segments)}, repeats)
+        row(f"IEMOCAP-like recording ({_RECORDING.value:g} s, 720x480 DivX): 16 frames of each utterance",
+            len(segments), "segments", "all segments in one pass", seconds["one pass"],
+            "from the file's start per segment", seconds["per segment"], _same(out["one pass"], out["per segment"]))
 
-    seconds, out = alternate({"pool": lambda: featurizer_features("A", audios, workers),
-                              "one": lambda: featurizer_features("A", audios, 1)}, repeats)
-    row("classic audio features (3 s, 16 kHz FLAC)", n, "clips", f"pool of {workers}", seconds["pool"],
-        "one worker", seconds["one"], _same(out["pool"], out["one"]))
+    if "audio" in parts:
+        seconds, out = alternate({"pool": lambda: featurizer_features("A", audios, workers),
+                                  "one": lambda: featurizer_features("A", audios, 1)}, repeats)
+        row("classic audio features (3 s, 16 kHz FLAC)", n, "clips", f"{workers} worker processes", seconds["pool"],
+            "one worker", seconds["one"], _same(out["pool"], out["one"]))
 
-    seconds, out = alternate({"pool": lambda: whisper_inputs(audios, workers, extractor),
-                              "one": lambda: whisper_inputs(audios, 1, extractor)}, repeats)
-    row("Whisper input: 80-bin log-mel, 30 s window", n, "clips", f"pool of {workers}", seconds["pool"],
-        "one worker", seconds["one"], _same(out["pool"], out["one"]))
+    if "whisper" in parts:
+        seconds, out = alternate({"pool": lambda: whisper_inputs(audios, workers, extractor),
+                                  "one": lambda: whisper_inputs(audios, 1, extractor)}, repeats)
+        row("Whisper input: 80-bin log-mel, 30 s window", n, "clips", f"{workers} worker processes", seconds["pool"],
+            "one worker", seconds["one"], _same(out["pool"], out["one"]))
 
     load_after = os.getloadavg()
     print(f"\n{machine_line(machine)}; {repeats} alternated repetitions, medians; load average "
@@ -258,7 +285,8 @@ def main(argv):
     output = _OUTPUT.value or str(workdir / "media_decode.json")
     write_json_atomic(output, {"machine": machine, "load_average_before": load_before, "load_average_after": load_after,
                                "settings": {"clips": n, "repeats": repeats, "workers": workers,
-                                            "recording_seconds": _RECORDING.value, "segments": len(segments)},
+                                            "recording_seconds": _RECORDING.value, "segments": _SEGMENTS.value,
+                                            "parts": sorted(parts)},
                                "results": rows})
     print(f"\nwritten {output}")
 

@@ -217,6 +217,49 @@ def test_map_references_order_groups_and_errors():
         next(results)
 
 
+@pytest.fixture(scope="module", autouse=True)
+def _stop_worker_processes():
+    yield
+    media.close_process_pools()
+
+
+def test_map_references_on_processes_equal_one_worker(media_split, caplog):
+    """Audio decoded and finished on worker processes: librosa's features and the duration cap's
+    warnings as on one worker, in order; a bad file's MediaError comes back whole; any other
+    exception is raised at its reference."""
+    import functools
+
+    refs = [s.audio for s in media_split.samples]
+    decode = functools.partial(media.read_audios, sample_rate=16000, max_seconds=1.0)
+    finish = classic.audio_features_from_samples
+    runs = {}
+    for workers in (1, 2):
+        media._warned_long.clear()
+        caplog.clear()
+        with caplog.at_level(logging.WARNING):
+            runs[workers] = list(map_references(refs, decode, finish, workers=workers, by_file=False, ahead=3,
+                                                processes=True))
+        runs[workers, "warned"] = [r.getMessage() for r in caplog.records]
+    media._warned_long.clear()
+    long = [refs[i] for i in (0, 1, 3, 5, 6)]  # the clips and segments over 1 s
+    assert runs[2, "warned"] == runs[1, "warned"] == [
+        f"{r}: longer than 1 s; only its first 1 s are used (dataset.max_seconds)" for r in long]
+    for i, ref in enumerate(refs):
+        if i == 4:
+            for workers in (1, 2):
+                assert isinstance(runs[workers][i], MediaError) and runs[workers][i].path == ref
+            assert str(runs[2][i]) == str(runs[1][i])
+            continue
+        expected = classic.audio_features_from_samples(media.read_audio(ref, 16000, max_seconds=1.0))
+        np.testing.assert_array_equal(runs[1][i], expected)
+        np.testing.assert_array_equal(runs[2][i], expected)
+    wrong_rate = functools.partial(media.read_audios, sample_rate=-1)  # librosa refuses: not a MediaError
+    results = map_references(refs[:2], wrong_rate, finish, workers=2, by_file=False, processes=True)
+    with pytest.raises(ValueError, match="(?i)sample rate") as err:
+        next(results)
+    assert not isinstance(err.value, MediaError)
+
+
 def test_media_workers_from_the_config():
     import os
 

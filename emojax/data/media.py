@@ -12,8 +12,10 @@ frames, otherwise every frame with the last one repeated up to ``F``.
 """
 from __future__ import annotations
 
+import atexit
 import concurrent.futures
 import logging
+import multiprocessing
 import os
 import pathlib
 import re
@@ -42,6 +44,9 @@ class MediaError(RuntimeError):
         self.path = str(path)
         self.reason = reason
         super().__init__(f"{self.path}: {reason}")
+
+    def __reduce__(self):  # rebuilt from its two fields when it comes back from a worker process
+        return type(self), (self.path, self.reason)
 
 
 _SEGMENT = re.compile(r"^(?P<file>.+)#t=(?P<start>\d+(?:\.\d*)?),(?P<end>\d+(?:\.\d*)?)$")
@@ -412,14 +417,15 @@ def read_video_frames(path: str | os.PathLike, num_frames: int = 16,
     return result
 
 
-# -- many references on a thread pool ---------------------------------------------------------
+# -- many references on a pool of workers------------------------------------------------------
 
 def media_workers(workers: Optional[int] = 0) -> int:
-    """Threads that decode media: ``workers``, or every core (``os.cpu_count()``) for 0 / ``None``."""
+    """Workers (threads, or processes: :func:`map_references`) that decode media: ``workers``, or
+    every core (``os.cpu_count()``) for 0 / ``None``."""
     if workers is None or int(workers) == 0:
         return max(1, os.cpu_count() or 1)
     if int(workers) < 0:
-        raise ValueError(f"cache.media_workers: {workers!r} must be 0 (every core) or a positive number of threads")
+        raise ValueError(f"cache.media_workers: {workers!r} must be 0 (every core) or a positive number of workers")
     return int(workers)
 
 
@@ -458,9 +464,9 @@ def _finish_one(finish: Optional[Callable[[Any], Any]], value: Any) -> Any:
 
 def map_references(refs: Sequence[str | os.PathLike], decode: Callable[[list[str]], list],
                    finish: Optional[Callable[[Any], Any]] = None, *, workers: Optional[int] = 0,
-                   by_file: bool = True, ahead: Optional[int] = None) -> Iterator[Any]:
+                   by_file: bool = True, ahead: Optional[int] = None, processes: bool = False) -> Iterator[Any]:
     """``finish(decoded)`` of every reference, or its ``MediaError``, in the order of ``refs``,
-    computed on a pool of :func:`media_workers` threads.
+    computed on a pool of :func:`media_workers` threads (``processes``: worker processes).
 
     ``decode(group)`` gets a list of references into one file (``by_file``; otherwise one
     reference at a time) and returns one decoded value or ``MediaError`` per reference, e.g.
@@ -471,6 +477,13 @@ def map_references(refs: Sequence[str | os.PathLike], decode: Callable[[list[str
     bounds the memory held, and results come back strictly in order, so whatever the caller does
     with them (batches, logs, progress) is the same as a serial loop's. A ``MediaError`` is
     returned in the reference's place; any other exception is raised when its reference is reached.
+
+    ``processes``: for work that holds the GIL (librosa's features, transformers' numpy log-mel),
+    each group is decoded and finished in one task on :func:`process_pool` (when there are several
+    workers and several groups; otherwise all in this thread); ``decode`` and ``finish`` must be
+    picklable (module-level functions, ``functools.partial`` of them), and only the references go
+    out and the finished values come back. Warnings the workers log come back with the values
+    and are logged here, in order.
     """
     refs = [os.fspath(r) for r in refs]
     n = len(refs)
@@ -486,6 +499,9 @@ def map_references(refs: Sequence[str | os.PathLike], decode: Callable[[list[str
     for g, indices in enumerate(groups):
         for p, i in enumerate(indices):
             group_of[i], position[i] = g, p
+    if processes:
+        yield from _map_on_processes(refs, groups, group_of, position, decode, finish, threads, ahead)
+        return
     decoded: list[Optional[concurrent.futures.Future]] = [None] * len(groups)
     left = [len(indices) for indices in groups]  # references of each group not yet handed out
     finished: dict[int, concurrent.futures.Future] = {}
@@ -528,6 +544,119 @@ def map_references(refs: Sequence[str | os.PathLike], decode: Callable[[list[str
         _opencv_threads(previous_cv_threads)
 
 
-__all__ = ["MediaError", "duration_cap", "frame_indices", "map_references", "media_file",
-           "media_workers", "read_audio", "read_audios", "read_video_frames", "read_video_references",
+# -- work that holds the GIL on worker processes ------------------------------------------------
+
+_process_pools: dict[int, concurrent.futures.ProcessPoolExecutor] = {}
+_process_pools_lock = threading.Lock()
+
+# Imported once in the fork server, so that each worker starts with them: librosa imports these
+# parts (scipy.signal, numba-compiled functions) on first use, seconds of work per process.
+FORK_SERVER_PRELOAD = ("librosa.core.audio", "librosa.core.spectrum", "librosa.core.pitch", "librosa.feature",
+                       "librosa.onset")
+
+
+def _process_context():
+    """Where the platform has it, ``forkserver``: workers are forked from a server process started
+    once, which imports the main module and :data:`FORK_SERVER_PRELOAD` once, never from this
+    process, where JAX's threads may run; elsewhere ``spawn``."""
+    if "forkserver" not in multiprocessing.get_all_start_methods():
+        return multiprocessing.get_context("spawn")
+    context = multiprocessing.get_context("forkserver")
+    context.set_forkserver_preload(["__main__", *FORK_SERVER_PRELOAD])  # only read when the server starts
+    return context
+
+
+def process_pool(workers: int) -> concurrent.futures.ProcessPoolExecutor:
+    """The pool of ``workers`` processes that :func:`map_references` uses with ``processes``.
+
+    Started on first use and kept until :func:`close_process_pools` (or the program's exit), so
+    a worker's start (its imports, librosa's first-call compilation: seconds) is paid once per
+    program, not once per batch of features.
+    """
+    with _process_pools_lock:
+        pool = _process_pools.get(int(workers))
+        if pool is None:
+            pool = concurrent.futures.ProcessPoolExecutor(int(workers), mp_context=_process_context())
+            _process_pools[int(workers)] = pool
+        return pool
+
+
+def close_process_pools() -> None:
+    """Stop the worker processes of :func:`process_pool` (a later call starts new ones)."""
+    with _process_pools_lock:
+        pools = list(_process_pools.values())
+        _process_pools.clear()
+    for pool in pools:
+        pool.shutdown(wait=True, cancel_futures=True)
+
+
+atexit.register(close_process_pools)  # before the interpreter tears down what the pools' threads use
+
+
+class _Records(logging.Handler):
+    """Collects the warnings of one task in a worker process, to be logged by the caller."""
+
+    def __init__(self):
+        super().__init__(logging.WARNING)
+        self.records: list[logging.LogRecord] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.records.append(logging.makeLogRecord(  # a copy that pickles: the message as text
+            dict(vars(record), msg=record.getMessage(), args=None, exc_info=None, exc_text=None)))
+
+
+def _decode_and_finish(decode: Callable[[list[str]], list], finish: Optional[Callable[[Any], Any]],
+                       refs: list[str]) -> tuple[list, list[logging.LogRecord]]:
+    """One group's finished values (or ``MediaError``) and the warnings logged meanwhile, in a
+    worker process."""
+    handler, root = _Records(), logging.getLogger()
+    root.addHandler(handler)
+    try:
+        return [_finish_one(finish, value) for value in _decode_group(decode, refs)], handler.records
+    finally:
+        root.removeHandler(handler)
+
+
+def _map_on_processes(refs: list[str], groups: list[list[int]], group_of: list[int], position: list[int],
+                      decode, finish, workers: int, ahead: int) -> Iterator[Any]:
+    """:func:`map_references` with ``processes``: each group decoded and finished in one task."""
+    if workers == 1 or len(groups) == 1:  # nothing to spread: no process to start, the same values, here
+        for indices in groups:
+            for value in _decode_group(decode, [refs[j] for j in indices]):
+                yield _finish_one(finish, value)
+        return
+    pool = process_pool(workers)
+    futures: dict[int, concurrent.futures.Future] = {}
+    values: dict[int, list] = {}
+    submitted = 0
+    try:
+        for i in range(len(refs)):
+            while submitted < len(groups) and groups[submitted][0] < i + ahead:
+                futures[submitted] = pool.submit(_decode_and_finish, decode, finish,
+                                                 [refs[j] for j in groups[submitted]])
+                submitted += 1
+            g = group_of[i]
+            if g not in values:
+                try:
+                    values[g], records = futures.pop(g).result()
+                except concurrent.futures.process.BrokenProcessPool:
+                    with _process_pools_lock:
+                        if _process_pools.get(workers) is pool:
+                            del _process_pools[workers]
+                    raise RuntimeError(f"{refs[i]}: a media worker process ended abruptly (out of memory, or "
+                                       "killed) while reading it; lower cache.media_workers or check the file"
+                                       ) from None
+                for record in records:
+                    logging.getLogger(record.name).handle(record)
+            yield values[g][position[i]]
+            values[g][position[i]] = None
+            if position[i] == len(groups[g]) - 1:
+                del values[g]
+    finally:
+        for future in futures.values():
+            future.cancel()
+
+
+__all__ = ["MediaError", "close_process_pools", "duration_cap", "frame_indices", "map_references", "media_file",
+           "media_workers", "process_pool", "read_audio", "read_audios", "read_video_frames", "read_video_references",
            "read_video_segments", "segment_ref", "split_ref"]

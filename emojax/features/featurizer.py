@@ -150,14 +150,15 @@ class _TextFeatures:
 class _MediaFeatures:
     """A classic (librosa / OpenCV) encoder over media files; unreadable files are skipped.
 
-    Files are decoded and their features computed on a pool of ``workers`` threads (0: every
-    core; see ``emojax.data.media.map_references``): OpenCV, soundfile and most of librosa's
-    numerical work release the GIL. Video segments of one recording are read in one pass. Rows
-    come back in input order, so the features, the skip warnings and the progress are those of
-    one file after another, whatever the pool size.
+    Files are decoded and their features computed on a pool of ``workers`` (0: every core; see
+    ``emojax.data.media.map_references``): video on threads (OpenCV releases the GIL; segments of
+    one recording are read in one pass), audio on worker processes (librosa's features hold the
+    GIL for much of their time: on threads two workers were slower than one). Rows come back in
+    input order, so the features, the skip warnings and the progress are those of one file after
+    another, whatever the pool size.
     """
 
-    # threads that decode and compute (cache.media_workers; 0: every core), set by the Featurizer
+    # workers that decode and compute (cache.media_workers; 0: every core), set by the Featurizer
     workers: int = 0
 
     def __init__(self, modality: str, spec, *, max_seconds: Optional[float] = DEFAULT_MAX_SECONDS):
@@ -182,7 +183,7 @@ class _MediaFeatures:
         paths = [str(p) for p in paths]
         out = np.full((len(paths), self.dim), np.nan, np.float32)
         results = map_references(paths, self.decode, self.finish, workers=self.workers,
-                                 by_file=self.modality == "V")
+                                 by_file=self.modality == "V", processes=self.modality == "A")
         for index, value in enumerate(progress_bar(results, total=len(paths), desc=f"{self.modality} features",
                                                    enabled=progress, leave=False)):
             if isinstance(value, MediaError):
@@ -232,7 +233,7 @@ class Featurizer:
                 # Batched neural encoder (Whisper, wav2vec2 / data2vec-audio, VideoMAE, CLIP).
                 self.encoders[modality] = media_encoders.media_encoder(modality, spec, dtype,
                                                                        max_seconds=self.max_seconds)
-        # Threads decoding media for the audio / video encoders (cache.media_workers; 0: every core).
+        # Workers decoding media for the audio / video encoders (cache.media_workers; 0: every core).
         # Read with get: configs written before the field existed mean every core.
         workers = cfg.get("cache", {}).get("media_workers", 0)
         self.media_workers = media.media_workers(workers)
