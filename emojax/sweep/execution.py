@@ -41,14 +41,17 @@ _PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
 class Outcome:
     """What became of a run: ``finished`` (already done, skipped), ``done`` (run now),
     ``failed`` (error), ``skipped`` (its teacher did not finish), ``incomplete`` (ended before
-    finishing) or ``stopped`` (stopped by a signal, the sweep's or its own). Starting the sweep
-    again resumes an incomplete or stopped run from its last finished epoch."""
+    finishing), ``stopped`` (stopped by a signal, the sweep's or its own, or a SLURM job's time
+    limit) or ``submitted`` (a SLURM job still queued or running when the sweep stopped following
+    it). Starting the sweep again resumes an incomplete or stopped run from its last finished
+    epoch. ``job``: the SLURM job id of the run (``emojax.sweep.slurm``)."""
 
     status: str
     error: Optional[str] = None
     seconds: float = 0.0
     device: Optional[str] = None
     log: Optional[str] = None
+    job: Optional[str] = None
 
 
 class SweepStopped(KeyboardInterrupt):

@@ -2,8 +2,9 @@
 accuracy and weighted F1 (:func:`aggregate`, :func:`format_report`, :func:`write_report`).
 
 A run's status is its :class:`~emojax.sweep.execution.Outcome`'s: a failed run carries its error
-(for a subprocess, the last line of its log); a run the sweep stopped (``stopped``: interrupted,
-or ended by a signal) carries none, as it did not fail and resumes at the next launch."""
+(for a subprocess or a SLURM job, the last line of its log, and the log's path); a run the sweep
+stopped (``stopped``: interrupted, or ended by a signal) carries none, as it did not fail and
+resumes at the next launch (a SLURM job's carries why it stopped: its time limit, a cancel)."""
 from __future__ import annotations
 
 import json
@@ -46,7 +47,7 @@ def collect(runs: Sequence[Run], outcomes: Optional[Mapping[str, Outcome]] = Non
         records.append({
             "name": run.name, "seed": run.seed, "label": run.config_label, "category": run.category,
             "hash": config_lib.config_hash(run.cfg), "teacher": run.teacher, "run_dir": str(run.run_dir),
-            "status": outcome.status, "error": outcome.error, "log": outcome.log,
+            "status": outcome.status, "error": outcome.error, "log": outcome.log, "job": outcome.job,
             "scores": read_scores(run.run_dir) if outcome.status in OK else None,
         })
     return records
@@ -133,6 +134,8 @@ def format_report(name: str, groups: Sequence[Mapping], records: Sequence[Mappin
                 value = (scores.get(split) or {}).get(metric)
                 cells.append("-" if value is None else f"{100 * value:.2f}")
         where = record.get("error") or record.get("run_dir") or ""
+        if record.get("error") and record.get("log") and record["log"] not in where:
+            where += f" (log {record['log']})"
         lines.append(f"| {_escape(record['name'])} | {record['status']} | {' | '.join(cells)} | {_escape(where)} |")
     return "\n".join(lines) + "\n"
 
