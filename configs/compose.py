@@ -5,7 +5,9 @@ then sets its fields from one preset of its module in this folder (the module's 
 dict). A part not named takes its default preset (``parts`` in ``configs/default.py``); an
 optional part (one without a default, such as ``context``) not named, or named with a preset
 that sets nothing (``context=none``), leaves the config and its hash as they are. ``fusion`` and
-``loss`` presets combine as ``base+extra+...`` (``DF-1.0+attn``, ``focal+spcl``).
+``loss`` presets combine as ``base+extra+...`` (``DF-1.0+attn``, ``focal+spcl``). A ``recipe``
+(``configs/recipes.py``) names parts and field settings at once: parts named beside it replace
+the recipe's, and its fields are set after every part.
 
 The result is checked with ``emojax.config.validate`` by whoever runs it (the launchers, the
 sweeps), after the command line's ``--config.<field>=<value>`` overrides.
@@ -17,8 +19,8 @@ from typing import Mapping, NamedTuple, Optional
 
 import ml_collections
 
-from configs import context, datasets, default, dropout, encoders, experts, fusion, losses, modes
-from emojax.config import ConfigError
+from configs import context, datasets, default, dropout, encoders, experts, fusion, losses, modes, recipes
+from emojax.config import ConfigError, composed_record
 
 
 class Part(NamedTuple):
@@ -45,6 +47,8 @@ PARTS: dict[str, Part] = {
     # configs/default.py a part is optional: configs that do not name it, or name a preset of it
     # that sets nothing (context=none), keep their fields and their hash.
     "context": Part(context.PRESETS, into="model.context"),
+    # Not a part of the config itself: other parts and fields at once (expand_recipe).
+    "recipe": Part(recipes.PRESETS),
 }
 
 # The parts compose() assembles field by field; every other part's preset is merged as it is.
@@ -121,11 +125,45 @@ def _merge_at(cfg: dict, dotted: Optional[str], preset: dict) -> None:
     _merge(node, preset)
 
 
+def expand_recipe(named: dict[str, str]) -> tuple[dict[str, str], dict]:
+    """``named`` parts with a ``recipe`` among them -> ``(parts, fields)``: the recipe's parts
+    with the others named beside it on top, and the recipe's field settings (dotted key -> value);
+    ``(named, {})`` without a recipe."""
+    named = dict(named)
+    name = named.pop("recipe", None)
+    if name is None:
+        return named, {}
+    table = presets("recipe")
+    if name not in table:
+        raise ConfigError(f"unknown recipe {name!r}; choices: {', '.join(sorted(table))}")
+    recipe = table[name]
+    return {**recipe["parts"], **named}, copy.deepcopy(dict(recipe["fields"]))
+
+
+def _set_fields(cfg: dict, fields: Mapping, recipe: str) -> None:
+    """Set each dotted field of a recipe in ``cfg``; one whose section is absent (a part named
+    beside the recipe left it out) is skipped, one unknown in its section is an error."""
+    for dotted, value in fields.items():
+        *path, last = dotted.split(".")
+        node = cfg
+        for key in path:
+            node = node.get(key) if isinstance(node, dict) else None
+        if not isinstance(node, dict):
+            continue
+        if last not in node:
+            raise ConfigError(f"recipe={recipe}: field {dotted!r} is not a field of the composed config "
+                              f"(configs/recipes.py)")
+        node[last] = value
+
+
 def compose(arg: Optional[str] = None) -> ml_collections.ConfigDict:
     """The full run config of ``key=value,...`` parts (see the module docstring)."""
     cfg = default.get_config().to_dict()
     defaults = set(cfg["parts"])
-    chosen = {part: canonical(part, value) for part, value in {**cfg["parts"], **parse_parts(arg)}.items()}
+    named = parse_parts(arg)
+    recipe = named.get("recipe", "")
+    named, fields = expand_recipe(named)
+    chosen = {part: canonical(part, value) for part, value in {**cfg["parts"], **named}.items()}
     missing = [part for part in _ASSEMBLED if part not in chosen]
     if missing:
         raise ConfigError(f"config part {missing[0]!r} has no default preset in configs/default.py; "
@@ -162,4 +200,8 @@ def compose(arg: Optional[str] = None) -> ml_collections.ConfigDict:
             _merge_at(cfg, PARTS[part].into, preset)
         elif part not in defaults:
             del chosen[part]  # an optional part's empty preset is the part not named: same hash
+    # The parts' config, before a recipe's fields and any override: what the run's label lists
+    # the changes against (emojax.config.overrides).
+    cfg["composed"] = composed_record(cfg)
+    _set_fields(cfg, fields, recipe)
     return ml_collections.ConfigDict(cfg)

@@ -1,0 +1,71 @@
+"""Recipes (``recipe=...``): the best known way to train each dataset on each class of machine.
+
+A recipe is a composition of the other parts (``parts``: ``dataset``, ``encoders``, ``mode``,
+``context``, ``loss``, ...) and field settings (``fields``: dotted config keys), read here in
+full. ``--config=configs/train.py:recipe=meld-cpu`` plus ``--config.dataset.path=...`` is a whole
+command. Parts named beside it replace the recipe's (``recipe=meld-cpu,loss=focal``); the
+recipe's fields are set after every part, and ``--config.<field>=<value>`` overrides after them
+(``--config.train.epochs=6``). A field whose section the composed config lacks (``model.context``
+after ``context=none``, ``encoders.T`` after ``encoders=A``) is left out. The recipe's name is not
+recorded: ``recipe=meld-cpu`` composes the very config (and run directory) its parts and fields
+spelled out give.
+
+Where each number below comes from, with its command: docs/benchmarks.md ("Recipes").
+
+- ``meld-cpu``: MELD emotion on a few CPU cores: all-MiniLM-L6-v2 with its top 2 layers fine-tuned
+  from stored hidden states of the bottom 4 (``mode=top2``: prompt + mask pooling on the
+  utterance) and the bidirectional GRU dialogue context head (``context=gru``) over each
+  dialogue's utterance vectors, trained jointly. Measured apart on MELD dev (weighted F1):
+  ``mode=top2`` 57.31 (one seed, epoch 3 of 4), ``context=gru`` on frozen features 53.67 +- 0.63
+  (3 seeds), frozen features alone 52.75 +- 0.47 (5 seeds). The encoder learning rate and the
+  epochs are top2's, the head learning rate and the 64 utterance slots a batch the context
+  head's.
+- ``iemocap-cpu``: the same on IEMOCAP's six emotions. Its dialogues are long (up to about 110
+  turns; a batch takes whole dialogues, its turns rounded up to a power of two), so a batch holds
+  128 utterance slots: four dialogues of up to 32 turns, two of up to 64 or one of up to 128, one
+  shape of 128 rows for every step.
+- ``meld-gpu`` / ``iemocap-gpu``: the PyTorch suite's SPCL setting (its README: MELD emotion
+  accuracy 68.31, weighted F1 67.31 with seed 42, selected on test; no IEMOCAP figure):
+  roberta-large fully fine-tuned on the whole dialogue so far with the prompt, mask pooling and
+  up to 512 tokens (truncated from the left), cross entropy + SPCL (temperature 0.08, pool 512,
+  support set 64), AdamW at 1e-6 for encoder and head alike, weight decay 0.01, one epoch of
+  warm-up then linear decay over 200 epochs, patience 20, gradient norm clipped at 10, batches of
+  2 (MELD) / 4 (IEMOCAP) utterances, float32. Needs a GPU and the hub (or a local copy: override
+  ``encoders.T.model``); ``--config.precision=bfloat16`` halves the activations' memory.
+"""
+
+_TOP2_WITH_CONTEXT = {"train.epochs": 4, "train.lr": 5e-4, "train.batch_size": 64}
+
+# The suite's trainer: AdamW (lr 1e-6 for every parameter, weight decay 0.01), linear warm-up
+# over the first epoch then linear decay to 0 over 200 epochs (warm-up ratio 1/200), gradient
+# norm clipped at 10, early stopping after 20 epochs without improvement.
+_SUITE_SPCL = {
+    "encoders.T.model": "FacebookAI/roberta-large",
+    "encoders.T.max_length": 512,
+    "finetune.lr": 1e-6,
+    "train.lr": 1e-6,
+    "train.weight_decay": 0.01,
+    "train.epochs": 200,
+    "train.warmup_ratio": 1 / 200,
+    "train.patience": 20,
+    "train.clip_norm": 10.0,
+}
+
+PRESETS = {
+    "meld-cpu": {
+        "parts": {"dataset": "MELD--E", "encoders": "T", "mode": "top2", "context": "gru"},
+        "fields": dict(_TOP2_WITH_CONTEXT),
+    },
+    "iemocap-cpu": {
+        "parts": {"dataset": "IEMOCAP--E", "encoders": "T", "mode": "top2", "context": "gru"},
+        "fields": dict(_TOP2_WITH_CONTEXT, **{"train.batch_size": 128}),
+    },
+    "meld-gpu": {
+        "parts": {"dataset": "MELD--E", "encoders": "T", "mode": "trainable", "loss": "spcl"},
+        "fields": dict(_SUITE_SPCL, **{"train.batch_size": 2}),
+    },
+    "iemocap-gpu": {
+        "parts": {"dataset": "IEMOCAP--E", "encoders": "T", "mode": "trainable", "loss": "spcl"},
+        "fields": dict(_SUITE_SPCL, **{"train.batch_size": 4}),
+    },
+}
