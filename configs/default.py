@@ -25,7 +25,10 @@ def get_config() -> ml_collections.ConfigDict:
     # layers train from stored hidden states of the others (``tune_layers``; 0: every layer).
     cfg.finetune = {"lr": 0.0, "tune": "all", "remat": False, "tune_layers": 0,
                     "lora": {"rank": 64, "alpha": 128.0, "dropout": 0.1, "targets": "query,key,value,dense"}}
-    cfg.loss = {"classification": "ce", "extras": {}, "combine": "sum"}
+    # label_smoothing: the cross-entropy family's target mixes in this share of the uniform
+    # distribution; class_weights: one weight per class, or (one entry) a .json / .csv file of them;
+    # () for none (loss=weighted takes 1 / class frequency instead).
+    cfg.loss = {"classification": "ce", "extras": {}, "combine": "sum", "label_smoothing": 0.0, "class_weights": ()}
     cfg.model = {"hidden_dim": 256, "dropout": 0.2}
     cfg.train = {
         "batch_size": 32,
@@ -33,10 +36,16 @@ def get_config() -> ml_collections.ConfigDict:
         "lr": 1e-3,
         "weight_decay": 0.01,
         "warmup_ratio": 0.1,
+        "schedule": "linear",  # after the warm-up: linear decay to 0, cosine decay to 0, or constant
+        "grad_accum_steps": 1,  # batches whose mean gradient makes one optimizer update
         "clip_norm": 1.0,
-        "patience": 8,
-        "select_metric": "weighted_f1",
+        "patience": 8,  # epochs without an improvement of more than min_delta before the run stops
+        "min_delta": 0.0,  # on the select_metric's scale (0.001: a tenth of a percentage point)
+        "select_metric": "weighted_f1",  # accuracy, weighted_f1 or macro_f1 on dev
         "keep_epochs": 2,
+        # keep the training state (state/: optimizer moments, step, RNG) of a finished run, to train
+        # it further; off: only its selected parameters (best/) stay
+        "keep_state": False,
         "eval_batch_size": 256,
         "devices": 0,  # data parallel over this many local devices; 0 = all of them
     }
@@ -44,4 +53,7 @@ def get_config() -> ml_collections.ConfigDict:
     cfg.cache = {"dir": "", "host_bytes": 8 << 30, "device_bytes": 4 << 30,
                  "media_workers": 0}  # threads decoding media (0: one per core)
     cfg.progress = True
+    # Where the run's curves go besides its files: tensorboard (events/), wandb (the optional
+    # wandb package; WANDB_MODE=offline works without network) or none.
+    cfg.report_to = "tensorboard"
     return cfg

@@ -12,6 +12,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import hashlib
+import importlib.util
 import json
 import math
 import pathlib
@@ -23,6 +24,7 @@ from emojax.data import DatasetError, dataset_kind
 from emojax.data.types import DEFAULT_MAX_SECONDS, MODALITIES  # noqa: F401 - the run's default duration cap
 from emojax.encoders.families import encoder_problem
 from emojax.files import write_bytes_if_changed
+from emojax.metrics import HEADLINE_SCORES
 
 
 class ConfigError(ValueError):
@@ -31,9 +33,14 @@ class ConfigError(ValueError):
 
 # Fields that say where or how often, not what is trained: they stay out of the hash.
 _UNHASHED = ("seed", "dataset.path", "dataset.allow_outside_paths", "cache", "progress", "workdir", "train.devices",
-             "finetune.remat")
+             "finetune.remat", "report_to", "composed", "train.keep_state")
+# Where a run's curves go besides its files (emojax.training.events): TensorBoard event files, a
+# Weights & Biases run (the optional wandb package), or neither.
+REPORT_TO = ("tensorboard", "wandb", "none")
 
 CATEGORIES = ("training", "distillation")
+# The learning-rate schedules after the warm-up (emojax.training.state.learning_rate_schedule).
+SCHEDULES = ("linear", "cosine", "constant")
 
 
 def modalities(cfg) -> tuple[str, ...]:
@@ -75,10 +82,10 @@ def _finite(value) -> bool:
 
 @dataclasses.dataclass(frozen=True)
 class Rule:
-    """What one numeric or on/off field of a run config may hold: ``kind`` ``int`` (a whole number),
-    ``float`` (a finite number; whole numbers too) or ``bool`` (True / False); the bounds
-    ``low`` / ``high`` (``None``: none), each included unless ``open_low`` / ``open_high``; and
-    ``note``, what a special value means (``0: no cap``)."""
+    """What one numeric, on/off or choice field of a run config may hold: ``kind`` ``int`` (a whole
+    number), ``float`` (a finite number; whole numbers too), ``bool`` (True / False) or ``choice``
+    (one of the strings ``choices``); the bounds ``low`` / ``high`` (``None``: none), each included
+    unless ``open_low`` / ``open_high``; and ``note``, what a special value means (``0: no cap``)."""
 
     kind: str
     low: Optional[float] = None
@@ -86,10 +93,13 @@ class Rule:
     open_low: bool = False
     open_high: bool = False
     note: str = ""
+    choices: tuple[str, ...] = ()
 
     def allows(self, value) -> bool:
         if self.kind == "bool":
             return isinstance(value, bool)
+        if self.kind == "choice":
+            return isinstance(value, str) and value in self.choices
         if self.kind == "int" and (isinstance(value, bool) or not isinstance(value, int)):
             return False
         if not _finite(value):  # NaN compares false with everything: checked first
@@ -102,6 +112,8 @@ class Rule:
         """The allowed values in words: ``a whole number of at least 1``, ``a number in [0, 1)``."""
         if self.kind == "bool":
             text = "True or False"
+        elif self.kind == "choice":
+            text = f"one of {', '.join(self.choices)}"
         elif self.low is not None and self.high is not None:
             what = "a whole number" if self.kind == "int" else "a number"
             text = (f"{what} in {'(' if self.open_low else '['}{_number(self.low)}, "
@@ -145,6 +157,7 @@ RULES: dict[str, Rule] = {
     # seeds from 2**32 on would repeat smaller ones (JAX keeps 32 bits of an int seed)
     "seed": _whole(0, 2**32 - 1),
     "progress": _FLAG,
+    "report_to": Rule("choice", choices=REPORT_TO),
     "modality_dropout": _real(0, 0.5, open_high=True),
     "dataset.max_seconds": _real(0, note="0: no cap"),
     "dataset.generate": _FLAG,
@@ -200,10 +213,14 @@ RULES: dict[str, Rule] = {
     "train.epochs": _whole(1),
     "train.eval_batch_size": _whole(1),
     "train.keep_epochs": _whole(1),
+    "train.keep_state": _FLAG,
     "train.patience": _whole(1),
     "train.lr": _POSITIVE,
     "train.weight_decay": _real(0),
     "train.warmup_ratio": _real(0, 1),
+    "train.grad_accum_steps": _whole(1, note="batches per optimizer update"),
+    "train.min_delta": _real(0, 1, open_high=True, note="on the select_metric's scale"),
+    "loss.label_smoothing": _PROBABILITY,
     "train.clip_norm": _POSITIVE,
     "train.devices": _whole(0, note="0: every local device"),
     "cache.host_bytes": _whole(0),
@@ -268,6 +285,9 @@ def validate(cfg) -> None:
     :mod:`emojax.data`). The loss section and the context head are checked by the model's own
     registries: :func:`emojax.training.plan.validate_config` checks a whole run config."""
     check_values(cfg)
+    if cfg.get("report_to", "tensorboard") == "wandb" and importlib.util.find_spec("wandb") is None:
+        raise ConfigError("report_to: wandb is not installed; pip install wandb (or pip install 'emojax[wandb]'), "
+                          "or choose report_to=tensorboard")
     mods = cfg.modalities.split("+")
     bad = [m for m in mods if m not in MODALITIES]
     if bad or len(set(mods)) != len(mods):
@@ -298,8 +318,16 @@ def validate(cfg) -> None:
     if cfg.dataset.target not in targets:
         raise ConfigError(f"dataset.target: {cfg.dataset.target!r} is not {' or '.join(targets)} "
                           f"(the targets of dataset.kind {cfg.dataset.kind!r})")
-    if cfg.train.select_metric not in ("accuracy", "weighted_f1"):
-        raise ConfigError(f"train.select_metric: {cfg.train.select_metric!r} is not accuracy or weighted_f1")
+    if cfg.train.select_metric not in HEADLINE_SCORES:  # the dev scores an epoch may be selected on
+        raise ConfigError(f"train.select_metric: {cfg.train.select_metric!r} is not one of "
+                          f"{', '.join(HEADLINE_SCORES)}")
+    if cfg.train.get("schedule", "linear") not in SCHEDULES:
+        raise ConfigError(f"train.schedule: {cfg.train.schedule!r} is not one of {', '.join(SCHEDULES)}")
+    if cfg.train.get("grad_accum_steps", 1) > 1 and context_label(cfg):
+        # Dialogue batches hold different numbers of real rows: their mean gradients do not add
+        # up to one batch's, so accumulating them would weigh the rows unevenly.
+        raise ConfigError(f"train.grad_accum_steps: {cfg.train.grad_accum_steps} is not supported with a dialogue "
+                          "context head (model.context), which trains on batches of whole dialogues; set it to 1")
     if cfg.mode != "frozen":
         # trainable / lora fine-tune the encoders finetune.tune names inside the train step
         # (emojax.training.finetune); the others stay frozen. tuned_modalities checks the names.
@@ -373,12 +401,65 @@ def context_label(cfg) -> str:
             f"{spec.get('layers', 2)}x{spec.get('dim', 256)}]")
 
 
+# Fields the label names already (its parts, the loss, the text path, the context head) or that
+# only say how the config was composed: never listed again among its overrides.
+_LABELLED = ("parts", "dataset.name", "modalities", "mode", "fusion.preset", "classifier.preset", "loss.preset",
+             "loss.classification", "loss.combine", "encoders.T.pooling", "encoders.T.context_turns",
+             "encoders.T.prompt", "encoders.T.max_length", "model.context.kind", "model.context.causal",
+             "model.context.layers", "model.context.dim")
+
+
+def _hashed_leaves(tree) -> dict[str, Any]:
+    """Dotted key -> value of every field :func:`config_hash` hashes."""
+    plain = copy.deepcopy(_plain(tree))
+    for dotted in _UNHASHED:
+        _drop(plain, dotted)
+    return dict(leaves(plain))
+
+
+def composed_record(tree) -> str:
+    """The ``composed`` field of a config (``configs/compose.py`` sets it from its parts, before
+    any override): its hashed fields as JSON, the reference :func:`overrides` compares with."""
+    return json.dumps(_hashed_leaves(tree), sort_keys=True, separators=(",", ":"), default=str)
+
+
+def overrides(cfg) -> list[tuple[str, Any]]:
+    """``(dotted key, value)`` of every hashed field of ``cfg`` that differs from the config its
+    parts composed (its ``composed`` field), in key order: the settings a command line, a sweep or
+    a notebook changed (``train.epochs``, ``train.lr``, ``precision``, ...), except those the label
+    names anyway. A config without the record (built by hand, or by an emojax before it) has none."""
+    record = cfg.get("composed") if hasattr(cfg, "get") else None
+    if not record:
+        return []
+    try:
+        reference = json.loads(record)
+    except ValueError as err:
+        raise ConfigError(f"composed: not the JSON record of a composed config ({err})") from None
+    labelled = lambda key: any(key == k or key.startswith(k + ".") for k in _LABELLED)  # noqa: E731
+    return [(key, value) for key, value in sorted(_hashed_leaves(cfg).items())
+            if not labelled(key) and (key not in reference or reference[key] != json.loads(json.dumps(
+                value, default=str)))]
+
+
+def _shown(value) -> str:
+    """A value as a label shows it: a path or hub id by its last part, lists without spaces."""
+    if isinstance(value, str):
+        return value.rstrip("/").rsplit("/", 1)[-1] or value
+    if isinstance(value, (list, tuple, dict)):
+        return json.dumps(value, separators=(",", ":"), default=str)
+    return str(value)
+
+
 def run_label(cfg) -> str:
-    """Human-readable one-line description of a run (the text path and context head before the
-    seed, so the label without `` seed=...`` still names one config)."""
+    """Human-readable one-line description of a run: its parts, loss, text path and context head,
+    then every override of a hashed field (:func:`overrides`, as ``key=value``; a path by its last
+    part), then the seed: two configs of the same parts that train differently have different
+    labels, and the label without `` seed=...`` names one config."""
     text = " ".join(filter(None, (text_label(cfg), context_label(cfg))))
+    changed = " ".join(f"{key}={_shown(value)}" for key, value in overrides(cfg))
     return (f"{cfg.dataset.name} {cfg.modalities} {cfg.fusion.preset} {loss_label(cfg)} "
-            f"{cfg.classifier.preset} {cfg.mode}{' ' + text if text else ''} seed={cfg.seed}")
+            f"{cfg.classifier.preset} {cfg.mode}{' ' + text if text else ''}{' ' + changed if changed else ''} "
+            f"seed={cfg.seed}")
 
 
 def run_dir(cfg, workdir: str | pathlib.Path, category: str = "training") -> pathlib.Path:

@@ -7,11 +7,14 @@ from __future__ import annotations
 
 import io
 import pathlib
-from typing import Sequence
+from typing import Optional, Sequence
 
 import numpy as np
 
 from emojax.files import write_bytes_if_changed
+
+# The headline scores of a split, each in [0, 1]: what a run's history keeps and may select on.
+HEADLINE_SCORES = ("accuracy", "weighted_f1", "macro_f1")
 
 
 def confusion_matrix(labels, predictions, num_classes: int) -> np.ndarray:
@@ -120,19 +123,45 @@ def plot_confusion(matrix, class_names: Sequence[str], path: str | pathlib.Path,
     return save_png(confusion_figure(matrix, class_names, title), path)
 
 
-def plot_history(history: Sequence[dict], path: str | pathlib.Path, metric: str = "weighted_f1") -> pathlib.Path:
-    """Training loss and dev ``metric`` per epoch as a PNG."""
+def history_figure(history: Sequence[dict], metric: str = "weighted_f1", *, label: str = "",
+                   best_epoch: Optional[int] = None):
+    """Training loss (and dev loss, where the rows have it) and dev ``metric`` in percent per
+    epoch, as a ``matplotlib.figure.Figure`` (built without pyplot, as :func:`confusion_figure`):
+    every curve with markers (one epoch shows as points), whole-number epoch ticks, one legend
+    for both axes, the selected epoch ``best_epoch`` marked, and ``label`` (the run's) as the title."""
     from matplotlib.figure import Figure  # import cost, as above
+    from matplotlib.ticker import MaxNLocator
 
     epochs = [row["epoch"] for row in history]
-    fig = Figure(figsize=(6, 3.5))
+    fig = Figure(figsize=(7, 4))
     ax_loss = fig.subplots()
-    ax_loss.plot(epochs, [row["train_loss"] for row in history], color="tab:red", label="train loss")
+    ax_loss.plot(epochs, [row["train_loss"] for row in history], color="tab:red", marker="o", label="train loss")
+    if history and all("dev_loss" in row for row in history):
+        ax_loss.plot(epochs, [row["dev_loss"] for row in history], color="tab:orange", marker="s",
+                     linestyle="--", label="dev loss")
     ax_loss.set_xlabel("epoch")
-    ax_loss.set_ylabel("train loss", color="tab:red")
+    ax_loss.set_ylabel("loss")
+    ax_loss.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax_dev = ax_loss.twinx()
-    ax_dev.plot(epochs, [100 * row["dev"][metric] for row in history], color="tab:blue",
-                marker="o", label=f"dev {metric}")
+    ax_dev.plot(epochs, [100 * row["dev"][metric] for row in history], color="tab:blue", marker="o",
+                label=f"dev {metric} (%)")
     ax_dev.set_ylabel(f"dev {metric} (%)", color="tab:blue")
+    selected = next((row for row in history if row["epoch"] == best_epoch), None)
+    if selected is not None:
+        ax_dev.axvline(best_epoch, color="tab:green", linestyle=":", linewidth=1)
+        ax_dev.plot([best_epoch], [100 * selected["dev"][metric]], color="tab:green", marker="*", markersize=14,
+                    linestyle="none", label=f"selected: epoch {best_epoch}")
+    if len(epochs) == 1:  # one point: an axis of its own width around it
+        ax_loss.set_xlim(epochs[0] - 1, epochs[0] + 1)
+    lines = ax_loss.get_lines() + [line for line in ax_dev.get_lines() if not line.get_label().startswith("_")]
+    ax_dev.legend(lines, [line.get_label() for line in lines], loc="best", fontsize=8)
+    if label:
+        ax_loss.set_title(label, fontsize=8, wrap=True)
     fig.tight_layout()
-    return save_png(fig, path)
+    return fig
+
+
+def plot_history(history: Sequence[dict], path: str | pathlib.Path, metric: str = "weighted_f1", *,
+                 label: str = "", best_epoch: Optional[int] = None) -> pathlib.Path:
+    """Save :func:`history_figure` as a PNG."""
+    return save_png(history_figure(history, metric, label=label, best_epoch=best_epoch), path)

@@ -6,7 +6,9 @@ raises about the user's input (config, dataset, checkpoint, weights, paths) ends
 ``error: <what is wrong>; <what to do>`` on stderr and exit status 1. Anything else is a bug and
 keeps its traceback.
 
-It also keeps the libraries' routine chatter out of the output (:func:`quiet_logging`), and
+It also keeps the libraries' routine chatter out of the output (:func:`quiet_logging`), keeps
+compiled programs in JAX's persistent compilation cache so a later start does not compile them
+again (:func:`use_compilation_cache`; ``--compilation_cache_dir``, ``--nocompilation_cache``), and
 stops the same way on Ctrl-C and on SIGTERM (what a batch scheduler sends before it kills a job):
 SIGTERM raises ``KeyboardInterrupt`` in the main thread (between two steps of Python code: a
 compilation or device call under way finishes first), so the cleanup that runs on Ctrl-C runs
@@ -19,6 +21,7 @@ from __future__ import annotations
 
 import errno
 import logging
+import os
 import pathlib
 import signal
 import sys
@@ -27,7 +30,16 @@ from typing import Callable, NoReturn, Optional, Sequence
 
 from absl import app, flags
 
-from emojax.files import folder_problem
+from emojax.files import folder_problem, write_problem
+from emojax.progress import bars_shown
+
+
+_COMPILATION_CACHE = flags.DEFINE_bool(
+    "compilation_cache", True, "Keep compiled programs in JAX's persistent compilation cache, so that a later "
+    "start skips compiling them (--nocompilation_cache: compile every time).")
+_COMPILATION_CACHE_DIR = flags.DEFINE_string(
+    "compilation_cache_dir", None, "Folder of the compilation cache (default: $JAX_COMPILATION_CACHE_DIR, else "
+    "$XDG_CACHE_HOME/emojax/jax, else ~/.cache/emojax/jax).")
 
 
 class UserError(ValueError):
@@ -143,8 +155,11 @@ def parse_flags(argv: list[str]) -> list[str]:
 
 # Loggers whose INFO lines say nothing a user acts on: Orbax (through absl's logger) reports every
 # checkpoint manager it creates and every read; JAX reports each accelerator backend it did not
-# find ("Unable to initialize backend 'tpu'") and the platform it fell back to.
-_CHATTY_LOGGERS = {"absl": logging.WARNING, "orbax": logging.WARNING, "jax._src.xla_bridge": logging.ERROR}
+# find ("Unable to initialize backend 'tpu'") and the platform it fell back to;
+# emojax.runs.store reports each encoder it writes into the store (bookkeeping); matplotlib, the
+# font cache it builds on its first use on a machine.
+_CHATTY_LOGGERS = {"absl": logging.WARNING, "orbax": logging.WARNING, "jax._src.xla_bridge": logging.ERROR,
+                   "emojax.runs.store": logging.WARNING, "matplotlib.font_manager": logging.WARNING}
 
 
 def quiet_logging() -> None:
@@ -155,6 +170,66 @@ def quiet_logging() -> None:
         return
     for name, level in _CHATTY_LOGGERS.items():
         logging.getLogger(name).setLevel(level)
+    if bars_shown():
+        # On a terminal each modality and split of the feature extraction draws a progress bar
+        # that says what its INFO line says; in a log file (no bars) the lines stay.
+        logging.getLogger("emojax.features.featurizer").setLevel(logging.WARNING)
+    # transformers prints, when it is imported (the encoders import it on first use), that PyTorch
+    # was not found: emojax uses it for tokenizers and preprocessors only.
+    os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
+
+
+# A program that compiles in less than this many seconds is compiled again rather than cached.
+# JAX's default (1 s) would leave out nearly all of a run's programs, which compile in well under a
+# second each; reading one back takes a fraction of its compile time, so every program is cached.
+MIN_CACHED_COMPILE_SECONDS = 0.0
+_FALSE = ("0", "false", "no", "off")
+
+
+def default_compilation_cache_dir(environ=None) -> pathlib.Path:
+    """``$JAX_COMPILATION_CACHE_DIR``, else ``emojax/jax`` in the user's cache folder
+    (``$XDG_CACHE_HOME``, else ``~/.cache``)."""
+    environ = os.environ if environ is None else environ
+    if environ.get("JAX_COMPILATION_CACHE_DIR"):
+        return pathlib.Path(environ["JAX_COMPILATION_CACHE_DIR"]).expanduser()
+    base = environ.get("XDG_CACHE_HOME") or pathlib.Path.home() / ".cache"
+    return pathlib.Path(base).expanduser() / "emojax" / "jax"
+
+
+def use_compilation_cache(enabled: bool = True, folder: Optional[str | pathlib.Path] = None) -> Optional[pathlib.Path]:
+    """Keep compiled programs in JAX's persistent compilation cache in ``folder`` (default
+    :func:`default_compilation_cache_dir`), or turn the cache off; returns the folder used, or
+    ``None`` when off. ``JAX_ENABLE_COMPILATION_CACHE=false`` in the environment turns it off too.
+
+    Set in JAX's config when JAX is loaded, and in this process's environment, which JAX reads
+    when it is imported later (``launch.tool`` loads it on demand) and which the programs this one
+    starts (a sweep's runs) inherit. Launchers only: the library sets no process-wide option."""
+    if os.environ.get("JAX_ENABLE_COMPILATION_CACHE", "").strip().lower() in _FALSE:
+        enabled = False
+    path = None
+    if enabled and folder:
+        path = pathlib.Path(folder).expanduser()
+        problem = write_problem(path)
+        if problem:
+            raise UserError(f"--compilation_cache_dir: {problem}; give a folder you can write (it is created if "
+                            "missing), or --nocompilation_cache")
+    elif enabled:  # the default folder: a cache that cannot be written there is only a missed speed-up
+        path = default_compilation_cache_dir()
+        enabled = write_problem(path) is None
+    settings = {"JAX_ENABLE_COMPILATION_CACHE": "true" if enabled else "false"}
+    if enabled:
+        settings["JAX_COMPILATION_CACHE_DIR"] = str(path)
+        settings["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = os.environ.get(
+            "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", str(MIN_CACHED_COMPILE_SECONDS))
+    os.environ.update(settings)
+    jax = sys.modules.get("jax")
+    if jax is not None:
+        jax.config.update("jax_enable_compilation_cache", enabled)
+        if enabled:
+            jax.config.update("jax_compilation_cache_dir", str(path))
+            jax.config.update("jax_persistent_cache_min_compile_time_secs",
+                              float(settings["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"]))
+    return path if enabled else None
 
 
 def guarded(main: Callable[[list[str]], None],
@@ -163,6 +238,8 @@ def guarded(main: Callable[[list[str]], None],
     def wrapper(argv: list[str]) -> None:
         quiet_logging()
         try:
+            if flags.FLAGS.is_parsed():  # parsed by run(); a caller of guarded() alone may not have
+                use_compilation_cache(_COMPILATION_CACHE.value, _COMPILATION_CACHE_DIR.value)
             return main(argv)
         except user_errors(extra) as err:
             fail(str(err))

@@ -7,10 +7,12 @@ r"""Housekeeping for runs, the encoder store and the feature cache.
     python -m launch.tool extract-encoders --run_dir=RUN --output=DIR
     python -m launch.tool migrate --workdir=runs [--apply]
 
-``info``: one row per run under ``workdir/checkpoints/``: label, status, selected epoch, dev and
-test accuracy and weighted F1 (percent); unfinished runs show their last epoch. ``--sort`` takes
+``info``: one row per run under ``workdir/checkpoints/``: label (with every field set apart from
+what its parts compose: ``train.epochs=3``, ``precision=bfloat16``, ...), status, selected epoch,
+dev and test accuracy and weighted F1 (percent); unfinished runs show their last epoch. ``--sort`` takes
 ``dev_wf1`` (default), ``dev_acc``, ``test_wf1``, ``test_acc`` (best first), ``best_epoch``,
-``label`` or ``path``; ``--filter`` keeps runs whose label contains the text (any case).
+``label`` or ``path``; ``--filter`` keeps runs whose label contains the text (any case). ``disk``:
+the bytes of the run's own files (encoder links not followed), its training state in brackets.
 
 ``cache``: size and entries per encoder namespace of the feature cache (default
 ``workdir/cache/features``); ``--clear=NAMESPACE`` (or a unique prefix) removes that namespace's
@@ -22,8 +24,11 @@ namespace (shards, size) and input set, the total, and each file or folder it le
 why: files it never writes, and temporary files of writers that are running or were modified in
 the last hour (a run filling the cache meanwhile keeps working).
 
-``gc``: encoder store entries (``workdir/checkpoints/encoders/``) that no run links to; a dry run
-unless ``--apply``. Entries younger than ``--grace_s`` are kept (a run may be linking one now).
+``gc``: encoder store entries (``workdir/checkpoints/encoders/``) that no run links to, and the
+training state (``state/``, what a run resumes from) of finished runs, whose selected parameters
+(``best/``) stay; a dry run unless ``--apply``. Entries younger than ``--grace_s`` are kept (a run
+may be linking one now), and so is the state of runs finished since or trained with
+``train.keep_state=True``.
 
 ``create-standalone``: a self-contained copy of a finished run (config, meta, results, best
 parameters, encoder folders) that ``Estimator`` / ``launch.infer --run_dir=DIR`` load.
@@ -68,9 +73,11 @@ _CACHE_DIR = flags.DEFINE_string("cache_dir", None, "cache: the feature cache fo
 _CLEAR = flags.DEFINE_string("clear", None, "cache: 'all', or a namespace (or a unique prefix of one) to remove.")
 _SORT = flags.DEFINE_enum("sort", "dev_wf1", SORT_KEYS, "info: the column to sort by (metrics: best first).")
 _FILTER = flags.DEFINE_string("filter", None, "info: keep runs whose label contains this text (any case).")
-_APPLY = flags.DEFINE_bool("apply", False, "gc: remove the unreferenced entries; migrate: migrate the runs "
+_APPLY = flags.DEFINE_bool("apply", False, "gc: remove the unreferenced entries and finished runs' training state; "
+                           "migrate: migrate the runs "
                            "(default: list them only).")
-_GRACE = flags.DEFINE_float("grace_s", 600.0, "gc: keep unreferenced entries younger than this many seconds.")
+_GRACE = flags.DEFINE_float("grace_s", 600.0, "gc: keep unreferenced entries younger than this many seconds, and the "
+                           "training state of runs finished since.")
 _RUN_DIR = flags.DEFINE_string("run_dir", None, "create-standalone / extract-encoders: a run directory.")
 _OUTPUT = flags.DEFINE_string("output", None, "create-standalone / extract-encoders: a new folder to write.")
 
@@ -97,13 +104,30 @@ def format_table(header: list[str], rows: list[list[str]]) -> str:
 # ---------------------------------------------------------------------------------------------
 # info
 # ---------------------------------------------------------------------------------------------
+def with_composed(cfg):
+    """``cfg`` with the record of the config its parts compose (``composed``, which the label
+    lists the overrides against): a run written before configs recorded it gets today's
+    composition of its ``parts``, so its row shows its overrides too."""
+    if cfg.get("composed") or not cfg.get("parts"):
+        return cfg
+    from configs.compose import compose  # the presets: launch/ may read them, the library does not
+
+    try:
+        reference = compose(",".join(f"{part}={name}" for part, name in cfg.parts.items()))
+    except config_lib.ConfigError:
+        return cfg  # a preset no longer known: the label without overrides
+    cfg = cfg.copy_and_resolve_references()
+    cfg.composed = reference.composed
+    return cfg
+
+
 def run_summary(run_dir: pathlib.Path, workdir: pathlib.Path) -> dict:
     """Label, status and scores of one run directory (never raises for a broken run)."""
     row = {"path": str(run_dir.relative_to(workdir)) if run_dir.is_relative_to(workdir) else str(run_dir),
            "label": "?", "status": "", "best_epoch": None}
     try:
         cfg = run_config(run_dir)
-        row["label"] = config_lib.run_label(cfg)
+        row["label"] = config_lib.run_label(with_composed(cfg))
         epochs = int(cfg.train.epochs)
     except (RunConfigError, RunFormatError) as err:  # edited by hand, or an earlier format: no label to trust
         row["status"] = err.short
@@ -147,7 +171,8 @@ def run_summary(run_dir: pathlib.Path, workdir: pathlib.Path) -> dict:
 
 def run_rows(workdir: str | pathlib.Path, *, sort: str = "dev_wf1", contains: Optional[str] = None) -> list[dict]:
     """Summaries of the runs under ``workdir``: filtered by label, finished runs first, sorted."""
-    from emojax.runs.store import find_runs  # JAX kept out of launch.tool so `launch.tool --help` stays fast
+    from emojax.runs import checkpoint as ckpt_lib  # JAX kept out of launch.tool so `launch.tool --help` stays fast
+    from emojax.runs.store import find_runs
 
     workdir = pathlib.Path(workdir)
     if not workdir.is_dir():
@@ -155,6 +180,9 @@ def run_rows(workdir: str | pathlib.Path, *, sort: str = "dev_wf1", contains: Op
     if sort not in SORT_KEYS:
         raise ToolError(f"--sort: {sort!r} is not one of {', '.join(SORT_KEYS)}")
     rows = [run_summary(run, workdir) for run in find_runs(workdir)]
+    for row in rows:  # what each run holds on disk (encoder links not followed: the store is shared)
+        run = workdir / row["path"]
+        row["bytes"], row["state_bytes"] = ckpt_lib.folder_bytes(run), ckpt_lib.resume_state_bytes(run)
     if contains:
         rows = [r for r in rows if contains.lower() in r["label"].lower()]
     finished = lambda r: r["status"] == "finished"  # noqa: E731
@@ -172,9 +200,14 @@ def format_runs(rows: list[dict]) -> str:
     def pct(value):
         return "-" if value is None else f"{100 * value:.2f}"
 
-    header = ["label", "status", "best", "dev acc", "dev wF1", "test acc", "test wF1", "run"]
+    def disk(r):  # the run's own files, and how much of that is training state (state/)
+        if "bytes" not in r:
+            return "-"
+        return human_bytes(r["bytes"]) + (f" (state {human_bytes(r['state_bytes'])})" if r.get("state_bytes") else "")
+
+    header = ["label", "status", "best", "dev acc", "dev wF1", "test acc", "test wF1", "disk", "run"]
     body = [[r["label"], r["status"], "-" if not r["best_epoch"] else str(r["best_epoch"]), pct(r.get("dev_acc")),
-             pct(r.get("dev_wf1")), pct(r.get("test_acc")), pct(r.get("test_wf1")), r["path"]] for r in rows]
+             pct(r.get("dev_wf1")), pct(r.get("test_acc")), pct(r.get("test_wf1")), disk(r), r["path"]] for r in rows]
     return format_table(header, body)
 
 
@@ -188,6 +221,12 @@ def cmd_info(workdir, *, sort: str = "dev_wf1", contains: Optional[str] = None,
         return rows
     print(format_runs(rows), file=out)
     done = sum(r["status"] == "finished" for r in rows)
+    total, state = sum(r.get("bytes", 0) for r in rows), sum(r.get("state_bytes", 0) for r in rows)
+    dropped = [r for r in rows if r.get("state_bytes") and r["status"] == "finished"]
+    print(f"disk: {human_bytes(total)} in these runs" + (
+        f", {human_bytes(state)} of it training state" + (
+            f" ({len(dropped)} finished run(s): launch.tool gc --workdir={workdir} lists it)" if dropped else "")
+        if state else "") + "; the encoders they link are stored once, in the encoder store", file=out)
     print(f"{len(rows)} run(s), {done} finished, {len(rows) - done} unfinished", file=out)
     return rows
 
@@ -263,7 +302,52 @@ def cmd_cache(cache_dir, *, clear: Optional[str] = None, out: Optional[TextIO] =
 # ---------------------------------------------------------------------------------------------
 # gc
 # ---------------------------------------------------------------------------------------------
+def resume_states(workdir, *, grace_s: float = 600.0) -> list[dict]:
+    """The finished runs under ``workdir`` that still hold a training state (``state/``, what a run
+    resumes from): ``{"run", "bytes", "kept"}``, ``kept`` saying why it stays (``train.keep_state``,
+    finished less than ``grace_s`` seconds ago) or ``None``."""
+    import time
+
+    from emojax.runs import checkpoint as ckpt_lib
+    from emojax.runs.store import find_runs
+
+    found = []
+    for run in find_runs(workdir):
+        results = run / "results.json"
+        size = ckpt_lib.resume_state_bytes(run)
+        if not results.is_file() or not size:
+            continue
+        try:
+            ckpt_lib.finished_run(run)
+            keep = bool(run_config(run).train.get("keep_state", False))
+        except (ckpt_lib.CheckpointError, RunConfigError, RunFormatError, AttributeError, KeyError):
+            continue  # not a finished run it can vouch for: left alone (tool info says why)
+        kept = None
+        if keep:
+            kept = "train.keep_state=True"
+        elif time.time() - results.stat().st_mtime < grace_s:
+            kept = f"finished less than --grace_s={grace_s:g} s ago"
+        found.append({"run": run, "bytes": size, "kept": kept})
+    return found
+
+
+def _drop_states(states: list[dict], out: TextIO) -> int:
+    """Drop the training state of each of ``states`` whose run no process holds; bytes freed."""
+    from emojax.runs import checkpoint as ckpt_lib
+
+    freed = 0
+    for item in states:
+        try:
+            with ckpt_lib.RunLock(item["run"]):
+                freed += ckpt_lib.drop_resume_state(item["run"])
+        except ckpt_lib.RunBusyError as err:
+            print(f"left alone: {err}", file=out)
+    return freed
+
+
 def cmd_gc(workdir, *, apply: bool = False, grace_s: float = 600.0, out: Optional[TextIO] = None) -> list[dict]:
+    """Encoder store entries no run links to, and the training state of finished runs (their
+    selected parameters stay); removed with ``apply``, else listed. Returns the store entries."""
     out = out or sys.stdout
     from emojax.runs import store  # JAX kept out of launch.tool so `launch.tool --help` stays fast
 
@@ -275,20 +359,43 @@ def cmd_gc(workdir, *, apply: bool = False, grace_s: float = 600.0, out: Optiona
     root = store.store_root(workdir)
     if not entries:
         print(f"{root}: no encoder store entries", file=out)
-        return []
-    kept = len(entries) - len(doomed)
-    for entry in doomed:
-        what = "incomplete write" if entry["temporary"] else (entry["model"] or "?")
-        print(f"{'removing' if apply else 'unreferenced'}  {entry['hash']}  {human_bytes(entry['bytes'])}  {what}",
-              file=out)
-    total = sum(e["bytes"] for e in doomed)
-    if apply:
-        store.remove_entries(doomed)
-        print(f"removed {len(doomed)} entr{'y' if len(doomed) == 1 else 'ies'} ({human_bytes(total)}); "
-              f"{kept} kept in {root}", file=out)
     else:
-        print(f"dry run: {len(doomed)} unreferenced entr{'y' if len(doomed) == 1 else 'ies'} ({human_bytes(total)}) "
-              f"of {len(entries)} in {root}; pass --apply to remove them", file=out)
+        kept = len(entries) - len(doomed)
+        for entry in doomed:
+            what = "incomplete write" if entry["temporary"] else (entry["model"] or "?")
+            print(f"{'removing' if apply else 'unreferenced'}  {entry['hash']}  {human_bytes(entry['bytes'])}  "
+                  f"{what}", file=out)
+        total = sum(e["bytes"] for e in doomed)
+        if apply:
+            store.remove_entries(doomed)
+            print(f"removed {len(doomed)} entr{'y' if len(doomed) == 1 else 'ies'} ({human_bytes(total)}); "
+                  f"{kept} kept in {root}", file=out)
+        else:
+            print(f"dry run: {len(doomed)} unreferenced entr{'y' if len(doomed) == 1 else 'ies'} "
+                  f"({human_bytes(total)}) of {len(entries)} in {root}; pass --apply to remove them", file=out)
+    # A finished run needs its selected parameters (best/) only: its training state, kept for
+    # resuming, is most of its size (runs of train.keep_state=True keep it).
+    states = resume_states(workdir, grace_s=grace_s)
+
+    def where(run: pathlib.Path) -> str:
+        return str(run.relative_to(workdir)) if run.is_relative_to(workdir) else str(run)
+
+    for item in states:
+        action = f"kept ({item['kept']})" if item["kept"] else ("dropping" if apply else "resume state")
+        print(f"{action}  {where(item['run'])}  {human_bytes(item['bytes'])}", file=out)
+    doomed_states = [item for item in states if not item["kept"]]
+    total = sum(item["bytes"] for item in doomed_states)
+    if apply and doomed_states:
+        freed = _drop_states(doomed_states, out)
+        print(f"dropped the training state of finished runs: {human_bytes(freed)} freed (their selected "
+              "parameters stay)", file=out)
+    elif doomed_states:
+        print(f"dry run: the training state of {len(doomed_states)} finished run(s) ({human_bytes(total)}); pass "
+              "--apply to drop it (evaluation and inference need only the selected parameters, which stay)", file=out)
+    elif states:
+        print(f"nothing to drop: {len(states)} finished run(s) keep their training state (above)", file=out)
+    else:
+        print("no finished run holds a training state to drop", file=out)
     return doomed
 
 

@@ -176,16 +176,23 @@ def launcher(tmp_path_factory):
 # after the other ran out of files. Seconds per file of a whole run (--durations), roughly; files
 # not listed come after, in their usual order. Refresh when a file's cost changes much.
 FILE_SECONDS = {
+    "test_slurm.py": 270,  # mostly waiting for SLURM (a one-minute time limit)
     "test_finetune_media.py": 255,
+    "test_gpu_check.py": 190,  # the GPU check's dry run: a dozen small programs compiled on the CPU
     "test_train.py": 204,
+    "test_readme_commands.py": 130,
     "test_partial_finetune.py": 142,
+    "test_recipes.py": 400,
     "test_precision_demo.py": 110,
     "test_neural_features.py": 93,
     "test_dialogue_context.py": 67,
     "test_infer_notebook.py": 63,
     "test_finetune.py": 60,
+    "test_keep_state.py": 20,
+    "test_compile_cache.py": 20,
     "test_infer_batch.py": 59,
     "test_faults_signals.py": 80,
+    "test_install.py": 70,
     "test_faults_runs.py": 75,
     "test_faults.py": 52,
     "test_infer_context.py": 49,
@@ -200,7 +207,9 @@ FILE_SECONDS = {
     "test_bert_parity.py": 27,
     "test_distillation.py": 21,
     "test_losses.py": 21,
+    "test_training_options.py": 60,
     "test_faults_store.py": 20,
+    "test_run_reporting.py": 60,
 }
 
 

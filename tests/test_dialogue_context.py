@@ -329,13 +329,14 @@ def test_masked_loss_is_the_loss_of_the_real_rows(kind):
 # ---------------------------------------------------------------------------------------------
 def test_config_checks_name_the_key_and_runs_without_the_head_keep_their_hash():
     # Hashes of these configs as computed before the context head existed (format 1, the
-    # migration's) and today.
-    before = {"dataset=MELD--E,encoders=T": ("fe33a7a7", "9051dbcb"),
-              "dataset=MELD--E,encoders=T,mode=lora": ("b707fc7f", "9e29a0d9")}
-    for arg, (format_1, digest) in before.items():
+    # migration's), by format 2 and today.
+    before = {"dataset=MELD--E,encoders=T": ("fe33a7a7", "9051dbcb", "cacf2fa6"),
+              "dataset=MELD--E,encoders=T,mode=lora": ("b707fc7f", "9e29a0d9", "e2d0b807")}
+    for arg, (format_1, format_2, digest) in before.items():
         cfg = compose(arg)
         assert "context" not in cfg.model and context_spec(cfg) is None
         assert format_lib.format_1_hashes(cfg) == {format_1} and config_lib.config_hash(cfg) == digest
+        assert format_lib.format_2_hash(cfg) == format_2
         with_head = compose(arg + ",context=transformer")
         assert config_lib.config_hash(with_head) != digest
         assert config_lib.run_dir(with_head, "runs") != config_lib.run_dir(cfg, "runs")

@@ -56,8 +56,9 @@ def test_events_match_the_runs_history(finished_run):
     for row in history:
         step = row["steps"]
         assert by_step["train/epoch_loss"][step] == pytest.approx(row["train_loss"], rel=1e-6)
-        assert by_step["dev/accuracy"][step] == pytest.approx(row["dev"]["accuracy"], rel=1e-6)
-        assert by_step["dev/weighted_f1"][step] == pytest.approx(row["dev"]["weighted_f1"], rel=1e-6)
+        # in percent, as the console and metrics.md show them
+        assert by_step["dev/accuracy"][step] == pytest.approx(100 * row["dev"]["accuracy"], rel=1e-6)
+        assert by_step["dev/weighted_f1"][step] == pytest.approx(100 * row["dev"]["weighted_f1"], rel=1e-6)
         assert by_step["epoch"][step] == row["epoch"]
         assert by_step["train/steps_per_second"][step] > 0
     rates = [value for _, value in scalars["train/learning_rate"]]
@@ -85,13 +86,13 @@ def test_resumed_run_writes_a_new_file_and_no_duplicate_steps(finished_run, tmp_
     cfg, _, whole = finished_run
     resumed = loop.fit(cfg, tmp_path, max_epochs=1)
     loop.fit(cfg, tmp_path)
-    assert len(event_files(resumed / EVENTS_DIR)) == 2
+    assert len(event_files(resumed / EVENTS_DIR)) == 3  # one per epoch, one with the test scores
     a, b = read_scalars(whole / EVENTS_DIR), read_scalars(resumed / EVENTS_DIR)
     for tag in ("train/loss", "train/learning_rate", "dev/accuracy", "epoch"):
         assert [step for step, _ in b[tag]] == [step for step, _ in a[tag]], tag
         np.testing.assert_allclose([v for _, v in b[tag]], [v for _, v in a[tag]], rtol=1e-6)
     loop.fit(cfg, tmp_path)  # a finished run started again writes no new file
-    assert len(event_files(resumed / EVENTS_DIR)) == 2
+    assert len(event_files(resumed / EVENTS_DIR)) == 3
 
 
 def test_replayed_steps_replace_the_earlier_points(tmp_path):

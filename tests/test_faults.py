@@ -130,6 +130,8 @@ def scores(results: dict) -> dict:
 @pytest.mark.parametrize("part", ["metadata", "arrays"])
 def test_damaged_latest_state_resumes_from_intact_epoch(whole_run, second_epoch_run, tmp_path, part, caplog):
     cfg, _, whole = whole_run
+    cfg = cfg.copy_and_resolve_references()
+    cfg.train.keep_state = True  # the states the resumed run saves are looked at below (same run: not hashed)
     workdir, run_dir = copied_run(second_epoch_run, tmp_path)
     assert json.loads((run_dir / "progress.json").read_text())["epoch"] == 2
     damage(run_dir / "state" / "2", part)

@@ -140,6 +140,7 @@ def test_finetune_media_trainable_with_text_frozen_and_unreadable_file(tmp_path,
     cfg = tuning_config(demo, "trainable", epochs=1, T=("bert", tiny_bert),
                         A=("wav2vec2", media_checkpoints["wav2vec2"]))
     cfg.finetune.tune = "A"
+    cfg.train.keep_state = True  # the training state is restored below
     from emojax.data import load_dataset
 
     broken = pathlib.Path(load_dataset("meld", str(demo), target="emotion").splits["train"].samples[3].audio)

@@ -213,7 +213,7 @@ def test_resolve_model_offline_uncached_hub_id_error(tmp_path, monkeypatch):
     message = str(err.value)
     assert message.startswith("emojax-test/not-a-model:")
     assert "not in the Hugging Face cache" in message and "HF_HUB_OFFLINE" in message
-    assert "hub cannot be reached" in message and "huggingface-cli download emojax-test/not-a-model" in message
+    assert "hub cannot be reached" in message and "(hf download emojax-test/not-a-model)" in message
 
 
 def test_resolve_model_path_that_is_not_a_folder(tmp_path):

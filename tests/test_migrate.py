@@ -1,5 +1,5 @@
 """Run formats: a run of format 1 (written before runs recorded their format) is refused in one line
-by everything that reads runs, and ``launch.tool migrate`` brings it to format 2, where it scores
+by everything that reads runs, and ``launch.tool migrate`` brings it to format 3, where it scores
 exactly as it did.
 
 A format-1 run is made the way earlier versions wrote it, from a run trained today: its config
@@ -27,9 +27,12 @@ from emojax.runs import format as format_lib
 from emojax.runs import store
 from emojax.runs.checkpoint import RunLock
 from emojax.training.loop import fit
-from launch import tool
+import launch.tool as tool  # the module (launch also has a function of that name, its command)
 from test_faults import one_error_line, text_config
 
+# The fields format 3 added, at the values every earlier run trained with: runs of format 1 lack them.
+FORMAT_3_DEFAULTS = {"train": {"schedule": "linear", "grad_accum_steps": 1, "min_delta": 0.0},
+                     "loss": {"label_smoothing": 0.0, "class_weights": []}}
 # What format 1 left out of the hash: where and how often, not what is trained.
 UNHASHED_1 = ("seed", "dataset.path", "dataset.allow_outside_paths", "cache", "progress", "workdir", "train.devices",
               "encoder.remat")
@@ -39,11 +42,15 @@ def format_1_hash(tree: dict) -> str:
     """The run hash as emojax computed it before run formats: the fine-tuning settings hashed under
     their earlier name ``encoder``, ``tune_layers`` 0 and ``dataset.max_seconds`` 60 left out."""
     tree = copy.deepcopy(tree)
+    for section, fields in FORMAT_3_DEFAULTS.items():
+        for key, value in fields.items():
+            if tree.get(section, {}).get(key, value) == value:
+                tree.get(section, {}).pop(key, None)
     if "finetune" in tree:
         tree["encoder"] = tree.pop("finetune")
     if tree.get("encoder", {}).get("tune_layers") == 0:
         tree["encoder"].pop("tune_layers")
-    for dotted in UNHASHED_1:
+    for dotted in UNHASHED_1 + config_lib._UNHASHED:  # and the unhashed fields added since: never hashed
         *path, last = dotted.split(".")
         node = tree
         for key in path:
@@ -67,6 +74,9 @@ def to_format_1(run_dir: pathlib.Path, workdir: pathlib.Path, *, layer_keys=None
     recorded under earlier layer names (their store entry named by the weights hash taken on those
     names; their checkpoints are the caller's)."""
     raw = json.loads((run_dir / "config.json").read_text())
+    for section, fields in FORMAT_3_DEFAULTS.items():
+        for key in fields:
+            del raw[section][key]
     raw["encoder"] = raw.pop("finetune")
     if raw["encoder"].get("tune_layers") == 0:
         del raw["encoder"]["tune_layers"]  # a run from before the key existed
@@ -125,7 +135,7 @@ def trained(tmp_path_factory, text_meld, tiny_bert):
 @pytest.fixture
 def earlier(trained, tmp_path):
     """The trained run as an earlier emojax wrote it, in a copy of its workdir:
-    ``(cfg, workdir, run of format 1, its directory in format 2, results.json before)``."""
+    ``(cfg, workdir, run of format 1, its directory in format 3, results.json before)``."""
     cfg, source, run_dir = trained
     workdir = tmp_path / "work"
     shutil.copytree(source, workdir, symlinks=True)
@@ -178,28 +188,31 @@ def test_migrate_dry_run_lists_the_run_and_changes_nothing(earlier):
     lines = run_migrate(workdir)
     assert lines == [
         f"to migrate  {old.relative_to(workdir)} -> {today.relative_to(workdir)}  (config.json: encoder -> finetune, "
-        f"finetune.tune_layers=0 written; hash {old.name.split('--')[0]} -> {today.name.split('--')[0]}; format 2)",
-        "dry run: 1 run(s) to migrate to format 2, 0 refused; pass --apply to migrate them"]
+        f"finetune.tune_layers=0 written, train.schedule=linear written, train.grad_accum_steps=1 written, "
+        f"train.min_delta=0.0 written, loss.label_smoothing=0.0 written, loss.class_weights=[] written; "
+        f"hash {old.name.split('--')[0]} -> {today.name.split('--')[0]}; format 3)",
+        "dry run: 1 run(s) to migrate to format 3, 0 refused; pass --apply to migrate them"]
     assert snapshot(workdir) == before
 
 
 @pytest.mark.slow
 def test_migrate_apply_moves_the_run_which_scores_as_before(earlier):
-    """The migrated run is where today's fit puts it, reads as format 2, scores exactly the numbers
+    """The migrated run is where today's fit puts it, reads as format 3, scores exactly the numbers
     of its results.json, links the same store entry, and a second migration does nothing."""
     from emojax.inference import Estimator
 
     cfg, workdir, old, today, results = earlier
     lines = run_migrate(workdir, apply=True)
     assert lines[0].startswith(f"migrated  {old.relative_to(workdir)} -> {today.relative_to(workdir)}  (config.json: ")
-    assert lines[1] == "migrated 1 run(s) to format 2, 0 refused"
+    assert lines[1] == "migrated 1 run(s) to format 3, 0 refused"
     assert not old.exists() and today == config_lib.run_dir(cfg, workdir)
-    assert format_lib.run_format(today) == 2
+    assert format_lib.run_format(today) == 3
     digest = config_lib.config_hash(cfg)
     assert json.loads((today / "meta.json").read_text())["hash"] == digest
     migrated = json.loads((today / "results.json").read_text())
     assert migrated == {**results, "hash": digest}
-    assert config_lib.load_config(today / "config.json").to_dict() == cfg.to_dict()
+    # (as JSON holds it: loss.class_weights, a tuple, reads back as a list)
+    assert config_lib.load_config(today / "config.json").to_dict() == json.loads(json.dumps(cfg.to_dict()))
     prep, eval_step, params, _ = load_run(today, workdir)
     for split in ("dev", "test"):
         scores = score(eval_step, params, prep.features[split], len(prep.class_names), 64)
@@ -213,7 +226,7 @@ def test_migrate_apply_moves_the_run_which_scores_as_before(earlier):
     assert row["status"] == "finished" and row["dev_acc"] == results["dev"]["accuracy"]
     after = snapshot(workdir)
     assert run_migrate(workdir, apply=True) == [
-        f"no runs of an earlier format under {workdir / 'checkpoints'}: every run is of format 2"]
+        f"no runs of an earlier format under {workdir / 'checkpoints'}: every run is of format 3"]
     assert snapshot(workdir) == after
 
 
@@ -225,10 +238,10 @@ def test_migrate_refuses_a_held_run_an_edited_config_and_a_taken_directory(earli
         lines = run_migrate(workdir, apply=True)
         assert lines[0].startswith(f"refused  {rel}: a process holds the run (pid {os.getpid()} on ")
         assert lines[0].endswith("); migrate again once it has finished")
-        assert lines[1].startswith("migrated 0 run(s) to format 2, 1 refused")
+        assert lines[1].startswith("migrated 0 run(s) to format 3, 1 refused")
         assert snapshot(workdir) == before
     today.mkdir()
-    assert run_migrate(workdir)[0] == (f"refused  {rel}: its directory in format 2, {today}, exists; move one of "
+    assert run_migrate(workdir)[0] == (f"refused  {rel}: its directory in format 3, {today}, exists; move one of "
                                        "the two aside")
     today.rmdir()
     made = old.name.split("--")[0]

@@ -83,12 +83,12 @@ def resolve_model(name_or_path: str | os.PathLike, *, revision: Optional[str] = 
     if _offline():
         raise WeightError(f"{name}: not a local folder and not in the Hugging Face cache, and HF_HUB_OFFLINE "
                           f"is set so the hub cannot be reached. Download it where there is network "
-                          f"(huggingface-cli download {name}) or pass the path of a local copy")
+                          f"(hf download {name}) or pass the path of a local copy")
     try:
         return pathlib.Path(snapshot_download(name, **kwargs))
     except GatedRepoError:
         raise WeightError(f"{name}: the hub repository is gated; accept its terms on the hub and log in "
-                          "(huggingface-cli login), or pass a local copy") from None
+                          "(hf auth login), or pass a local copy") from None
     except RepositoryNotFoundError:
         raise WeightError(f"{name}: no such repository on the Hugging Face hub (or it is private); "
                           "check the id or pass a local folder") from None
@@ -97,7 +97,7 @@ def resolve_model(name_or_path: str | os.PathLike, *, revision: Optional[str] = 
     except (LocalEntryNotFoundError, OSError, ValueError) as err:
         raise WeightError(
             f"{name}: not a local folder, not in the Hugging Face cache, and the hub could not be reached "
-            f"({type(err).__name__}). Download it where there is network (huggingface-cli download {name}) "
+            f"({type(err).__name__}). Download it where there is network (hf download {name}) "
             "or pass the path of a local copy") from None
 
 

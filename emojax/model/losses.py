@@ -38,15 +38,21 @@ unweighted values (``logs``) instead: ``sum_i 0.5 / sigma_i L_i + log sigma_i`` 
 """
 from __future__ import annotations
 
+import json
 import logging
+import math
+import pathlib
 from typing import Mapping, Optional, Sequence
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 
 from emojax.config import ConfigError
+from emojax.data import DatasetError, dataset_kind
+from emojax.data.csvutil import read_csv
 from emojax.model.layers import Projector
 
 log = logging.getLogger(__name__)
@@ -62,39 +68,59 @@ def _weighted_mean(per_sample, labels, class_weights):
     return (per_sample * w).sum() / w.sum()
 
 
-def cross_entropy(logits, labels, class_weights: Optional[jax.Array] = None):
+def _nll(logits, labels, label_smoothing: float = 0.0):
+    """Per sample cross entropy ``(B, C), (B,) -> (B,)`` float32, against the one-hot target mixed
+    with ``label_smoothing`` of the uniform distribution (``(1 - s) onehot + s / C``)."""
+    logits = jnp.asarray(logits, jnp.float32)
+    if not label_smoothing:
+        return optax.softmax_cross_entropy_with_integer_labels(logits, labels)
+    targets = optax.smooth_labels(jax.nn.one_hot(labels, logits.shape[-1]), label_smoothing)
+    return optax.softmax_cross_entropy(logits, targets)
+
+
+def cross_entropy(logits, labels, class_weights: Optional[jax.Array] = None, label_smoothing: float = 0.0):
     """Mean cross entropy ``(B, C), (B,) -> ()`` float32; with ``class_weights (C,)`` the weighted
-    mean ``sum_i w_{y_i} nll_i / sum_i w_{y_i}`` (PyTorch's ``CrossEntropyLoss(weight=...)``)."""
-    logits = jnp.asarray(logits, jnp.float32)
-    per_sample = optax.softmax_cross_entropy_with_integer_labels(logits, labels)
-    return _weighted_mean(per_sample, labels, class_weights)
+    mean ``sum_i w_{y_i} nll_i / sum_i w_{y_i}`` (PyTorch's ``CrossEntropyLoss(weight=...)``); with
+    ``label_smoothing`` s each ``nll_i`` is taken against ``(1 - s) onehot(y_i) + s / C``."""
+    return _weighted_mean(_nll(logits, labels, label_smoothing), labels, class_weights)
 
 
-def focal_loss(logits, labels, gamma: float = 2.0, class_weights: Optional[jax.Array] = None):
-    """``mean_i (1 - p_i)^gamma * nll_i`` with ``p_i = exp(-nll_i)``; weighted like
-    :func:`cross_entropy` when ``class_weights`` is given (the suite's has none)."""
-    logits = jnp.asarray(logits, jnp.float32)
-    nll = optax.softmax_cross_entropy_with_integer_labels(logits, labels)
-    per_sample = (1.0 - jnp.exp(-nll)) ** gamma * nll
-    return _weighted_mean(per_sample, labels, class_weights)
+def focal_loss(logits, labels, gamma: float = 2.0, class_weights: Optional[jax.Array] = None,
+               label_smoothing: float = 0.0):
+    """``mean_i (1 - p_i)^gamma * nll_i`` with ``p_i`` the true class's probability; weighted like
+    :func:`cross_entropy` when ``class_weights`` is given (the suite's has none), and ``nll_i``
+    against the smoothed target with ``label_smoothing`` (``p_i`` stays the true class's)."""
+    return _weighted_mean(focal_per_sample(logits, labels, gamma, label_smoothing), labels, class_weights)
+
+
+def focal_per_sample(logits, labels, gamma: float = 2.0, label_smoothing: float = 0.0):
+    """``(1 - p_i)^gamma * nll_i`` per sample ``(B,)`` (see :func:`focal_loss`)."""
+    nll = _nll(logits, labels)
+    smoothed = _nll(logits, labels, label_smoothing) if label_smoothing else nll
+    return (1.0 - jnp.exp(-nll)) ** gamma * smoothed
 
 
 CLASSIFICATION = ("ce", "weighted", "focal")
 
 
-def classification_loss(kind: str, logits, labels, class_weights=None):
-    """``kind``: ``ce`` (plain), ``weighted`` (CE weighted by ``class_weights``, 1 / class
-    frequency), ``focal`` (gamma 2, unweighted as in the suite)."""
-    if kind == "ce":
-        return cross_entropy(logits, labels)
-    if kind in ("weighted", "weight"):
-        if class_weights is None:
-            raise ValueError("loss.classification 'weighted' needs class_weights (1 / class frequency of the "
-                             "training split)")
-        return cross_entropy(logits, labels, class_weights)
+def classification_per_sample(kind: str, logits, labels, label_smoothing: float = 0.0):
+    """The per-sample loss ``(B,)`` of the classification loss ``kind`` (before its class weights)."""
+    if kind in ("ce", "weighted", "weight"):
+        return _nll(logits, labels, label_smoothing)
     if kind == "focal":
-        return focal_loss(logits, labels, 2.0)
+        return focal_per_sample(logits, labels, 2.0, label_smoothing)
     raise ValueError(f"loss.classification: unknown kind {kind!r}; choose one of {', '.join(CLASSIFICATION)}")
+
+
+def classification_loss(kind: str, logits, labels, class_weights=None, label_smoothing: float = 0.0):
+    """``kind``: ``ce`` (plain), ``weighted`` (CE weighted by ``class_weights``, 1 / class
+    frequency), ``focal`` (gamma 2, unweighted as in the suite). ``ce`` and ``focal`` are weighted
+    too when given ``class_weights`` (``loss.class_weights``); ``label_smoothing`` as in
+    :func:`cross_entropy`."""
+    if kind in ("weighted", "weight") and class_weights is None:
+        raise ValueError("loss.classification 'weighted' needs class_weights (1 / class frequency of the "
+                         "training split)")
+    return _weighted_mean(classification_per_sample(kind, logits, labels, label_smoothing), labels, class_weights)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -376,6 +402,81 @@ def check_loss_config(cfg) -> None:
             raise ConfigError(f"loss.extras.{name}: unknown extra loss; choose from {', '.join(EXTRA_LOSSES)}")
     if loss.get("combine", "sum") not in COMBINATIONS:
         raise ConfigError(f"loss.combine: {loss.combine!r} is not {' or '.join(COMBINATIONS)}")
+    class_weights(cfg)  # the count, values and file of loss.class_weights
+
+
+def class_weights(cfg) -> Optional[np.ndarray]:
+    """``loss.class_weights`` as ``(C,)`` float32 in the order of the dataset target's classes, or
+    ``None`` when empty: the weights themselves, one per class, or one entry naming a file of them
+    (``.json``: a list, or an object class name -> weight; ``.csv``: columns ``class`` and
+    ``weight``, a row per class). A ``ConfigError`` names the key (and the file) for a wrong
+    count, a negative or non-finite weight, all zero, an unknown class or an unreadable file; and
+    refuses them beside ``loss.classification: weighted`` (which takes 1 / class frequency)."""
+    given = list(cfg.loss.get("class_weights", ()) or ())
+    if not given:
+        return None
+    key = "loss.class_weights"
+    if cfg.loss.classification in ("weighted", "weight"):
+        raise ConfigError(f"{key}: loss.classification 'weighted' weighs the classes by 1 / their frequency; "
+                          "give explicit weights with ce or focal instead")
+    try:
+        names = dataset_kind(cfg.dataset.kind).class_names(cfg.dataset.target)
+    except DatasetError as err:
+        raise ConfigError(str(err)) from None
+    where = key
+    if len(given) == 1 and isinstance(given[0], str):
+        where = f"{key}: {given[0]}"
+        given = _weights_file(pathlib.Path(given[0]), names, where)
+    bad = [w for w in given if isinstance(w, bool) or not isinstance(w, (int, float)) or not math.isfinite(w)]
+    if bad:
+        raise ConfigError(f"{where}: weights must be finite numbers (or one .json / .csv file), got {bad[0]!r}")
+    if len(given) != len(names):
+        raise ConfigError(f"{where}: {len(given)} weights for the {len(names)} classes of {cfg.dataset.kind} "
+                          f"{cfg.dataset.target} ({', '.join(names)}); give one per class")
+    if min(given) < 0 or max(given) == 0:
+        raise ConfigError(f"{where}: weights must be at least 0 and not all 0, got {list(given)}")
+    return np.asarray(given, np.float32)
+
+
+def _weights_file(path: pathlib.Path, names: Sequence[str], where: str) -> list:
+    """The weights a ``.json`` / ``.csv`` file gives the classes ``names``, in their order."""
+    if path.suffix.lower() not in (".json", ".csv"):
+        raise ConfigError(f"{where}: not a .json or .csv file of class weights")
+    if not path.is_file():
+        raise ConfigError(f"{where}: no such file")
+    if path.suffix.lower() == ".json":
+        try:
+            data = json.loads(path.read_text())
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+            raise ConfigError(f"{where}: cannot read it as JSON ({err})") from None
+        if isinstance(data, list):
+            return data
+        if not isinstance(data, dict):
+            raise ConfigError(f"{where}: holds a {type(data).__name__}; give a list of weights or an object "
+                              "class name -> weight")
+        by_name = data
+    else:
+        try:
+            frame = read_csv(path)
+        except DatasetError as err:
+            raise ConfigError(f"loss.class_weights: {err}") from None
+        if not {"class", "weight"} <= set(frame.columns):
+            raise ConfigError(f"{where}: needs the columns class and weight, has {', '.join(map(str, frame.columns))}")
+        counts = frame["class"].value_counts()
+        if (counts > 1).any():
+            raise ConfigError(f"{where}: class {counts.index[counts > 1][0]!r} has several rows")
+        by_name = {}
+        for row, (name, weight) in enumerate(zip(frame["class"], frame["weight"]), start=2):
+            try:
+                by_name[name] = float(weight)
+            except ValueError:
+                raise ConfigError(f"{where}: row {row}: weight {weight!r} is not a number") from None
+    unknown = [name for name in by_name if name not in names]
+    missing = [name for name in names if name not in by_name]
+    if unknown or missing:
+        what = f"unknown class {unknown[0]!r}" if unknown else f"no weight for class {missing[0]!r}"
+        raise ConfigError(f"{where}: {what}; the classes are {', '.join(names)}")
+    return [by_name[name] for name in names]
 
 
 def _check_names(extras: Mapping) -> None:

@@ -3,7 +3,8 @@
 Layout inside a run directory::
 
     state/<epoch>/   full TrainState of the last finished epoch (params, optimizer, step, RNG,
-                     loss state), Orbax, ``keep_epochs`` kept
+                     loss state), Orbax, ``keep_epochs`` kept; what a run resumes from, so dropped
+                     once the run has finished unless ``train.keep_state`` (:func:`drop_resume_state`)
     best/<epoch>/    parameters of the epoch selected on dev, Orbax, one kept
     progress.json    history, best epoch and early-stopping state, written after the checkpoint
     set_aside/       checkpoints moved out of Orbax's way: damaged ones and those newer than the
@@ -11,7 +12,8 @@ Layout inside a run directory::
     .lock            held (``fcntl.flock``) by the process training the run; names its pid and host
 
 ``progress.json`` is replaced atomically after the Orbax save has finished, so a run killed at
-any moment resumes from a consistent epoch. A damaged training state (unreadable metadata or
+any moment resumes from a consistent epoch. Saves are synchronous: each one is waited for before
+the next epoch anyway, and Orbax would report that wait as a slow save. A damaged training state (unreadable metadata or
 array files) is moved to ``set_aside/`` and the run resumes from the newest intact one.
 """
 from __future__ import annotations
@@ -23,6 +25,7 @@ import json
 import logging
 import os
 import pathlib
+import shutil
 import socket
 import sys
 from typing import Any, Optional
@@ -38,6 +41,9 @@ log = logging.getLogger(__name__)
 
 SET_ASIDE = "set_aside"
 LOCK_FILE = ".lock"
+STATE = "state"
+# progress.json of a finished run whose training state was dropped (drop_resume_state)
+STATE_DROPPED = "state_dropped"
 _ITEM = "default"  # the item folder CheckpointManager writes a single StandardSave to
 
 
@@ -88,6 +94,51 @@ def finished_run(run_dir: str | pathlib.Path) -> dict:
                               f"{progress_path} is missing; rebuild it: move {run_dir} aside and start the run's "
                               "launch.train command again")
     return progress
+
+
+def folder_bytes(path: str | pathlib.Path) -> int:
+    """Bytes of the files under ``path`` (links not followed: a run's encoder links point into the
+    shared encoder store); 0 when it does not exist."""
+    total = 0
+    for folder, _, files in os.walk(path):
+        for name in files:
+            try:
+                stat = os.lstat(os.path.join(folder, name))
+            except FileNotFoundError:  # removed meanwhile
+                continue
+            if not os.path.islink(os.path.join(folder, name)):
+                total += stat.st_size
+    return total
+
+
+def resume_state_bytes(run_dir: str | pathlib.Path) -> int:
+    """Bytes of the run's training state (``state/``: what an unfinished run resumes from)."""
+    return folder_bytes(pathlib.Path(run_dir) / STATE)
+
+
+def drop_resume_state(run_dir: str | pathlib.Path) -> int:
+    """Remove the training state (``state/<epoch>/``: parameters, optimizer moments, step, RNG) of
+    the finished run in ``run_dir``; returns the bytes freed. What a finished run is used for stays:
+    the selected epoch's parameters (``best/``), which evaluation, inference, the Estimator and
+    standalone copies read, and every record. ``progress.json`` says so (``state_dropped``) before
+    anything is removed, so a removal cut short is finished by the next call, and a request to
+    train the run further is refused with a message (:meth:`RunCheckpoints.restore_latest`).
+    Raises ``CheckpointError`` for a run that has not finished: it still needs its state."""
+    run_dir = pathlib.Path(run_dir)
+    progress = finished_run(run_dir)
+    folder = run_dir / STATE
+    parts = sorted(folder.iterdir()) if folder.is_dir() else []
+    if not progress.get(STATE_DROPPED):
+        write_json_atomic(run_dir / "progress.json", {**progress, STATE_DROPPED: True})
+    freed = 0
+    for part in parts:
+        if part.is_dir() and not part.is_symlink():
+            freed += folder_bytes(part)
+            shutil.rmtree(part)
+        else:
+            freed += part.lstat().st_size
+            part.unlink()
+    return freed
 
 
 def brief(err: BaseException) -> str:
@@ -192,10 +243,10 @@ class RunCheckpoints:
         all processes together)."""
         self.run_dir = pathlib.Path(run_dir).absolute()
         self.primary = primary
-        options = ocp.CheckpointManagerOptions(max_to_keep=keep_epochs, create=True)
-        self._state = ocp.CheckpointManager(self.run_dir / "state", options=options)
-        self._best = ocp.CheckpointManager(self.run_dir / "best",
-                                           options=ocp.CheckpointManagerOptions(max_to_keep=1, create=True))
+        options = ocp.CheckpointManagerOptions(max_to_keep=keep_epochs, create=True, enable_async_checkpointing=False)
+        self._state = ocp.CheckpointManager(self.run_dir / STATE, options=options)
+        self._best = ocp.CheckpointManager(self.run_dir / "best", options=ocp.CheckpointManagerOptions(
+            max_to_keep=1, create=True, enable_async_checkpointing=False))
         self.progress_path = self.run_dir / "progress.json"
         self._closed = False
 
@@ -215,11 +266,13 @@ class RunCheckpoints:
             raise CheckpointError(f"{self.progress_path}: unreadable progress file ({err}); "
                                   "delete the run directory to start afresh") from err
 
-    def save_epoch(self, epoch: int, state, progress: dict, *, best_params=None) -> None:
-        """Checkpoint ``state`` after ``epoch`` (and ``best_params`` when this epoch is the best)."""
+    def save_epoch(self, epoch: int, state, progress: dict, *, best_params=None, save_state: bool = True) -> None:
+        """Checkpoint ``state`` after ``epoch`` (and ``best_params`` when this epoch is the best).
+        ``save_state=False``: the run's last epoch, whose state would be dropped at once."""
         # One save at a time: in a multi-host run each save ends at a barrier named by its step.
-        self._state.save(epoch, args=ocp.args.StandardSave(state))
-        self._state.wait_until_finished()
+        if save_state:
+            self._state.save(epoch, args=ocp.args.StandardSave(state))
+            self._state.wait_until_finished()
         if best_params is not None:
             self._best.save(epoch, args=ocp.args.StandardSave(best_params))
             self._best.wait_until_finished()
@@ -256,7 +309,14 @@ class RunCheckpoints:
 
         Damaged states are moved to ``set_aside/`` with a logged warning naming them, and so
         is every state or best checkpoint newer than the epoch returned: the run replays those
-        epochs, and Orbax would skip saving an epoch older than one it already holds."""
+        epochs, and Orbax would skip saving an epoch older than one it already holds. A finished
+        run whose state was dropped (:func:`drop_resume_state`) cannot go on: ``CheckpointError``."""
+        if (self.progress() or {}).get(STATE_DROPPED):
+            raise CheckpointError(
+                f"{self.run_dir}: the run finished and its training state was dropped to save space "
+                "(train.keep_state was off, or launch.tool gc pruned it), so it cannot train more epochs; its "
+                "evaluation and inference still work. To train further, train the run again under another "
+                "--workdir with --config.train.keep_state=True")
         for step in sorted((s for s in self._state.all_steps() if s <= epoch), reverse=True):
             state, damage = self._restore(self._state, step, target)
             if damage is None:
@@ -274,7 +334,7 @@ class RunCheckpoints:
     def restore_state(self, epoch: int, target):
         """The training state of exactly ``epoch`` (no fallback); ``CheckpointError`` if it is
         missing or damaged."""
-        path = self.run_dir / "state" / str(epoch)
+        path = self.run_dir / STATE / str(epoch)
         if epoch not in self._state.all_steps():
             raise CheckpointError(f"{path}: checkpoint of epoch {epoch} named in {self.progress_path} is missing")
         state, damage = self._restore(self._state, epoch, target)
@@ -301,6 +361,14 @@ class RunCheckpoints:
         if damage is not None:
             raise CheckpointError(f"{path}: damaged checkpoint of the selected epoch ({damage}); {rebuild}")
         return params
+
+    def drop_state(self) -> int:
+        """:func:`drop_resume_state` of this finished run (process 0 only); returns the bytes freed."""
+        if not self.primary:
+            return 0
+        freed = drop_resume_state(self.run_dir)
+        self._state.reload()
+        return freed
 
     # -- moving aside ---------------------------------------------------------------------
     def set_aside(self, manager: ocp.CheckpointManager, step: int, reason: str) -> Optional[pathlib.Path]:

@@ -1,6 +1,6 @@
 """The run format: the version of what a run directory holds, and the migration of earlier ones.
 
-A run records its format in ``meta.json`` (``"format": 2``, written with the rest of that file
+A run records its format in ``meta.json`` (``"format": 3``, written with the rest of that file
 at every start: :func:`emojax.training.evaluation.write_meta`); a run without the record was written before
 it existed and is format 1. Whatever reads a run (:func:`emojax.runs.records.run_config`, so
 ``launch.evaluate``, ``launch.infer`` and the ``Estimator``, ``launch.tool info``, a teacher) and
@@ -25,6 +25,15 @@ Format 1 -> 2:
   run's encoder is stored again under today's hash, and ``encoders.json`` names that entry (the
   earlier one stays for other runs until ``launch.tool gc`` finds it unlinked).
 - The relative ``encoders/{m}`` links, and a ``teacher.json`` naming a teacher moved as well.
+
+Format 2 -> 3 (a run of format 1 takes both steps at once):
+
+- ``config.json`` gains the training options format 3 added, at the values every earlier run
+  trained with: ``train.schedule`` (``linear``), ``train.grad_accum_steps`` (1), ``train.min_delta``
+  (0), ``loss.label_smoothing`` (0) and ``loss.class_weights`` (none, ``[]``).
+- The hash, so the run directory, ``meta.json`` and ``results.json``: the config is hashed with
+  those fields (the run moves, its encoder links and a teacher's record with it). Checkpoints and
+  the encoder store are unchanged.
 """
 from __future__ import annotations
 
@@ -43,7 +52,7 @@ import ml_collections
 from emojax.files import read_json_object
 from emojax import config as config_lib
 
-FORMAT = 2
+FORMAT = 3
 RECORD = "meta.json"  # the file whose "format" names a run's format
 
 # Import cost: reading a run's format stays free of JAX (launch.tool info, emojax.runs.records);
@@ -62,14 +71,19 @@ class RunFormatError(config_lib.ConfigError):
 def run_format(run_dir: str | os.PathLike) -> int:
     """The format of the run in ``run_dir``: ``meta.json``'s ``"format"`` (1 when it has none). A
     run stopped before its ``meta.json`` is told by its ``config.json`` (format 1 kept the
-    fine-tuning settings under ``encoder``); a folder with neither is a new run, of :data:`FORMAT`."""
+    fine-tuning settings under ``encoder``, format 2 lacks the fields format 3 added); a folder
+    with neither is a new run, of :data:`FORMAT`."""
     run_dir = pathlib.Path(run_dir)
     meta = read_json_object(run_dir / RECORD)
     if meta is not None:
         found = meta.get("format", 1)
         return found if isinstance(found, int) and not isinstance(found, bool) else 1
     raw = read_json_object(run_dir / "config.json")
-    return 1 if raw is not None and _FINETUNE_1 in raw and "finetune" not in raw else FORMAT
+    if raw is None:
+        return FORMAT
+    if _FINETUNE_1 in raw and "finetune" not in raw:
+        return 1
+    return 2 if not _has_format_3_fields(raw) else FORMAT
 
 
 def workdir_of(run_dir: str | os.PathLike) -> Optional[pathlib.Path]:
@@ -106,17 +120,18 @@ def check_format(run_dir: str | os.PathLike) -> None:
 
 def refuse_earlier(cfg, run_dir: pathlib.Path, workdir: str | os.PathLike) -> None:
     """Before ``fit`` does any work: :class:`RunFormatError` for a run directory of another format,
-    or when a run of ``cfg`` written by format 1 sits in its format-1 directory (migrated, it is
-    the run this one resumes or has finished)."""
+    or when a run of ``cfg`` written by format 1 or 2 sits in that format's directory (migrated,
+    it is the run this one resumes or has finished)."""
     run_dir = pathlib.Path(run_dir)
     if (run_dir / "config.json").exists():
         check_format(run_dir)
         return
-    for digest in sorted(format_1_hashes(cfg)):
+    second = format_2_hash(cfg)
+    for found, digest in [(1, d) for d in sorted(format_1_hashes(cfg))] + ([(2, second)] if second else []):
         earlier = run_dir.parent / f"{digest}--{cfg.seed}"
-        if (earlier / "config.json").is_file() and run_format(earlier) == 1:
-            raise RunFormatError(f"{earlier}: this config's run, written by an earlier emojax (run format 1); run "
-                                 f"{migrate_command(workdir)}, then start the command again")
+        if (earlier / "config.json").is_file() and run_format(earlier) == found:
+            raise RunFormatError(f"{earlier}: this config's run, written by an earlier emojax (run format {found}); "
+                                 f"run {migrate_command(workdir)}, then start the command again")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -142,10 +157,11 @@ def _plain(cfg) -> dict:
 
 def format_1_hash(cfg) -> str:
     """The hash format 1 gave ``cfg`` (in today's names or in format 1's)."""
-    tree = _plain(cfg)
+    tree = _without_format_3_fields(_plain(cfg))
     if "finetune" in tree:
         tree[_FINETUNE_1] = tree.pop("finetune")
-    for dotted in _UNHASHED_1:
+    # Fields today's hash leaves out were never hashed: those added since format 1 as well.
+    for dotted in _UNHASHED_1 + tuple(d for d in config_lib._UNHASHED if d not in _UNHASHED_1):
         *path, last = dotted.split(".")
         node = tree
         for key in path:
@@ -178,6 +194,52 @@ def format_1_hashes(cfg) -> set[str]:
     tree = _plain(cfg)
     spelled = _respell_loss(tree, {today: earlier for earlier, today in _LOSS_PRESETS_1.items()})
     return {format_1_hash(tree)} | ({format_1_hash(spelled)} if spelled is not None else set())
+
+
+# ---------------------------------------------------------------------------------------------
+# Format 2: the training options format 3 added, and its hash
+# ---------------------------------------------------------------------------------------------
+# (section, key, the value every run of format 1 and 2 trained with)
+_DEFAULTS_2 = (("train", "schedule", "linear"), ("train", "grad_accum_steps", 1), ("train", "min_delta", 0.0),
+               ("loss", "label_smoothing", 0.0), ("loss", "class_weights", []))
+
+
+def _same(value, default) -> bool:
+    return (list(value) if isinstance(value, (list, tuple)) else value) == default
+
+
+def _has_format_3_fields(tree: dict) -> bool:
+    return all(isinstance(tree.get(section), dict) and key in tree[section] for section, key, _ in _DEFAULTS_2)
+
+
+def _without_format_3_fields(tree: dict) -> dict:
+    """``tree`` without the fields format 3 added where they hold their earlier values (as format
+    1 and 2 hashed a config)."""
+    for section, key, value in _DEFAULTS_2:
+        node = tree.get(section)
+        if isinstance(node, dict) and key in node and _same(node[key], value):
+            node.pop(key)
+    return tree
+
+
+def format_2_hash(cfg) -> Optional[str]:
+    """The hash format 2 gave a run of ``cfg`` (``None`` when ``cfg`` sets a field format 3 added
+    to another value than every earlier run trained with: no earlier run is of that config)."""
+    tree = _plain(cfg)
+    if any(isinstance(tree.get(section), dict) and key in tree[section] and not _same(tree[section][key], value)
+           for section, key, value in _DEFAULTS_2):
+        return None
+    return config_lib.config_hash(_without_format_3_fields(tree))
+
+
+def config_of_format_3(tree: dict) -> tuple[dict, list[str]]:
+    """A format-2 ``config.json`` with the fields format 3 added written, and what changed, in words."""
+    tree, changes = _plain(tree), []
+    for section, key, value in _DEFAULTS_2:
+        if isinstance(tree.get(section), dict) and key not in tree[section]:
+            tree[section][key] = copy.deepcopy(value)
+            changes.append(f"{section}.{key}={value} written")
+    return tree, changes
 
 
 def config_of_format_2(tree: dict) -> tuple[dict, list[str]]:
@@ -253,6 +315,7 @@ class Migration:
     changes: list[str] = dataclasses.field(default_factory=list)
     refused: Optional[str] = None
     done: bool = False
+    earlier_format: int = 1  # the run's format before the migration
     rehashed: list[str] = dataclasses.field(default_factory=list)  # modalities stored under a new hash
 
 
@@ -308,16 +371,21 @@ def _recorded_hashes(run_dir: pathlib.Path) -> list[str]:
     return [str(digest) for digest in recorded if digest] + [run_dir.name.split("--")[0]]
 
 
-def _plan_run(run: pathlib.Path, workdir: pathlib.Path) -> Migration:
-    """Where the run of format 1 in ``run`` goes and what changes, or why it is left as it is."""
-    move = Migration(run, run)
+def _plan_run(run: pathlib.Path, workdir: pathlib.Path, found: int = 1) -> Migration:
+    """Where the run of format ``found`` (1 or 2) in ``run`` goes and what changes, or why it is
+    left as it is."""
+    move = Migration(run, run, earlier_format=found)
     raw = read_json_object(run / "config.json") or {}
     try:
-        move.config, changes = config_of_format_2(raw)
+        second, changes = config_of_format_2(raw)
+        move.config, added = config_of_format_3(second)
+        changes += added
         cfg = ml_collections.ConfigDict(move.config)
         move.target = config_lib.run_dir(cfg, workdir, run.relative_to(workdir / "checkpoints").parts[0])
         digest = config_lib.config_hash(cfg)
-        made = {format_1_hash(raw), digest} | format_1_hashes(cfg)  # a run moved before a kill: today's
+        # The hashes the run may have been made with: format 1's, format 2's, today's (a run whose
+        # config.json, or directory, was rewritten before a kill).
+        made = {format_1_hash(raw), config_lib.config_hash(second), digest, format_2_hash(cfg)} | format_1_hashes(cfg)
     except (AttributeError, KeyError, TypeError, ValueError) as err:
         move.refused = f"config.json is not a run config ({err})"
         return move
@@ -325,15 +393,16 @@ def _plan_run(run: pathlib.Path, workdir: pathlib.Path) -> Migration:
     edited = [recorded_hash for recorded_hash in recorded if recorded_hash not in made]
     holder = _holder(run)
     if edited:
-        move.refused = (f"config.json was edited since the run was made as {edited[0]} (its format-1 hash is now "
-                        f"{format_1_hash(raw)}); undo the edit and migrate again")
+        now = format_1_hash(raw) if found == 1 else config_lib.config_hash(second)
+        move.refused = (f"config.json was edited since the run was made as {edited[0]} (its format-{found} hash is now "
+                        f"{now}); undo the edit and migrate again")
     elif holder:
         move.refused = f"a process holds the run ({holder}); migrate again once it has finished"
     elif move.target != run and move.target.exists():
         move.refused = f"its directory in format {FORMAT}, {move.target}, exists; move one of the two aside"
     if move.refused:
         return move
-    families = _families(move.config)
+    families = _families(move.config) if found == 1 else {}
     renamed = [f"{item.parent.parent.name}/{item.parent.name}" for item in _checkpoint_items(run)
                if _renamed_in(item, families)]
     move.rehashed = [m for m, info in _encoder_record(run).items() if m in families and "error" not in info]
@@ -360,7 +429,7 @@ def plan(workdir: str | os.PathLike) -> tuple[list[Migration], int]:
         elif found > FORMAT:
             plans.append(Migration(run, run, refused=format_error(run, found).short))
         else:
-            plans.append(_plan_run(run, workdir))
+            plans.append(_plan_run(run, workdir, found))
     return plans, current
 
 
@@ -449,7 +518,7 @@ def _rehash_encoders(run_dir: pathlib.Path, cfg: dict, workdir: pathlib.Path) ->
 def _migrate_run(move: Migration, workdir: pathlib.Path, moved: dict[str, str]) -> None:
     """Migrate one planned run, its lock held. Every step can be done again, the run is moved
     after its files are rewritten, and its format recorded last: a migration stopped anywhere
-    leaves a run of format 1 that the next one finishes."""
+    leaves a run of its earlier format that the next one finishes."""
     from emojax.files import write_json_if_changed
     from emojax.runs import store
     from emojax.runs.checkpoint import RunLock
@@ -457,10 +526,11 @@ def _migrate_run(move: Migration, workdir: pathlib.Path, moved: dict[str, str]) 
     cfg = ml_collections.ConfigDict(move.config)
     digest = config_lib.config_hash(cfg)
     with RunLock(move.source):
-        families = _families(move.config)
-        for item in _checkpoint_items(move.source):
-            migrate_checkpoint(item, families)
-        _rehash_encoders(move.source, move.config, workdir)
+        if move.earlier_format == 1:  # the layer keys and weights hashes format 2 renamed
+            families = _families(move.config)
+            for item in _checkpoint_items(move.source):
+                migrate_checkpoint(item, families)
+            _rehash_encoders(move.source, move.config, workdir)
         config_lib.save_config(cfg, move.source / "config.json")
         # Each link to the entry encoders.json names (stored again above, or by a migration
         # stopped after that), else where it points now.

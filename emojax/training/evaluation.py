@@ -77,6 +77,24 @@ def score(eval_step: Callable, params, data: FeatureSet, num_classes: int, batch
     return metrics_lib.classification_scores(data.labels, probs.argmax(-1), num_classes)
 
 
+def cross_entropy(probs: np.ndarray, labels) -> float:
+    """Mean negative log-probability of the true class, ``probs`` ``(n, classes)``: the dev loss
+    beside the dev scores (plain cross entropy, whatever the training loss adds)."""
+    labels = np.asarray(labels, dtype=np.int64)
+    if not len(labels):
+        return float("nan")
+    true = np.asarray(probs, dtype=np.float64)[np.arange(len(labels)), labels]
+    return float(-np.mean(np.log(np.maximum(true, np.finfo(np.float32).tiny))))
+
+
+def score_with_loss(eval_step: Callable, params, data: FeatureSet, num_classes: int, batch_size: int,
+                    parallel: Optional[DataParallel] = None) -> tuple[dict, float]:
+    """:func:`score` and the :func:`cross_entropy` of ``data``, from one pass over it."""
+    probs = predict_proba(eval_step, params, data, batch_size, parallel)
+    return (metrics_lib.classification_scores(data.labels, probs.argmax(-1), num_classes),
+            cross_entropy(probs, data.labels))
+
+
 def scores_summary(scores: dict) -> dict:
     """The headline numbers of ``scores``, as a run's history and a teacher's record keep them."""
     return {k: scores[k] for k in ("accuracy", "weighted_f1", "macro_f1")}
@@ -126,7 +144,8 @@ def write_results(prep: Prepared, eval_step: Callable, params, progress: dict, *
     # Each file atomically, and not at all where unchanged (a finished run started again).
     write_json_if_changed(run_dir / "results.json", results)
     write_json_if_changed(run_dir / "history.json", progress["history"])
-    metrics_lib.plot_history(progress["history"], run_dir / "history.png", cfg.train.select_metric)
+    metrics_lib.plot_history(progress["history"], run_dir / "history.png", cfg.train.select_metric,
+                             label=results["label"], best_epoch=progress["best_epoch"])
     write_bytes_if_changed(run_dir / "metrics.md", "\n".join(report).encode())
     return results
 

@@ -4,13 +4,14 @@ Read top to bottom, ``fit`` is the recipe, in named steps: plan the run (config,
 folders: :mod:`emojax.training.plan`) -> hold its lock, checkpoints and event files in one
 ``with`` -> prepare (data record, features, model) -> build the trainer (optimizer, state, steps)
 -> resume -> epochs (train, score dev, checkpoint, early stop) -> score the selected epoch once.
-Each epoch's curves go to the run's TensorBoard events (:mod:`emojax.training.events`).
+Each epoch's curves go to the run's TensorBoard events and trackers (:mod:`emojax.training.events`);
+each start that trains is recorded, with where it ran, in ``provenance.json`` (:mod:`emojax.runs.provenance`).
 """
 from __future__ import annotations
 
 import contextlib
 import dataclasses
-import functools
+import itertools
 import logging
 import pathlib
 import time
@@ -22,21 +23,23 @@ import numpy as np
 
 from emojax import config as config_lib
 from emojax.data.types import inverse_frequency_weights
-from emojax.training.evaluation import score, scores_summary, write_meta, write_results
+from emojax.model import losses as losses_lib
+from emojax.training.evaluation import score_with_loss, scores_summary, write_meta, write_results
 from emojax.progress import progress_bar, write_line
 from emojax.runs import checkpoint as ckpt_lib
 from emojax.runs import format as format_lib
+from emojax.runs import provenance
 from emojax.runs import store
 from emojax.training.batches import train_batches
 from emojax.training.dialogue_batches import DialogueBatches
 from emojax.training.distillation import load_teacher, transfer_matching
-from emojax.training.events import RunEvents, as_floats
+from emojax.training.events import RunEvents, as_floats, open_trackers
 from emojax.training.parallel import DataParallel, data_parallel
 from emojax.training.plan import RunPlan, check_same_config, plan_run
 from emojax.training.preparation import (DATA_RECORD, Prepared, check_data_record, check_dev_split, load_data,
                                          prepare, tuned_features)
-from emojax.training.state import (best_target, init_state, learning_rate_schedule, make_optimizer,
-                                   trainable_tree, usable_extras)
+from emojax.training.state import (accumulation, best_target, init_state, learning_rate_schedule, make_optimizer,
+                                   optimizer_updates, trainable_tree, usable_extras)
 from emojax.training.steps import make_eval_step, make_train_step
 
 log = logging.getLogger(__name__)
@@ -70,6 +73,9 @@ def fit(cfg, workdir: str | pathlib.Path, *, category: str = "training", max_epo
     :class:`emojax.training.preparation.DataChangedError` before anything is computed or written,
     finished or not. One process holds the run directory (:class:`emojax.runs.checkpoint.RunLock`)
     from before any work to the end; a second identical command is refused at once.
+
+    A finished run keeps its selected parameters (``best/``) and drops its training state
+    (``state/``: :func:`emojax.runs.checkpoint.drop_resume_state`) unless ``train.keep_state``.
     """
     plan = plan_run(cfg, workdir, category=category, teacher=teacher, primary=jax.process_index() == 0)
     format_lib.refuse_earlier(cfg, plan.run_dir, plan.workdir)  # a run of an earlier format: migrate it first
@@ -84,20 +90,40 @@ def fit(cfg, workdir: str | pathlib.Path, *, category: str = "training", max_epo
         if trainer.parallel is not None:
             state = trainer.parallel.replicate(state)
             log.info("data parallel over %d %s devices", trainer.parallel.count, trainer.parallel.devices[0].platform)
-        events = run.enter_context(RunEvents(plan.run_dir, first_step=int(state.step) + 1, enabled=plan.primary))
-        epochs_run = 0
+        report_to = cfg.get("report_to", "tensorboard")
+        events = run.enter_context(RunEvents(plan.run_dir, first_step=int(state.step) + 1,
+                                             enabled=plan.primary and report_to == "tensorboard"))
+        events.trackers = open_trackers(report_to, plan.run_dir, enabled=plan.primary)
+        training = not progress["finished"] and progress["epoch"] < int(cfg.train.epochs)
+        if training and plan.primary:  # where this start came from (provenance.json)
+            provenance.record_start(plan.run_dir)
+            if int(state.step) == 0:  # a new run: named by its label where TensorBoard and trackers show it
+                events.describe(config_lib.run_label(cfg), {k: v for k, v in cfg.to_dict().items() if k != "composed"})
+        epochs_run, keep_state = 0, bool(cfg.train.get("keep_state", False))
         while not progress["finished"] and progress["epoch"] < int(cfg.train.epochs):
             if max_epochs is not None and epochs_run >= max_epochs:
                 break
             progress, state, improved = train_epoch(plan, trainer, state, progress, events)
+            # The state of a finished run is only kept with train.keep_state (to train it further).
             checkpoints.save_epoch(progress["epoch"], state, progress,
-                                   best_params=best_target(state, prep.tuning) if improved else None)
+                                   best_params=best_target(state, prep.tuning) if improved else None,
+                                   save_state=keep_state or not progress["finished"])
             epochs_run += 1
         events.close()
         if not progress["finished"]:
+            if training and plan.primary:
+                provenance.record_end(plan.run_dir, finished=False)
             return plan.run_dir
         best = checkpoints.restore_best(best_target(state, prep.tuning), progress["best_epoch"])
-    score_selected(plan, trainer, best, progress)
+        if not keep_state:  # a finished run needs its selected parameters (best/) only
+            checkpoints.drop_state()
+        scored_before = (plan.run_dir / "results.json").exists()
+        results = score_selected(plan, trainer, best, progress)
+        if not scored_before and progress["history"] and results["test"].get("scored"):
+            events.test(progress["history"][-1]["steps"], scores_summary(results["test"]))  # once, at the end
+        events.close()
+        if training and plan.primary:
+            provenance.record_end(plan.run_dir, finished=True)
     return plan.run_dir
 
 
@@ -168,9 +194,18 @@ def build_trainer(plan: RunPlan, prep: Prepared) -> Trainer:
         epoch_steps = {e: dialogue_batches.steps(e) for e in range(1, int(cfg.train.epochs) + 1)}
         epoch_batches = dialogue_batches.batches
     else:
-        steps = max(1, len(train_data) // batch_size)
+        steps, accumulate = max(1, len(train_data) // batch_size), accumulation(cfg)
+        if steps < accumulate:
+            raise config_lib.ConfigError(f"train.grad_accum_steps: {accumulate} batches make one update, but the "
+                                         f"{len(train_data)} training samples give {steps} batch(es) of {batch_size} "
+                                         "an epoch; lower it or train.batch_size")
+        # Whole updates only: an epoch's batches beyond the last multiple of grad_accum_steps are
+        # left out, so k batches of b see the samples k * b would (floor(floor(n / b) / k) updates).
+        steps -= steps % accumulate
         epoch_steps = {e: steps for e in range(1, int(cfg.train.epochs) + 1)}
-        epoch_batches = functools.partial(train_batches, train_data, batch_size, int(cfg.seed))
+
+        def epoch_batches(epoch: int):
+            return itertools.islice(train_batches(train_data, batch_size, int(cfg.seed), epoch), steps)
     total_steps = sum(epoch_steps.values())
     optimizer = make_optimizer(cfg, total_steps)
     extras = usable_extras(cfg, prep.model.modalities, distillation=distill is not None)
@@ -181,7 +216,7 @@ def build_trainer(plan: RunPlan, prep: Prepared) -> Trainer:
                  len(jax.tree_util.tree_leaves(state.params)))
         state = state.replace(params=params)
         state = state.replace(opt_state=optimizer.init(trainable_tree(state, prep.tuning)))
-    class_weights = None
+    class_weights = losses_lib.class_weights(cfg)  # loss.class_weights (None: none given)
     if cfg.loss.classification == "weighted":
         class_weights = inverse_frequency_weights(train_data.labels, len(prep.class_names))
     # Multi-device: every output replicated, so each process reads the same numbers.
@@ -190,7 +225,8 @@ def build_trainer(plan: RunPlan, prep: Prepared) -> Trainer:
                                          class_weights=class_weights, extras=extras,
                                          combine=cfg.loss.get("combine", "sum"),
                                          teacher=distill.model if distill is not None else None,
-                                         tuning=prep.tuning),
+                                         tuning=prep.tuning,
+                                         label_smoothing=float(cfg.loss.get("label_smoothing", 0.0))),
                          donate_argnums=0, **outputs)
     step_kwargs = {}
     if prep.tuning is not None and prep.tuning.base_args is not None:
@@ -215,7 +251,8 @@ def resume(plan: RunPlan, checkpoints: ckpt_lib.RunCheckpoints, state) -> tuple[
     if resumed < progress["epoch"]:
         log.warning("%s: progress.json names epoch %d but its training state is damaged or missing; "
                     "resuming after epoch %d", plan.run_dir, progress["epoch"], resumed)
-        progress = progress_at(progress, resumed, plan.cfg.train.select_metric)
+        progress = progress_at(progress, resumed, plan.cfg.train.select_metric,
+                               float(plan.cfg.train.get("min_delta", 0.0)))
         if plan.primary:
             ckpt_lib.write_json_atomic(checkpoints.progress_path, progress)
     if resumed:
@@ -262,34 +299,40 @@ def train_epoch(plan: RunPlan, trainer: Trainer, state, progress: dict, events: 
     dev_data = prep.features["dev"]
     if prep.tuning is not None:
         dev_data = prep.tuning.refresh(dev_data, state.encoder, trainer.eval_batch)
-    dev_scores = score(trainer.eval_step, state.params, dev_data, len(prep.class_names), trainer.eval_batch,
-                       trainer.parallel)
+    dev_scores, dev_loss = score_with_loss(trainer.eval_step, state.params, dev_data, len(prep.class_names),
+                                           trainer.eval_batch, trainer.parallel)
     seconds = time.perf_counter() - start
-    row = {"epoch": epoch, "train_loss": train_loss, "dev": scores_summary(dev_scores),
+    row = {"epoch": epoch, "train_loss": train_loss, "dev": scores_summary(dev_scores), "dev_loss": dev_loss,
            "seconds": seconds, "steps": int(state.step)}
     if epoch == 1 and progress["epoch"] == 0:
         row["feature_seconds"] = prep.feature_seconds
-    metric = cfg.train.select_metric
-    improved = dev_scores[metric] > progress["best_score"]
+    metric, min_delta = cfg.train.select_metric, float(cfg.train.get("min_delta", 0.0))
+    improved = improves(dev_scores[metric], progress["best_score"], min_delta)
     progress = {**progress, "epoch": epoch, "history": progress["history"] + [row]}
     if improved:
         progress.update(best_epoch=epoch, best_score=dev_scores[metric], bad_epochs=0)
     else:
         progress["bad_epochs"] += 1
-    if progress["bad_epochs"] >= int(cfg.train.patience) or epoch >= total_epochs:
+    stopped = progress["bad_epochs"] >= int(cfg.train.patience) and epoch < total_epochs
+    if stopped or epoch >= total_epochs:
         progress["finished"] = True
     if cfg.progress and plan.primary:
         write_line(epoch_line(epoch, train_loss, dev_scores, seconds, improved, row.get("feature_seconds")))
+    if stopped and plan.primary:
+        if cfg.progress:
+            write_line(stop_line(epoch, metric, min_delta, progress))
+        else:
+            log.info(stop_line(epoch, metric, min_delta, progress))
     # Before the checkpoint: a run killed in between replays this epoch, and the resumed
     # run's events file hides these points (its purge step), so none is lost or doubled.
-    if events.enabled and losses:
+    if events.writes and losses:
         last_step = int(row["steps"])
         events.train_epoch(epoch=epoch, last_step=last_step, losses=as_floats(jax.device_get(losses)),
                            learning_rates=learning_rates(cfg, trainer.total_steps, last_step - len(losses) + 1,
                                                          last_step),
                            grad_norms=(None if grad_norms[0] is None else as_floats(jax.device_get(grad_norms))),
                            epoch_loss=train_loss, steps_per_second=len(losses) / max(train_seconds, 1e-9))
-        events.dev(last_step, row["dev"])
+        events.dev(last_step, row["dev"], row["dev_loss"])
         events.flush()
     return progress, state, improved
 
@@ -307,7 +350,20 @@ def score_selected(plan: RunPlan, trainer: Trainer, best, progress: dict) -> dic
 # ---------------------------------------------------------------------------------------------
 # Helpers
 # ---------------------------------------------------------------------------------------------
-def progress_at(progress: dict, epoch: int, metric: str) -> dict:
+def improves(value: float, best: float, min_delta: float = 0.0) -> bool:
+    """Whether a dev score ``value`` improves on ``best`` by more than ``min_delta``
+    (``train.min_delta``): such an epoch is selected and restarts the patience count."""
+    return value - best > min_delta
+
+
+def stop_line(epoch: int, metric: str, min_delta: float, progress: dict) -> str:
+    """The line saying that, and why, a run stopped before its last epoch."""
+    by = f" by more than {min_delta:g}" if min_delta else ""
+    return (f"stopped early at epoch {epoch}: dev {metric} did not improve{by} for {progress['bad_epochs']} "
+            f"epochs (best {100 * progress['best_score']:.2f} at epoch {progress['best_epoch']})")
+
+
+def progress_at(progress: dict, epoch: int, metric: str, min_delta: float = 0.0) -> dict:
     """``progress`` as it stood after ``epoch``: its history cut there, the best epoch and the
     early-stopping count replayed from it. Used when a run resumes from an older training state
     than progress.json names (the newer ones were damaged), so the replayed epochs select and
@@ -316,7 +372,7 @@ def progress_at(progress: dict, epoch: int, metric: str) -> dict:
     for row in progress["history"][:epoch]:
         replayed["history"].append(row)
         replayed["epoch"] = row["epoch"]
-        if row["dev"][metric] > replayed["best_score"]:
+        if improves(row["dev"][metric], replayed["best_score"], min_delta):
             replayed.update(best_epoch=row["epoch"], best_score=row["dev"][metric], bad_epochs=0)
         else:
             replayed["bad_epochs"] += 1
@@ -325,13 +381,14 @@ def progress_at(progress: dict, epoch: int, metric: str) -> dict:
 
 def learning_rates(cfg, total_steps: int, first_step: int, last_step: int) -> dict[str, list[float]]:
     """Event tag -> the learning rate of each global step ``first_step..last_step``: step ``k``
-    is the optimizer's update number ``k - 1`` on the schedule :func:`make_optimizer` builds (the
-    fine-tuned encoders' own peak rate too, when they train)."""
-    counts = jnp.arange(first_step - 1, last_step)
-    rates = {"train/learning_rate": as_floats(learning_rate_schedule(cfg, total_steps)(counts))}
+    belongs to the optimizer's update number ``(k - 1) // train.grad_accum_steps`` on the schedule
+    :func:`make_optimizer` builds (the fine-tuned encoders' own peak rate too, when they train)."""
+    counts = jnp.arange(first_step - 1, last_step) // accumulation(cfg)
+    updates = optimizer_updates(cfg, total_steps)
+    rates = {"train/learning_rate": as_floats(learning_rate_schedule(cfg, updates)(counts))}
     if cfg.mode != "frozen":
         rates["train/encoder_learning_rate"] = as_floats(
-            learning_rate_schedule(cfg, total_steps, cfg.finetune.lr)(counts))
+            learning_rate_schedule(cfg, updates, cfg.finetune.lr)(counts))
     return rates
 
 

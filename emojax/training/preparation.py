@@ -21,6 +21,7 @@ from emojax import config as config_lib
 from emojax.features.cache import FeatureCache
 from emojax.data import DATASETS, load_dataset
 from emojax.data.context import all_speaker_tokens
+from emojax.data.csvutil import warn_missing_media
 from emojax.data.media import media_file
 from emojax.data.demo import generate_demo
 from emojax.features.featurizer import FeatureSet, Featurizer, feature_stats, standardize
@@ -57,8 +58,10 @@ def load_data(cfg):
     if not path.exists():
         raise FileNotFoundError(f"dataset.path: {path} does not exist (dataset {cfg.dataset.name}); "
                                 f"set --config.dataset.path to the dataset folder")
-    return load_dataset(cfg.dataset.kind, str(path), target=cfg.dataset.target,
-                        allow_outside_paths=bool(cfg.dataset.get("allow_outside_paths", False)))
+    dataset = load_dataset(cfg.dataset.kind, str(path), target=cfg.dataset.target,
+                           allow_outside_paths=bool(cfg.dataset.get("allow_outside_paths", False)))
+    warn_missing_media(dataset, config_lib.modalities(cfg))  # the media this run reads only
+    return dataset
 
 
 def check_dev_split(cfg, dataset) -> None:

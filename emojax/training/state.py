@@ -1,4 +1,5 @@
-"""The training state and what updates it: parameters, optimizer, learning-rate schedule.
+"""The training state and what updates it: parameters, optimizer, learning-rate schedule,
+gradient accumulation.
 
 ``TrainState`` carries everything a step reads and writes (parameters, optimizer state, step,
 RNG, the losses' state and parameters, the fine-tuned encoders' trainable parts), so the steps
@@ -42,14 +43,34 @@ class TrainState:
 
 
 def learning_rate_schedule(cfg, total_steps: int, peak: Optional[float] = None) -> optax.Schedule:
-    """Linear warm-up over ``warmup_ratio`` of the steps to ``peak`` (default ``train.lr``),
-    then linear decay to zero."""
+    """The learning rate of each optimizer update ``0 .. total_steps - 1``: linear warm-up over
+    ``train.warmup_ratio`` of the updates to ``peak`` (default ``train.lr``), then, by
+    ``train.schedule``, linear decay to zero (``linear``, the default), cosine decay to zero
+    (``cosine``) or ``peak`` held (``constant``)."""
     peak = float(cfg.train.lr) if peak is None else float(peak)
     warmup = max(1, int(round(cfg.train.warmup_ratio * total_steps)))
-    return optax.join_schedules(
-        [optax.linear_schedule(0.0, peak, warmup),
-         optax.linear_schedule(peak, 0.0, max(1, total_steps - warmup))],
-        [warmup])
+    rest = max(1, total_steps - warmup)
+    kind = cfg.train.get("schedule", "linear")
+    if kind == "linear":
+        after = optax.linear_schedule(peak, 0.0, rest)
+    elif kind == "cosine":
+        after = optax.cosine_decay_schedule(peak, rest)
+    elif kind == "constant":
+        after = optax.constant_schedule(peak)
+    else:
+        raise config_lib.ConfigError(f"train.schedule: {kind!r} is not one of {', '.join(config_lib.SCHEDULES)}")
+    return optax.join_schedules([optax.linear_schedule(0.0, peak, warmup), after], [warmup])
+
+
+def accumulation(cfg) -> int:
+    """``train.grad_accum_steps``: how many batches (train steps) make one optimizer update."""
+    return int(cfg.train.get("grad_accum_steps", 1))
+
+
+def optimizer_updates(cfg, train_steps: int) -> int:
+    """The optimizer updates of a run of ``train_steps`` train steps (batches): one per
+    ``train.grad_accum_steps`` of them (the schedule's length)."""
+    return max(1, int(train_steps) // accumulation(cfg))
 
 
 def clip_by_global_norm(max_norm: float) -> optax.GradientTransformation:
@@ -73,23 +94,35 @@ def clip_by_global_norm(max_norm: float) -> optax.GradientTransformation:
 
 
 def make_optimizer(cfg, total_steps: int) -> optax.GradientTransformation:
-    """AdamW with warm-up + linear decay and global-norm gradient clipping.
+    """AdamW on the schedule of :func:`learning_rate_schedule` and global-norm gradient clipping,
+    for a run of ``total_steps`` train steps (batches).
 
     When encoders are fine-tuned (``mode`` trainable / lora) the encoders' part of the
     trainable tree (key ``"encoder"``) gets its own AdamW with peak rate ``finetune.lr`` on the
-    same schedule shape; the clipping norm covers everything."""
-    head = optax.adamw(learning_rate_schedule(cfg, total_steps), weight_decay=cfg.train.weight_decay)
+    same schedule shape; the clipping norm covers everything.
+
+    With ``train.grad_accum_steps`` k > 1 the whole chain is wrapped in ``optax.MultiSteps``: each
+    train step adds its gradient to a running mean, and every k-th one clips that mean and
+    updates (the steps between leave the parameters as they are), so the schedule counts
+    ``total_steps // k`` updates. For losses that average over the batch's samples, k batches
+    of b give the update of one batch of k * b (the same samples)."""
+    updates = optimizer_updates(cfg, total_steps)
+    head = optax.adamw(learning_rate_schedule(cfg, updates), weight_decay=cfg.train.weight_decay)
     if cfg.mode == "frozen":
-        return optax.chain(clip_by_global_norm(cfg.train.clip_norm), head)
-    encoder = optax.adamw(learning_rate_schedule(cfg, total_steps, cfg.finetune.lr),
-                          weight_decay=cfg.train.weight_decay)
+        chain = optax.chain(clip_by_global_norm(cfg.train.clip_norm), head)
+    else:
+        encoder = optax.adamw(learning_rate_schedule(cfg, updates, cfg.finetune.lr),
+                              weight_decay=cfg.train.weight_decay)
 
-    def labels(tree):
-        return {k: jax.tree_util.tree_map(lambda _: "encoder" if k == "encoder" else "head", v)
-                for k, v in tree.items()}
+        def labels(tree):
+            return {k: jax.tree_util.tree_map(lambda _: "encoder" if k == "encoder" else "head", v)
+                    for k, v in tree.items()}
 
-    return optax.chain(clip_by_global_norm(cfg.train.clip_norm),
-                       optax.multi_transform({"head": head, "encoder": encoder}, labels))
+        chain = optax.chain(clip_by_global_norm(cfg.train.clip_norm),
+                            optax.multi_transform({"head": head, "encoder": encoder}, labels))
+    if accumulation(cfg) == 1:
+        return chain
+    return optax.MultiSteps(chain, every_k_schedule=accumulation(cfg)).gradient_transformation()
 
 
 def trainable_tree(state: TrainState, tuning=None) -> dict:

@@ -23,20 +23,20 @@ from emojax.model.model import EmotionModel
 from emojax.training.state import TrainState, compute_params, trainable_tree
 
 
-def masked_classification_loss(kind: str, logits, labels, class_weights, mask):
+def masked_classification_loss(kind: str, logits, labels, class_weights, mask, label_smoothing: float = 0.0):
     """The classification loss of ``kind`` over the rows ``mask (B,) bool`` marks: what
-    :func:`emojax.model.losses.classification_loss` gives for those rows alone (``weighted``: the mean
-    weighted by ``class_weights[label]``; ``focal``: gamma 2), ``(B, C), (B,) -> ()`` float32."""
+    :func:`emojax.model.losses.classification_loss` gives for those rows alone (the mean weighted
+    by ``class_weights[label]`` when given, which ``weighted`` needs; ``focal``: gamma 2; the
+    target smoothed by ``label_smoothing``), ``(B, C), (B,) -> ()`` float32."""
     if kind not in losses_lib.CLASSIFICATION and kind != "weight":
         raise ValueError(f"loss.classification: unknown kind {kind!r}; choose one of "
                          f"{', '.join(losses_lib.CLASSIFICATION)}")
-    nll = optax.softmax_cross_entropy_with_integer_labels(jnp.asarray(logits, jnp.float32), labels)
-    per_row = (1.0 - jnp.exp(-nll)) ** 2 * nll if kind == "focal" else nll
+    if kind in ("weighted", "weight") and class_weights is None:
+        raise ValueError("loss.classification 'weighted' needs class_weights (1 / class frequency of the "
+                         "training split)")
+    per_row = losses_lib.classification_per_sample(kind, logits, labels, label_smoothing)
     weights = jnp.asarray(mask, jnp.float32)
-    if kind in ("weighted", "weight"):
-        if class_weights is None:
-            raise ValueError("loss.classification 'weighted' needs class_weights (1 / class frequency of the "
-                             "training split)")
+    if class_weights is not None:
         weights = weights * jnp.asarray(class_weights, jnp.float32)[labels]
     # max(.., tiny): a batch without real rows (never built, but traced alike) gives 0, not NaN.
     return (per_row * weights).sum() / jnp.maximum(weights.sum(), jnp.finfo(jnp.float32).tiny)
@@ -53,7 +53,8 @@ def _grad_without_placeholders(loss_fn: Callable, trainable: dict):
 
 def make_train_step(model: EmotionModel, optimizer: optax.GradientTransformation, *,
                     loss_kind: str, class_weights: Optional[np.ndarray], extras: dict,
-                    combine: str = "sum", teacher: Optional[EmotionModel] = None, tuning=None) -> Callable:
+                    combine: str = "sum", teacher: Optional[EmotionModel] = None, tuning=None,
+                    label_smoothing: float = 0.0) -> Callable:
     """``train_step(state, batch[, teacher_params][, encoder_base=...]) -> (state, logs)``; ``batch``
     has features, present, labels (and, with a ``teacher``, ``teacher_features`` /
     ``teacher_present``, the teacher's inputs for the same samples; with ``tuning``, a
@@ -66,6 +67,12 @@ def make_train_step(model: EmotionModel, optimizer: optax.GradientTransformation
 
     ``logs`` holds the total ``loss``, its parts and ``grad_norm`` (the gradient's global norm
     before clipping).
+
+    ``class_weights (C,)`` weigh the classification loss's rows by their label (``weighted``: 1 /
+    class frequency; ``ce`` / ``focal``: ``loss.class_weights``, ``None`` for none);
+    ``label_smoothing`` smooths its target (``loss.label_smoothing``). With an optimizer of
+    ``train.grad_accum_steps`` > 1 (:func:`emojax.training.state.make_optimizer`) the step
+    updates the parameters on every k-th call only; ``state.step`` counts the calls.
 
     A dialogue batch (``mask`` and ``speakers`` in ``batch``, for a model with a context head)
     gives the model the dialogues' shape and keeps padded rows out of the loss; the extra losses
@@ -113,9 +120,10 @@ def make_train_step(model: EmotionModel, optimizer: optax.GradientTransformation
                 inputs = None
             if dialogues:
                 classification = masked_classification_loss(loss_kind, logits, batch["labels"], weights,
-                                                            batch["mask"])
+                                                            batch["mask"], label_smoothing)
             else:
-                classification = losses_lib.classification_loss(loss_kind, logits, batch["labels"], weights)
+                classification = losses_lib.classification_loss(loss_kind, logits, batch["labels"], weights,
+                                                                 label_smoothing)
             logs = {"classification": classification, "auxiliary": aux}
             loss_state = state.loss_state
             extra = jnp.zeros((), jnp.float32)
