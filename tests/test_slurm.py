@@ -211,3 +211,23 @@ def test_slurm_time_limit_resubmission_and_failed_teacher(cluster, data_root, ov
     assert _scores(run.run_dir) == _scores(whole[0].run_dir)
     history = [json.loads((r.run_dir / "history.json").read_text()) for r in (run, whole[0])]
     assert [row["train_loss"] for row in history[0]] == [row["train_loss"] for row in history[1]]
+
+
+def test_a_refused_submission_is_one_line(tmp_path):
+    """sbatch refusing the jobs (a wrong partition, no cluster) ends the sweep with one error line
+    that says why, not a traceback; no SLURM daemon is needed for this."""
+    fake = tmp_path / "bin"
+    fake.mkdir()
+    (fake / "sbatch").write_text('#!/bin/sh\necho "sbatch: error: Batch job submission failed: '
+                                 'Invalid partition name specified" >&2\nexit 1\n')
+    (fake / "sbatch").chmod(0o755)
+    env = dict(checkout_env(), PATH=f"{fake}{os.pathsep}{os.environ.get('PATH', '')}")
+    done = subprocess.run([sys.executable, "-m", "launch.sweep", "--sweep=demo", "--executor=slurm",
+                           f"--workdir={tmp_path / 'runs'}", f"--data_root={tmp_path / 'data'}"],
+                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert "Traceback" not in done.stderr
+    assert done.stderr.strip().splitlines()[-1] == (
+        "error: sbatch could not submit 4 run(s) (demo/T/focal/seed=0, ...): sbatch: error: Batch job submission "
+        "failed: Invalid partition name specified; is this a SLURM cluster (sinfo shows its nodes)?")
+    assert not list((tmp_path / "runs").glob("sweeps/slurm-jobs/**/*.json"))

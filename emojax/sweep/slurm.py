@@ -290,11 +290,17 @@ def execute_slurm(runs: Sequence[Run], workdir, *, command: Callable, folder, op
             break
         for after, group in groups.items():
             executor.update_parameters(dependency=f"afterok:{after}" if after else None)
-            with executor.batch():
-                submitted = [executor.submit(RunCommand(command(run, workdir, by_name[run.teacher].run_dir
-                                                                if run.teacher else None),
-                                                        env=dict(env or {}), cwd=cwd, requeue=options.requeue))
-                             for run in group]
+            try:
+                with executor.batch():
+                    submitted = [executor.submit(RunCommand(command(run, workdir, by_name[run.teacher].run_dir
+                                                                    if run.teacher else None),
+                                                            env=dict(env or {}), cwd=cwd, requeue=options.requeue))
+                                 for run in group]
+            except (OSError, subprocess.CalledProcessError, submitit.core.utils.UncompletedJobError,
+                    submitit.core.utils.FailedSubmissionError) as err:
+                reason = (str(err).strip().splitlines() or [type(err).__name__])[-1]
+                raise SweepError(f"sbatch could not submit {len(group)} run(s) ({group[0].name}, ...): {reason}; "
+                                 "is this a SLURM cluster (sinfo shows its nodes)?") from None
             for run, job in zip(group, submitted):
                 jobs[run.name] = job.job_id
                 to_submit.remove(run)
