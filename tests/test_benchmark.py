@@ -86,7 +86,9 @@ def test_benchmark_config_every_field_and_cached_evaluation_runs_no_encoder(tmp_
     monkeypatch.setattr(text_lib.TextEncoder, "encode", counting("T", text_lib.TextEncoder.encode))
     monkeypatch.setattr(classic, "audio_features_from_samples", counting("A", classic.audio_features_from_samples))
     monkeypatch.setattr(classic, "video_features_from_frames", counting("V", classic.video_features_from_frames))
-    setup = bench.setup_from_config(demo_config(demo_data, tiny_bert))
+    cfg = demo_config(demo_data, tiny_bert)
+    cfg.cache.media_workers = 1  # every file in this process, where the calls are counted (no worker processes)
+    setup = bench.setup_from_config(cfg)
 
     # The warm-cache pass on its own: every feature read from the shards, no encoder called.
     eval_step = jax.jit(make_eval_step(setup.model))

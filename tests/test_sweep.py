@@ -210,7 +210,7 @@ def demo_sweep(tmp_path_factory, tiny_bert):
 
 @pytest.mark.slow
 def test_sweep_demo_end_to_end(demo_sweep):
-    root, runs, outcomes, text, lines, _ = demo_sweep
+    root, runs, outcomes, text, lines, overrides = demo_sweep
     assert {name: o.status for name, o in outcomes.items()} == {r.name: "done" for r in runs}, outcomes
     teacher, student = runs[0], runs[-1]
     assert student.teacher == teacher.name
@@ -228,7 +228,10 @@ def test_sweep_demo_end_to_end(demo_sweep):
                 assert group[split][metric]["std"] == 0.0
         row = next(line for line in text.splitlines() if line.startswith(f"| {run.config_label} |"))
         assert f"{100 * results['test']['weighted_f1']:.2f} ± 0.00" in row
-    assert "| demo T+A+V vallina focal+dist 1xE frozen T[pool=mean,ctx=0,len=64] | distillation | 0 (1/1) |" in text
+    # The label names every override of the sweep's settings (the model by its folder's name).
+    model = pathlib.Path(overrides["encoders.T.model"]).name
+    assert (f"| demo T+A+V vallina focal+dist 1xE frozen T[pool=mean,ctx=0,len=64] dataset.generate=False "
+            f"encoders.T.model={model} train.batch_size=8 train.epochs=2 | distillation | 0 (1/1) |") in text
 
 
 def test_sweep_second_call_skips_finished_runs(demo_sweep):
