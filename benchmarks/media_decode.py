@@ -24,7 +24,7 @@ Measured, each pair alternated ``--repeats`` times (medians reported; the machin
    (``map_references(..., processes=True)``: librosa's features and transformers' numpy log-mel
    hold the GIL, so threads do not spread them): classic librosa features (``encoders=A``, the
    Featurizer) and Whisper's input (the 80-bin log-mel of transformers' ``WhisperFeatureExtractor``
-   for a 30 s window, per clip as ``WhisperFeatures.prepare`` computes it). The pools' processes
+   for a 30 s window, per clip as ``WhisperFeatures.inputs`` computes it: the same functions). The pools' processes
    are started and warmed up before the timings, as they are once per program.
 
 ``--parts`` picks rows: ``video``, ``segments``, ``audio``, ``whisper`` (default: all; the audio
@@ -47,6 +47,7 @@ from emojax.runs.checkpoint import write_json_atomic
 from emojax.data import media
 from emojax.data.types import Sample, Split
 from emojax.encoders import classic
+from emojax.encoders.media_encoders import whisper_clip_input
 from emojax.features.featurizer import Featurizer
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))  # configs/ is in the checkout, not installed
@@ -163,20 +164,13 @@ def featurizer_features(modality: str, paths: list[str], workers: int) -> np.nda
     return data.features[modality]
 
 
-def whisper_clip_input(wave: np.ndarray, extractor) -> np.ndarray:
-    """One clip's log-mel ``(n_mels, frames)``, as ``WhisperFeatures.prepare`` computes it (a
-    module-level function: it goes to the worker processes by name)."""
-    from emojax.encoders.whisper import whisper_preprocess
-
-    return whisper_preprocess([wave], extractor, sampling_rate=AUDIO_RATE)[0][0]
-
-
 def whisper_inputs(paths: list[str], workers: int, extractor) -> np.ndarray:
-    """Whisper's log-mel of every clip on the media pool's worker processes."""
+    """Whisper's log-mel of every clip on the media pool's worker processes, as
+    ``WhisperFeatures.inputs`` computes them (the same functions, without loading a model)."""
     decode = functools.partial(media.read_audios, sample_rate=AUDIO_RATE)
     finish = functools.partial(whisper_clip_input, extractor=extractor)
-    return np.stack(list(media.map_references(paths, decode, finish, workers=workers, by_file=False,
-                                              processes=True)))
+    return np.stack([mel for mel, _ in media.map_references(paths, decode, finish, workers=workers, by_file=False,
+                                                            processes=True)])
 
 
 def segments_one_pass(recording: str, segments) -> list[np.ndarray]:

@@ -427,3 +427,28 @@ def test_encoder_config_accepts_every_family_and_classic_pooling_error():
     cfg.encoders.A.pooling = "mean"
     with pytest.raises(config_lib.ConfigError, match=r"encoders\.A\.pooling.*classic-audio"):
         config_lib.validate(cfg)
+
+
+def test_whisper_inputs_on_worker_processes_equal_one_worker(checkpoints, demo, tmp_path):
+    """Whisper's log-mel inputs come from the media pool's worker processes: the same arrays, in
+    the same order, as one worker gives, with an unreadable clip's MediaError in its place."""
+    from emojax.data.media import MediaError
+    from emojax.encoders.media_encoders import media_encoder
+
+    encoder = media_encoder("A", {"family": "whisper", "model": str(checkpoints["whisper"])})
+    paths = sorted(str(p) for p in pathlib.Path(demo).rglob("*.flac"))[:5]
+    assert len(paths) == 5
+    bad = tmp_path / "bad.flac"
+    bad.write_bytes(b"not audio " * 40)
+    paths.insert(2, str(bad))
+    pooled = list(encoder.inputs(paths, workers=2))
+    alone = list(encoder.inputs(paths, workers=1))
+    assert isinstance(pooled[2], MediaError) and str(bad) in str(pooled[2]) and isinstance(alone[2], MediaError)
+    for i in (0, 1, 3, 4, 5):
+        mel, mask = pooled[i]
+        np.testing.assert_array_equal(mel, alone[i][0])
+        np.testing.assert_array_equal(mask, alone[i][1])
+        np.testing.assert_array_equal(mel, encoder.load(paths[i])[0])
+    tuned = list(encoder.inputs(paths[:2], tuning=True, workers=2))
+    assert tuned[0]["mel"].dtype == np.float32 and tuned[0]["mel_mask"].dtype == np.int32
+    np.testing.assert_array_equal(tuned[1]["mel"], alone[1][0])

@@ -20,7 +20,8 @@ from launch._commands import checkout_env, train_command
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 COUNTS = {"baseline/unimodal": 18, "baseline/multimodal": 24, "mdn": 12, "mdn-ablation": 48, "makd": 12,
-          "makd-ablation": 48, "moe": 24, "demo": 5}
+          "makd-ablation": 48, "moe": 24, "demo": 5,
+          "meld-cpu": 24}
 
 
 def _plan(name, workdir="runs", data_root="datasets", **kwargs):
@@ -44,6 +45,33 @@ def test_sweep_list_and_counts_of_the_real_sweeps():
             folder = {"MELD--E": "MELD", "IEMOCAP--E": "IEMOCAP", "demo": "demo"}[run.cfg.dataset.name]
             assert run.cfg.dataset.path == f"/data/{folder}"
             assert run.run_dir == config_lib.run_dir(run.cfg, "runs", run.category)
+
+
+def test_meld_cpu_sweep_changes_one_thing_of_the_recipe_each():
+    runs = {r.name: r for r in _plan("meld-cpu", data_root="/data")}
+    recipe = compose("recipe=meld-cpu")
+    assert {r.seed for r in runs.values()} == {0, 1, 2}
+
+    def differences(setting):
+        cfg = runs[f"MELD--E/meld-cpu/{setting}/seed=1"].cfg
+        assert cfg.seed == 1 and cfg.dataset.path == "/data/MELD"
+        mine, base = cfg.to_dict(), recipe.to_dict()
+        return {k for k in set(mine) | set(base) if k not in ("seed", "dataset", "parts", "composed")
+                and mine.get(k) != base.get(k)}, cfg
+
+    changed, cfg = differences("recipe")
+    assert changed == set()
+    changed, cfg = differences("top3")
+    assert changed == {"finetune"} and cfg.finetune.tune_layers == 3
+    changed, cfg = differences("previous-turn")
+    assert changed == {"encoders"} and cfg.encoders.T.context_turns == 1
+    for setting in ("gru-causal", "transformer", "transformer-causal"):
+        changed, cfg = differences(setting)
+        assert changed == {"model"} and cfg.parts.context == setting
+    changed, cfg = differences("focal")
+    assert changed == {"loss"} and cfg.loss.classification == "focal"
+    changed, cfg = differences("no-context")
+    assert "context" not in cfg.model and (cfg.train.lr, cfg.train.batch_size) == (1e-3, 32)
 
 
 def test_sweep_contents_match_the_experiments():
@@ -389,7 +417,8 @@ def test_sweep_aggregate_matches_numpy():
             scores = {split: {metric: float(values[i, s, m]) for m, metric in enumerate(("accuracy", "weighted_f1"))}
                       for s, split in enumerate(("dev", "test"))}
             records.append({"name": f"{config}/{seed}", "seed": seed, "label": f"config {config}", "category": category,
-                            "hash": config, "status": "done", "error": None, "scores": scores})
+                            "hash": config, "status": "done", "error": None, "scores": scores,
+                            "minutes": 2.0 + i})
     records.append({"name": "a/7", "seed": 7, "label": "config a", "category": "training", "hash": "a",
                     "status": "failed", "error": "ValueError: boom", "scores": None})
     groups = sweep_lib.aggregate(records)
@@ -405,9 +434,21 @@ def test_sweep_aggregate_matches_numpy():
     first = groups[0]
     assert first["seeds"] == [0, 42, 114, 7] and (first["scored"], first["runs"]) == (3, 4)
     assert first["notes"] == ["seed 7 failed: ValueError: boom"]
+    assert first["minutes"]["mean"] == pytest.approx(3.0) and first["minutes"]["n"] == 3
     text = sweep_lib.format_report("x", groups, records)
     values = expected[("training", "a")]
     cell = f"{100 * np.mean(values[:, 1, 1]):.2f} ± {100 * np.std(values[:, 1, 1]):.2f}"
     row = next(line for line in text.splitlines() if line.startswith("| config a | training |"))
     assert row.split(" | ")[6] == cell and "seed 7 failed: ValueError: boom" in row
-    assert "| a/7 | failed | - | - | - | - | ValueError: boom |" in text
+    assert row.split(" | ")[7] == "3.0"
+    assert "| a/114 | done |" in text and "| 4.0 |" in text
+    assert "| a/7 | failed | - | - | - | - | - | ValueError: boom |" in text
+
+
+def test_read_minutes_sums_the_epochs_and_the_features(tmp_path):
+    assert sweep_lib.read_minutes(tmp_path) is None
+    (tmp_path / "progress.json").write_text(json.dumps({"history": [
+        {"epoch": 1, "seconds": 90.0, "feature_seconds": 30.0}, {"epoch": 2, "seconds": 60.0}]}))
+    assert sweep_lib.read_minutes(tmp_path) == pytest.approx(3.0)
+    (tmp_path / "progress.json").write_text(json.dumps({"epoch": 0, "history": []}))
+    assert sweep_lib.read_minutes(tmp_path) is None

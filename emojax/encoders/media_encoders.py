@@ -318,8 +318,24 @@ class _MediaEncoder:
         return out
 
 
+def whisper_clip_input(decoded: np.ndarray, extractor) -> tuple[np.ndarray, np.ndarray]:
+    """``(mel, mask)`` of one clip: the extractor works clip by clip (each padded to its window),
+    so one clip's log-mel equals its row of a batch's. A module-level function, so that it goes to
+    the media pool's worker processes by name (transformers' numpy log-mel holds the GIL: on
+    threads two workers were slower than one)."""
+    mel, mask = whisper_preprocess([decoded], extractor, sampling_rate=int(extractor.sampling_rate))
+    return mel[0], mask[0]
+
+
+def whisper_tuning_input(decoded: np.ndarray, extractor) -> dict[str, np.ndarray]:
+    """The stored fine-tuning input of one clip (:func:`whisper_clip_input`, as arrays of the step)."""
+    mel, mask = whisper_clip_input(decoded, extractor)
+    return {"mel": mel.astype(np.float32), "mel_mask": mask.astype(np.int32)}
+
+
 class WhisperFeatures(_MediaEncoder):
-    """Whisper encoder; pooled over the frames of real audio."""
+    """Whisper encoder; pooled over the frames of real audio. Clips are decoded and turned into
+    log-mel inputs on the media pool's worker processes (:meth:`inputs`)."""
 
     family, modality = "whisper", "A"
 
@@ -343,11 +359,17 @@ class WhisperFeatures(_MediaEncoder):
         return read_audios(paths, int(self.extractor.sampling_rate), max_seconds=self.max_seconds)
 
     def prepare(self, decoded):
-        """``(mel, mask)`` of one clip: the extractor works clip by clip (each padded to its
-        window), so one clip's log-mel equals its row of a batch's, and it can be computed on a
-        worker thread."""
-        mel, mask = whisper_preprocess([decoded], self.extractor, sampling_rate=int(self.extractor.sampling_rate))
-        return mel[0], mask[0]
+        """``(mel, mask)`` of one clip (:func:`whisper_clip_input`)."""
+        return whisper_clip_input(decoded, self.extractor)
+
+    def inputs(self, paths: Sequence[str], *, tuning: bool = False, workers: Optional[int] = None):
+        """As :meth:`_MediaEncoder.inputs`, on worker processes: only the paths go out and the
+        log-mel inputs come back (the extractor travels with each task)."""
+        decode = functools.partial(read_audios, sample_rate=int(self.extractor.sampling_rate),
+                                   max_seconds=self.max_seconds)
+        finish = functools.partial(whisper_tuning_input if tuning else whisper_clip_input, extractor=self.extractor)
+        return map_references([str(p) for p in paths], decode, finish,
+                              workers=self.workers if workers is None else workers, by_file=False, processes=True)
 
     def run(self, items, bucket):
         mel = np.stack([item[0] for item in items])
@@ -360,8 +382,7 @@ class WhisperFeatures(_MediaEncoder):
         return {}
 
     def tuning_prepare(self, decoded):
-        mel, mask = self.prepare(decoded)
-        return {"mel": mel.astype(np.float32), "mel_mask": mask.astype(np.int32)}
+        return whisper_tuning_input(decoded, self.extractor)
 
     def blank_item(self):
         frames = int(self.extractor.nb_max_frames)

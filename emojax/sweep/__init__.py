@@ -33,12 +33,12 @@ from emojax.sweep.specs import OK, SEEDS, SweepError, check_specs, part_values, 
 from emojax.sweep.planning import (Run, build_run, dataset_folder, format_plan, parse_assignments, plan, run_status,
                                   set_field)
 from emojax.sweep.execution import Outcome, execute
-from emojax.sweep.report import (METRICS, SPLITS, aggregate, collect, format_report, read_scores, report_paths,
-                                 write_report)
+from emojax.sweep.report import (METRICS, SPLITS, aggregate, collect, format_report, read_minutes, read_scores,
+                                 report_paths, write_report)
 
 __all__ = [
     "METRICS", "OK", "Outcome", "Run", "SEEDS", "SPLITS", "SweepError", "aggregate", "build_run",
     "check_specs", "collect", "dataset_folder", "execute", "format_plan", "format_report",
-    "parse_assignments", "part_values", "plan", "read_scores", "report_paths", "run_status", "set_field",
-    "spec", "write_report",
+    "parse_assignments", "part_values", "plan", "read_minutes", "read_scores", "report_paths", "run_status",
+    "set_field", "spec", "write_report",
 ]

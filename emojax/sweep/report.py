@@ -38,6 +38,22 @@ def read_scores(run_dir: pathlib.Path) -> Optional[dict]:
     return scores
 
 
+def read_minutes(run_dir: pathlib.Path) -> Optional[float]:
+    """The minutes a run spent on its features and epochs (``progress.json``'s history: each
+    epoch's ``seconds`` and the first epoch's ``feature_seconds``), or None before its first epoch.
+    Compiling counts; starting the process, loading the data and scoring the test split do not."""
+    path = pathlib.Path(run_dir) / "progress.json"
+    if not path.exists():
+        return None
+    try:
+        history = json.loads(path.read_text()).get("history") or []
+    except (OSError, ValueError):
+        return None
+    if not history:
+        return None
+    return sum(float(row.get("seconds", 0.0)) + float(row.get("feature_seconds") or 0.0) for row in history) / 60
+
+
 def collect(runs: Sequence[Run], outcomes: Optional[Mapping[str, Outcome]] = None) -> list[dict]:
     """One record per run: name, seed, config label and group, status, error and scores."""
     outcomes = outcomes or {}
@@ -49,6 +65,7 @@ def collect(runs: Sequence[Run], outcomes: Optional[Mapping[str, Outcome]] = Non
             "hash": config_lib.config_hash(run.cfg), "teacher": run.teacher, "run_dir": str(run.run_dir),
             "status": outcome.status, "error": outcome.error, "log": outcome.log, "job": outcome.job,
             "scores": read_scores(run.run_dir) if outcome.status in OK else None,
+            "minutes": read_minutes(run.run_dir) if outcome.status in OK else None,
         })
     return records
 
@@ -63,18 +80,21 @@ def _stats(values: list[float]) -> Optional[dict]:
 def aggregate(records: Sequence[Mapping]) -> list[dict]:
     """Per config (category + config hash: everything but the seed), in first-seen order: the
     seeds, the runs' statuses and, over the runs with scores, the mean and (population, ddof=0)
-    standard deviation of each split's accuracy and weighted F1."""
+    standard deviation of each split's accuracy and weighted F1, and of the runs' training
+    minutes (``minutes``, :func:`read_minutes`)."""
     groups: dict[tuple, dict] = {}
     for record in records:
         key = (record["category"], record["hash"])
         group = groups.setdefault(key, {"label": record["label"], "category": record["category"],
                                         "hash": record["hash"], "seeds": [], "runs": 0, "scored": 0,
-                                        "notes": [], "_values": {}})
+                                        "notes": [], "_values": {}, "_minutes": []})
         group["runs"] += 1
         group["seeds"].append(record["seed"])
         scores = record.get("scores")
         if scores:
             group["scored"] += 1
+            if record.get("minutes") is not None:
+                group["_minutes"].append(record["minutes"])
             for split in SPLITS:
                 for metric in METRICS:
                     if scores.get(split) is not None:
@@ -85,6 +105,7 @@ def aggregate(records: Sequence[Mapping]) -> list[dict]:
     out = []
     for group in groups.values():
         values = group.pop("_values")
+        group["minutes"] = _stats(group.pop("_minutes"))
         for split in SPLITS:
             group[split] = {metric: _stats(values.get((split, metric), [])) for metric in METRICS}
         out.append(group)
@@ -95,6 +116,10 @@ def _cell(stats: Optional[dict]) -> str:
     if not stats:
         return "-"
     return f"{100 * stats['mean']:.2f} ± {100 * stats['std']:.2f}"
+
+
+def _minutes_cell(stats: Optional[dict]) -> str:
+    return "-" if not stats else f"{stats['mean']:.1f}"
 
 
 def _escape(text: str) -> str:
@@ -115,17 +140,19 @@ def format_report(name: str, groups: Sequence[Mapping], records: Sequence[Mappin
         lines.append("Stopped runs were interrupted by a signal (the sweep's or their own); starting the sweep "
                      "again resumes them from their last finished epoch.  ")
     lines += ["Scores in %, mean ± standard deviation over seeds (population, ddof=0); the test scores are "
-              "those of the epoch selected on dev.", "",
-              "| config | category | seeds | dev acc | dev wF1 | test acc | test wF1 | notes |",
-              "|---|---|---|---|---|---|---|---|"]
+              "those of the epoch selected on dev. Minutes: training, features and compiling included "
+              "(mean over seeds).", "",
+              "| config | category | seeds | dev acc | dev wF1 | test acc | test wF1 | minutes | notes |",
+              "|---|---|---|---|---|---|---|---:|---|"]
     for group in groups:
         seeds = ",".join(str(s) for s in group["seeds"])
         lines.append(f"| {_escape(group['label'])} | {group['category']} | {seeds} ({group['scored']}/{group['runs']}) "
                      f"| {_cell(group['dev']['accuracy'])} | {_cell(group['dev']['weighted_f1'])} "
                      f"| {_cell(group['test']['accuracy'])} | {_cell(group['test']['weighted_f1'])} "
-                     f"| {_escape('; '.join(group['notes']))} |")
-    lines += ["", "## Runs", "", "| run | status | dev acc | dev wF1 | test acc | test wF1 | run directory / error |",
-              "|---|---|---|---|---|---|---|"]
+                     f"| {_minutes_cell(group.get('minutes'))} | {_escape('; '.join(group['notes']))} |")
+    lines += ["", "## Runs", "",
+              "| run | status | dev acc | dev wF1 | test acc | test wF1 | minutes | run directory / error |",
+              "|---|---|---|---|---|---|---:|---|"]
     for record in records:
         scores = record.get("scores") or {}
         cells = []
@@ -133,6 +160,8 @@ def format_report(name: str, groups: Sequence[Mapping], records: Sequence[Mappin
             for metric in METRICS:
                 value = (scores.get(split) or {}).get(metric)
                 cells.append("-" if value is None else f"{100 * value:.2f}")
+        minutes = record.get("minutes")
+        cells.append("-" if minutes is None else f"{minutes:.1f}")
         where = record.get("error") or record.get("run_dir") or ""
         if record.get("error") and record.get("log") and record["log"] not in where:
             where += f" (log {record['log']})"
