@@ -20,13 +20,9 @@ import sys
 import time
 
 import jax
-import numpy as np
 from absl import app, flags
 
-from emojax.model.model import build_model
-from emojax.training.parallel import DataParallel
-from emojax.training.state import TrainState, make_optimizer
-from emojax.training.steps import make_train_step
+from emojax.benchmark import fusion_step_on_random_features
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))  # configs/ is in the checkout, not installed
 from configs.compose import compose  # noqa: E402
@@ -53,26 +49,9 @@ def measure(parts: str, overrides: dict, devices: int = 1) -> dict:
     cfg.precision = _PRECISION.value
     for key, value in overrides.items():
         cfg.fusion[key] = value
-    batch, dim, classes = _BATCH.value, _DIM.value, 7
-    model = build_model(cfg, {m: dim for m in "TAV"}, classes)
-    rng = np.random.default_rng(0)
-    data = {"features": {m: rng.normal(size=(batch, dim)).astype(np.float32) for m in "TAV"},
-            "present": {m: np.ones(batch, bool) for m in "TAV"},
-            "labels": rng.integers(0, classes, batch).astype(np.int32)}
-    params = model.init({"params": jax.random.PRNGKey(0)}, data["features"], data["present"])["params"]
-    optimizer = make_optimizer(cfg, 1000)
-    state = TrainState(step=jax.numpy.zeros((), jax.numpy.int32), params=params,
-                       opt_state=optimizer.init({"model": params, "losses": {}}),
-                       rng=jax.random.PRNGKey(1), loss_state={})
-    step_fn = make_train_step(model, optimizer, loss_kind=cfg.loss.classification, class_weights=None, extras={})
-    if devices > 1:
-        parallel = DataParallel(jax.local_devices()[:devices])
-        state, data = parallel.replicate(state), parallel.shard(data)
-        step = jax.jit(step_fn, donate_argnums=0, out_shardings=parallel.replicated)
-    else:
-        state, data = jax.device_put(state), jax.device_put(data)
-        step = jax.jit(step_fn, donate_argnums=0)
-    count = sum(x.size for x in jax.tree_util.tree_leaves(params))
+    batch = _BATCH.value
+    step, state, data, count = fusion_step_on_random_features(cfg, batch=batch, dim=_DIM.value,
+                                                              devices=jax.local_devices()[:devices])
     for _ in range(2):
         state, logs = step(state, data)
     jax.block_until_ready(logs["loss"])

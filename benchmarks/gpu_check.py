@@ -171,44 +171,18 @@ def part_tests(dry_run: bool) -> list[dict]:
 
 
 def _fusion_setup(precision: str, size: dict, devices=None, fusion: str = "DF-1.0+attn"):
-    """DF-1.0 + attention (the suite's configuration; or another ``fusion`` preset) with its
-    state, step and one batch."""
-    import jax
-    import numpy as np
-
+    """DF-1.0 + attention (the suite's configuration; or another ``fusion`` preset): its step,
+    returning ``(state, loss)``, its state and one batch."""
     from configs.compose import compose
-    from emojax.model.model import build_model
-    from emojax.training.parallel import DataParallel
-    from emojax.training.state import TrainState, make_optimizer
-    from emojax.training.steps import make_train_step
+    from emojax.benchmark import fusion_step_on_random_features
 
     cfg = compose(f"encoders=T+A+V,fusion={fusion},loss=focal")
     cfg.precision = precision
     if "project_inputs" in cfg.fusion:
         cfg.fusion.project_inputs = 0
-    batch, dim, classes = size["batch"], size["dim"], 7
-    model = build_model(cfg, {m: dim for m in "TAV"}, classes)
-    rng = np.random.default_rng(0)
-    data = {"features": {m: rng.normal(size=(batch, dim)).astype(np.float32) for m in "TAV"},
-            "present": {m: np.ones(batch, bool) for m in "TAV"},
-            "labels": rng.integers(0, classes, batch).astype(np.int32)}
-    params = model.init({"params": jax.random.PRNGKey(0)}, data["features"], data["present"])["params"]
-    optimizer = make_optimizer(cfg, 1000)
-    state = TrainState(step=jax.numpy.zeros((), jax.numpy.int32), params=params,
-                       opt_state=optimizer.init({"model": params, "losses": {}}),
-                       rng=jax.random.PRNGKey(1), loss_state={})
-    train = make_train_step(model, optimizer, loss_kind=cfg.loss.classification, class_weights=None, extras={})
-
-    def loss_step(state, data):
-        state, logs = train(state, data)
-        return state, logs["loss"]
-
-    if devices is not None and len(devices) > 1:
-        parallel = DataParallel(devices)
-        state, data = parallel.replicate(state), parallel.shard(data)
-        return jax.jit(loss_step, donate_argnums=0, out_shardings=parallel.replicated), state, data
-    state, data = jax.device_put((state, data), (devices or jax.local_devices())[0])
-    return jax.jit(loss_step, donate_argnums=0), state, data
+    step, state, data, _ = fusion_step_on_random_features(cfg, batch=size["batch"], dim=size["dim"],
+                                                          devices=devices, loss_only=True)
+    return step, state, data
 
 
 def part_fusion(dry_run: bool, device: str) -> list[dict]:

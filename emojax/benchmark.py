@@ -275,6 +275,42 @@ def measure_train_step(setup: Setup, steps: int) -> dict:
             "loss": float(logs["loss"]), "skipped_losses": skipped}
 
 
+def fusion_step_on_random_features(cfg, *, batch: int, dim: int, classes: int = 7, devices=None,
+                                   loss_only: bool = False):
+    """``(step, state, data, parameters)``: the jit-compiled train step (``state`` donated) of
+    ``cfg``'s model on T+A+V features of ``dim`` each, with its initial state and one random batch
+    of ``batch`` (labels over ``classes``), put on ``devices`` (several: data parallel, the state
+    replicated and the batch sharded; default: the first local device). The step returns
+    ``(state, logs)``, or ``(state, loss)`` with ``loss_only``. What
+    ``benchmarks/fusion_throughput.py`` and ``benchmarks/gpu_check.py`` time."""
+    from emojax.training.parallel import DataParallel
+    from emojax.training.state import TrainState
+
+    model = build_model(cfg, {m: dim for m in "TAV"}, classes)
+    rng = np.random.default_rng(0)
+    data = {"features": {m: rng.normal(size=(batch, dim)).astype(np.float32) for m in "TAV"},
+            "present": {m: np.ones(batch, bool) for m in "TAV"},
+            "labels": rng.integers(0, classes, batch).astype(np.int32)}
+    params = model.init({"params": jax.random.PRNGKey(0)}, data["features"], data["present"])["params"]
+    optimizer = make_optimizer(cfg, 1000)
+    state = TrainState(step=jax.numpy.zeros((), jax.numpy.int32), params=params,
+                       opt_state=optimizer.init({"model": params, "losses": {}}),
+                       rng=jax.random.PRNGKey(1), loss_state={})
+    train = make_train_step(model, optimizer, loss_kind=cfg.loss.classification, class_weights=None, extras={})
+
+    def step(state, data):
+        state, logs = train(state, data)
+        return (state, logs["loss"]) if loss_only else (state, logs)
+
+    count = int(sum(x.size for x in jax.tree_util.tree_leaves(params)))
+    if devices is not None and len(devices) > 1:
+        parallel = DataParallel(list(devices))
+        state, data = parallel.replicate(state), parallel.shard(data)
+        return jax.jit(step, donate_argnums=0, out_shardings=parallel.replicated), state, data, count
+    state, data = jax.device_put((state, data), (devices or jax.local_devices())[0])
+    return jax.jit(step, donate_argnums=0), state, data, count
+
+
 def peak_memory() -> dict:
     """Peak host RSS of this process and the first local device's peak allocation (or None)."""
     usage = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss

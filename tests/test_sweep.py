@@ -21,7 +21,7 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 COUNTS = {"baseline/unimodal": 18, "baseline/multimodal": 24, "mdn": 12, "mdn-ablation": 48, "makd": 12,
           "makd-ablation": 48, "moe": 24, "demo": 5,
-          "meld-cpu": 24}
+          "meld-cpu": 27}
 
 
 def _plan(name, workdir="runs", data_root="datasets", **kwargs):
@@ -47,31 +47,42 @@ def test_sweep_list_and_counts_of_the_real_sweeps():
             assert run.run_dir == config_lib.run_dir(run.cfg, "runs", run.category)
 
 
-def test_meld_cpu_sweep_changes_one_thing_of_the_recipe_each():
+def test_meld_cpu_sweep_changes_one_thing_of_the_joint_setting_each():
+    from configs.experiments import meld_cpu
+
     runs = {r.name: r for r in _plan("meld-cpu", data_root="/data")}
-    recipe = compose("recipe=meld-cpu")
     assert {r.seed for r in runs.values()} == {0, 1, 2}
 
-    def differences(setting):
+    def composed(parts, fields):
+        cfg = compose(parts)
+        for key, value in fields.items():
+            sweep_lib.set_field(cfg, key, value)
+        return cfg
+
+    def differences(setting, base):
         cfg = runs[f"MELD--E/meld-cpu/{setting}/seed=1"].cfg
         assert cfg.seed == 1 and cfg.dataset.path == "/data/MELD"
-        mine, base = cfg.to_dict(), recipe.to_dict()
-        return {k for k in set(mine) | set(base) if k not in ("seed", "dataset", "parts", "composed")
-                and mine.get(k) != base.get(k)}, cfg
+        mine, theirs = cfg.to_dict(), base.to_dict()
+        return {k for k in set(mine) | set(theirs) if k not in ("seed", "dataset", "parts", "composed")
+                and mine.get(k) != theirs.get(k)}, cfg
 
-    changed, cfg = differences("recipe")
-    assert changed == set()
-    changed, cfg = differences("top3")
+    joint = composed(meld_cpu.JOINT, meld_cpu.JOINT_TRAINING)
+    assert joint.model.context.kind == "gru" and joint.finetune.tune_layers == 2
+    assert differences("joint", joint)[0] == set()
+    changed, cfg = differences("top3", joint)
     assert changed == {"finetune"} and cfg.finetune.tune_layers == 3
-    changed, cfg = differences("previous-turn")
+    changed, cfg = differences("previous-turn", joint)
     assert changed == {"encoders"} and cfg.encoders.T.context_turns == 1
     for setting in ("gru-causal", "transformer", "transformer-causal"):
-        changed, cfg = differences(setting)
+        changed, cfg = differences(setting, joint)
         assert changed == {"model"} and cfg.parts.context == setting
-    changed, cfg = differences("focal")
+    changed, cfg = differences("focal", joint)
     assert changed == {"loss"} and cfg.loss.classification == "focal"
-    changed, cfg = differences("no-context")
-    assert "context" not in cfg.model and (cfg.train.lr, cfg.train.batch_size) == (1e-3, 32)
+    alone = composed(meld_cpu.ALONE, meld_cpu.ALONE_TRAINING)
+    changed, cfg = differences("no-context", alone)
+    assert changed == set() and "context" not in cfg.model and (cfg.train.lr, cfg.train.batch_size) == (1e-3, 32)
+    changed, cfg = differences("top3-no-context", alone)
+    assert changed == {"finetune"} and cfg.finetune.tune_layers == 3
 
 
 def test_sweep_contents_match_the_experiments():

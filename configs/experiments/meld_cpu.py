@@ -5,7 +5,7 @@ F1 mean and standard deviation per setting; MELD's public release has no test la
 Each setting is the recipe (``configs/recipes.py``) with one thing changed: the number of
 fine-tuned layers, the context head (GRU or transformer, bidirectional or causal), the loss
 (focal against cross entropy), the previous turn in the prompt, or no context head at all (the
-``mode=top2`` run alone). Run it on the MELD folder under ``--data_root``::
+``mode=top2`` run alone, and with its top 3 layers). Run it on the MELD folder under ``--data_root``::
 
     python -m launch.sweep --sweep=meld-cpu --workdir=runs --data_root=path/to/datasets
     python -m launch.sweep --sweep=meld-cpu --only=/recipe/ --workdir=runs --data_root=...   # one setting
@@ -16,17 +16,25 @@ from emojax.sweep import spec
 
 SEEDS = (0, 1, 2)
 
-# setting -> (parts, dotted field overrides). Every setting starts from the recipe.
+# The joint setting the others change one thing of: the top 2 layers and the GRU context head
+# trained together, with the context head's training (head lr 5e-4, 64 utterance slots a batch).
+JOINT = "dataset=MELD--E,encoders=T,mode=top2,context=gru"
+JOINT_TRAINING = {"train.epochs": 4, "train.lr": 5e-4, "train.batch_size": 64}
+# mode=top2 alone, with its own training (head lr 1e-3, batches of 32 utterances).
+ALONE = "dataset=MELD--E,encoders=T,mode=top2"
+ALONE_TRAINING = {"train.epochs": 4, "train.lr": 1e-3, "train.batch_size": 32}
+
+# setting -> (parts, dotted field overrides)
 SETTINGS = {
-    "recipe": ("recipe=meld-cpu", {}),
-    "top3": ("recipe=meld-cpu", {"finetune.tune_layers": 3}),
-    "gru-causal": ("recipe=meld-cpu,context=gru-causal", {}),
-    "transformer": ("recipe=meld-cpu,context=transformer", {}),
-    "transformer-causal": ("recipe=meld-cpu,context=transformer-causal", {}),
-    "focal": ("recipe=meld-cpu,loss=focal", {}),
-    "previous-turn": ("recipe=meld-cpu", {"encoders.T.context_turns": 1}),
-    # mode=top2 alone, with its own training (head lr 1e-3, batches of 32 utterances).
-    "no-context": ("recipe=meld-cpu,context=none", {"train.lr": 1e-3, "train.batch_size": 32}),
+    "joint": (JOINT, JOINT_TRAINING),
+    "previous-turn": (JOINT, {**JOINT_TRAINING, "encoders.T.context_turns": 1}),
+    "top3": (JOINT, {**JOINT_TRAINING, "finetune.tune_layers": 3}),
+    "no-context": (ALONE, ALONE_TRAINING),
+    "top3-no-context": (ALONE, {**ALONE_TRAINING, "finetune.tune_layers": 3}),
+    "transformer": (JOINT.replace("context=gru", "context=transformer"), JOINT_TRAINING),
+    "focal": (JOINT + ",loss=focal", JOINT_TRAINING),
+    "gru-causal": (JOINT.replace("context=gru", "context=gru-causal"), JOINT_TRAINING),
+    "transformer-causal": (JOINT.replace("context=gru", "context=transformer-causal"), JOINT_TRAINING),
 }
 
 
