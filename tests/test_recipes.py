@@ -1,7 +1,7 @@
 """Recipes (``recipe=``, configs/recipes.py): each composes to its parts and fields spelled out and
 passes the run checks; parts named beside a recipe and command-line overrides win; the CPU
-recipes train, the encoder's top layers and the dialogue context head together, on long
-dialogues too."""
+recipes train (MELD's: the encoder's top layers; IEMOCAP's: those and the dialogue context head
+together, on long dialogues too)."""
 import functools
 import json
 import pathlib
@@ -46,8 +46,14 @@ def spelled_out(parts: dict, fields: dict, extra: str = ""):
 
 @pytest.fixture(scope="module")
 def bert3(tmp_path_factory) -> pathlib.Path:
-    """A tiny random BERT with 3 layers: the recipes' top 2 are a part of it."""
+    """A tiny random BERT with 3 layers: iemocap-cpu's top 2 are a part of it."""
     return write_tiny_bert(tmp_path_factory.mktemp("tiny-bert-3"), layers=3)
+
+
+@pytest.fixture(scope="module")
+def bert4(tmp_path_factory) -> pathlib.Path:
+    """A tiny random BERT with 4 layers: meld-cpu's top 3 are a part of it."""
+    return write_tiny_bert(tmp_path_factory.mktemp("tiny-bert-4"), layers=4)
 
 
 # -- composition -------------------------------------------------------------------------------
@@ -64,18 +70,28 @@ def test_recipe_is_its_parts_and_fields_and_passes_the_run_checks(name):
     assert cfg.dataset.name == recipe["parts"]["dataset"] and cfg.modalities == "T"
 
 
-@pytest.mark.parametrize("name, dataset", [("meld-cpu", "MELD--E"), ("iemocap-cpu", "IEMOCAP--E")])
-def test_cpu_recipes_tune_the_top_two_layers_with_the_gru_context_head(name, dataset):
-    cfg = compose(f"recipe={name}")
-    assert cfg.dataset.name == dataset and cfg.mode == "trainable"
-    assert cfg.finetune.tune_layers == 2 and cfg.finetune.lr == 3e-4  # mode=top2's measured setting
-    assert cfg.encoders.T.model == "sentence-transformers/all-MiniLM-L6-v2"
-    assert cfg.encoders.T.to_dict() | {} == {"family": "bert", "model": "sentence-transformers/all-MiniLM-L6-v2",
-                                             "pooling": "mask", "prompt": True, "context_turns": 0,
-                                             "max_length": 128}
+TEXT = {"family": "bert", "model": "sentence-transformers/all-MiniLM-L6-v2", "pooling": "mask", "prompt": True,
+        "context_turns": 0, "max_length": 128}
+
+
+def test_meld_cpu_tunes_the_top_three_layers_without_a_context_head():
+    """The best setting of the meld-cpu sweep (configs/experiments/meld_cpu.py, top3-no-context)."""
+    cfg = compose("recipe=meld-cpu")
+    assert cfg.dataset.name == "MELD--E" and cfg.mode == "trainable"
+    assert cfg.finetune.tune_layers == 3 and cfg.finetune.lr == 3e-4  # mode=top2's encoder lr
+    assert cfg.encoders.T.to_dict() == TEXT
+    assert "context" not in cfg.model and "context" not in cfg.parts
+    assert (cfg.train.lr, cfg.train.epochs, cfg.train.batch_size) == (1e-3, 4, 32)
+    assert cfg.loss.classification == "ce" and dict(cfg.loss.extras) == {}
+
+
+def test_iemocap_cpu_tunes_the_top_two_layers_with_the_gru_context_head():
+    cfg = compose("recipe=iemocap-cpu")
+    assert cfg.dataset.name == "IEMOCAP--E" and cfg.mode == "trainable"
+    assert cfg.finetune.tune_layers == 2 and cfg.finetune.lr == 3e-4
+    assert cfg.encoders.T.to_dict() == TEXT
     assert cfg.model.context.kind == "gru" and not cfg.model.context.causal and cfg.model.context.dim == 128
-    assert cfg.train.lr == 5e-4 and cfg.train.epochs == 4
-    assert cfg.train.batch_size == (64 if dataset == "MELD--E" else 128)
+    assert (cfg.train.lr, cfg.train.epochs, cfg.train.batch_size) == (5e-4, 4, 128)
     assert dict(cfg.loss.extras) == {}  # the context head takes per-utterance losses only
 
 
@@ -113,14 +129,16 @@ def test_parts_named_beside_a_recipe_replace_its_parts():
     fields = recipe["fields"]
     focal = compose("recipe=meld-cpu,loss=focal")
     assert focal.to_dict() == spelled_out({**recipe["parts"], "loss": "focal"}, fields).to_dict()
-    assert focal.loss.classification == "focal" and focal.model.context.kind == "gru"
+    assert focal.loss.classification == "focal" and focal.finetune.tune_layers == 3
+    joint = compose("recipe=meld-cpu,context=gru")
+    assert joint.model.context.kind == "gru" and joint.finetune.tune_layers == 3 and joint.train.lr == 1e-3
     # Named in any order, the other part wins.
     assert compose("loss=focal,recipe=meld-cpu").to_dict() == focal.to_dict()
     frozen = compose("recipe=meld-cpu,mode=frozen,context=none")
     assert frozen.mode == "frozen" and "context" not in frozen.model and "context" not in frozen.parts
     assert frozen.to_dict() == spelled_out({"dataset": "MELD--E", "encoders": "T"}, fields).to_dict()
     sentiment = compose("recipe=meld-cpu,dataset=MELD--S")
-    assert sentiment.dataset.target == "sentiment" and sentiment.finetune.tune_layers == 2
+    assert sentiment.dataset.target == "sentiment" and sentiment.finetune.tune_layers == 3
     # A recipe field whose section a named part leaves out is not set: no text encoder, no text fields.
     audio = compose("recipe=meld-gpu,encoders=A,mode=frozen")
     assert set(audio.encoders) == {"A"} and audio.train.batch_size == 2
@@ -132,14 +150,14 @@ def test_command_line_overrides_win_over_the_recipe(tmp_path):
     code = ("import sys, json; from absl import flags; from ml_collections import config_flags;"
             "C = config_flags.DEFINE_config_file('config', lock_config=True); flags.FLAGS(sys.argv);"
             "print(json.dumps(C.value.to_dict()))")
-    args = ["--config=configs/train.py:recipe=meld-cpu,loss=focal", "--config.train.epochs=6",
+    args = ["--config=configs/train.py:recipe=iemocap-cpu,loss=focal", "--config.train.epochs=6",
             f"--config.dataset.path={tmp_path}", "--config.model.context.dim=64"]
     out = subprocess.run([sys.executable, "-c", code, *args], cwd=ROOT, capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
     cfg = ml_collections.ConfigDict(json.loads(out.stdout))
     assert cfg.train.epochs == 6 and cfg.dataset.path == str(tmp_path) and cfg.model.context.dim == 64
     assert cfg.loss.classification == "focal" and cfg.train.lr == 5e-4  # the rest stays the recipe's
-    reference = compose("recipe=meld-cpu,loss=focal")
+    reference = compose("recipe=iemocap-cpu,loss=focal")
     reference.train.epochs, reference.dataset.path, reference.model.context.dim = 6, str(tmp_path), 64
     assert cfg.to_dict() == json.loads(json.dumps(reference.to_dict()))  # tuples come back as lists
     validate_config(cfg)
@@ -199,11 +217,40 @@ def reference_dialogue_probabilities(prep, params, data) -> np.ndarray:
 
 
 @pytest.mark.slow
-def test_meld_cpu_trains_top_layers_and_context_head_together(tmp_path, text_meld, bert3):
-    """One epoch of meld-cpu (tiny BERT, tiny MELD-format set): the selected epoch holds trained top
-    layers (the bottom one stays the checkpoint's) and a context head; the scores it wrote are
-    those of the whole encoder with those layers, each utterance alone, then each dialogue alone."""
+def test_meld_cpu_trains_its_top_layers(tmp_path, text_meld, bert4):
+    """One epoch of meld-cpu (tiny 4-layer BERT, tiny MELD-format set): the selected epoch holds
+    its top 3 layers trained and the bottom one the checkpoint's; its dev scores are those of the
+    whole encoder with those layers, each utterance alone."""
     cfg = compose("recipe=meld-cpu")
+    cfg.dataset.path, cfg.encoders.T.model = str(text_meld), str(bert4)
+    cfg.train.epochs, cfg.progress = 1, False
+    run_dir = fit(cfg, tmp_path)
+    results = json.loads((run_dir / "results.json").read_text())
+    prep, eval_step, params, _ = load_run(run_dir)
+    tuner = prep.tuning.tuners["T"]
+    assert tuner.start == 1  # top 3 of 4 layers
+    encoder = restored_encoder(run_dir, prep)["T"]
+    assert set(encoder["layers"]) == {"1", "2", "3"}
+    for n in ("1", "2", "3"):
+        moved = [float(jnp.max(jnp.abs(a - b))) for a, b in zip(jax.tree_util.tree_leaves(encoder["layers"][n]),
+                                                                jax.tree_util.tree_leaves(tuner.whole["layers"][int(n)]))]
+        assert max(moved) > 1e-4, f"layer {n} was not trained"
+    assert "context" not in params
+    dev = prep.features["dev"]
+    expected = reference_text_features(tuner, tuner.merged(encoder), dev.inputs["T"])
+    np.testing.assert_allclose(dev.features["T"], expected, rtol=1e-4, atol=1e-4)
+    scored = predict_proba(eval_step, params, dev, int(cfg.train.eval_batch_size))
+    assert results["dev"]["accuracy"] == pytest.approx(float(np.mean(scored.argmax(-1) == dev.labels)))
+
+
+@pytest.mark.slow
+def test_top_layers_and_context_head_train_together(tmp_path, text_meld, bert3):
+    """One epoch of meld-cpu with the context head (``context=gru``, top 2 of a tiny 3-layer BERT,
+    tiny MELD-format set): the selected epoch holds trained top layers (the bottom one stays the
+    checkpoint's) and a context head; the scores it wrote are those of the whole encoder with
+    those layers, each utterance alone, then each dialogue alone."""
+    cfg = compose("recipe=meld-cpu,context=gru")
+    cfg.finetune.tune_layers = 2
     cfg.dataset.path, cfg.encoders.T.model = str(text_meld), str(bert3)
     cfg.train.epochs, cfg.progress = 1, False
     run_dir = fit(cfg, tmp_path)

@@ -21,7 +21,7 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 COUNTS = {"baseline/unimodal": 18, "baseline/multimodal": 24, "mdn": 12, "mdn-ablation": 48, "makd": 12,
           "makd-ablation": 48, "moe": 24, "demo": 5,
-          "meld-cpu": 27}
+          "meld-cpu": 30}
 
 
 def _plan(name, workdir="runs", data_root="datasets", **kwargs):
@@ -83,6 +83,13 @@ def test_meld_cpu_sweep_changes_one_thing_of_the_joint_setting_each():
     assert changed == set() and "context" not in cfg.model and (cfg.train.lr, cfg.train.batch_size) == (1e-3, 32)
     changed, cfg = differences("top3-no-context", alone)
     assert changed == {"finetune"} and cfg.finetune.tune_layers == 3
+    changed, six = differences("top3-6-epochs", alone)
+    assert changed == {"finetune", "train"} and six.train.epochs == 6 and six.finetune.tune_layers == 3
+    # The recipe is the setting that did best: the same config, the same run directory.
+    recipe = compose("recipe=meld-cpu")
+    recipe.seed, recipe.dataset.path = 1, "/data/MELD"
+    assert config_lib.config_hash(recipe) == config_lib.config_hash(cfg)
+    assert runs["MELD--E/meld-cpu/top3-no-context/seed=1"].run_dir == config_lib.run_dir(recipe, "runs")
 
 
 def test_sweep_contents_match_the_experiments():
