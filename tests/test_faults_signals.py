@@ -235,7 +235,7 @@ def test_interrupted_sweep_stops_its_runs_and_reports_them_stopped(tmp_path):
     assert "3 runs: 2 stopped, 1 new" in text and "Stopped runs were interrupted by a signal" in text
     assert "failed" not in text
     for run in runs[:2]:
-        assert f"| {run.name} | stopped | - | - | - | - | {run.run_dir} |" in text
+        assert f"| {run.name} | stopped | - | - | - | - | - | {run.run_dir} |" in text
 
 
 def test_interrupted_sweep_in_one_process_reports_the_run_stopped(tmp_path):

@@ -200,7 +200,7 @@ def test_slurm_time_limit_resubmission_and_failed_teacher(cluster, data_root, ov
     assert skipped.status == "skipped" and skipped.error.startswith(f"teacher {runs[1].name} failed: error: ")
     assert queue_states([skipped.job]) == {skipped.job: "CANCELLED"}
     text = sweep_lib.write_report("slurm", workdir, runs, result)
-    assert f"| {runs[1].name} | failed | - | - | - | - | {failed.error} |" in text
+    assert f"| {runs[1].name} | failed | - | - | - | - | - | {failed.error} |" in text
     # Submitted again with a longer limit, the run resumes from its last finished epoch and ends as
     # an uninterrupted run does.
     lines.clear()
