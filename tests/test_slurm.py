@@ -12,6 +12,7 @@ checkout's python on the same filesystem.
 Without ``sinfo`` the tests skip, unless ``EMOJAX_REQUIRE_SLURM`` is set (CI sets it): then a
 missing or broken cluster fails them with the reason."""
 import json
+import re
 import os
 import pathlib
 import shutil
@@ -117,7 +118,9 @@ def test_slurm_sweep_gives_the_local_table_and_results(cluster, data_root, overr
         workdir = tmp_path / name
         text = (workdir / "sweep_demo.md").read_text()
         assert "2 runs: 2 done" in text, text
-        tables[name] = text.replace(str(workdir), "WORKDIR")
+        # The minutes column (1 decimal) is each run's own time, not a result: the rest must match.
+        tables[name] = re.sub(r"\| \d+\.\d \|", "| MINUTES |", text.replace(str(workdir), "WORKDIR"))
+        assert tables[name].count("| MINUTES |") == 4, text  # the two configs' rows, then their runs'
     assert tables["slurm"] == tables["local"]
     report = {name: json.loads((tmp_path / name / "sweep_demo.json").read_text()) for name in ("local", "slurm")}
     assert [g["dev"] for g in report["slurm"]["groups"]] == [g["dev"] for g in report["local"]["groups"]]
