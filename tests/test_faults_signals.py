@@ -124,8 +124,11 @@ STOPPED_PROGRAM = textwrap.dedent("""
                          ids=["SIGTERM", "SIGINT"])
 def test_sigterm_runs_the_ctrl_c_cleanup_and_ends_in_one_line(tmp_path, name, code, line):
     cleaned = tmp_path / "cleaned"
+    # SIGINT as a terminal delivers it: a runner started in the background (``cmd &`` without job
+    # control) passes SIGINT on ignored, and a program that starts with it ignored keeps ignoring it.
     done = subprocess.run([sys.executable, "-c", STOPPED_PROGRAM], cwd=ROOT, capture_output=True, text=True,
-                          env=checkout_env(STOP_SIGNAL=name, CLEANED=str(cleaned)), timeout=120)
+                          env=checkout_env(STOP_SIGNAL=name, CLEANED=str(cleaned)), timeout=120,
+                          preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     assert done.returncode == code, done.stderr[-3000:]
     assert done.stderr.strip() == line and done.stdout == ""
     assert cleaned.read_text() == "cleaned"
