@@ -21,6 +21,7 @@ from absl import app, flags
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))  # configs/ is in the checkout, not installed
 from configs.compose import compose  # noqa: E402
+from emojax.sweep import set_field
 from emojax.training.loop import fit
 
 _DATA = flags.DEFINE_string("data", "../shared/datasets/MELD", "MELD folder (train/dev CSVs).")
@@ -62,11 +63,7 @@ def configure(name: str, seed: int):
     cfg.seed = seed
     cfg.progress = False
     for dotted, value in overrides.items():
-        *path, last = dotted.split(".")
-        node = cfg
-        for key in path:
-            node = node[key]
-        node[last] = value
+        set_field(cfg, dotted, value)
     return cfg
 
 

@@ -22,6 +22,7 @@ from emojax import config as config_lib
 from emojax.encoders.bert import bert_apply
 from emojax.encoders.text import pool_hidden
 from emojax.runs import checkpoint as ckpt_lib
+from emojax.sweep import set_field
 from emojax.training.dialogue_batches import DialogueBatches, dialogue_layout
 from emojax.training.evaluation import load_run, predict_proba
 from emojax.training.loop import fit
@@ -36,11 +37,7 @@ def spelled_out(parts: dict, fields: dict, extra: str = ""):
     """The config of ``parts`` composed, then ``fields`` (dotted keys) set: what a recipe stands for."""
     cfg = compose(",".join(f"{k}={v}" for k, v in parts.items()) + extra)
     for dotted, value in fields.items():
-        *path, last = dotted.split(".")
-        node = cfg
-        for key in path:
-            node = node[key]
-        node[last] = value
+        set_field(cfg, dotted, value)
     return cfg
 
 
@@ -216,6 +213,26 @@ def reference_dialogue_probabilities(prep, params, data) -> np.ndarray:
     return probs
 
 
+def train_one_epoch_of_top_layers(cfg, tmp_path, tuned: set):
+    """``fit`` one epoch of ``cfg``; checks that the selected epoch's encoder holds exactly the
+    layers ``tuned`` (their numbers), each moved from the checkpoint's, and that the tuner starts
+    at the lowest of them. Returns the run's results, its prepared data, eval step, parameters,
+    tuner and restored encoder."""
+    cfg.train.epochs, cfg.progress = 1, False
+    run_dir = fit(cfg, tmp_path)
+    results = json.loads((run_dir / "results.json").read_text())
+    prep, eval_step, params, _ = load_run(run_dir)
+    tuner = prep.tuning.tuners["T"]
+    assert tuner.start == min(tuned)
+    encoder = restored_encoder(run_dir, prep)["T"]
+    assert set(encoder["layers"]) == {str(n) for n in tuned}
+    for n in sorted(tuned):
+        moved = [float(jnp.max(jnp.abs(a - b))) for a, b in zip(jax.tree_util.tree_leaves(encoder["layers"][str(n)]),
+                                                                jax.tree_util.tree_leaves(tuner.whole["layers"][n]))]
+        assert max(moved) > 1e-4, f"layer {n} was not trained"
+    return results, prep, eval_step, params, tuner, encoder
+
+
 @pytest.mark.slow
 def test_meld_cpu_trains_its_top_layers(tmp_path, text_meld, bert4):
     """One epoch of meld-cpu (tiny 4-layer BERT, tiny MELD-format set): the selected epoch holds
@@ -223,18 +240,7 @@ def test_meld_cpu_trains_its_top_layers(tmp_path, text_meld, bert4):
     whole encoder with those layers, each utterance alone."""
     cfg = compose("recipe=meld-cpu")
     cfg.dataset.path, cfg.encoders.T.model = str(text_meld), str(bert4)
-    cfg.train.epochs, cfg.progress = 1, False
-    run_dir = fit(cfg, tmp_path)
-    results = json.loads((run_dir / "results.json").read_text())
-    prep, eval_step, params, _ = load_run(run_dir)
-    tuner = prep.tuning.tuners["T"]
-    assert tuner.start == 1  # top 3 of 4 layers
-    encoder = restored_encoder(run_dir, prep)["T"]
-    assert set(encoder["layers"]) == {"1", "2", "3"}
-    for n in ("1", "2", "3"):
-        moved = [float(jnp.max(jnp.abs(a - b))) for a, b in zip(jax.tree_util.tree_leaves(encoder["layers"][n]),
-                                                                jax.tree_util.tree_leaves(tuner.whole["layers"][int(n)]))]
-        assert max(moved) > 1e-4, f"layer {n} was not trained"
+    results, prep, eval_step, params, tuner, encoder = train_one_epoch_of_top_layers(cfg, tmp_path, {1, 2, 3})
     assert "context" not in params
     dev = prep.features["dev"]
     expected = reference_text_features(tuner, tuner.merged(encoder), dev.inputs["T"])
@@ -252,19 +258,7 @@ def test_top_layers_and_context_head_train_together(tmp_path, text_meld, bert3):
     cfg = compose("recipe=meld-cpu,context=gru")
     cfg.finetune.tune_layers = 2
     cfg.dataset.path, cfg.encoders.T.model = str(text_meld), str(bert3)
-    cfg.train.epochs, cfg.progress = 1, False
-    run_dir = fit(cfg, tmp_path)
-    results = json.loads((run_dir / "results.json").read_text())
-    prep, eval_step, params, _ = load_run(run_dir)
-    tuner = prep.tuning.tuners["T"]
-    assert tuner.start == 1  # top 2 of 3 layers
-    encoder = restored_encoder(run_dir, prep)["T"]
-    assert set(encoder["layers"]) == {"1", "2"}
-    original = tuner.whole["layers"]
-    for n in ("1", "2"):
-        moved = [float(jnp.max(jnp.abs(a - b))) for a, b in zip(jax.tree_util.tree_leaves(encoder["layers"][n]),
-                                                                jax.tree_util.tree_leaves(original[int(n)]))]
-        assert max(moved) > 1e-4, f"layer {n} was not trained"
+    results, prep, eval_step, params, tuner, encoder = train_one_epoch_of_top_layers(cfg, tmp_path, {1, 2})
     assert "context" in params and "speaker" in params["context"]
     dev = prep.features["dev"]
     expected = reference_text_features(tuner, tuner.merged(encoder), dev.inputs["T"])

@@ -569,8 +569,8 @@ def _process_context():
 def _one_native_thread() -> None:
     """A worker process's start: its native thread pools (BLAS, OpenMP, numba) get one thread
     each. The pool already has a process per core; with every worker's libraries also starting a
-    thread per core, two workers measured slower than one (0.80x on 2 cores), one thread each
-    1.33x."""
+    thread per core, two workers measured slower than one (0.80x on 2 cores, classic audio
+    features), one thread each 1.66x (``benchmarks/media_decode.py``)."""
     from threadpoolctl import threadpool_limits
 
     threadpool_limits(limits=1)

@@ -14,7 +14,7 @@ from typing import Mapping, Optional, Sequence
 import numpy as np
 
 from emojax import config as config_lib
-from emojax.files import write_text_atomic
+from emojax.files import read_json_object, write_text_atomic
 from emojax.sweep.execution import Outcome
 from emojax.sweep.planning import Run
 from emojax.sweep.specs import OK
@@ -42,13 +42,7 @@ def read_minutes(run_dir: pathlib.Path) -> Optional[float]:
     """The minutes a run spent on its features and epochs (``progress.json``'s history: each
     epoch's ``seconds`` and the first epoch's ``feature_seconds``), or None before its first epoch.
     Compiling counts; starting the process, loading the data and scoring the test split do not."""
-    path = pathlib.Path(run_dir) / "progress.json"
-    if not path.exists():
-        return None
-    try:
-        history = json.loads(path.read_text()).get("history") or []
-    except (OSError, ValueError):
-        return None
+    history = (read_json_object(pathlib.Path(run_dir) / "progress.json") or {}).get("history")
     if not history:
         return None
     return sum(float(row.get("seconds", 0.0)) + float(row.get("feature_seconds") or 0.0) for row in history) / 60
