@@ -15,7 +15,11 @@ compilation or device call under way finishes first), so the cleanup that runs o
 (files are written to a temporary name and renamed, a folder is built beside its final place,
 a sweep stops its runs), and the program ends with one line, ``stopped by SIGTERM; ...``, and exit
 status 143 (128 + 15); Ctrl-C ends with ``stopped by Ctrl-C (SIGINT); ...`` and the status it
-always had (killed by SIGINT: 130 in a shell).
+always had (killed by SIGINT: 130 in a shell). Checkpoints, event files and results are written
+with both signals held (:func:`emojax.interrupts.held`), so a stop takes effect between two whole
+writes. A stop that lands in a finalizer (``__del__``, where Python drops any exception) is
+delivered again rather than lost, and one that comes after the program's work is done (while the
+interpreter shuts down) no longer turns a finished run into a killed one.
 """
 from __future__ import annotations
 
@@ -268,10 +272,32 @@ def _on_sigterm(signum, frame) -> None:
     raise KeyboardInterrupt(f"stopped by {signal.Signals(signum).name}")
 
 
+_REDELIVER_SECONDS = 0.05
+
+
+def _redeliver_dropped_stops(hook):
+    """``sys.unraisablehook`` that delivers again a stop Python dropped: a ``KeyboardInterrupt``
+    raised in a finalizer (``__del__``, a weakref callback) cannot propagate, so the signal it
+    stood for is raised anew in the main thread, quietly; anything else goes to ``hook``."""
+    def unraisablehook(unraisable):
+        if not isinstance(unraisable.exc_value, KeyboardInterrupt):
+            return hook(unraisable)
+        signum = _STOPPED_BY.pop() if _STOPPED_BY else signal.SIGINT
+        # Sent to the main thread a moment later, from another: handled here, in the finalizer's
+        # frame, it would be dropped again. A real signal, so a sleep or a wait under way ends.
+        later = threading.Timer(_REDELIVER_SECONDS, signal.pthread_kill, (threading.main_thread().ident, signum))
+        later.daemon = True
+        later.start()
+
+    return unraisablehook
+
+
 def handle_sigterm() -> None:
-    """Install the SIGTERM handler (:func:`_on_sigterm`); from the main thread only."""
+    """Install the SIGTERM handler (:func:`_on_sigterm`) and the hook that delivers again a stop
+    dropped in a finalizer (:func:`_redeliver_dropped_stops`); from the main thread only."""
     if threading.current_thread() is threading.main_thread():
         signal.signal(signal.SIGTERM, _on_sigterm)
+        sys.unraisablehook = _redeliver_dropped_stops(sys.unraisablehook)
 
 
 def _quiet_interrupt(hook):
@@ -305,3 +331,9 @@ def run(main: Callable[[list[str]], None], extra: Sequence[type[BaseException]] 
         app.run(guarded(main, extra), flags_parser=parse_flags)
     except KeyboardInterrupt:
         stopped()
+    except SystemExit as done:
+        if done.code in (None, 0):
+            # The work is done and written: a SIGTERM while the interpreter shuts down (which gives
+            # the signal back its default action) would report a finished program as killed.
+            signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        raise

@@ -20,11 +20,13 @@ import textwrap
 import threading
 import time
 
+import numpy as np
 import pytest
 
 from configs.compose import compose
 from configs.experiments import load_sweep
 from emojax import config as config_lib
+from emojax import interrupts
 from emojax import sweep as sweep_lib
 from emojax.training.loop import fit
 from emojax.runs import checkpoint as ckpt_lib
@@ -132,6 +134,141 @@ def test_sigterm_runs_the_ctrl_c_cleanup_and_ends_in_one_line(tmp_path, name, co
     assert done.returncode == code, done.stderr[-3000:]
     assert done.stderr.strip() == line and done.stdout == ""
     assert cleaned.read_text() == "cleaned"
+
+
+# ---------------------------------------------------------------------------------------------
+# Held while a checkpoint is written; a stop dropped in a finalizer or after the work is not lost
+# ---------------------------------------------------------------------------------------------
+class Stop(Exception):
+    """What the test's SIGTERM handler raises (a launcher's raises KeyboardInterrupt)."""
+
+
+@pytest.fixture
+def sigterm_raises_stop():
+    """SIGTERM handled by raising :class:`Stop`, as a launcher's handler raises its stop."""
+    handled = []
+
+    def handler(signum, frame):
+        handled.append(signum)
+        raise Stop
+
+    previous = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield handled
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _spin(seconds: float = 0.05) -> None:
+    """Python steps for the handler of a signal just sent to run between."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        pass
+
+
+def test_signals_held_in_a_block_are_delivered_as_it_ends(sigterm_raises_stop):
+    finished = []
+    with pytest.raises(Stop):
+        with interrupts.held():
+            with interrupts.held():  # nested: delivered when the outermost ends
+                os.kill(os.getpid(), signal.SIGTERM)
+                _spin()
+                finished.append("inner")
+            _spin()
+            assert sigterm_raises_stop == []
+            finished.append("outer")
+    assert finished == ["inner", "outer"] and sigterm_raises_stop == [signal.SIGTERM]
+    assert not interrupts.holding() and signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    # Nothing held: the handler runs where the signal lands, as before.
+    with pytest.raises(Stop):
+        os.kill(os.getpid(), signal.SIGTERM)
+        _spin(5)
+
+
+def test_a_second_ctrl_c_while_held_is_delivered_at_once():
+    reached = []
+    with pytest.raises(KeyboardInterrupt):
+        with interrupts.held():
+            os.kill(os.getpid(), signal.SIGINT)
+            _spin()
+            reached.append("after the first")
+            os.kill(os.getpid(), signal.SIGINT)
+            _spin(5)
+            reached.append("after the second")
+    assert reached == ["after the first"]
+
+
+def test_sigterm_during_a_checkpoint_save_stops_after_it_and_the_epoch_is_kept(tmp_path, sigterm_raises_stop):
+    checkpoints = ckpt_lib.RunCheckpoints(tmp_path)
+    manager = checkpoints._state
+    save = manager.save
+
+    def save_signalled_half_way(*args, **kwargs):
+        os.kill(os.getpid(), signal.SIGTERM)
+        _spin()
+        return save(*args, **kwargs)
+
+    manager.save = save_signalled_half_way
+    state = {"w": np.arange(12.0).reshape(4, 3)}
+    with pytest.raises(Stop):
+        checkpoints.save_epoch(1, state, {"epoch": 1}, best_params={"w": np.ones(3)})
+    checkpoints.close()
+    assert sigterm_raises_stop == [signal.SIGTERM]
+    assert json.loads(checkpoints.progress_path.read_text()) == {"epoch": 1}
+    with ckpt_lib.RunCheckpoints(tmp_path) as again:
+        epoch, restored = again.restore_latest(1, {"w": np.zeros((4, 3))})
+        best = again.restore_best({"w": np.zeros(3)})
+    assert epoch == 1 and np.array_equal(np.asarray(restored["w"]), state["w"])
+    assert np.array_equal(np.asarray(best["w"]), np.ones(3))
+
+
+DROPPED_PROGRAM = textwrap.dedent("""
+    import gc, os, signal, time
+    from launch import _errors
+
+    class Finalized:
+        def __del__(self):  # the SIGTERM lands here, where Python drops any exception
+            os.kill(os.getpid(), signal.SIGTERM)
+            deadline = time.monotonic() + 0.2
+            while time.monotonic() < deadline:
+                pass
+
+    def main(argv):
+        Finalized()
+        gc.collect()
+        time.sleep(float(os.environ["WORK_SECONDS"]))
+        print("finished")
+
+    _errors.run(main)
+""")
+
+AFTER_PROGRAM = textwrap.dedent("""
+    import atexit, os, signal, time
+    from launch import _errors
+
+    def shutting_down():  # the program's work is done
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(0.2)
+
+    def main(argv):
+        atexit.register(shutting_down)
+        print("finished")
+
+    _errors.run(main)
+""")
+
+
+def test_sigterm_dropped_in_a_finalizer_still_stops_the_launcher():
+    done = subprocess.run([sys.executable, "-c", DROPPED_PROGRAM], cwd=ROOT, capture_output=True, text=True,
+                          env=checkout_env(WORK_SECONDS="60"), timeout=50)
+    assert done.returncode == 143, done.stderr[-3000:]
+    assert done.stderr.strip() == SIGTERM_LINE and done.stdout == ""
+
+
+def test_sigterm_after_the_work_is_done_leaves_a_finished_program_finished():
+    done = subprocess.run([sys.executable, "-c", AFTER_PROGRAM], cwd=ROOT, capture_output=True, text=True,
+                          env=checkout_env(), timeout=60)
+    assert (done.returncode, done.stdout, done.stderr) == (0, "finished\n", "")
 
 
 # ---------------------------------------------------------------------------------------------

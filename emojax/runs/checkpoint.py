@@ -35,6 +35,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 import tensorstore as ts
 
+from emojax import interrupts
 from emojax.files import write_json_atomic  # noqa: F401 - re-exported: run files are written with it
 
 log = logging.getLogger(__name__)
@@ -270,6 +271,11 @@ class RunCheckpoints:
         """Checkpoint ``state`` after ``epoch`` (and ``best_params`` when this epoch is the best).
         ``save_state=False``: the run's last epoch, whose state would be dropped at once."""
         # One save at a time: in a multi-host run each save ends at a barrier named by its step.
+        # Ctrl-C / SIGTERM are held until the whole epoch is written (emojax.interrupts).
+        with interrupts.held():
+            self._save_epoch(epoch, state, progress, best_params=best_params, save_state=save_state)
+
+    def _save_epoch(self, epoch: int, state, progress: dict, *, best_params, save_state: bool) -> None:
         if save_state:
             self._state.save(epoch, args=ocp.args.StandardSave(state))
             self._state.wait_until_finished()
@@ -294,7 +300,8 @@ class RunCheckpoints:
         if difference is not None and difference[0]:
             raise CheckpointError(mismatch.format(difference[1]))
         try:
-            return manager.restore(step, args=ocp.args.StandardRestore(target)), None
+            with interrupts.held():  # a restore stopped half-way leaves Orbax's reads pending
+                return manager.restore(step, args=ocp.args.StandardRestore(target)), None
         except Exception as err:  # noqa: BLE001 - Orbax and TensorStore raise bare Exception for bad files
             failure = brief(err)
         # Out of the except block the failed restore's frames are released and can be collected.
@@ -401,9 +408,10 @@ class RunCheckpoints:
         included, should call it so no Orbax thread outlives the run."""
         if self._closed:
             return
-        self._closed = True
-        self._state.close()
-        self._best.close()
+        with interrupts.held():
+            self._state.close()
+            self._best.close()
+            self._closed = True
 
 
 class RunLock:

@@ -40,6 +40,7 @@ from typing import Any, Iterator, Mapping, Optional, Sequence
 
 import numpy as np
 
+from emojax import interrupts
 from emojax.config import ConfigError
 from emojax.files import digest
 
@@ -176,8 +177,9 @@ class RunEvents:
     def close(self) -> None:
         """Write out and close the open file (nothing when none is open)."""
         if self._writer is not None:
-            self._writer.close()
-            self._writer = None
+            with interrupts.held():  # stopped half-way, tensorboardX's writer can be neither used nor closed
+                self._writer.close()
+                self._writer = None
 
     def finish(self) -> None:
         """:meth:`close`, and end the trackers' runs."""
