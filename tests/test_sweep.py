@@ -21,7 +21,7 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 COUNTS = {"baseline/unimodal": 18, "baseline/multimodal": 24, "mdn": 12, "mdn-ablation": 48, "makd": 12,
           "makd-ablation": 48, "moe": 24, "demo": 5,
-          "meld-cpu": 30}
+          "meld-cpu": 39}
 
 
 def _plan(name, workdir="runs", data_root="datasets", **kwargs):
@@ -85,6 +85,13 @@ def test_meld_cpu_sweep_changes_one_thing_of_the_joint_setting_each():
     assert changed == {"finetune"} and cfg.finetune.tune_layers == 3
     changed, six = differences("top3-6-epochs", alone)
     assert changed == {"finetune", "train"} and six.train.epochs == 6 and six.finetune.tune_layers == 3
+    top3 = cfg
+    changed, other = differences("top5-no-context", top3)
+    assert changed == {"finetune"} and other.finetune.tune_layers == 5
+    changed, other = differences("top3-focal-no-context", top3)
+    assert changed == {"loss"} and other.loss.classification == "focal"
+    changed, other = differences("top3-previous-turn-no-context", top3)
+    assert changed == {"encoders"} and other.encoders.T.context_turns == 1
     # The recipe is the setting that did best: the same config, the same run directory.
     recipe = compose("recipe=meld-cpu")
     recipe.seed, recipe.dataset.path = 1, "/data/MELD"

@@ -34,6 +34,11 @@ SETTINGS = {
     "no-context": (ALONE, ALONE_TRAINING),
     "top3-no-context": (ALONE, {**ALONE_TRAINING, "finetune.tune_layers": 3}),
     "top3-6-epochs": (ALONE, {**ALONE_TRAINING, "finetune.tune_layers": 3, "train.epochs": 6}),
+    # One change of top3-no-context each: more tuned layers, focal loss, the previous turn.
+    "top5-no-context": (ALONE, {**ALONE_TRAINING, "finetune.tune_layers": 5}),
+    "top3-focal-no-context": (ALONE + ",loss=focal", {**ALONE_TRAINING, "finetune.tune_layers": 3}),
+    "top3-previous-turn-no-context": (ALONE, {**ALONE_TRAINING, "finetune.tune_layers": 3,
+                                              "encoders.T.context_turns": 1}),
     "transformer": (JOINT.replace("context=gru", "context=transformer"), JOINT_TRAINING),
     "focal": (JOINT + ",loss=focal", JOINT_TRAINING),
     "gru-causal": (JOINT.replace("context=gru", "context=gru-causal"), JOINT_TRAINING),
