@@ -5,8 +5,9 @@ weighted F1 mean and standard deviation per setting, with the minutes of trainin
 Two families: the joint setting (the top 2 layers and the GRU dialogue context head trained
 together on whole dialogues) and one change of it per setting (the top 3 layers, a transformer
 context head, causal heads, focal loss, the previous turn in the prompt); and ``mode=top2``
-without a context head, with its top 2 or 3 layers (and 6 epochs instead of 4). ``top3-no-context`` did best and is the
-recipe (``recipe=meld-cpu`` composes the same config and run directory). Run it on the MELD
+without a context head, with its top 2 or 3 layers (and 6 epochs instead of 4), then one change
+of its top 3 each (the top 5, focal loss, the previous turn). ``top3-no-context`` did best and is
+the recipe (``recipe=meld-cpu`` composes the same config and run directory). Run it on the MELD
 folder under ``--data_root``::
 
     python -m launch.sweep --sweep=meld-cpu --workdir=runs --data_root=path/to/datasets
