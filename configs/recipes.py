@@ -17,8 +17,8 @@ Where each number below comes from, with its command: docs/benchmarks.md ("Recip
   + mask pooling on the utterance, length-bucketed batches of 32), head lr 1e-3, encoder lr 3e-4,
   4 epochs. The best of the settings measured on MELD dev with seeds 0, 1 and 2 (the ``meld-cpu``
   sweep, ``configs/experiments/meld_cpu.py``): dev weighted F1 57.82 +- 1.06 (top 2 layers alone:
-  57.38 +- 0.94; with the GRU context head trained jointly, seed 0: 55.52 for top 2, 56.30 for
-  top 3), about 5 minutes of training per seed on 2 CPU cores. The GRU context head trained
+  57.38 +- 0.94; with the GRU context head trained jointly: 55.97 +- 0.36 for top 2; seed 0,
+  56.30 for top 3), about 5 minutes of training per seed on 2 CPU cores. The GRU context head trained
   afterwards on the recipe runs' tuned encoders (two stages: ``launch.tool extract-encoders``,
   then a frozen run with ``context=gru``) measured 58.42 +- 0.53, in about 1.5 minutes more.
 - ``iemocap-cpu``: IEMOCAP's six emotions: all-MiniLM-L6-v2's top 2 layers fine-tuned (``mode=top2``)
