@@ -37,7 +37,7 @@ SCORING = ("emojax.training.evaluation", "emojax.inference", "launch.tool")
 # The library's packages, bottom up (docs/development.md, "The order of the packages"): a module
 # imports only from the layers below its own, or from its own package.
 LAYERS = (
-    ("emojax.files", "emojax.progress"),   # writes that a crash never leaves half done; progress bars
+    ("emojax.files", "emojax.progress", "emojax.interrupts"),  # whole writes; progress bars; signals held
     ("emojax.metrics",),                   # scores, tables and plots
     ("emojax.data",),                      # one description per dataset, rows -> samples, media decoding
     ("emojax.encoders",),                  # pure-function encoders, their registry, hub, export
