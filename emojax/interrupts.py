@@ -10,7 +10,8 @@ launchers' Ctrl-C / SIGTERM stop, Python's own ``KeyboardInterrupt``, or the def
 the signal) as the outermost held block ends, so the stop takes effect between two whole writes.
 
 A second Ctrl-C while one is held is not held: it is delivered at once (a user who presses it
-twice means it). Outside the main thread (where Python runs no signal handler) :func:`held`
+twice means it). A signal ignored before the block (SIGINT in a program started with ``cmd &``)
+stays ignored in it. Outside the main thread (where Python runs no signal handler) :func:`held`
 changes nothing.
 """
 from __future__ import annotations
@@ -28,6 +29,8 @@ _pending: list[int] = []  # the signals recorded while held, first first
 
 
 def _record(signum, frame) -> None:
+    if _previous.get(signum) is signal.SIG_IGN:  # ignored before the block: ignored in it
+        return
     if signum == signal.SIGINT and signal.SIGINT in _pending:
         handler = _previous.get(signum)
         if callable(handler):

@@ -198,6 +198,20 @@ def test_a_second_ctrl_c_while_held_is_delivered_at_once():
     assert reached == ["after the first"]
 
 
+def test_a_signal_ignored_before_the_block_stays_ignored():
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)  # as in a program started with `cmd &`
+    try:
+        with interrupts.held():
+            os.kill(os.getpid(), signal.SIGINT)
+            _spin()
+            os.kill(os.getpid(), signal.SIGINT)
+            _spin()
+        _spin()
+        assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
 def test_sigterm_during_a_checkpoint_save_stops_after_it_and_the_epoch_is_kept(tmp_path, sigterm_raises_stop):
     checkpoints = ckpt_lib.RunCheckpoints(tmp_path)
     manager = checkpoints._state
