@@ -1,4 +1,4 @@
-"""Ctrl-C and SIGTERM held back while a checkpoint or a results file is being written.
+"""Ctrl-C and SIGTERM held back while a checkpoint or an event file is being written.
 
 Python delivers a signal to its handler between two steps of the main thread's Python code,
 wherever that is: a ``KeyboardInterrupt`` raised inside Orbax's save (on its own event loop and

@@ -15,8 +15,8 @@ compilation or device call under way finishes first), so the cleanup that runs o
 (files are written to a temporary name and renamed, a folder is built beside its final place,
 a sweep stops its runs), and the program ends with one line, ``stopped by SIGTERM; ...``, and exit
 status 143 (128 + 15); Ctrl-C ends with ``stopped by Ctrl-C (SIGINT); ...`` and the status it
-always had (killed by SIGINT: 130 in a shell). Checkpoints, event files and results are written
-with both signals held (:func:`emojax.interrupts.held`), so a stop takes effect between two whole
+always had (killed by SIGINT: 130 in a shell). Checkpoints and event files are written and
+closed with both signals held (:func:`emojax.interrupts.held`), so a stop takes effect between two whole
 writes. A stop that lands in a finalizer (``__del__``, where Python drops any exception) is
 delivered again rather than lost, and one that comes after the program's work is done (while the
 interpreter shuts down) no longer turns a finished run into a killed one.
