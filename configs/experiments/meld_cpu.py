@@ -6,7 +6,8 @@ Two families: the joint setting (the top 2 layers and the GRU dialogue context h
 together on whole dialogues) and one change of it per setting (the top 3 layers, a transformer
 context head, causal heads, focal loss, the previous turn in the prompt); and ``mode=top2``
 without a context head, with its top 2 or 3 layers (and 6 epochs instead of 4), then one change
-of its top 3 each (the top 5, focal loss, the previous turn). ``top3-no-context`` did best and is
+of its top 3 each (the top 5, focal loss, the previous turn, SPCL, mean pooling without the
+prompt). ``top3-no-context`` did best and is
 the recipe (``recipe=meld-cpu`` composes the same config and run directory). Run it on the MELD
 folder under ``--data_root``::
 
@@ -40,6 +41,11 @@ SETTINGS = {
     "top3-focal-no-context": (ALONE + ",loss=focal", {**ALONE_TRAINING, "finetune.tune_layers": 3}),
     "top3-previous-turn-no-context": (ALONE, {**ALONE_TRAINING, "finetune.tune_layers": 3,
                                               "encoders.T.context_turns": 1}),
+    # ... SPCL beside CE (the suite's prototype loss), and mean pooling of the utterance without the
+    # prompt (all-MiniLM-L6-v2 was trained to be read by its mean).
+    "top3-spcl-no-context": (ALONE + ",loss=spcl", {**ALONE_TRAINING, "finetune.tune_layers": 3}),
+    "top3-mean-no-context": (ALONE, {**ALONE_TRAINING, "finetune.tune_layers": 3, "encoders.T.pooling": "mean",
+                                     "encoders.T.prompt": False}),
     "transformer": (JOINT.replace("context=gru", "context=transformer"), JOINT_TRAINING),
     "focal": (JOINT + ",loss=focal", JOINT_TRAINING),
     "gru-causal": (JOINT.replace("context=gru", "context=gru-causal"), JOINT_TRAINING),

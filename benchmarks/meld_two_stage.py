@@ -1,0 +1,81 @@
+r"""MELD in two stages: a dialogue context head trained on the frozen features of the text
+encoders that the ``meld-cpu`` sweep's runs tuned.
+
+    python -m launch.sweep --sweep=meld-cpu --only=/top3-no-context/ --workdir=runs --data_root=DATA
+    python benchmarks/meld_two_stage.py --workdir=runs --data_root=DATA \
+        [--stage_one=top3-no-context] [--heads=gru,transformer,gru-causal,transformer-causal]
+
+Stage one is a setting of the ``meld-cpu`` sweep (``configs/experiments/meld_cpu.py``; by default
+the recipe's, ``top3-no-context``), one finished run per seed, run first with ``launch.sweep`` as
+above. For each of them this exports the tuned encoder once (``launch.tool extract-encoders``,
+into ``WORKDIR/two-stage/SETTING/seed=S``), then trains each ``--heads`` context head with seed S
+on its frozen features: stage one's text path (the prompt, mask pooling, 128 tokens), the context
+head's training (lr 5e-4, 64 utterance slots a batch, 15 epochs with the default patience).
+The stage-two runs are an ordinary sweep (``two-stage-SETTING``): finished runs are kept, their
+table (dev weighted F1 mean and standard deviation over the seeds, minutes a seed) is printed and
+written under ``WORKDIR/sweeps`` like any sweep's.
+"""
+import pathlib
+import shutil
+import sys
+
+from absl import app, flags
+
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))  # configs/ is in the checkout, not installed
+from configs.compose import compose  # noqa: E402
+from configs.experiments import load_sweep  # noqa: E402
+from emojax import sweep as sweep_lib  # noqa: E402
+from emojax.inference.standalone import extract_encoders  # noqa: E402
+
+_WORKDIR = flags.DEFINE_string("workdir", "runs", "The meld-cpu sweep's --workdir (stage two's runs go there too).")
+_DATA_ROOT = flags.DEFINE_string("data_root", "datasets", "The meld-cpu sweep's --data_root.")
+_STAGE_ONE = flags.DEFINE_string("stage_one", "top3-no-context", "The meld-cpu setting whose runs are stage one.")
+_HEADS = flags.DEFINE_list("heads", ["gru"], "Context heads of stage two (context= parts).")
+_SEEDS = flags.DEFINE_list("seeds", [], "Only these seeds (default: every finished stage-one run).")
+
+# Stage two: stage one's text path on frozen features, the context head's training.
+STAGE_TWO = {"encoders.T.pooling": "mask", "encoders.T.prompt": True, "encoders.T.max_length": 128,
+             "train.lr": 5e-4, "train.batch_size": 64, "train.epochs": 15}
+
+
+def export(run: sweep_lib.Run, folder: pathlib.Path) -> str:
+    """The tuned text encoder of ``run``, exported once into ``folder``; its path."""
+    if not (folder / "encoders.json").exists():
+        partial = folder.with_name(folder.name + ".partial")
+        shutil.rmtree(partial, ignore_errors=True)
+        extract_encoders(run.run_dir, partial)
+        shutil.rmtree(folder, ignore_errors=True)
+        partial.rename(folder)
+    return str((folder / "T").resolve())
+
+
+def main(argv):
+    del argv
+    workdir = pathlib.Path(_WORKDIR.value)
+    setting = _STAGE_ONE.value
+    stage_one = [run for run in sweep_lib.plan(load_sweep("meld-cpu"), workdir, _DATA_ROOT.value, compose=compose,
+                                               only=f"/{setting}/seed=")
+                 if not _SEEDS.value or str(run.seed) in _SEEDS.value]
+    finished = [run for run in stage_one if run.status() == "finished"]
+    for run in stage_one:
+        if run not in finished:
+            print(f"stage one {run.name}: {run.status()}, not finished; run it with launch.sweep first")
+    if not finished:
+        raise app.UsageError(f"no finished run of meld-cpu's {setting!r} under {workdir}")
+    specs = []
+    for run in finished:
+        model = export(run, workdir / "two-stage" / setting / f"seed={run.seed}")
+        for head in _HEADS.value:
+            fields = {"encoders.T.model": model, **STAGE_TWO}
+            specs.append(sweep_lib.spec(f"dataset=MELD--E,encoders=T,context={head}", run.seed,
+                                        name=f"MELD--E/two-stage/{setting}/{head}/seed={run.seed}",
+                                        **{k.replace(".", "__"): v for k, v in fields.items()}))
+    name = f"two-stage-{setting}"
+    runs = sweep_lib.plan(specs, workdir, _DATA_ROOT.value, compose=compose)
+    print(f"sweep {name}: " + sweep_lib.format_plan(runs), flush=True)
+    outcomes = sweep_lib.execute(runs, workdir, echo=lambda line: print(line, flush=True))
+    print(sweep_lib.write_report(name, workdir, runs, outcomes))
+
+
+if __name__ == "__main__":
+    app.run(main)
