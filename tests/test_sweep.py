@@ -21,7 +21,7 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 COUNTS = {"baseline/unimodal": 18, "baseline/multimodal": 24, "mdn": 12, "mdn-ablation": 48, "makd": 12,
           "makd-ablation": 48, "moe": 24, "demo": 5,
-          "meld-cpu": 45}
+          "meld-cpu": 48}
 
 
 def _plan(name, workdir="runs", data_root="datasets", **kwargs):
@@ -96,6 +96,8 @@ def test_meld_cpu_sweep_changes_one_thing_of_the_joint_setting_each():
     assert changed == {"loss"} and set(other.loss.extras) == {"spcl"} and other.loss.classification == "ce"
     changed, other = differences("top3-mean-no-context", top3)
     assert changed == {"encoders"} and (other.encoders.T.pooling, other.encoders.T.prompt) == ("mean", False)
+    changed, other = differences("top3-smoothing-no-context", top3)
+    assert changed == {"loss"} and other.loss.label_smoothing == 0.1 and not other.loss.extras
     # The recipe is the setting that did best: the same config, the same run directory.
     recipe = compose("recipe=meld-cpu")
     recipe.seed, recipe.dataset.path = 1, "/data/MELD"

@@ -7,9 +7,8 @@ together on whole dialogues) and one change of it per setting (the top 3 layers,
 context head, causal heads, focal loss, the previous turn in the prompt); and ``mode=top2``
 without a context head, with its top 2 or 3 layers (and 6 epochs instead of 4), then one change
 of its top 3 each (the top 5, focal loss, the previous turn, SPCL, mean pooling without the
-prompt). ``top3-no-context`` did best and is
-the recipe (``recipe=meld-cpu`` composes the same config and run directory). Run it on the MELD
-folder under ``--data_root``::
+prompt, label smoothing). ``top3-no-context`` did best and is the recipe (``recipe=meld-cpu``
+composes the same config and run directory). Run it on the MELD folder under ``--data_root``::
 
     python -m launch.sweep --sweep=meld-cpu --workdir=runs --data_root=path/to/datasets
     python -m launch.sweep --sweep=meld-cpu --only=/no-context/ --workdir=runs --data_root=...   # one setting
@@ -46,6 +45,7 @@ SETTINGS = {
     "top3-spcl-no-context": (ALONE + ",loss=spcl", {**ALONE_TRAINING, "finetune.tune_layers": 3}),
     "top3-mean-no-context": (ALONE, {**ALONE_TRAINING, "finetune.tune_layers": 3, "encoders.T.pooling": "mean",
                                      "encoders.T.prompt": False}),
+    "top3-smoothing-no-context": (ALONE, {**ALONE_TRAINING, "finetune.tune_layers": 3, "loss.label_smoothing": 0.1}),
     "transformer": (JOINT.replace("context=gru", "context=transformer"), JOINT_TRAINING),
     "focal": (JOINT + ",loss=focal", JOINT_TRAINING),
     "gru-causal": (JOINT.replace("context=gru", "context=gru-causal"), JOINT_TRAINING),
