@@ -9,8 +9,8 @@ Stage one is a setting of the ``meld-cpu`` sweep (``configs/experiments/meld_cpu
 the recipe's, ``top3-no-context``), one finished run per seed, run first with ``launch.sweep`` as
 above. For each of them this exports the tuned encoder once (``launch.tool extract-encoders``,
 into ``WORKDIR/two-stage/SETTING/seed=S``), then trains each ``--heads`` context head with seed S
-on its frozen features: stage one's text path (the prompt, mask pooling, 128 tokens), the context
-head's training (lr 5e-4, 64 utterance slots a batch, 15 epochs with the default patience).
+on its frozen features: stage one's text path (its pooling, prompt, length and context turns), the
+context head's training (lr 5e-4, 64 utterance slots a batch, 15 epochs with the default patience).
 The stage-two runs are an ordinary sweep (``two-stage-SETTING``): finished runs are kept, their
 table (dev weighted F1 mean and standard deviation over the seeds, minutes a seed) is printed and
 written under ``WORKDIR/sweeps`` like any sweep's.
@@ -39,9 +39,9 @@ _SEEDS = flags.DEFINE_list("seeds", [], "Only these seeds (default: every finish
 _SET = flags.DEFINE_multi_string("set", [], "key=value: a config field of every stage-two run (e.g. "
                                  "--set=train.lr=1e-4); repeatable. The runs' names carry them.")
 
-# Stage two: stage one's text path on frozen features, the context head's training.
-STAGE_TWO = {"encoders.T.pooling": "mask", "encoders.T.prompt": True, "encoders.T.max_length": 128,
-             "train.lr": 5e-4, "train.batch_size": 64, "train.epochs": 15}
+# Stage two: the context head's training, on frozen features read the way stage one read its text.
+STAGE_TWO = {"train.lr": 5e-4, "train.batch_size": 64, "train.epochs": 15}
+TEXT_PATH = ("pooling", "prompt", "max_length", "context_turns")
 
 
 def export(run: sweep_lib.Run, folder: pathlib.Path) -> str:
@@ -75,7 +75,8 @@ def main(argv):
     for run in finished:
         model = export(run, workdir / "two-stage" / setting / f"seed={run.seed}")
         for head in _HEADS.value:
-            fields = {"encoders.T.model": model, **STAGE_TWO}
+            fields = {"encoders.T.model": model, **{f"encoders.T.{key}": run.cfg.encoders.T[key] for key in TEXT_PATH},
+                      **STAGE_TWO}
             name = f"MELD--E/two-stage/{setting}/{head}{variant}/seed={run.seed}"
             heads.setdefault(head + variant, []).append(name)
             specs.append(sweep_lib.spec(f"dataset=MELD--E,encoders=T,context={head}", run.seed, name=name,
