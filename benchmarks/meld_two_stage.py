@@ -1,12 +1,12 @@
 r"""MELD in two stages: a dialogue context head trained on the frozen features of the text
 encoders that the ``meld-cpu`` sweep's runs tuned.
 
-    python -m launch.sweep --sweep=meld-cpu --only=/top3-no-context/ --workdir=runs --data_root=DATA
+    python -m launch.sweep --sweep=meld-cpu --only=/top3-mean-no-context/ --workdir=runs --data_root=DATA
     python benchmarks/meld_two_stage.py --workdir=runs --data_root=DATA \
-        [--stage_one=top3-no-context] [--heads=gru,transformer,gru-causal,transformer-causal]
+        [--stage_one=top3-mean-no-context] [--heads=gru,transformer,gru-causal,transformer-causal]
 
 Stage one is a setting of the ``meld-cpu`` sweep (``configs/experiments/meld_cpu.py``; by default
-the recipe's, ``top3-no-context``), one finished run per seed, run first with ``launch.sweep`` as
+the recipe's, ``top3-mean-no-context``), one finished run per seed, run first with ``launch.sweep`` as
 above. For each of them this exports the tuned encoder once (``launch.tool extract-encoders``,
 into ``WORKDIR/two-stage/SETTING/seed=S``), then trains each ``--heads`` context head with seed S
 on its frozen features: stage one's text path (its pooling, prompt, length and context turns), the
@@ -33,7 +33,7 @@ from emojax.inference.standalone import extract_encoders  # noqa: E402
 
 _WORKDIR = flags.DEFINE_string("workdir", "runs", "The meld-cpu sweep's --workdir (stage two's runs go there too).")
 _DATA_ROOT = flags.DEFINE_string("data_root", "datasets", "The meld-cpu sweep's --data_root.")
-_STAGE_ONE = flags.DEFINE_string("stage_one", "top3-no-context", "The meld-cpu setting whose runs are stage one.")
+_STAGE_ONE = flags.DEFINE_string("stage_one", "top3-mean-no-context", "The meld-cpu setting whose runs are stage one.")
 _HEADS = flags.DEFINE_list("heads", ["gru"], "Context heads of stage two (context= parts).")
 _SEEDS = flags.DEFINE_list("seeds", [], "Only these seeds (default: every finished stage-one run).")
 _SET = flags.DEFINE_multi_string("set", [], "key=value: a config field of every stage-two run (e.g. "

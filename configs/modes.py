@@ -12,7 +12,7 @@ encoders learn to read the suite's prompt at the mask position, over the whole d
   hidden states of the frozen ones, on the current utterance with the prompt (length-bucketed
   batches of about 30 tokens on MELD). The recipe that fits two CPU cores: on MELD emotion with
   all-MiniLM-L6-v2, dev weighted F1 57.38 +- 0.94 over seeds 0, 1, 2 in 4 epochs (frozen
-  features: 52.75; with ``finetune.tune_layers=3``, the ``meld-cpu`` recipe: 57.82), about
+  features: 52.75; with ``finetune.tune_layers=3``: 57.82; the ``meld-cpu`` recipe: 58.83), about
   20x less work per epoch than fine-tuning every layer at 128 tokens
   (``benchmarks/meld_finetune.py --recipes=top2``; train it 4 epochs:
   ``--config.train.epochs=4``).

@@ -72,11 +72,12 @@ TEXT = {"family": "bert", "model": "sentence-transformers/all-MiniLM-L6-v2", "po
 
 
 def test_meld_cpu_tunes_the_top_three_layers_without_a_context_head():
-    """The best setting of the meld-cpu sweep (configs/experiments/meld_cpu.py, top3-no-context)."""
+    """The best setting of the meld-cpu sweep (configs/experiments/meld_cpu.py, top3-mean-no-context):
+    the utterance alone, mean-pooled, without the prompt."""
     cfg = compose("recipe=meld-cpu")
     assert cfg.dataset.name == "MELD--E" and cfg.mode == "trainable"
     assert cfg.finetune.tune_layers == 3 and cfg.finetune.lr == 3e-4  # mode=top2's encoder lr
-    assert cfg.encoders.T.to_dict() == TEXT
+    assert cfg.encoders.T.to_dict() == dict(TEXT, pooling="mean", prompt=False)
     assert "context" not in cfg.model and "context" not in cfg.parts
     assert (cfg.train.lr, cfg.train.epochs, cfg.train.batch_size) == (1e-3, 4, 32)
     assert cfg.loss.classification == "ce" and dict(cfg.loss.extras) == {}
@@ -181,9 +182,9 @@ def restored_encoder(run_dir: pathlib.Path, prep):
         return checkpoints.restore_best(best_target(state, prep.tuning), progress["best_epoch"])["encoder"]
 
 
-def reference_text_features(tuner, whole, rows) -> np.ndarray:
-    """Standardised mask-pooled features of the whole encoder ``whole`` on every row, in one batch
-    padded to ``max_length`` (no stored hidden states, no length buckets)."""
+def reference_text_features(tuner, whole, rows, pooling="mask") -> np.ndarray:
+    """Standardised ``pooling``-pooled features of the whole encoder ``whole`` on every row, in one
+    batch padded to ``max_length`` (no stored hidden states, no length buckets)."""
     ids = np.full((len(rows), rows.widths[-1]), rows.pad_id, np.int32)
     mask = np.zeros_like(ids)
     for r, row in enumerate(rows.ids):
@@ -192,7 +193,7 @@ def reference_text_features(tuner, whole, rows) -> np.ndarray:
     @jax.jit
     def features(params, ids, mask):
         hidden = bert_apply(params, ids, mask, config=tuner.encoder.config)
-        pooled = pool_hidden(hidden, mask, ids, pooling="mask", mask_token_id=tuner.encoder.tokenizer.mask_token_id)
+        pooled = pool_hidden(hidden, mask, ids, pooling=pooling, mask_token_id=tuner.encoder.tokenizer.mask_token_id)
         return (pooled - tuner.mean) / tuner.std
 
     return np.asarray(features(whole, ids, mask))
@@ -243,7 +244,8 @@ def test_meld_cpu_trains_its_top_layers(tmp_path, text_meld, bert4):
     results, prep, eval_step, params, tuner, encoder = train_one_epoch_of_top_layers(cfg, tmp_path, {1, 2, 3})
     assert "context" not in params
     dev = prep.features["dev"]
-    expected = reference_text_features(tuner, tuner.merged(encoder), dev.inputs["T"])
+    assert cfg.encoders.T.pooling == "mean"
+    expected = reference_text_features(tuner, tuner.merged(encoder), dev.inputs["T"], pooling="mean")
     np.testing.assert_allclose(dev.features["T"], expected, rtol=1e-4, atol=1e-4)
     scored = predict_proba(eval_step, params, dev, int(cfg.train.eval_batch_size))
     assert results["dev"]["accuracy"] == pytest.approx(float(np.mean(scored.argmax(-1) == dev.labels)))
@@ -256,7 +258,7 @@ def test_top_layers_and_context_head_train_together(tmp_path, text_meld, bert3):
     checkpoint's) and a context head; the scores it wrote are those of the whole encoder with
     those layers, each utterance alone, then each dialogue alone."""
     cfg = compose("recipe=meld-cpu,context=gru")
-    cfg.finetune.tune_layers = 2
+    cfg.finetune.tune_layers, cfg.encoders.T.pooling, cfg.encoders.T.prompt = 2, "mask", True
     cfg.dataset.path, cfg.encoders.T.model = str(text_meld), str(bert3)
     results, prep, eval_step, params, tuner, encoder = train_one_epoch_of_top_layers(cfg, tmp_path, {1, 2})
     assert "context" in params and "speaker" in params["context"]

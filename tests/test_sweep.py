@@ -101,8 +101,9 @@ def test_meld_cpu_sweep_changes_one_thing_of_the_joint_setting_each():
     # The recipe is the setting that did best: the same config, the same run directory.
     recipe = compose("recipe=meld-cpu")
     recipe.seed, recipe.dataset.path = 1, "/data/MELD"
-    assert config_lib.config_hash(recipe) == config_lib.config_hash(cfg)
-    assert runs["MELD--E/meld-cpu/top3-no-context/seed=1"].run_dir == config_lib.run_dir(recipe, "runs")
+    mean = differences("top3-mean-no-context", top3)[1]
+    assert config_lib.config_hash(recipe) == config_lib.config_hash(mean)
+    assert runs["MELD--E/meld-cpu/top3-mean-no-context/seed=1"].run_dir == config_lib.run_dir(recipe, "runs")
 
 
 def test_sweep_contents_match_the_experiments():

@@ -7,8 +7,8 @@ together on whole dialogues) and one change of it per setting (the top 3 layers,
 context head, causal heads, focal loss, the previous turn in the prompt); and ``mode=top2``
 without a context head, with its top 2 or 3 layers (and 6 epochs instead of 4), then one change
 of its top 3 each (the top 5, focal loss, the previous turn, SPCL, mean pooling without the
-prompt, label smoothing). ``top3-no-context`` did best and is the recipe (``recipe=meld-cpu``
-composes the same config and run directory). Run it on the MELD folder under ``--data_root``::
+prompt, label smoothing). ``top3-mean-no-context`` did best and is the recipe
+(``recipe=meld-cpu`` composes the same config and run directory). Run it on the MELD folder under ``--data_root``::
 
     python -m launch.sweep --sweep=meld-cpu --workdir=runs --data_root=path/to/datasets
     python -m launch.sweep --sweep=meld-cpu --only=/no-context/ --workdir=runs --data_root=...   # one setting
@@ -35,7 +35,7 @@ SETTINGS = {
     "no-context": (ALONE, ALONE_TRAINING),
     "top3-no-context": (ALONE, {**ALONE_TRAINING, "finetune.tune_layers": 3}),
     "top3-6-epochs": (ALONE, {**ALONE_TRAINING, "finetune.tune_layers": 3, "train.epochs": 6}),
-    # One change of top3-no-context each: more tuned layers, focal loss, the previous turn.
+    # One change of top3-no-context each: more tuned layers, focal loss, the previous turn, ...
     "top5-no-context": (ALONE, {**ALONE_TRAINING, "finetune.tune_layers": 5}),
     "top3-focal-no-context": (ALONE + ",loss=focal", {**ALONE_TRAINING, "finetune.tune_layers": 3}),
     "top3-previous-turn-no-context": (ALONE, {**ALONE_TRAINING, "finetune.tune_layers": 3,
