@@ -8,7 +8,8 @@ context head, causal heads, focal loss, the previous turn in the prompt); and ``
 without a context head, with its top 2 or 3 layers (and 6 epochs instead of 4), then one change
 of its top 3 each (the top 5, focal loss, the previous turn, SPCL, mean pooling without the
 prompt, label smoothing). ``top3-mean-no-context`` did best and is the recipe
-(``recipe=meld-cpu`` composes the same config and run directory). Run it on the MELD folder under ``--data_root``::
+(``recipe=meld-cpu`` composes the same config and run directory). Run it on the MELD folder
+under ``--data_root``::
 
     python -m launch.sweep --sweep=meld-cpu --workdir=runs --data_root=path/to/datasets
     python -m launch.sweep --sweep=meld-cpu --only=/no-context/ --workdir=runs --data_root=...   # one setting
